@@ -1,0 +1,61 @@
+// swift-tools-version:6.0
+import PackageDescription
+import Foundation
+
+// Release builds are tuned for the build machine's CPU family: without a -march that enables FMA and
+// F16C, SIMD multiply-add and half-float conversion become library calls per lane (see DESIGN.md).
+// SWITCHYARD_PORTABLE=1 builds a binary that runs on any x86-64 (or the host's default on other CPUs).
+let portable = ProcessInfo.processInfo.environment["SWITCHYARD_PORTABLE"] == "1"
+#if arch(x86_64)
+let cpuFlags: [String] = portable ? [] : ["-Xcc", "-march=x86-64-v3"]
+#else
+let cpuFlags: [String] = []
+#endif
+let tuned: [SwiftSetting] = cpuFlags.isEmpty ? [] : [.unsafeFlags(cpuFlags)]
+
+let package = Package(
+    name: "Switchyard",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "switchyard", targets: ["switchyard"]),
+        .library(name: "Models", targets: ["Models"]),
+        .library(name: "Generation", targets: ["Generation"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // A JSON reader/writer that keeps numbers exact, reports paths in errors, and is fast on
+        // multi-megabyte tokenizer.json files.
+        .target(name: "SwitchyardJSON", swiftSettings: tuned),
+        // Memory-mapped safetensors files and sharded checkpoints; validates every header.
+        .target(name: "SafeTensors", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
+        // CPU numeric kernels (matrix products over bf16/f16/f32 weights, norms, RoPE, softmax) and
+        // the persistent thread pool they run on.
+        .target(name: "Kernels", swiftSettings: tuned),
+        // Hugging Face tokenizer.json.
+        .target(name: "Tokenizers", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
+        // Model configuration, architecture definitions, weight binding, device boundary, KV cache,
+        // and the forward pass.
+        .target(name: "Models", dependencies: ["SwitchyardJSON", "SafeTensors", "Kernels"], swiftSettings: tuned),
+        // Sampling, stop strings, streaming text, the generation loop.
+        .target(name: "Generation", dependencies: ["Models", "Tokenizers", "Kernels"], swiftSettings: tuned),
+        .executableTarget(
+            name: "switchyard",
+            dependencies: [
+                "Models", "Generation", "Tokenizers", "SafeTensors", "SwitchyardJSON",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: tuned),
+
+        .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: tuned),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON"]),
+        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

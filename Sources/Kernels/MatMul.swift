@@ -1,0 +1,175 @@
+/// How a weight matrix's elements are stored. Activations are always f32 in this module; weights
+/// are widened exactly to f32 as they are read (bf16 by a shift, f16 by the hardware conversion).
+public enum WeightElement: Sendable, Equatable {
+    case f32, f16, bf16
+
+    public var byteSize: Int {
+        switch self {
+        case .f32: return 4
+        case .f16, .bf16: return 2
+        }
+    }
+}
+
+/// A read-only row-major matrix in memory it does not own (usually a memory-mapped file).
+public struct WeightMatrix: @unchecked Sendable {
+    public let element: WeightElement
+    /// Output features: one row per output element.
+    public let rows: Int
+    /// Input features: the length of each row.
+    public let columns: Int
+    public let data: UnsafeRawPointer
+
+    public init(element: WeightElement, rows: Int, columns: Int, data: UnsafeRawPointer) {
+        self.element = element
+        self.rows = rows
+        self.columns = columns
+        self.data = data
+    }
+
+    @inlinable public var rowBytes: Int { columns * element.byteSize }
+
+    /// A block of consecutive rows, for weights that are several matrices stacked.
+    @inlinable public func rows(_ range: Range<Int>) -> WeightMatrix {
+        WeightMatrix(element: element, rows: range.count, columns: columns, data: data + range.lowerBound * rowBytes)
+    }
+
+    /// Element (r, c) widened to f32; for tests and slow paths.
+    public func value(_ r: Int, _ c: Int) -> Float {
+        let offset = r * columns + c
+        switch element {
+        case .f32: return data.load(fromByteOffset: offset * 4, as: Float.self)
+        case .f16: return Float(data.load(fromByteOffset: offset * 2, as: Float16.self))
+        case .bf16: return Float(bitPattern: UInt32(data.load(fromByteOffset: offset * 2, as: UInt16.self)) << 16)
+        }
+    }
+}
+
+public typealias Vector16 = SIMD16<Float>
+
+@inlinable @inline(__always)
+func loadWidened(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int) -> Vector16 {
+    switch element {
+    case .f32:
+        return (row + index * 4).loadUnaligned(as: Vector16.self)
+    case .f16:
+        return Vector16((row + index * 2).loadUnaligned(as: SIMD16<Float16>.self))
+    case .bf16:
+        let raw = (row + index * 2).loadUnaligned(as: SIMD16<UInt16>.self)
+        return unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: raw) &<< 16, to: Vector16.self)
+    }
+}
+
+@inlinable @inline(__always)
+func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int) -> Float {
+    switch element {
+    case .f32: return row.load(fromByteOffset: index * 4, as: Float.self)
+    case .f16: return Float(row.load(fromByteOffset: index * 2, as: Float16.self))
+    case .bf16: return Float(bitPattern: UInt32(row.load(fromByteOffset: index * 2, as: UInt16.self)) << 16)
+    }
+}
+
+/// Dot products of one weight row with up to four activation rows, reading the weights once.
+/// Two accumulators per activation row hide the FMA latency.
+@inlinable @inline(__always)
+func dotRow(
+    _ element: WeightElement, _ row: UnsafeRawPointer, _ n: Int,
+    _ x: UnsafePointer<Float>, _ xStride: Int, _ tokens: Int,
+    _ out: inout SIMD4<Float>
+) {
+    var a0 = Vector16(), a1 = Vector16(), a2 = Vector16(), a3 = Vector16()
+    var b0 = Vector16(), b1 = Vector16(), b2 = Vector16(), b3 = Vector16()
+    let raw = UnsafeRawPointer(x)
+    var i = 0
+    while i + 32 <= n {
+        let w0 = loadWidened(element, row, i)
+        let w1 = loadWidened(element, row, i + 16)
+        a0.addProduct(w0, (raw + i * 4).loadUnaligned(as: Vector16.self))
+        b0.addProduct(w1, (raw + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+        if tokens > 1 {
+            let x1 = raw + xStride * 4
+            a1.addProduct(w0, (x1 + i * 4).loadUnaligned(as: Vector16.self))
+            b1.addProduct(w1, (x1 + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+        }
+        if tokens > 2 {
+            let x2 = raw + 2 * xStride * 4
+            a2.addProduct(w0, (x2 + i * 4).loadUnaligned(as: Vector16.self))
+            b2.addProduct(w1, (x2 + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+        }
+        if tokens > 3 {
+            let x3 = raw + 3 * xStride * 4
+            a3.addProduct(w0, (x3 + i * 4).loadUnaligned(as: Vector16.self))
+            b3.addProduct(w1, (x3 + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+        }
+        i += 32
+    }
+    while i + 16 <= n {
+        let w0 = loadWidened(element, row, i)
+        a0.addProduct(w0, (raw + i * 4).loadUnaligned(as: Vector16.self))
+        if tokens > 1 { a1.addProduct(w0, (raw + (xStride + i) * 4).loadUnaligned(as: Vector16.self)) }
+        if tokens > 2 { a2.addProduct(w0, (raw + (2 * xStride + i) * 4).loadUnaligned(as: Vector16.self)) }
+        if tokens > 3 { a3.addProduct(w0, (raw + (3 * xStride + i) * 4).loadUnaligned(as: Vector16.self)) }
+        i += 16
+    }
+    var s = SIMD4<Float>((a0 + b0).sum(), (a1 + b1).sum(), (a2 + b2).sum(), (a3 + b3).sum())
+    while i < n {
+        let w = widenScalar(element, row, i)
+        for t in 0..<tokens { s[t] += w * x[t * xStride + i] }
+        i += 1
+    }
+    out = s
+}
+
+/// output[t, r] = sum_c weight[r, c] * input[t, c] for t in 0..<tokens (that is, input x weightᵀ,
+/// PyTorch's `F.linear`). Rows are split across the pool; each weight row is read once per four
+/// tokens.
+///
+/// - Parameters:
+///   - input: [tokens, inputStride] with the first `weight.columns` values of each row used.
+///   - output: [tokens, outputStride] with the first `weight.rows` values of each row written.
+@inlinable
+public func matmul(
+    _ weight: WeightMatrix,
+    input: UnsafePointer<Float>, inputStride: Int,
+    output: UnsafeMutablePointer<Float>, outputStride: Int,
+    tokens: Int, pool: ThreadPool
+) {
+    let rows = weight.rows
+    let n = weight.columns
+    let element = weight.element
+    let base = weight.data
+    let rowBytes = weight.rowBytes
+    // Chunks of rows small enough to balance, large enough to amortise the claim.
+    let rowsPerItem = max(8, min(256, rows / (pool.threadCount * 8) + 1))
+    let items = (rows + rowsPerItem - 1) / rowsPerItem
+    pool.parallelFor(items) { item in
+        let start = item * rowsPerItem
+        let end = min(rows, start + rowsPerItem)
+        var t0 = 0
+        while t0 < tokens {
+            let count = min(4, tokens - t0)
+            let x = input + t0 * inputStride
+            for r in start..<end {
+                var s = SIMD4<Float>()
+                dotRow(element, base + r * rowBytes, n, x, inputStride, count, &s)
+                for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
+            }
+            t0 += 4
+        }
+    }
+}
+
+/// The plain reference: one multiply-add at a time, in Double. Kernels are tested against it.
+public func matmulReference(
+    _ weight: WeightMatrix, input: [Float], tokens: Int
+) -> [Float] {
+    var out = [Float](repeating: 0, count: tokens * weight.rows)
+    for t in 0..<tokens {
+        for r in 0..<weight.rows {
+            var s = 0.0
+            for c in 0..<weight.columns { s += Double(weight.value(r, c)) * Double(input[t * weight.columns + c]) }
+            out[t * weight.rows + r] = Float(s)
+        }
+    }
+    return out
+}

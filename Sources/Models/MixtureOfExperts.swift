@@ -1,0 +1,92 @@
+import Kernels
+
+/// The experts a token is routed to, with their mixing weights.
+public struct Routing: Sendable, Equatable {
+    public var experts: [Int]
+    public var weights: [Float]
+}
+
+/// Softmax over the router logits, keep the k largest probabilities (ties go to the lower expert
+/// index, as torch.topk does on CPU), and optionally divide them by their sum. The one routing
+/// function behind Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE; they differ only in `normalize`.
+public func routeTopK(logits: UnsafePointer<Float>, expertCount: Int, k: Int, normalize: Bool) -> Routing {
+    var probabilities = Array(UnsafeBufferPointer(start: logits, count: expertCount))
+    probabilities.withUnsafeMutableBufferPointer { softmax($0.baseAddress!, expertCount) }
+    var chosen: [Int] = []
+    chosen.reserveCapacity(k)
+    var taken = [Bool](repeating: false, count: expertCount)
+    for _ in 0..<k {
+        var best = -1
+        for e in 0..<expertCount where !taken[e] && (best < 0 || probabilities[e] > probabilities[best]) { best = e }
+        taken[best] = true
+        chosen.append(best)
+    }
+    var weights = chosen.map { probabilities[$0] }
+    if normalize {
+        let sum = weights.reduce(0, +)
+        weights = weights.map { $0 / sum }
+    }
+    return Routing(experts: chosen, weights: weights)
+}
+
+extension Session {
+    /// out[T, hidden] = SwiGLU(input) for a dense layer.
+    func denseFeedForward(_ w: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int) {
+        let hidden = model.config.hiddenSize
+        let inner = w.intermediateSize
+        let gate = scratch.gate.pointer, up = scratch.up.pointer
+        model.device.linear(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens)
+        model.device.linear(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens)
+        for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
+        model.device.linear(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens)
+    }
+
+    /// out[T, hidden] = Σ routed experts' outputs x their weights (+ the gated shared expert).
+    /// Tokens routed to the same expert are gathered so its weights are read once for all of them.
+    func mixtureOfExperts(_ w: MoEWeights, _ moe: MoEConfig, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int, layer: Int) {
+        let hidden = model.config.hiddenSize
+        let experts = moe.expertCount
+        let logits = scratch.routerLogits.pointer
+        model.device.linear(w.router, input: input, inputStride: hidden, output: logits, outputStride: experts, tokens: tokens)
+        var assigned = [[(token: Int, weight: Float)]](repeating: [], count: experts)
+        for t in 0..<tokens {
+            let r = routeTopK(logits: logits + t * experts, expertCount: experts, k: moe.expertsPerToken, normalize: moe.normalizeTopK)
+            for (e, weight) in zip(r.experts, r.weights) { assigned[e].append((t, weight)) }
+        }
+        routingObserver?(layer, assigned.map { $0.map(\.token) })
+        output.update(repeating: 0, count: tokens * hidden)
+        let gathered = scratch.gathered.pointer
+        let expertOut = scratch.expertOutput.pointer
+        // Ascending expert order, as transformers accumulates: it fixes the float summation order.
+        for e in 0..<experts where !assigned[e].isEmpty {
+            let list = assigned[e]
+            for (i, entry) in list.enumerated() {
+                (gathered + i * hidden).update(from: input + entry.token * hidden, count: hidden)
+            }
+            denseFeedForward(w.experts[e], input: gathered, output: expertOut, tokens: list.count)
+            for (i, entry) in list.enumerated() {
+                axpy(entry.weight, expertOut + i * hidden, output + entry.token * hidden, hidden)
+            }
+        }
+        if let shared = w.sharedExpert {
+            denseFeedForward(shared, input: input, output: expertOut, tokens: tokens)
+            var gates = [Float](repeating: 1, count: tokens)
+            if let gate = w.sharedExpertGate {
+                gates.withUnsafeMutableBufferPointer { g in
+                    model.device.linear(gate, input: input, inputStride: hidden, output: g.baseAddress!, outputStride: 1, tokens: tokens)
+                }
+                gates = gates.map { 1 / (1 + expf(-$0)) }
+            }
+            for t in 0..<tokens {
+                let s = expertOut + t * hidden, o = output + t * hidden
+                for i in 0..<hidden { o[i] += gates[t] * s[i] }
+            }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

@@ -1,0 +1,91 @@
+import Kernels
+import SafeTensors
+import SwitchyardJSON
+
+/// A loaded model: its configuration, its weights bound by name, and the device it computes on.
+/// Immutable and shareable; each sequence runs in its own `Session`.
+public final class Model: @unchecked Sendable {
+    public let directory: String
+    public let config: DecoderConfig
+    public let checkpoint: Checkpoint
+    public let weights: DecoderWeights
+    public let rotary: RotaryEmbedding
+    public let device: ComputeDevice
+    /// Threads for the host-side work between weight products (attention, norms).
+    public let pool: ThreadPool
+
+    public static var supportedModelTypes: [String] { Architectures.supportedModelTypes }
+
+    public convenience init(directory: String, threads: Int? = nil) throws(ModelError) {
+        let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
+        try self.init(directory: directory, device: CPUDevice(pool: pool), pool: pool)
+    }
+
+    public init(directory: String, device: ComputeDevice, pool: ThreadPool) throws(ModelError) {
+        self.directory = directory
+        config = try Model.readConfig(directory: directory)
+        do {
+            checkpoint = try Checkpoint(directory: directory)
+        } catch {
+            throw ModelError(error.description)
+        }
+        weights = try DecoderWeights.bind(config, from: checkpoint)
+        rotary = RotaryEmbedding(config.rope, headDim: config.headDim, maxPositions: config.maxPositions)
+        self.device = device
+        self.pool = pool
+    }
+
+    /// Reads config.json, and the EOS tokens from generation_config.json when it has them.
+    public static func readConfig(directory: String) throws(ModelError) -> DecoderConfig {
+        let path = directory + "/config.json"
+        guard fileExists(path) else { throw ModelError("\(directory): no config.json (is this a Hugging Face model folder?)") }
+        var config = try Architectures.decoderConfig(try readJSON(path), file: path)
+        let generationPath = directory + "/generation_config.json"
+        if fileExists(generationPath) {
+            let generation = try ConfigReader(try readJSON(generationPath), file: generationPath)
+            if let eos = try generation.tokenIDs("eos_token_id") { config.eosTokenIDs = eos }
+            if let bos = try generation.optionalInt("bos_token_id") { config.bosTokenID = bos }
+        }
+        return config
+    }
+
+    public func makeSession(contextLength: Int? = nil) -> Session {
+        Session(model: self, capacity: min(contextLength ?? config.maxPositions, config.maxPositions))
+    }
+}
+
+public func readJSON(_ path: String) throws(ModelError) -> JSONValue {
+    let bytes: [UInt8]
+    do { bytes = try readWholeFile(path) } catch { throw ModelError(error.description) }
+    do { return try JSONValue.parse(bytes) } catch { throw ModelError("\(path): malformed JSON: \(error)") }
+}
+
+/// A growable float buffer that keeps its memory between forward passes.
+final class FloatBuffer {
+    private(set) var pointer: UnsafeMutablePointer<Float>
+    private(set) var count: Int
+
+    init(_ count: Int = 0) {
+        self.count = max(count, 1)
+        pointer = .allocate(capacity: self.count)
+    }
+
+    func reserve(_ needed: Int) {
+        if needed <= count { return }
+        pointer.deallocate()
+        count = needed
+        pointer = .allocate(capacity: needed)
+    }
+
+    deinit { pointer.deallocate() }
+}
+
+/// Per-forward-pass work memory, sized for the largest chunk seen so far.
+final class Scratch {
+    let residual = FloatBuffer(), normed = FloatBuffer()
+    let query = FloatBuffer(), key = FloatBuffer(), value = FloatBuffer()
+    let attention = FloatBuffer(), projected = FloatBuffer(), scores = FloatBuffer()
+    let gate = FloatBuffer(), up = FloatBuffer()
+    let routerLogits = FloatBuffer(), gathered = FloatBuffer(), expertOutput = FloatBuffer()
+    let cosSin = FloatBuffer()
+}
