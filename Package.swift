@@ -34,6 +34,8 @@ let package = Package(
         // CPU numeric kernels (matrix products over bf16/f16/f32 weights, norms, RoPE, softmax) and
         // the persistent thread pool they run on.
         .target(name: "Kernels", swiftSettings: tuned),
+        // NumPy .npy arrays: the logits contract with transformers.
+        .target(name: "NPY"),
         // Hugging Face tokenizer.json.
         .target(name: "Tokenizers", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
         // Model configuration, architecture definitions, weight binding, device boundary, KV cache,
@@ -44,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Models", "Generation", "Tokenizers", "SafeTensors", "SwitchyardJSON",
+                "Models", "Generation", "Tokenizers", "SafeTensors", "SwitchyardJSON", "NPY",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -54,7 +56,7 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: tuned),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
         .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers"]),
     ],
     swiftLanguageModes: [.v6]

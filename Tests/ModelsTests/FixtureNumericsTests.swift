@@ -1,0 +1,100 @@
+import Testing
+import NPY
+import SafeTensors
+import SwitchyardJSON
+@testable import Models
+
+/// The repository root, found from this file's path (tests run from any directory).
+let repositoryRoot: String = {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3)
+    return parts.joined(separator: "/")
+}()
+
+func fixturePath(_ arch: String) -> String { repositoryRoot + "/fixtures/models/" + arch }
+
+struct Reference {
+    let promptTokens: [Int]
+    let greedyTokens: [Int]
+    let logits: [Float]
+    let vocab: Int
+
+    init(_ arch: String) throws {
+        let ref = fixturePath(arch) + "/reference"
+        let json = try readJSON(ref + "/reference.json")
+        promptTokens = json["prompt_tokens"]!.arrayValue!.map { $0.intValue! }
+        greedyTokens = json["greedy_tokens"]!.arrayValue!.map { $0.intValue! }
+        let (values, shape) = try NPY.decode(try readWholeFile(ref + "/prompt_logits.npy"))
+        logits = values
+        vocab = shape[1]
+    }
+}
+
+func relativeError(_ a: ArraySlice<Float>, _ b: ArraySlice<Float>) -> Double {
+    var diff = 0.0, norm = 0.0
+    for (x, y) in zip(a, b) {
+        diff += Double(x - y) * Double(x - y)
+        norm += Double(y) * Double(y)
+    }
+    // A reference of all zeros (a zero embedding row) makes the relative error 0/0: use the absolute one.
+    return norm == 0 ? diff.squareRoot() : (diff / norm).squareRoot()
+}
+
+let architectures = ["llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
+
+@Suite("Fixture models match transformers in float32")
+struct FixtureNumericsTests {
+    @Test("prompt logits, all positions in one pass", arguments: architectures)
+    func promptLogits(arch: String) throws {
+        let reference = try Reference(arch)
+        let model = try Model(directory: fixturePath(arch), threads: 2)
+        let session = model.makeSession(contextLength: 64)
+        let logits = try session.forward(reference.promptTokens, allLogits: true)
+        #expect(logits.count == reference.logits.count)
+        let v = reference.vocab
+        for position in reference.promptTokens.indices {
+            let error = relativeError(logits[position * v..<(position + 1) * v], reference.logits[position * v..<(position + 1) * v])
+            #expect(error <= 1e-4, "\(arch) position \(position): relative error \(error)")
+        }
+    }
+
+    @Test("prompt logits, one token at a time through the KV cache", arguments: architectures)
+    func incrementalLogits(arch: String) throws {
+        let reference = try Reference(arch)
+        let model = try Model(directory: fixturePath(arch), threads: 1)
+        let session = model.makeSession(contextLength: 64)
+        let v = reference.vocab
+        for (position, token) in reference.promptTokens.enumerated() {
+            let logits = try session.forward([token])
+            let error = relativeError(logits[...], reference.logits[position * v..<(position + 1) * v])
+            #expect(error <= 1e-4, "\(arch) position \(position): relative error \(error)")
+        }
+    }
+
+    @Test("greedy continuation is transformers' token for token", arguments: architectures)
+    func greedyTokens(arch: String) throws {
+        let reference = try Reference(arch)
+        let model = try Model(directory: fixturePath(arch), threads: 2)
+        let session = model.makeSession(contextLength: 64)
+        var logits = try session.forward(reference.promptTokens)
+        var generated: [Int] = []
+        for _ in reference.greedyTokens {
+            let next = logits.indices.max { logits[$0] < logits[$1] }!
+            generated.append(next)
+            logits = try session.forward([next])
+        }
+        #expect(generated == reference.greedyTokens)
+    }
+
+    @Test("chunked prefill equals a single pass")
+    func chunkingChangesNothing() throws {
+        let reference = try Reference("qwen2_moe")
+        let model = try Model(directory: fixturePath("qwen2_moe"), threads: 2)
+        let whole = model.makeSession(contextLength: 64)
+        let chunked = model.makeSession(contextLength: 64)
+        chunked.chunkSize = 3
+        let a = try whole.forward(reference.promptTokens, allLogits: true)
+        let b = try chunked.forward(reference.promptTokens, allLogits: true)
+        #expect(relativeError(a[...], b[...]) < 1e-6)
+    }
+}
