@@ -1,0 +1,316 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import SwitchyardJSON
+
+/// A token the tokenizer matches in raw text before anything else (special tokens such as `<s>`,
+/// and tokens added after training).
+struct AddedToken {
+    let id: Int
+    let content: [UInt8]
+    let special: Bool
+    let lstrip: Bool
+    let rstrip: Bool
+    let singleWord: Bool
+}
+
+/// A Hugging Face tokenizer.json: added tokens, normalizer, pre-tokenizer, BPE model,
+/// post-processor and decoder. Vocabularies are keyed by UTF-8 bytes, never by `String`, whose
+/// equality would merge canonically equivalent tokens.
+public final class Tokenizer: @unchecked Sendable {
+    let vocabulary: [[UInt8]: Int]
+    /// Token id → its bytes as written in the vocabulary.
+    let tokens: [[UInt8]]
+    /// (left id, right id) → (rank, merged id).
+    let merges: [UInt64: (rank: Int, id: Int)]
+    let byteFallback: Bool
+    let fuseUnknown: Bool
+    let unknownID: Int?
+    let addedTokens: [AddedToken]
+    let specialIDs: Set<Int>
+    let normalizer: Normalizer?
+    let preTokenizer: PreTokenizer?
+    let decoder: Decoder?
+    /// TemplateProcessing for one sequence: ids before and after it.
+    let prefixIDs: [Int]
+    let suffixIDs: [Int]
+    private var cache: [String: [Int]] = [:]
+    private let cacheLock = NSLockLike()
+
+    public var vocabularySize: Int { tokens.count }
+
+    /// Loads `tokenizer.json` from a model folder.
+    public convenience init(directory: String) throws(TokenizerError) {
+        let path = directory + "/tokenizer.json"
+        let bytes = try readFile(path)
+        let json: JSONValue
+        do { json = try JSONValue.parse(bytes) } catch { throw TokenizerError("\(path): malformed JSON: \(error)") }
+        try self.init(json: json, path: path)
+    }
+
+    public init(json: JSONValue, path: String) throws(TokenizerError) {
+        guard let model = json["model"] else { throw TokenizerError("\(path): no 'model'") }
+        let modelType = model["type"]?.stringValue ?? "BPE"
+        guard modelType == "BPE" else {
+            throw TokenizerError("\(path): model '\(modelType)' is not supported yet (supported: BPE)")
+        }
+        if let prefix = model["continuing_subword_prefix"]?.stringValue, !prefix.isEmpty {
+            throw TokenizerError("\(path): BPE continuing_subword_prefix is not supported yet")
+        }
+        if let suffix = model["end_of_word_suffix"]?.stringValue, !suffix.isEmpty {
+            throw TokenizerError("\(path): BPE end_of_word_suffix is not supported yet")
+        }
+        if model["ignore_merges"]?.boolValue == true {
+            throw TokenizerError("\(path): BPE ignore_merges is not supported yet")
+        }
+        guard let vocabObject = model["vocab"]?.objectValue else { throw TokenizerError("\(path): model has no 'vocab' object") }
+        var vocabulary: [[UInt8]: Int] = [:]
+        vocabulary.reserveCapacity(vocabObject.count)
+        var maxID = -1
+        for (token, value) in vocabObject.entries {
+            guard let id = value.intValue, id >= 0 else { throw TokenizerError("\(path): vocab entry '\(token)' has no valid id") }
+            vocabulary[Array(token.utf8)] = id
+            maxID = max(maxID, id)
+        }
+        var added: [AddedToken] = []
+        for entry in json["added_tokens"]?.arrayValue ?? [] {
+            guard let id = entry["id"]?.intValue, let content = entry["content"]?.stringValue else {
+                throw TokenizerError("\(path): added token without id or content")
+            }
+            added.append(AddedToken(
+                id: id, content: Array(content.utf8), special: entry["special"]?.boolValue ?? false,
+                lstrip: entry["lstrip"]?.boolValue ?? false, rstrip: entry["rstrip"]?.boolValue ?? false,
+                singleWord: entry["single_word"]?.boolValue ?? false))
+            maxID = max(maxID, id)
+        }
+        var tokens = [[UInt8]](repeating: [], count: maxID + 1)
+        for (bytes, id) in vocabulary { tokens[id] = bytes }
+        for a in added { tokens[a.id] = a.content }
+        var merges: [UInt64: (rank: Int, id: Int)] = [:]
+        for (rank, entry) in (model["merges"]?.arrayValue ?? []).enumerated() {
+            let pair: (String, String)
+            if let s = entry.stringValue {
+                let parts = s.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
+                guard parts.count == 2 else { throw TokenizerError("\(path): merge \(rank) '\(s)' is not two tokens") }
+                pair = (String(parts[0]), String(parts[1]))
+            } else if let a = entry.arrayValue, a.count == 2, let l = a[0].stringValue, let r = a[1].stringValue {
+                pair = (l, r)
+            } else {
+                throw TokenizerError("\(path): merge \(rank) is neither \"a b\" nor [a, b]")
+            }
+            let left = Array(pair.0.utf8), right = Array(pair.1.utf8)
+            guard let l = vocabulary[left], let r = vocabulary[right], let m = vocabulary[left + right] else {
+                throw TokenizerError("\(path): merge \(rank) '\(pair.0) \(pair.1)' uses tokens missing from the vocabulary")
+            }
+            let key = UInt64(l) << 32 | UInt64(r)
+            if merges[key] == nil { merges[key] = (rank, m) }
+        }
+        self.vocabulary = vocabulary
+        self.tokens = tokens
+        self.merges = merges
+        byteFallback = model["byte_fallback"]?.boolValue ?? false
+        fuseUnknown = model["fuse_unk"]?.boolValue ?? false
+        if let unk = model["unk_token"]?.stringValue {
+            unknownID = vocabulary[Array(unk.utf8)]
+        } else {
+            unknownID = nil
+        }
+        // Longest first, so that the leftmost match found first is also the longest.
+        addedTokens = added.sorted { $0.content.count > $1.content.count }
+        specialIDs = Set(added.filter(\.special).map(\.id))
+        if let n = json["normalizer"], !n.isNull { normalizer = try Normalizer(n, path: path) } else { normalizer = nil }
+        if let p = json["pre_tokenizer"], !p.isNull { preTokenizer = try PreTokenizer(p, path: path) } else { preTokenizer = nil }
+        if let d = json["decoder"], !d.isNull { decoder = try Decoder(d, path: path) } else { decoder = nil }
+        var prefix: [Int] = [], suffix: [Int] = []
+        if let post = json["post_processor"], !post.isNull {
+            let type = post["type"]?.stringValue ?? "?"
+            switch type {
+            case "TemplateProcessing":
+                var seenSequence = false
+                for piece in post["single"]?.arrayValue ?? [] {
+                    if piece["Sequence"] != nil { seenSequence = true; continue }
+                    guard let name = piece["SpecialToken"]?["id"]?.stringValue,
+                        let ids = post["special_tokens"]?[name]?["ids"]?.arrayValue
+                    else { throw TokenizerError("\(path): TemplateProcessing names an unknown special token") }
+                    let values = ids.compactMap(\.intValue)
+                    if seenSequence { suffix += values } else { prefix += values }
+                }
+            case "ByteLevel":
+                break
+            default:
+                throw TokenizerError("\(path): post-processor '\(type)' is not supported yet (supported: TemplateProcessing, ByteLevel)")
+            }
+        }
+        prefixIDs = prefix
+        suffixIDs = suffix
+    }
+
+    // MARK: Encoding
+
+    /// Token ids of `text`; with `addSpecialTokens`, the post-processor's BOS/EOS as transformers'
+    /// `add_special_tokens=True` adds them.
+    public func encode(_ text: String, addSpecialTokens: Bool = true) -> [Int] {
+        var ids: [Int] = addSpecialTokens ? prefixIDs : []
+        let bytes = Array(text.utf8)
+        for segment in splitOnAddedTokens(bytes) {
+            switch segment {
+            case .added(let id): ids.append(id)
+            case .text(let range):
+                let piece = String(decoding: bytes[range], as: UTF8.self)
+                ids += encodeOrdinary(piece, atStart: range.lowerBound == 0)
+            }
+        }
+        if addSpecialTokens { ids += suffixIDs }
+        return ids
+    }
+
+    enum Segment { case added(Int), text(Range<Int>) }
+
+    /// Cuts the input at every added token (leftmost, then longest match), applying their
+    /// lstrip/rstrip (which swallow neighbouring whitespace) and single_word rules.
+    func splitOnAddedTokens(_ bytes: [UInt8]) -> [Segment] {
+        var segments: [Segment] = []
+        var textStart = 0
+        var i = 0
+        func isWordByte(_ b: UInt8) -> Bool { b >= 0x80 || (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x5F }
+        func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0A || b == 0x0D }
+        while i < bytes.count {
+            var matched: AddedToken?
+            for token in addedTokens where !token.content.isEmpty && i + token.content.count <= bytes.count {
+                if bytes[i..<i + token.content.count].elementsEqual(token.content) {
+                    if token.singleWord {
+                        let before = i > 0 ? bytes[i - 1] : 0x20
+                        let end = i + token.content.count
+                        let after = end < bytes.count ? bytes[end] : 0x20
+                        if isWordByte(before) || isWordByte(after) { continue }
+                    }
+                    matched = token
+                    break
+                }
+            }
+            guard let token = matched else { i += 1; continue }
+            var textEnd = i
+            if token.lstrip { while textEnd > textStart, isSpace(bytes[textEnd - 1]) { textEnd -= 1 } }
+            if textEnd > textStart { segments.append(.text(textStart..<textEnd)) }
+            segments.append(.added(token.id))
+            i += token.content.count
+            if token.rstrip { while i < bytes.count, isSpace(bytes[i]) { i += 1 } }
+            textStart = i
+        }
+        if textStart < bytes.count { segments.append(.text(textStart..<bytes.count)) }
+        return segments
+    }
+
+    func encodeOrdinary(_ text: String, atStart: Bool) -> [Int] {
+        var normalized = text
+        if let normalizer { normalized = normalizer.apply(normalized) }
+        let words = preTokenizer?.split([normalized], atStart: atStart) ?? [normalized]
+        var ids: [Int] = []
+        for word in words where !word.isEmpty {
+            if let cached = cacheLock.withLock({ cache[word] }) {
+                ids += cached
+                continue
+            }
+            let encoded = bpe(word)
+            cacheLock.withLock { if cache.count < 100_000 { cache[word] = encoded } }
+            ids += encoded
+        }
+        return ids
+    }
+
+    /// Byte-pair encoding of one word: start from characters (or their bytes as `<0xXX>` tokens
+    /// with byte fallback), then repeatedly merge the adjacent pair of lowest rank, leftmost first.
+    func bpe(_ word: String) -> [Int] {
+        if let whole = vocabulary[Array(word.utf8)], word.unicodeScalars.count == 1 { return [whole] }
+        var symbols: [Int] = []
+        var lastWasUnknown = false
+        for ch in word.unicodeScalars {
+            let bytes = Array(String(ch).utf8)
+            if let id = vocabulary[bytes] {
+                symbols.append(id)
+                lastWasUnknown = false
+            } else if byteFallback, let byteIDs = byteTokens(bytes) {
+                symbols += byteIDs
+                lastWasUnknown = false
+            } else if let unk = unknownID {
+                if !(fuseUnknown && lastWasUnknown) { symbols.append(unk) }
+                lastWasUnknown = true
+            }
+        }
+        while symbols.count > 1 {
+            var best = -1
+            var bestRank = Int.max
+            var bestID = 0
+            for i in 0..<(symbols.count - 1) {
+                if let m = merges[UInt64(symbols[i]) << 32 | UInt64(symbols[i + 1])], m.rank < bestRank {
+                    bestRank = m.rank
+                    best = i
+                    bestID = m.id
+                }
+            }
+            if best < 0 { break }
+            symbols[best] = bestID
+            symbols.remove(at: best + 1)
+        }
+        return symbols
+    }
+
+    func byteTokens(_ bytes: [UInt8]) -> [Int]? {
+        var ids: [Int] = []
+        for b in bytes {
+            let hex = String(b, radix: 16, uppercase: true)
+            guard let id = vocabulary[Array(("<0x" + (hex.count == 1 ? "0" : "") + hex + ">").utf8)] else { return nil }
+            ids.append(id)
+        }
+        return ids
+    }
+
+    // MARK: Decoding
+
+    public func isSpecial(_ id: Int) -> Bool { specialIDs.contains(id) }
+
+    /// The token's text as stored in the vocabulary, or nil for an id outside it.
+    public func tokenText(_ id: Int) -> String? {
+        guard id >= 0, id < tokens.count else { return nil }
+        return String(decoding: tokens[id], as: UTF8.self)
+    }
+
+    /// Text of `ids` through the decoder. Ids outside the vocabulary are skipped.
+    public func decode(_ ids: [Int], skipSpecialTokens: Bool = true) -> String {
+        let pieces = ids.compactMap { id -> String? in
+            if skipSpecialTokens && specialIDs.contains(id) { return nil }
+            return tokenText(id)
+        }
+        guard let decoder else { return pieces.joined() }
+        return decoder.decode(pieces).joined()
+    }
+}
+
+func readFile(_ path: String) throws(TokenizerError) -> [UInt8] {
+    guard let file = fopen(path, "rb") else {
+        throw TokenizerError("cannot open \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
+        bytes.append(contentsOf: chunk[0..<n])
+        if n < chunk.count { break }
+    }
+    return bytes
+}
+
+/// A small mutex for the word cache (Tokenizer is shared across threads by the server).
+final class NSLockLike: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func withLock<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return body()
+    }
+}
