@@ -1,0 +1,46 @@
+import Kernels
+import SafeTensors
+
+/// Sizes a user wants before running a model: parameters, active parameters, memory.
+public struct ModelInfo: Sendable {
+    public var totalParameters: Int
+    /// Parameters one token touches: everything but the experts it is not routed to.
+    public var activeParameters: Int
+    public var expertParameters: Int
+    public var weightBytes: Int
+    /// Tensor count and bytes per stored dtype.
+    public var dtypes: [(dtype: String, tensors: Int, bytes: Int)]
+    /// float32 keys and values, all layers.
+    public var kvCacheBytesPerToken: Int
+
+    public init(_ model: Model) {
+        let c = model.config
+        var total = 0, bytes = 0
+        var byType: [String: (Int, Int)] = [:]
+        for t in model.checkpoint.allTensors {
+            total += t.elementCount
+            bytes += t.byteCount
+            let key = t.dtype.rawValue.lowercased()
+            byType[key, default: (0, 0)].0 += 1
+            byType[key, default: (0, 0)].1 += t.byteCount
+        }
+        if c.tieWordEmbeddings, let head = model.checkpoint.optionalTensor("lm_head.weight") {
+            // A stored copy of a tied head is not a parameter of its own.
+            total -= head.elementCount
+        }
+        var experts = 0, inactive = 0
+        for (layer, kind) in zip(model.weights.layers, c.feedForward) {
+            guard case .mixtureOfExperts(let moe) = layer.feedForward, let m = kind.moe else { continue }
+            let perExpert = moe.experts.map { $0.gate.rows * $0.gate.columns + $0.up.rows * $0.up.columns + $0.down.rows * $0.down.columns }
+            experts += perExpert.reduce(0, +)
+            // Experts are the same size within a layer, so which ones are inactive does not matter.
+            inactive += (m.expertCount - m.expertsPerToken) * (perExpert.first ?? 0)
+        }
+        totalParameters = total
+        expertParameters = experts
+        activeParameters = total - inactive
+        weightBytes = bytes
+        dtypes = byType.map { ($0.key, $0.value.0, $0.value.1) }.sorted { $0.bytes > $1.bytes }
+        kvCacheBytesPerToken = c.layerCount * 2 * c.keyValueWidth * MemoryLayout<Float>.size
+    }
+}

@@ -1,0 +1,88 @@
+import ArgumentParser
+import Logging
+import Models
+import Tokenizers
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Options every command that loads a model shares.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "A Hugging Face model folder (config.json, safetensors, tokenizer.json).")
+    var model: String
+
+    @Option(name: [.short, .long], help: "Kernel threads (default: the cores this process may use).")
+    var threads: Int?
+
+    @Option(name: .long, help: "Activation precision: f32 (float32 activations and accumulation; bf16/f16 weights widened exactly).")
+    var precision: String = "f32"
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        guard precision == "f32" else {
+            throw ValidationError("--precision \(precision) is not available; supported: f32")
+        }
+    }
+
+    func loadModel() throws -> Model {
+        let started = ContinuousClock.now
+        let model = try Model(directory: model, threads: threads)
+        logger.debug("loaded \(model.config.modelType) from \(self.model) in \(ContinuousClock.now - started)")
+        return model
+    }
+}
+
+let logger: Logger = {
+    var l = Logger(label: "switchyard")
+    l.logLevel = .warning
+    return l
+}()
+
+/// Runs a command body; a failure prints one line to stderr and exits 1 (never a crash trace).
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as ValidationError {
+        throw error
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        printError("error: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+func printError(_ message: String) {
+    var line = message
+    if !line.hasSuffix("\n") { line += "\n" }
+    writeAll(2, line)
+}
+
+/// Standard output, unbuffered, so streamed text appears as it is generated.
+func writeOut(_ text: String) { writeAll(1, text) }
+
+private func writeAll(_ fd: Int32, _ text: String) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { return }  // a closed pipe: nothing more can be shown
+        bytes = bytes.dropFirst(n)
+    }
+}
+
+/// "1,2,3" or "1 2 3" or "[1, 2, 3]".
+func parseTokenList(_ text: String) throws -> [Int] {
+    let cleaned = text.filter { $0 != "[" && $0 != "]" }
+    let parts = cleaned.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" })
+    var ids: [Int] = []
+    for part in parts {
+        guard let id = Int(part), id >= 0 else { throw ValidationError("'\(part)' is not a token id") }
+        ids.append(id)
+    }
+    guard !ids.isEmpty else { throw ValidationError("no token ids given") }
+    return ids
+}
+
+func loadTokenizer(_ directory: String) throws -> Tokenizer {
+    try Tokenizer(directory: directory)
+}

@@ -1,0 +1,118 @@
+import ArgumentParser
+import Generation
+import Models
+import SwitchyardJSON
+import Tokenizers
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate text from a prompt, streaming it to the terminal.")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(name: .long, help: "The prompt text.")
+    var prompt: String?
+
+    @Argument(help: "The prompt text (instead of --prompt).")
+    var promptArgument: String?
+
+    @Option(name: [.short, .customLong("max-tokens")], help: "Most tokens to generate.")
+    var maxTokens: Int = 64
+
+    @Option(help: "Sampling temperature; 0 is greedy.")
+    var temperature: Float = 0.8
+
+    @Option(name: .customLong("top-k"), help: "Keep the k most likely tokens (0: all).")
+    var topK: Int = 40
+
+    @Option(name: .customLong("top-p"), help: "Nucleus sampling threshold (1: off).")
+    var topP: Float = 0.95
+
+    @Option(name: .customLong("min-p"), help: "Drop tokens less likely than min-p x the most likely (0: off).")
+    var minP: Float = 0.05
+
+    @Option(name: .customLong("repeat-penalty"), help: "Penalty for recently seen tokens (1: off).")
+    var repeatPenalty: Float = 1.0
+
+    @Option(name: .customLong("repeat-last-n"), help: "Tokens the repeat penalty looks back over (-1: all).")
+    var repeatLastN: Int = 64
+
+    @Option(help: "Random seed (default: random).")
+    var seed: UInt64?
+
+    @Option(name: .customLong("stop"), help: "Stop when this text is generated (repeatable).")
+    var stop: [String] = []
+
+    @Option(name: .customLong("context-length"), help: "Context length (default: the model's maximum).")
+    var contextLength: Int?
+
+    @Flag(name: .customLong("ignore-eos"), help: "Do not stop at end-of-sequence tokens.")
+    var ignoreEOS = false
+
+    @Flag(help: "Print one JSON object at the end instead of streaming text.")
+    var json = false
+
+    func validate() throws {
+        if prompt != nil && promptArgument != nil { throw ValidationError("give the prompt once: --prompt or an argument") }
+        if prompt == nil && promptArgument == nil { throw ValidationError("missing prompt: --prompt \"...\"") }
+        if maxTokens < 0 { throw ValidationError("--max-tokens must not be negative") }
+        if temperature < 0 { throw ValidationError("--temperature must not be negative") }
+        if topK < 0 { throw ValidationError("--top-k must not be negative") }
+        if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1]") }
+        if !(minP >= 0 && minP <= 1) { throw ValidationError("--min-p must be in [0, 1]") }
+        if repeatPenalty <= 0 { throw ValidationError("--repeat-penalty must be positive") }
+        if let contextLength, contextLength < 1 { throw ValidationError("--context-length must be positive") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let model = try modelOptions.loadModel()
+            let tokenizer = try loadTokenizer(modelOptions.model)
+            let text = prompt ?? promptArgument ?? ""
+            let promptTokens = tokenizer.encode(text)
+            var options = GenerationOptions()
+            options.maxTokens = maxTokens
+            options.stopStrings = stop
+            options.ignoreEOS = ignoreEOS
+            options.sampling.temperature = temperature
+            options.sampling.topK = topK
+            options.sampling.topP = topP
+            options.sampling.minP = minP
+            options.sampling.repeatPenalty = repeatPenalty
+            options.sampling.repeatLastN = repeatLastN
+            options.sampling.seed = seed ?? UInt64.random(in: 0...UInt64.max)
+            let generator = Generator(model: model, tokenizer: tokenizer)
+            if !json { writeOut(text) }
+            let result = try generator.generate(promptTokens: promptTokens, options: options, contextLength: contextLength) { piece in
+                if !json { writeOut(piece) }
+            }
+            if json {
+                let object: JSONValue = [
+                    "prompt_tokens": .array(result.promptTokens.map { .int($0) }),
+                    "tokens": .array(result.tokens.map { .int($0) }),
+                    "text": .string(result.text),
+                    "finish_reason": .string(result.finishReason.rawValue),
+                    "prompt_tokens_per_second": .double(result.promptTokensPerSecond),
+                    "tokens_per_second": .double(result.tokensPerSecond),
+                ]
+                writeOut(object.serialized() + "\n")
+            } else {
+                writeOut("\n")
+                printError("prompt: \(result.promptTokens.count) tokens, \(fixed(result.promptTokensPerSecond, 1)) tok/s; "
+                    + "generated: \(result.tokens.count) tokens, \(fixed(result.tokensPerSecond, 1)) tok/s")
+            }
+        }
+    }
+}
+
+/// A number with `digits` decimals.
+func fixed(_ value: Double, _ digits: Int) -> String {
+    guard value.isFinite else { return "\(value)" }
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let rounded = (abs(value) * scale).rounded()
+    let whole = Int(rounded / scale)
+    var fraction = String(Int(rounded.truncatingRemainder(dividingBy: scale)))
+    while fraction.count < digits { fraction = "0" + fraction }
+    return (value < 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + fraction : "")
+}

@@ -1,0 +1,82 @@
+import ArgumentParser
+import Models
+import SwitchyardJSON
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a model's architecture, parameter counts, tensor dtypes and memory needs.")
+
+    @Option(help: "A Hugging Face model folder.")
+    var model: String
+
+    @Option(name: .customLong("context-length"), help: "Context length for the KV cache estimate (default: the model's maximum).")
+    var contextLength: Int?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let m = try Model(directory: model, threads: 1)
+            let c = m.config
+            let info = ModelInfo(m)
+            let context = min(contextLength ?? c.maxPositions, c.maxPositions)
+            let kv = info.kvCacheBytesPerToken * context
+            let moe = c.feedForward.compactMap(\.moe).first
+            let moeLayers = c.feedForward.filter { $0.moe != nil }.count
+            if json {
+                var object: JSONObject = JSONObject()
+                object["model_type"] = .string(c.modelType)
+                object["layers"] = .int(c.layerCount)
+                object["hidden_size"] = .int(c.hiddenSize)
+                object["attention_heads"] = .int(c.headCount)
+                object["key_value_heads"] = .int(c.keyValueHeadCount)
+                object["head_dim"] = .int(c.headDim)
+                object["vocab_size"] = .int(c.vocabularySize)
+                object["moe_layers"] = .int(moeLayers)
+                object["experts"] = .int(moe?.expertCount ?? 0)
+                object["experts_per_token"] = .int(moe?.expertsPerToken ?? 0)
+                object["total_parameters"] = .int(info.totalParameters)
+                object["active_parameters"] = .int(info.activeParameters)
+                object["expert_parameters"] = .int(info.expertParameters)
+                object["weight_bytes"] = .int(info.weightBytes)
+                object["dtypes"] = .object(JSONObject(info.dtypes.map { (key: $0.dtype, value: ["tensors": .int($0.tensors), "bytes": .int($0.bytes)]) }))
+                object["kv_cache_bytes_per_token"] = .int(info.kvCacheBytesPerToken)
+                object["context_length"] = .int(context)
+                object["memory_bytes"] = .int(info.weightBytes + kv)
+                writeOut(JSONValue.object(object).serialized() + "\n")
+                return
+            }
+            var lines = [
+                "architecture      \(c.modelType) (\(c.layerCount) layers, hidden \(c.hiddenSize), \(c.headCount) heads / \(c.keyValueHeadCount) KV heads x \(c.headDim), vocab \(c.vocabularySize))",
+            ]
+            if let moe {
+                lines.append("experts           \(moe.expertCount) per MoE layer, \(moe.expertsPerToken) per token, \(moeLayers) of \(c.layerCount) layers sparse\(moe.sharedExpertIntermediateSize != nil ? ", shared expert" : "")")
+            }
+            lines += [
+                "parameters        \(count(info.totalParameters)) total, \(count(info.activeParameters)) active per token\(info.expertParameters > 0 ? ", \(count(info.expertParameters)) in experts" : "")",
+                "dtypes            " + info.dtypes.map { "\($0.dtype): \($0.tensors) tensors, \(bytes($0.bytes))" }.joined(separator: "; "),
+                "weights           \(bytes(info.weightBytes)) (memory-mapped)",
+                "KV cache (f32)    \(bytes(info.kvCacheBytesPerToken)) per token, \(bytes(kv)) at \(context) tokens",
+                "memory needed     \(bytes(info.weightBytes + kv)) at \(context) tokens",
+            ]
+            writeOut(lines.joined(separator: "\n") + "\n")
+        }
+    }
+}
+
+func count(_ n: Int) -> String {
+    let v = Double(n)
+    if v >= 1e9 { return fixed(v / 1e9, 2) + " B" }
+    if v >= 1e6 { return fixed(v / 1e6, 2) + " M" }
+    if v >= 1e3 { return fixed(v / 1e3, 1) + " K" }
+    return "\(n)"
+}
+
+func bytes(_ n: Int) -> String {
+    let v = Double(n)
+    if v >= 1_073_741_824 { return fixed(v / 1_073_741_824, 2) + " GiB" }
+    if v >= 1_048_576 { return fixed(v / 1_048_576, 2) + " MiB" }
+    if v >= 1024 { return fixed(v / 1024, 1) + " KiB" }
+    return "\(n) B"
+}

@@ -1,0 +1,18 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Switchyard: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchyard",
+        abstract: "A Mixture-of-Experts inference engine for models larger than fast memory.",
+        subcommands: [Generate.self, Logits.self, Tokenize.self, Detokenize.self, Info.self])
+
+    static func main() {
+        // A reader that goes away (`switchyard generate ... | head`) ends the output, not the process.
+        signal(SIGPIPE, SIG_IGN)
+        main(nil)
+    }
+}

@@ -1,0 +1,66 @@
+import ArgumentParser
+import SafeTensors
+import SwitchyardJSON
+import Tokenizers
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the token ids of a text as a JSON array.")
+
+    @Option(help: "A folder with tokenizer.json.")
+    var model: String
+
+    @Option(help: "The text.")
+    var text: String?
+
+    @Option(help: "A file whose exact bytes are the text.")
+    var file: String?
+
+    @Flag(name: .customLong("no-special"), help: "Do not add BOS/EOS (add_special_tokens=False).")
+    var noSpecial = false
+
+    func validate() throws {
+        if (text == nil) == (file == nil) { throw ValidationError("give exactly one of --text or --file") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let tokenizer = try loadTokenizer(model)
+            let input: String
+            if let file {
+                let bytes = try readWholeFile(file)
+                guard let s = String(validating: bytes, as: UTF8.self) else {
+                    throw CheckpointError("\(file): not valid UTF-8 text")
+                }
+                input = s
+            } else {
+                input = text ?? ""
+            }
+            let ids = tokenizer.encode(input, addSpecialTokens: !noSpecial)
+            writeOut(JSONValue.array(ids.map { .int($0) }).serialized() + "\n")
+        }
+    }
+}
+
+struct Detokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the text of token ids.")
+
+    @Option(help: "A folder with tokenizer.json.")
+    var model: String
+
+    @Option(help: "Token ids, comma-separated.")
+    var tokens: String
+
+    @Flag(name: .customLong("keep-special"), help: "Keep special tokens such as <s> in the text.")
+    var keepSpecial = false
+
+    func run() throws {
+        try reportingErrors {
+            let ids = try parseTokenList(tokens)
+            let tokenizer = try loadTokenizer(model)
+            if let bad = ids.first(where: { $0 >= tokenizer.vocabularySize }) {
+                throw ValidationError("token id \(bad) is outside the vocabulary (0..<\(tokenizer.vocabularySize))")
+            }
+            writeOut(tokenizer.decode(ids, skipSpecialTokens: !keepSpecial) + "\n")
+        }
+    }
+}
