@@ -82,7 +82,9 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     private final class WorkerContext {
-        unowned let pool: ThreadPool
+        // Not a checked `unowned`: deinit wakes the workers to exit, and they read the pool while
+        // its deinit runs. That is safe because deinit joins every worker before the memory goes.
+        unowned(unsafe) let pool: ThreadPool
         let index: Int
         init(pool: ThreadPool, index: Int) { self.pool = pool; self.index = index }
     }

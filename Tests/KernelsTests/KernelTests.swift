@@ -1,0 +1,94 @@
+import Testing
+@testable import Kernels
+
+func randomFloats(_ n: Int, seed: UInt64) -> [Float] {
+    var state = seed
+    return (0..<n).map { _ in
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return Float(Int64(bitPattern: state >> 11) % 2000) / 1000 - 1
+    }
+}
+
+func bf16Bits(_ x: Float) -> UInt16 { UInt16(x.bitPattern >> 16) }
+
+@Suite("kernels against plain references")
+struct KernelTests {
+    // Sizes that are not multiples of the vector width (16) or the unroll (32), and token counts
+    // around the 4-token register block.
+    @Test(arguments: [(1, 1, 1), (7, 33, 1), (19, 47, 3), (64, 100, 5), (130, 257, 9)])
+    func matmulMatchesReference(rows: Int, columns: Int, tokens: Int) {
+        let pool = ThreadPool(threads: 3)
+        let weights = randomFloats(rows * columns, seed: UInt64(rows * 31 + columns))
+        let input = randomFloats(tokens * columns, seed: 99)
+        for element in [WeightElement.f32, .f16, .bf16] {
+            let bytes: [UInt8]
+            switch element {
+            case .f32: bytes = weights.withUnsafeBytes { Array($0) }
+            case .f16: bytes = weights.map { Float16($0) }.withUnsafeBytes { Array($0) }
+            case .bf16: bytes = weights.map(bf16Bits).withUnsafeBytes { Array($0) }
+            }
+            bytes.withUnsafeBytes { raw in
+                let w = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
+                let expected = matmulReference(w, input: input, tokens: tokens)
+                var out = [Float](repeating: .nan, count: tokens * rows)
+                input.withUnsafeBufferPointer { x in
+                    out.withUnsafeMutableBufferPointer { o in
+                        matmul(w, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                    }
+                }
+                for i in 0..<out.count {
+                    #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "\(element) [\(i)]: \(out[i]) vs \(expected[i])")
+                }
+            }
+        }
+    }
+
+    @Test func bf16WideningIsExact() {
+        let values: [Float] = [1, -2.5, 3.140625, 0, -0.0, 65280]
+        let bits = values.map(bf16Bits)
+        bits.withUnsafeBytes { raw in
+            let w = WeightMatrix(element: .bf16, rows: 1, columns: values.count, data: raw.baseAddress!)
+            for (i, v) in values.enumerated() { #expect(w.value(0, i) == v) }
+        }
+    }
+
+    @Test func rmsNormHandChecked() {
+        // x = [3, 4]: mean square 12.5, scale 1/sqrt(12.5 + 0.5) = 1/sqrt(13).
+        let x: [Float] = [3, 4], w: [Float] = [1, 2]
+        var out = [Float](repeating: 0, count: 2)
+        rmsNorm(x, weight: w, epsilon: 0.5, output: &out, count: 2)
+        #expect(abs(out[0] - 3 / Float(13).squareRoot()) < 1e-6)
+        #expect(abs(out[1] - 8 / Float(13).squareRoot()) < 1e-6)
+    }
+
+    @Test func softmaxHandChecked() {
+        var x: [Float] = [0, 0, 1000, 1000]
+        softmax(&x, 4)
+        #expect(x == [0, 0, 0.5, 0.5], "large logits do not overflow")
+    }
+
+    @Test func rotaryRotatesPairsHalfApart() {
+        // head_dim 4: pairs (0, 2) and (1, 3); rotate the first pair by 90°, leave the second.
+        var x: [Float] = [1, 5, 0, 7]
+        let cos: [Float] = [0, 1], sin: [Float] = [1, 0]
+        applyRotary(&x, heads: 1, headDim: 4, rotaryDim: 4, cos: cos, sin: sin)
+        #expect(x == [0, 5, 1, 7])
+    }
+
+    @Test func partialRotaryLeavesTailAlone() {
+        var x: [Float] = [1, 0, 9, 9]
+        applyRotary(&x, heads: 1, headDim: 4, rotaryDim: 2, cos: [0], sin: [1])
+        #expect(x == [0, 1, 9, 9])
+    }
+
+    @Test func threadPoolRunsEveryItemOnce() {
+        let pool = ThreadPool(threads: 4)
+        for count in [1, 2, 3, 17, 1000] {
+            let hits = UnsafeMutablePointer<Int>.allocate(capacity: count)
+            hits.initialize(repeating: 0, count: count)
+            pool.parallelFor(count) { hits[$0] += 1 }
+            #expect((0..<count).allSatisfy { hits[$0] == 1 })
+            hits.deallocate()
+        }
+    }
+}
