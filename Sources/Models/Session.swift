@@ -172,27 +172,19 @@ public final class Session {
         let out = s.attention.pointer
         let scores = s.scores.pointer
         let context = start + T
-        let group = heads / kvHeads
         let scale = 1 / Float(hd).squareRoot()
         let window = c.slidingWindows[layer]
-        let cache = self.cache
+        let keys = UnsafePointer(cache.keyRow(layer: layer, position: 0))
+        let values = UnsafePointer(cache.valueRow(layer: layer, position: 0))
+        let stride = cache.rowWidth
         model.pool.parallelFor(T * heads) { item in
             let t = item / heads, h = item % heads
             let position = start + t
-            let first = window.map { max(0, position - $0 + 1) } ?? 0
-            let kvHead = h / group
-            let query = q + t * qW + h * hd
-            let row = scores + item * context
-            for j in first...position {
-                row[j] = dot(query, cache.keyRow(layer: layer, position: j) + kvHead * hd, hd) * scale
-            }
-            let count = position - first + 1
-            softmax(row + first, count)
-            let o = out + t * qW + h * hd
-            o.update(repeating: 0, count: hd)
-            for j in first...position {
-                axpy(row[j], cache.valueRow(layer: layer, position: j) + kvHead * hd, o, hd)
-            }
+            attendHead(
+                head: h, heads: heads, kvHeads: kvHeads, headDim: hd, scale: scale,
+                query: q + t * qW, keys: keys, values: values, rowStride: stride,
+                first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
+                scores: scores + item * context, output: out + t * qW + h * hd)
         }
         device.linear(a.output, input: out, inputStride: qW, output: output, outputStride: H, tokens: T)
         if let b = a.outputBias {

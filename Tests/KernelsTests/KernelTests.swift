@@ -1,4 +1,7 @@
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import Kernels
 
 func randomFloats(_ n: Int, seed: UInt64) -> [Float] {
@@ -90,5 +93,42 @@ struct KernelTests {
             #expect((0..<count).allSatisfy { hits[$0] == 1 })
             hits.deallocate()
         }
+    }
+}
+
+@Suite("attention")
+struct AttentionTests {
+    // 4 query heads share 2 KV heads (head_dim 2), 2 cached positions. Head h reads KV head h / 2.
+    // keys:   position 0: kv0 = [1, 0], kv1 = [0, 0]; position 1: kv0 = [0, 1], kv1 = [0, 0]
+    // values: position 0: kv0 = [10, 0], kv1 = [1, 1]; position 1: kv0 = [0, 20], kv1 = [3, 3]
+    let keys: [Float] = [1, 0, 0, 0, 0, 1, 0, 0]
+    let values: [Float] = [10, 0, 1, 1, 0, 20, 3, 3]
+
+    func run(head: Int, query: [Float], first: Int = 0, last: Int = 1) -> [Float] {
+        var scores = [Float](repeating: 0, count: 2)
+        var out = [Float](repeating: 0, count: 2)
+        attendHead(head: head, heads: 4, kvHeads: 2, headDim: 2, scale: 1, query: query, keys: keys, values: values,
+                   rowStride: 4, first: first, last: last, scores: &scores, output: &out)
+        return out
+    }
+
+    @Test func groupedHeadsReadTheirKVHead() {
+        // Heads 0 and 1 use kv0: query [ln 3, 0] gives scores [ln 3, 0] → weights [3/4, 1/4].
+        let q: [Float] = [Float(log(3.0)), 0, Float(log(3.0)), 0, 5, 5, 5, 5]
+        for head in [0, 1] {
+            let o = run(head: head, query: q)
+            #expect(abs(o[0] - 7.5) < 1e-5 && abs(o[1] - 5) < 1e-5)
+        }
+        // Heads 2 and 3 use kv1, whose keys are zero: uniform weights, mean of kv1 values.
+        for head in [2, 3] {
+            let o = run(head: head, query: q)
+            #expect(abs(o[0] - 2) < 1e-6 && abs(o[1] - 2) < 1e-6)
+        }
+    }
+
+    @Test func causalAndWindowedRanges() {
+        let q: [Float] = [0, 0, 0, 0, 0, 0, 0, 0]
+        #expect(run(head: 0, query: q, first: 0, last: 0) == [10, 0], "position 0 sees only itself")
+        #expect(run(head: 0, query: q, first: 1, last: 1) == [0, 20], "a window of 1 sees only the last position")
     }
 }
