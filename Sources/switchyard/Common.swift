@@ -70,16 +70,22 @@ private func writeAll(_ fd: Int32, _ text: String) {
     }
 }
 
+/// A problem with what the user gave (a value, not a flag's spelling): reported in one line.
+struct InputError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// "1,2,3" or "1 2 3" or "[1, 2, 3]".
 func parseTokenList(_ text: String) throws -> [Int] {
     let cleaned = text.filter { $0 != "[" && $0 != "]" }
     let parts = cleaned.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\n" })
     var ids: [Int] = []
     for part in parts {
-        guard let id = Int(part), id >= 0 else { throw ValidationError("'\(part)' is not a token id") }
+        guard let id = Int(part), id >= 0 else { throw InputError("'\(part)' is not a token id") }
         ids.append(id)
     }
-    guard !ids.isEmpty else { throw ValidationError("no token ids given") }
+    guard !ids.isEmpty else { throw InputError("no token ids given") }
     return ids
 }
 

@@ -29,7 +29,7 @@ struct Tokenize: ParsableCommand {
             if let file {
                 let bytes = try readWholeFile(file)
                 guard let s = String(validating: bytes, as: UTF8.self) else {
-                    throw CheckpointError("\(file): not valid UTF-8 text")
+                    throw InputError("\(file): not valid UTF-8 text")
                 }
                 input = s
             } else {
@@ -58,7 +58,7 @@ struct Detokenize: ParsableCommand {
             let ids = try parseTokenList(tokens)
             let tokenizer = try loadTokenizer(model)
             if let bad = ids.first(where: { $0 >= tokenizer.vocabularySize }) {
-                throw ValidationError("token id \(bad) is outside the vocabulary (0..<\(tokenizer.vocabularySize))")
+                throw InputError("token id \(bad) is outside the vocabulary (0..<\(tokenizer.vocabularySize))")
             }
             writeOut(tokenizer.decode(ids, skipSpecialTokens: !keepSpecial) + "\n")
         }
