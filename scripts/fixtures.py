@@ -83,7 +83,7 @@ def make_tokenizer(out_dir):
     shutil.rmtree(tmp)
 
 
-def build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer):
+def build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer, shard=False):
     spec = dict(ARCHITECTURES[arch])
     old_form = spec.pop("old_config_form", False)
     model_type = spec.pop("model_type")
@@ -100,7 +100,8 @@ def build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer):
     model = model.to(torch.bfloat16)
     os.makedirs(folder, exist_ok=True)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
-    model.save_pretrained(folder)
+    # Sharded: several model-0000N-of-0000M.safetensors and model.safetensors.index.json.
+    model.save_pretrained(folder, max_shard_size="1MB" if shard else "5GB")
     if old_form:
         # The pre-transformers-5 form: rope_theta and rope_scaling at the top level.
         path = os.path.join(folder, "config.json")
@@ -176,7 +177,8 @@ def check(args):
         folder = os.path.join(work, arch)
         seed = args.seed
         while True:
-            build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer=False)
+            build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer=False,
+                             shard=arch in ("mixtral", "qwen3_moe"))
             prompt, logits, greedy, margin = reference(folder)
             if margin > 1e-3:
                 break
@@ -193,7 +195,8 @@ def check(args):
         ok = ours.shape == logits.shape and rel.max() <= 1e-4 and generated["tokens"] == greedy \
             and generated["prompt_tokens"] == prompt
         failures += 0 if ok else 1
-        print(f"{'ok  ' if ok else 'FAIL'} {arch:10s} seed {seed}: max relative logit error {rel.max():.2e} "
+        sharded = os.path.exists(os.path.join(folder, "model.safetensors.index.json"))
+        print(f"{'ok  ' if ok else 'FAIL'} {arch:10s} seed {seed}{' (sharded)' if sharded else ''}: max relative logit error {rel.max():.2e} "
               f"over {len(prompt)} positions; greedy {len(greedy)} tokens "
               f"{'identical' if generated['tokens'] == greedy else 'DIFFER'}")
         if generated["tokens"] != greedy:
