@@ -35,9 +35,6 @@ public final class ContiguousKVCache: KVCache {
         for p in values { p.deallocate() }
     }
 
-    /// Bytes this cache holds.
-    public var byteCount: Int { 2 * keys.count * capacity * rowWidth * MemoryLayout<Float>.size }
-
     @inlinable public func keyRow(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
         keysBase(layer) + position * rowWidth
     }

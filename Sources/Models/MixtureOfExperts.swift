@@ -43,7 +43,7 @@ extension Session {
 
     /// out[T, hidden] = Σ routed experts' outputs x their weights (+ the gated shared expert).
     /// Tokens routed to the same expert are gathered so its weights are read once for all of them.
-    func mixtureOfExperts(_ w: MoEWeights, _ moe: MoEConfig, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int, layer: Int) {
+    func mixtureOfExperts(_ w: MoEWeights, _ moe: MoEConfig, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int) {
         let hidden = model.config.hiddenSize
         let experts = moe.expertCount
         let logits = scratch.routerLogits.pointer
@@ -53,7 +53,6 @@ extension Session {
             let r = routeTopK(logits: logits + t * experts, expertCount: experts, k: moe.expertsPerToken, normalize: moe.normalizeTopK)
             for (e, weight) in zip(r.experts, r.weights) { assigned[e].append((t, weight)) }
         }
-        routingObserver?(layer, assigned.map { $0.map(\.token) })
         output.update(repeating: 0, count: tokens * hidden)
         let gathered = scratch.gathered.pointer
         let expertOut = scratch.expertOutput.pointer

@@ -9,8 +9,6 @@ public final class Session {
     /// Longest run of tokens pushed through the layers at once. Longer inputs are split, which
     /// bounds the attention score memory (chunk x heads x context) and changes no result.
     public var chunkSize = 64
-    /// Called with (layer, tokens routed to each expert) for every MoE layer: profiling, tests.
-    public var routingObserver: ((Int, [[Int]]) -> Void)?
 
     init(model: Model, capacity: Int) {
         self.model = model
@@ -105,7 +103,7 @@ public final class Session {
             case (.dense(let ff), _):
                 denseFeedForward(ff, input: xn, output: s.projected.pointer, tokens: T)
             case (.mixtureOfExperts(let moeWeights), .mixtureOfExperts(let moe)):
-                mixtureOfExperts(moeWeights, moe, input: xn, output: s.projected.pointer, tokens: T, layer: l)
+                mixtureOfExperts(moeWeights, moe, input: xn, output: s.projected.pointer, tokens: T)
             case (.mixtureOfExperts, .dense):
                 preconditionFailure("weights and config disagree on layer \(l)")
             }

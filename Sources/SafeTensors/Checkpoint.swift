@@ -58,8 +58,6 @@ public final class Checkpoint: @unchecked Sendable {
         self.index = index
     }
 
-    public var tensorNames: [String] { index.keys.sorted() }
-
     public func contains(_ name: String) -> Bool { index[name] != nil }
 
     public func tensor(_ name: String) throws(CheckpointError) -> TensorView {
@@ -79,19 +77,5 @@ public func fileExists(_ path: String) -> Bool {
 
 /// Reads a whole (small) file: configs, indexes, tokenizers.
 public func readWholeFile(_ path: String) throws(CheckpointError) -> [UInt8] {
-    guard let file = fopen(path, "rb") else {
-        throw CheckpointError("cannot open \(path): \(String(cString: strerror(errno)))")
-    }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
-        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-        if n < chunk.count {
-            if ferror(file) != 0 { throw CheckpointError("cannot read \(path): \(String(cString: strerror(errno)))") }
-            break
-        }
-    }
-    return bytes
+    do { return try readFileBytes(path) } catch { throw CheckpointError(error.description) }
 }

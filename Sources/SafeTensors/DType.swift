@@ -18,8 +18,5 @@ public enum DType: String, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
-    /// Whether the engine can read this type as floating-point weights.
-    public var isComputeFloat: Bool { self == .bf16 || self == .f16 || self == .f32 }
-
     public var description: String { rawValue.lowercased() }
 }

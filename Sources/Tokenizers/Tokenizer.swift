@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 import SwitchyardJSON
 
 /// A token the tokenizer matches in raw text before anything else (special tokens such as `<s>`,
@@ -36,8 +37,8 @@ public final class Tokenizer: @unchecked Sendable {
     /// TemplateProcessing for one sequence: ids before and after it.
     let prefixIDs: [Int]
     let suffixIDs: [Int]
-    private var cache: [String: [Int]] = [:]
-    private let cacheLock = NSLockLike()
+    /// Word → ids; the server shares one tokenizer across requests.
+    private let cache = Mutex<[String: [Int]]>([:])
 
     public var vocabularySize: Int { tokens.count }
 
@@ -209,12 +210,12 @@ public final class Tokenizer: @unchecked Sendable {
         let words = preTokenizer?.split([normalized], atStart: atStart) ?? [normalized]
         var ids: [Int] = []
         for word in words where !word.isEmpty {
-            if let cached = cacheLock.withLock({ cache[word] }) {
+            if let cached = cache.withLock({ $0[word] }) {
                 ids += cached
                 continue
             }
             let encoded = bpe(word)
-            cacheLock.withLock { if cache.count < 100_000 { cache[word] = encoded } }
+            cache.withLock { if $0.count < 100_000 { $0[word] = encoded } }
             ids += encoded
         }
         return ids
@@ -289,28 +290,5 @@ public final class Tokenizer: @unchecked Sendable {
 }
 
 func readFile(_ path: String) throws(TokenizerError) -> [UInt8] {
-    guard let file = fopen(path, "rb") else {
-        throw TokenizerError("cannot open \(path): \(String(cString: strerror(errno)))")
-    }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
-        bytes.append(contentsOf: chunk[0..<n])
-        if n < chunk.count { break }
-    }
-    return bytes
-}
-
-/// A small mutex for the word cache (Tokenizer is shared across threads by the server).
-final class NSLockLike: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func withLock<T>(_ body: () -> T) -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return body()
-    }
+    do { return try readFileBytes(path) } catch { throw TokenizerError(error.description) }
 }

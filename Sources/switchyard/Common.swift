@@ -32,9 +32,11 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// Diagnostics on stderr; SWITCHYARD_LOG_LEVEL=debug (or info, trace...) shows more.
 let logger: Logger = {
     var l = Logger(label: "switchyard")
-    l.logLevel = .warning
+    let level = getenv("SWITCHYARD_LOG_LEVEL").map { String(cString: $0) } ?? "warning"
+    l.logLevel = Logger.Level(rawValue: level) ?? .warning
     return l
 }()
 
