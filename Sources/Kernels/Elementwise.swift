@@ -21,7 +21,7 @@ public func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) 
         s0.addProduct(ra.loadUnaligned(fromByteOffset: i * 4, as: Vector16.self), rb.loadUnaligned(fromByteOffset: i * 4, as: Vector16.self))
         i += 16
     }
-    var s = ((s0 + s1) + (s2 + s3)).sum()
+    var s = horizontalSum((s0 + s1) + (s2 + s3))
     while i < n { s += a[i] * b[i]; i += 1 }
     return s
 }

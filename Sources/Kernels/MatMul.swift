@@ -69,8 +69,16 @@ func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     }
 }
 
-/// Dot products of one weight row with up to four activation rows, reading the weights once.
-/// Two accumulators per activation row hide the FMA latency.
+/// Horizontal sum without the generic `SIMD.sum()`, which is not inlined across modules.
+@inlinable @inline(__always)
+func horizontalSum(_ v: Vector16) -> Float {
+    let a = v.lowHalf + v.highHalf
+    let b = a.lowHalf + a.highHalf
+    return (b[0] + b[1]) + (b[2] + b[3])
+}
+
+/// Dot products of one f32 or f16 weight row with up to four activation rows, reading the weights
+/// once. Two accumulators per activation row hide the FMA latency.
 @inlinable @inline(__always)
 func dotRow(
     _ element: WeightElement, _ row: UnsafeRawPointer, _ n: Int,
@@ -103,21 +111,99 @@ func dotRow(
         }
         i += 32
     }
-    while i + 16 <= n {
-        let w0 = loadWidened(element, row, i)
-        a0.addProduct(w0, (raw + i * 4).loadUnaligned(as: Vector16.self))
-        if tokens > 1 { a1.addProduct(w0, (raw + (xStride + i) * 4).loadUnaligned(as: Vector16.self)) }
-        if tokens > 2 { a2.addProduct(w0, (raw + (2 * xStride + i) * 4).loadUnaligned(as: Vector16.self)) }
-        if tokens > 3 { a3.addProduct(w0, (raw + (3 * xStride + i) * 4).loadUnaligned(as: Vector16.self)) }
-        i += 16
-    }
-    var s = SIMD4<Float>((a0 + b0).sum(), (a1 + b1).sum(), (a2 + b2).sum(), (a3 + b3).sum())
+    var s = SIMD4<Float>(horizontalSum(a0 + b0), horizontalSum(a1 + b1), horizontalSum(a2 + b2), horizontalSum(a3 + b3))
     while i < n {
         let w = widenScalar(element, row, i)
         for t in 0..<tokens { s[t] += w * x[t * xStride + i] }
         i += 1
     }
     out = s
+}
+
+/// bf16 rows: 32 values load as 16 UInt32 lanes, each holding an even element in its low half and
+/// the next odd element in its high half. `lane << 16` is the even element as f32 and
+/// `lane & 0xFFFF0000` the odd one, so widening costs one shift or mask per 16 values and no
+/// conversion instruction. The activations are permuted to match (`permuteForBF16`): in each block
+/// of 32, the 16 even-indexed values, then the 16 odd-indexed ones.
+@inlinable @inline(__always)
+func dotRowBF16(
+    _ row: UnsafeRawPointer, _ n: Int,
+    _ permuted: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ xStride: Int, _ tokens: Int,
+    _ out: inout SIMD4<Float>
+) {
+    var a0 = Vector16(), a1 = Vector16(), a2 = Vector16(), a3 = Vector16()
+    var b0 = Vector16(), b1 = Vector16(), b2 = Vector16(), b3 = Vector16()
+    let p = UnsafeRawPointer(permuted)
+    let blocks = n / 32
+    let mask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
+    if tokens == 1 {
+        // Decode: one activation row; four accumulators over two blocks at a time.
+        var c0 = Vector16(), c1 = Vector16()
+        var k = 0
+        while k + 2 <= blocks {
+            let r0 = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
+            let r1 = (row + k * 64 + 64).loadUnaligned(as: SIMD16<UInt32>.self)
+            a0.addProduct(unsafeBitCast(r0 &<< 16, to: Vector16.self), (p + k * 128).loadUnaligned(as: Vector16.self))
+            b0.addProduct(unsafeBitCast(r0 & mask, to: Vector16.self), (p + k * 128 + 64).loadUnaligned(as: Vector16.self))
+            c0.addProduct(unsafeBitCast(r1 &<< 16, to: Vector16.self), (p + k * 128 + 128).loadUnaligned(as: Vector16.self))
+            c1.addProduct(unsafeBitCast(r1 & mask, to: Vector16.self), (p + k * 128 + 192).loadUnaligned(as: Vector16.self))
+            k += 2
+        }
+        if k < blocks {
+            let r0 = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
+            a0.addProduct(unsafeBitCast(r0 &<< 16, to: Vector16.self), (p + k * 128).loadUnaligned(as: Vector16.self))
+            b0.addProduct(unsafeBitCast(r0 & mask, to: Vector16.self), (p + k * 128 + 64).loadUnaligned(as: Vector16.self))
+        }
+        a0 += c0
+        b0 += c1
+    } else {
+        let rowStride = n * 4  // the permuted rows are packed: [tokens, n]
+        for k in 0..<blocks {
+            let r = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
+            let even = unsafeBitCast(r &<< 16, to: Vector16.self)
+            let odd = unsafeBitCast(r & mask, to: Vector16.self)
+            let q = p + k * 128
+            a0.addProduct(even, q.loadUnaligned(as: Vector16.self))
+            b0.addProduct(odd, (q + 64).loadUnaligned(as: Vector16.self))
+            if tokens > 1 {
+                a1.addProduct(even, (q + rowStride).loadUnaligned(as: Vector16.self))
+                b1.addProduct(odd, (q + rowStride + 64).loadUnaligned(as: Vector16.self))
+            }
+            if tokens > 2 {
+                a2.addProduct(even, (q + 2 * rowStride).loadUnaligned(as: Vector16.self))
+                b2.addProduct(odd, (q + 2 * rowStride + 64).loadUnaligned(as: Vector16.self))
+            }
+            if tokens > 3 {
+                a3.addProduct(even, (q + 3 * rowStride).loadUnaligned(as: Vector16.self))
+                b3.addProduct(odd, (q + 3 * rowStride + 64).loadUnaligned(as: Vector16.self))
+            }
+        }
+    }
+    var s = SIMD4<Float>(horizontalSum(a0 + b0), horizontalSum(a1 + b1), horizontalSum(a2 + b2), horizontalSum(a3 + b3))
+    var i = blocks * 32
+    while i < n {
+        let w = widenScalar(.bf16, row, i)
+        for t in 0..<tokens { s[t] += w * x[t * xStride + i] }
+        i += 1
+    }
+    out = s
+}
+
+/// Reorders each token's activations block by block for `dotRowBF16`: in every full block of 32,
+/// the even-indexed values first, then the odd-indexed ones. The tail is left out (read from the
+/// original row). `output` is [tokens, columns].
+@inlinable
+func permuteForBF16(_ input: UnsafePointer<Float>, inputStride: Int, columns: Int, tokens: Int, output: UnsafeMutablePointer<Float>) {
+    let blocks = columns / 32
+    for t in 0..<tokens {
+        let x = input + t * inputStride, o = output + t * columns
+        for k in 0..<blocks {
+            for j in 0..<16 {
+                o[k * 32 + j] = x[k * 32 + 2 * j]
+                o[k * 32 + 16 + j] = x[k * 32 + 2 * j + 1]
+            }
+        }
+    }
 }
 
 /// output[t, r] = sum_c weight[r, c] * input[t, c] for t in 0..<tokens (that is, input x weightᵀ,
@@ -142,6 +228,27 @@ public func matmul(
     // Chunks of rows small enough to balance, large enough to amortise the claim.
     let rowsPerItem = max(8, min(256, rows / (pool.threadCount * 8) + 1))
     let items = (rows + rowsPerItem - 1) / rowsPerItem
+    if element == .bf16 {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
+            let perm = UnsafePointer(permuted.baseAddress!)
+            permuteForBF16(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)
+            pool.parallelFor(items) { item in
+                let start = item * rowsPerItem
+                let end = min(rows, start + rowsPerItem)
+                var t0 = 0
+                while t0 < tokens {
+                    let count = min(4, tokens - t0)
+                    for r in start..<end {
+                        var s = SIMD4<Float>()
+                        dotRowBF16(base + r * rowBytes, n, perm + t0 * n, input + t0 * inputStride, inputStride, count, &s)
+                        for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
+                    }
+                    t0 += 4
+                }
+            }
+        }
+        return
+    }
     pool.parallelFor(items) { item in
         let start = item * rowsPerItem
         let end = min(rows, start + rowsPerItem)

@@ -79,7 +79,7 @@ public struct DecoderConfig: Sendable {
 
 /// One architecture family: which `model_type`s it reads and how its config.json maps to a
 /// `DecoderConfig`. Each family lives in its own file.
-protocol ArchitectureFamily {
+protocol ArchitectureFamily: Sendable {
     static var modelTypes: [String] { get }
     static func decoderConfig(modelType: String, _ config: ConfigReader) throws(ModelError) -> DecoderConfig
 }
