@@ -80,10 +80,8 @@ public struct Sampler: Sendable {
         }
         if p.temperature <= 0 { return argmax(logits) }
 
-        // Candidates sorted by logit, most likely first (stable: ties keep the lower id first).
-        var candidates = Array(logits.indices)
-        candidates.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
-        if p.topK > 0, p.topK < candidates.count { candidates.removeSubrange(p.topK...) }
+        // Candidates by logit, most likely first; ties keep the lower id first.
+        let candidates = mostLikely(logits, count: p.topK > 0 ? p.topK : logits.count)
         let scaled = candidates.map { Double(logits[$0] / p.temperature) }
         let maximum = scaled[0]
         var probabilities = scaled.map { exp($0 - maximum) }
@@ -109,6 +107,25 @@ public struct Sampler: Sendable {
         }
         return candidates[keep - 1]
     }
+}
+
+/// Indices of the `count` largest values, largest first, lower index first among equals. With a
+/// small `count` (top-k) this keeps a sorted window instead of sorting the whole vocabulary.
+func mostLikely(_ values: [Float], count: Int) -> [Int] {
+    func before(_ a: Int, _ b: Int) -> Bool { values[a] > values[b] || (values[a] == values[b] && a < b) }
+    if count * 8 >= values.count {
+        return Array(values.indices.sorted(by: before).prefix(count))
+    }
+    var best: [Int] = []
+    best.reserveCapacity(count + 1)
+    for i in values.indices {
+        if best.count == count, !before(i, best[count - 1]) { continue }
+        var at = best.count
+        while at > 0, before(i, best[at - 1]) { at -= 1 }
+        best.insert(i, at: at)
+        if best.count > count { best.removeLast() }
+    }
+    return best
 }
 
 /// Index of the largest value; the lowest index among equals (as torch.argmax).

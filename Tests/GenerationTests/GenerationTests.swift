@@ -159,3 +159,13 @@ struct GeneratorTests {
         }
     }
 }
+
+@Test func mostLikelyMatchesAFullSort() {
+    var state: UInt64 = 5
+    let values: [Float] = (0..<5000).map { _ in
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return Float(state >> 54)  // few distinct values: many ties
+    }
+    let full = values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
+    for k in [1, 2, 40, 700, 5000] { #expect(mostLikely(values, count: k) == Array(full.prefix(k))) }
+}
