@@ -8,8 +8,8 @@ import Glibc
 
 /// Options every command that loads a model shares.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: "A Hugging Face model folder (config.json, safetensors, tokenizer.json).")
-    var model: String
+    @Option(name: .long, help: "A Hugging Face model folder (config.json, safetensors, tokenizer.json); default: the bundled demo model.")
+    var model: String?
 
     @Option(name: [.short, .long], help: "Kernel threads (default: the cores this process may use).")
     var threads: Int?
@@ -26,9 +26,10 @@ struct ModelOptions: ParsableArguments {
 
     func loadModel() throws -> Model {
         let started = ContinuousClock.now
-        let model = try Model(directory: model, threads: threads)
-        logger.debug("loaded \(model.config.modelType) from \(self.model) in \(ContinuousClock.now - started)")
-        return model
+        let directory = try modelDirectory(model)
+        let loaded = try Model(directory: directory, threads: threads)
+        logger.debug("loaded \(loaded.config.modelType) from \(directory) in \(ContinuousClock.now - started)")
+        return loaded
     }
 }
 
@@ -91,6 +92,25 @@ func parseTokenList(_ text: String) throws -> [Int] {
     return ids
 }
 
-func loadTokenizer(_ directory: String) throws -> Tokenizer {
-    try Tokenizer(directory: directory)
+/// The bundled demo model's folder inside the repository.
+let demoModelPath = "models/switchyard-kjv-moe"
+
+/// `--model` if given; otherwise $SWITCHYARD_MODEL, or the demo model found next to the executable
+/// (it lives in the repository's .build folder) or under the current directory.
+func modelDirectory(_ given: String?) throws -> String {
+    if let given { return given }
+    if let env = getenv("SWITCHYARD_MODEL") { return String(cString: env) }
+    var candidates: [String] = []
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    if n > 0 {
+        var parts = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "/")
+        while parts.count > 1 {
+            parts.removeLast()
+            candidates.append("/" + parts.joined(separator: "/") + "/" + demoModelPath)
+        }
+    }
+    candidates.append(demoModelPath)
+    for c in candidates where access(c + "/config.json", R_OK) == 0 { return c }
+    throw InputError("no --model given, and the bundled demo model (\(demoModelPath)) was not found next to the executable or in the current directory; set --model DIR or SWITCHYARD_MODEL")
 }

@@ -67,7 +67,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let model = try modelOptions.loadModel()
-            let tokenizer = try loadTokenizer(modelOptions.model)
+            let tokenizer = try Tokenizer(directory: model.directory)
             let text = prompt ?? promptArgument ?? ""
             let promptTokens = tokenizer.encode(text)
             var options = GenerationOptions()

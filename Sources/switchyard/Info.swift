@@ -6,8 +6,8 @@ struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a model's architecture, parameter counts, tensor dtypes and memory needs.")
 
-    @Option(help: "A Hugging Face model folder.")
-    var model: String
+    @Option(help: "A Hugging Face model folder (default: the bundled demo model).")
+    var model: String?
 
     @Option(name: .customLong("context-length"), help: "Context length for the KV cache estimate (default: the model's maximum).")
     var contextLength: Int?
@@ -17,7 +17,7 @@ struct Info: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let m = try Model(directory: model, threads: 1)
+            let m = try Model(directory: modelDirectory(model), threads: 1)
             let c = m.config
             let info = ModelInfo(m)
             let context = min(contextLength ?? c.maxPositions, c.maxPositions)

@@ -6,8 +6,8 @@ import Tokenizers
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the token ids of a text as a JSON array.")
 
-    @Option(help: "A folder with tokenizer.json.")
-    var model: String
+    @Option(help: "A folder with tokenizer.json (default: the bundled demo model).")
+    var model: String?
 
     @Option(help: "The text.")
     var text: String?
@@ -24,7 +24,7 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let tokenizer = try loadTokenizer(model)
+            let tokenizer = try Tokenizer(directory: modelDirectory(model))
             let input: String
             if let file {
                 let bytes = try readWholeFile(file)
@@ -44,8 +44,8 @@ struct Tokenize: ParsableCommand {
 struct Detokenize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the text of token ids.")
 
-    @Option(help: "A folder with tokenizer.json.")
-    var model: String
+    @Option(help: "A folder with tokenizer.json (default: the bundled demo model).")
+    var model: String?
 
     @Option(help: "Token ids, comma-separated.")
     var tokens: String
@@ -56,7 +56,7 @@ struct Detokenize: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let ids = try parseTokenList(tokens)
-            let tokenizer = try loadTokenizer(model)
+            let tokenizer = try Tokenizer(directory: modelDirectory(model))
             if let bad = ids.first(where: { $0 >= tokenizer.vocabularySize }) {
                 throw InputError("token id \(bad) is outside the vocabulary (0..<\(tokenizer.vocabularySize))")
             }
