@@ -27,6 +27,8 @@ public final class Tokenizer: @unchecked Sendable {
     /// (left id, right id) → (rank, merged id).
     let merges: [UInt64: (rank: Int, id: Int)]
     let byteFallback: Bool
+    /// Llama 3 style: a word that is itself in the vocabulary is one token, whatever the merges say.
+    let ignoreMerges: Bool
     let fuseUnknown: Bool
     let unknownID: Int?
     let addedTokens: [AddedToken]
@@ -37,8 +39,9 @@ public final class Tokenizer: @unchecked Sendable {
     /// TemplateProcessing for one sequence: ids before and after it.
     let prefixIDs: [Int]
     let suffixIDs: [Int]
-    /// Word → ids; the server shares one tokenizer across requests.
-    private let cache = Mutex<[String: [Int]]>([:])
+    /// Word (UTF-8 bytes: a String key would merge canonically equivalent words) → ids. The server
+    /// shares one tokenizer across requests.
+    private let cache = Mutex<[[UInt8]: [Int]]>([:])
 
     public var vocabularySize: Int { tokens.count }
 
@@ -62,9 +65,6 @@ public final class Tokenizer: @unchecked Sendable {
         }
         if let suffix = model["end_of_word_suffix"]?.stringValue, !suffix.isEmpty {
             throw TokenizerError("\(path): BPE end_of_word_suffix is not supported yet")
-        }
-        if model["ignore_merges"]?.boolValue == true {
-            throw TokenizerError("\(path): BPE ignore_merges is not supported yet")
         }
         guard let vocabObject = model["vocab"]?.objectValue else { throw TokenizerError("\(path): model has no 'vocab' object") }
         var vocabulary: [[UInt8]: Int] = [:]
@@ -112,6 +112,7 @@ public final class Tokenizer: @unchecked Sendable {
         self.tokens = tokens
         self.merges = merges
         byteFallback = model["byte_fallback"]?.boolValue ?? false
+        ignoreMerges = model["ignore_merges"]?.boolValue ?? false
         fuseUnknown = model["fuse_unk"]?.boolValue ?? false
         if let unk = model["unk_token"]?.stringValue {
             unknownID = vocabulary[Array(unk.utf8)]
@@ -126,22 +127,27 @@ public final class Tokenizer: @unchecked Sendable {
         if let d = json["decoder"], !d.isNull { decoder = try Decoder(d, path: path) } else { decoder = nil }
         var prefix: [Int] = [], suffix: [Int] = []
         if let post = json["post_processor"], !post.isNull {
-            let type = post["type"]?.stringValue ?? "?"
-            switch type {
-            case "TemplateProcessing":
-                var seenSequence = false
-                for piece in post["single"]?.arrayValue ?? [] {
-                    if piece["Sequence"] != nil { seenSequence = true; continue }
-                    guard let name = piece["SpecialToken"]?["id"]?.stringValue,
-                        let ids = post["special_tokens"]?[name]?["ids"]?.arrayValue
-                    else { throw TokenizerError("\(path): TemplateProcessing names an unknown special token") }
-                    let values = ids.compactMap(\.intValue)
-                    if seenSequence { suffix += values } else { prefix += values }
+            // A Sequence (Llama 3: ByteLevel then TemplateProcessing) applies each in turn; only
+            // TemplateProcessing changes ids.
+            let processors = post["type"]?.stringValue == "Sequence" ? post["processors"]?.arrayValue ?? [] : [post]
+            for processor in processors {
+                let type = processor["type"]?.stringValue ?? "?"
+                switch type {
+                case "TemplateProcessing":
+                    var seenSequence = false
+                    for piece in processor["single"]?.arrayValue ?? [] {
+                        if piece["Sequence"] != nil { seenSequence = true; continue }
+                        guard let name = piece["SpecialToken"]?["id"]?.stringValue,
+                            let ids = processor["special_tokens"]?[name]?["ids"]?.arrayValue
+                        else { throw TokenizerError("\(path): TemplateProcessing names an unknown special token") }
+                        let values = ids.compactMap(\.intValue)
+                        if seenSequence { suffix += values } else { prefix += values }
+                    }
+                case "ByteLevel":
+                    break
+                default:
+                    throw TokenizerError("\(path): post-processor '\(type)' is not supported (supported: TemplateProcessing, ByteLevel, Sequence)")
                 }
-            case "ByteLevel":
-                break
-            default:
-                throw TokenizerError("\(path): post-processor '\(type)' is not supported yet (supported: TemplateProcessing, ByteLevel)")
             }
         }
         prefixIDs = prefix
@@ -170,22 +176,20 @@ public final class Tokenizer: @unchecked Sendable {
     enum Segment { case added(Int), text(Range<Int>) }
 
     /// Cuts the input at every added token (leftmost, then longest match), applying their
-    /// lstrip/rstrip (which swallow neighbouring whitespace) and single_word rules.
+    /// lstrip/rstrip (which swallow neighbouring whitespace) and single_word rules, with Unicode's
+    /// whitespace and alphanumerics as the Rust library uses them.
     func splitOnAddedTokens(_ bytes: [UInt8]) -> [Segment] {
         var segments: [Segment] = []
         var textStart = 0
         var i = 0
-        func isWordByte(_ b: UInt8) -> Bool { b >= 0x80 || (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7A) || b == 0x5F }
-        func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0A || b == 0x0D }
         while i < bytes.count {
             var matched: AddedToken?
             for token in addedTokens where !token.content.isEmpty && i + token.content.count <= bytes.count {
                 if bytes[i..<i + token.content.count].elementsEqual(token.content) {
                     if token.singleWord {
-                        let before = i > 0 ? bytes[i - 1] : 0x20
                         let end = i + token.content.count
-                        let after = end < bytes.count ? bytes[end] : 0x20
-                        if isWordByte(before) || isWordByte(after) { continue }
+                        if let before = scalar(endingAt: i, in: bytes), isWordCharacter(before) { continue }
+                        if let after = scalar(startingAt: end, in: bytes), isWordCharacter(after) { continue }
                     }
                     matched = token
                     break
@@ -193,15 +197,46 @@ public final class Tokenizer: @unchecked Sendable {
             }
             guard let token = matched else { i += 1; continue }
             var textEnd = i
-            if token.lstrip { while textEnd > textStart, isSpace(bytes[textEnd - 1]) { textEnd -= 1 } }
+            if token.lstrip {
+                while textEnd > textStart, let s = scalar(endingAt: textEnd, in: bytes), s.properties.isWhitespace {
+                    textEnd -= String(s).utf8.count
+                }
+            }
             if textEnd > textStart { segments.append(.text(textStart..<textEnd)) }
             segments.append(.added(token.id))
             i += token.content.count
-            if token.rstrip { while i < bytes.count, isSpace(bytes[i]) { i += 1 } }
+            if token.rstrip {
+                while let s = scalar(startingAt: i, in: bytes), s.properties.isWhitespace { i += String(s).utf8.count }
+            }
             textStart = i
         }
         if textStart < bytes.count { segments.append(.text(textStart..<bytes.count)) }
         return segments
+    }
+
+    /// A regex word character (`\w` in Unicode mode: Alphabetic, marks, decimal digits, connector
+    /// punctuation, Join_Control), which is how the Rust library draws single_word boundaries.
+    func isWordCharacter(_ s: Unicode.Scalar) -> Bool {
+        if s.properties.isAlphabetic || s.properties.isJoinControl { return true }
+        switch s.properties.generalCategory {
+        case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation: return true
+        default: return false
+        }
+    }
+
+    func scalar(startingAt offset: Int, in bytes: [UInt8]) -> Unicode.Scalar? {
+        guard offset < bytes.count else { return nil }
+        var iterator = bytes[offset...].makeIterator()
+        var decoder = UTF8()
+        if case .scalarValue(let s) = decoder.decode(&iterator) { return s }
+        return nil
+    }
+
+    func scalar(endingAt offset: Int, in bytes: [UInt8]) -> Unicode.Scalar? {
+        guard offset > 0 else { return nil }
+        var start = offset - 1
+        while start > 0, bytes[start] & 0xC0 == 0x80 { start -= 1 }
+        return scalar(startingAt: start, in: bytes)
     }
 
     func encodeOrdinary(_ text: String, atStart: Bool) -> [Int] {
@@ -210,12 +245,13 @@ public final class Tokenizer: @unchecked Sendable {
         let words = preTokenizer?.split([normalized], atStart: atStart) ?? [normalized]
         var ids: [Int] = []
         for word in words where !word.isEmpty {
-            if let cached = cache.withLock({ $0[word] }) {
+            let key = Array(word.utf8)
+            if let cached = cache.withLock({ $0[key] }) {
                 ids += cached
                 continue
             }
             let encoded = bpe(word)
-            cache.withLock { if $0.count < 100_000 { $0[word] = encoded } }
+            cache.withLock { if $0.count < 100_000 { $0[key] = encoded } }
             ids += encoded
         }
         return ids
@@ -224,7 +260,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// Byte-pair encoding of one word: start from characters (or their bytes as `<0xXX>` tokens
     /// with byte fallback), then repeatedly merge the adjacent pair of lowest rank, leftmost first.
     func bpe(_ word: String) -> [Int] {
-        if let whole = vocabulary[Array(word.utf8)], word.unicodeScalars.count == 1 { return [whole] }
+        if let whole = vocabulary[Array(word.utf8)], ignoreMerges || word.unicodeScalars.count == 1 { return [whole] }
         var symbols: [Int] = []
         var lastWasUnknown = false
         for ch in word.unicodeScalars {
