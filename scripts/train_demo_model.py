@@ -141,10 +141,10 @@ def main():
         model.eval()
         losses = []
         with torch.no_grad():
-            for s in range(0, len(valid) - SEQUENCE - 1, SEQUENCE * 8):
-                x = valid[s:s + SEQUENCE + 1]
-                out = model(x[None, :-1], labels=x[None, 1:].clone())
-                losses.append(out.loss.item())
+            # Every window of the held-out text once; transformers shifts the labels itself.
+            for s in range(0, len(valid) - SEQUENCE, SEQUENCE):
+                x = valid[s:s + SEQUENCE][None]
+                losses.append(model(x, labels=x).loss.item())
         model.train()
         return sum(losses) / len(losses)
 
