@@ -38,6 +38,8 @@ let package = Package(
         .target(name: "NPY"),
         // Hugging Face tokenizer.json.
         .target(name: "Tokenizers", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
+        // Chat templates: a Jinja interpreter as transformers' apply_chat_template renders them.
+        .target(name: "ChatTemplates", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
         // Model configuration, architecture definitions, weight binding, device boundary, KV cache,
         // and the forward pass.
         .target(name: "Models", dependencies: ["SwitchyardJSON", "SafeTensors", "Kernels"], swiftSettings: tuned),
@@ -46,7 +48,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Models", "Generation", "Tokenizers", "SafeTensors", "SwitchyardJSON", "NPY",
+                "Models", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -56,6 +58,7 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: tuned),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
+        .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
         .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers"]),
     ],
