@@ -46,13 +46,19 @@ public struct Generator {
         self.tokenizer = tokenizer
     }
 
-    /// - Parameter onText: receives each piece of final text, in order.
+    /// - Parameters:
+    ///   - session: a session to continue (a chat): the part of the prompt it has already processed
+    ///     is kept in its KV cache and only the rest is run. A new session by default.
+    ///   - onText: receives each piece of final text, in order.
     public func generate(
-        promptTokens: [Int], options: GenerationOptions, contextLength: Int? = nil,
+        promptTokens: [Int], options: GenerationOptions, contextLength: Int? = nil, session existing: Session? = nil,
         onText: (String) -> Void = { _ in }
     ) throws(ModelError) -> GenerationResult {
         guard !promptTokens.isEmpty else { throw ModelError("the prompt is empty (no tokens)") }
-        let session = model.makeSession(contextLength: contextLength)
+        let session = existing ?? model.makeSession(contextLength: contextLength)
+        // Keep the longest cached prefix, but run at least one token to get logits.
+        let reusable = min(zip(session.tokens, promptTokens).prefix { $0 == $1 }.count, promptTokens.count - 1)
+        session.rewind(to: reusable)
         guard promptTokens.count < session.capacity else {
             throw ModelError("the prompt has \(promptTokens.count) tokens; the context length is \(session.capacity)")
         }
@@ -72,7 +78,7 @@ public struct Generator {
 
         let clock = ContinuousClock()
         let promptStart = clock.now
-        var logits = try session.forward(promptTokens)
+        var logits = try session.forward(Array(promptTokens[reusable...]))
         let promptSeconds = seconds(clock.now - promptStart)
         let decodeStart = clock.now
         while generated.count < options.maxTokens {

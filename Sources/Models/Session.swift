@@ -16,11 +16,20 @@ public final class Session {
         cache = ContiguousKVCache(layers: c.layerCount, rowWidth: c.keyValueWidth, capacity: capacity)
     }
 
+    /// The tokens processed so far, one per cached position.
+    public private(set) var tokens: [Int] = []
+
     /// Positions processed so far.
     public var position: Int { cache.length }
     public var capacity: Int { cache.capacity }
 
-    public func reset() { cache.truncate(to: 0) }
+    public func reset() { rewind(to: 0) }
+
+    /// Forgets every position from `count` on, keeping the cache of the prefix.
+    public func rewind(to count: Int) {
+        cache.truncate(to: count)
+        tokens.removeSubrange(min(count, tokens.count)...)
+    }
 
     /// Runs `tokens` at the next positions and returns logits, float32, row-major: [tokens.count,
     /// vocab] when `allLogits`, otherwise [1, vocab] for the last token.
@@ -51,6 +60,7 @@ public final class Session {
             }
             start = end
         }
+        self.tokens += tokens
         return logits
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import ChatTemplates
 import Models
 import Tokenizers
 #if canImport(Glibc)
@@ -49,6 +50,9 @@ func reportingErrors(_ body: () throws -> Void) throws {
         throw error
     } catch let error as ExitCode {
         throw error
+    } catch let error as TemplateError {
+        printError("error: \(error)")
+        throw ExitCode(1)
     } catch {
         printError("error: \(error)")
         throw ExitCode(1)

@@ -19,29 +19,7 @@ struct Generate: ParsableCommand {
     @Option(name: [.short, .customLong("max-tokens")], help: "Most tokens to generate.")
     var maxTokens: Int = 64
 
-    @Option(help: "Sampling temperature; 0 is greedy.")
-    var temperature: Float = 0.8
-
-    @Option(name: .customLong("top-k"), help: "Keep the k most likely tokens (0: all).")
-    var topK: Int = 40
-
-    @Option(name: .customLong("top-p"), help: "Nucleus sampling threshold (1: off).")
-    var topP: Float = 0.95
-
-    @Option(name: .customLong("min-p"), help: "Drop tokens less likely than min-p x the most likely (0: off).")
-    var minP: Float = 0.05
-
-    @Option(name: .customLong("repeat-penalty"), help: "Penalty for recently seen tokens (1: off).")
-    var repeatPenalty: Float = 1.0
-
-    @Option(name: .customLong("repeat-last-n"), help: "Tokens the repeat penalty looks back over (-1: all).")
-    var repeatLastN: Int = 64
-
-    @Option(help: "Random seed (default: random).")
-    var seed: UInt64?
-
-    @Option(name: .customLong("stop"), help: "Stop when this text is generated (repeatable).")
-    var stop: [String] = []
+    @OptionGroup var sampling: SamplingOptions
 
     @Option(name: .customLong("context-length"), help: "Context length (default: the model's maximum).")
     var contextLength: Int?
@@ -56,11 +34,6 @@ struct Generate: ParsableCommand {
         if prompt != nil && promptArgument != nil { throw ValidationError("give the prompt once: --prompt or an argument") }
         if prompt == nil && promptArgument == nil { throw ValidationError("missing prompt: --prompt \"...\"") }
         if maxTokens < 0 { throw ValidationError("--max-tokens must not be negative") }
-        if temperature < 0 { throw ValidationError("--temperature must not be negative") }
-        if topK < 0 { throw ValidationError("--top-k must not be negative") }
-        if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1]") }
-        if !(minP >= 0 && minP <= 1) { throw ValidationError("--min-p must be in [0, 1]") }
-        if repeatPenalty <= 0 { throw ValidationError("--repeat-penalty must be positive") }
         if let contextLength, contextLength < 1 { throw ValidationError("--context-length must be positive") }
     }
 
@@ -72,15 +45,9 @@ struct Generate: ParsableCommand {
             let promptTokens = tokenizer.encode(text)
             var options = GenerationOptions()
             options.maxTokens = maxTokens
-            options.stopStrings = stop
+            options.stopStrings = sampling.stop
             options.ignoreEOS = ignoreEOS
-            options.sampling.temperature = temperature
-            options.sampling.topK = topK
-            options.sampling.topP = topP
-            options.sampling.minP = minP
-            options.sampling.repeatPenalty = repeatPenalty
-            options.sampling.repeatLastN = repeatLastN
-            options.sampling.seed = seed ?? UInt64.random(in: 0...UInt64.max)
+            options.sampling = sampling.parameters
             let generator = Generator(model: model, tokenizer: tokenizer)
             if !json { writeOut(text) }
             let result = try generator.generate(promptTokens: promptTokens, options: options, contextLength: contextLength) { piece in
@@ -115,4 +82,51 @@ func fixed(_ value: Double, _ digits: Int) -> String {
     var fraction = String(Int(rounded.truncatingRemainder(dividingBy: scale)))
     while fraction.count < digits { fraction = "0" + fraction }
     return (value < 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + fraction : "")
+}
+
+/// Sampling flags shared by `generate` and `chat`, with llama.cpp's defaults.
+struct SamplingOptions: ParsableArguments {
+    @Option(help: "Sampling temperature; 0 is greedy.")
+    var temperature: Float = 0.8
+
+    @Option(name: .customLong("top-k"), help: "Keep the k most likely tokens (0: all).")
+    var topK: Int = 40
+
+    @Option(name: .customLong("top-p"), help: "Nucleus sampling threshold (1: off).")
+    var topP: Float = 0.95
+
+    @Option(name: .customLong("min-p"), help: "Drop tokens less likely than min-p x the most likely (0: off).")
+    var minP: Float = 0.05
+
+    @Option(name: .customLong("repeat-penalty"), help: "Penalty for recently seen tokens (1: off).")
+    var repeatPenalty: Float = 1.0
+
+    @Option(name: .customLong("repeat-last-n"), help: "Tokens the repeat penalty looks back over (-1: all).")
+    var repeatLastN: Int = 64
+
+    @Option(help: "Random seed (default: random).")
+    var seed: UInt64?
+
+    @Option(name: .customLong("stop"), help: "Stop when this text is generated (repeatable).")
+    var stop: [String] = []
+
+    func validate() throws {
+        if temperature < 0 { throw ValidationError("--temperature must not be negative") }
+        if topK < 0 { throw ValidationError("--top-k must not be negative") }
+        if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1]") }
+        if !(minP >= 0 && minP <= 1) { throw ValidationError("--min-p must be in [0, 1]") }
+        if repeatPenalty <= 0 { throw ValidationError("--repeat-penalty must be positive") }
+    }
+
+    var parameters: SamplingParameters {
+        var p = SamplingParameters()
+        p.temperature = temperature
+        p.topK = topK
+        p.topP = topP
+        p.minP = minP
+        p.repeatPenalty = repeatPenalty
+        p.repeatLastN = repeatLastN
+        p.seed = seed ?? UInt64.random(in: 0...UInt64.max)
+        return p
+    }
 }
