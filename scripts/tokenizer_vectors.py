@@ -62,8 +62,12 @@ CHAT_TOKENS = [added(50257, "<|im_start|>"), added(50258, "<|im_end|>"), added(5
                added(50262, "[INST]", single_word=True)]
 
 VARIANTS = {
-    "qwen2": dict(base="gpt-2", pre_tokenizer={"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level()]},
+    "qwen2": dict(base="gpt-2", normalizer={"type": "NFC"},
+                  pre_tokenizer={"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level()]},
                   added_tokens=CHAT_TOKENS),
+    "nfkc-lowercase": dict(base="gpt-2", normalizer={"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
+                           pre_tokenizer=byte_level(add_prefix_space=True, use_regex=True)),
+    "nfd-metaspace": dict(base="llama-spm", normalizer={"type": "NFD"}),
     "llama3": dict(base="gpt-2", pre_tokenizer={"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level()]},
                    model={"ignore_merges": True}, added_tokens=CHAT_TOKENS,
                    post_processor={"type": "Sequence", "processors": [byte_level(), template("<|begin_of_text|>", 50259)]}),
@@ -146,20 +150,24 @@ def corpus(seed, inp):
     pieces = ["the", "The", " ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", "é", "e\u0301", "ß", "日本", "語", "한국어", "🦙", "👍🏽",
               "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<think>", "<tool▁call>", "[INST]", "42", "7", "12345", "x", "—",
               "(", ")", "$", "#", "-", "'s", "'LL", "don't", "Ω", "\u0301", "ﬁ", "..", "!?", "/", "\\", "{", "}", "::", "=>",
-              "def", "return", "café", "naïve", "Ελληνικά", "עברית", "हिन्दी", "ไทย", "\u200b", "\u00a0", "▁", "<0x41>", "<unk>"]
-    while len(strings) < 2100:
-        n = rng.randint(1, 10)
+              "def", "return", "café", "naïve", "Ελληνικά", "עברית", "हिन्दी", "ไทย", "\u200b", "\u00a0", "▁", "<0x41>", "<unk>",
+              "한글", "\u1112\u1161\u11ab", "Việt", "e\u0323\u0302", "ﬁ", "①", "ｆｕｌｌ", "㎏", "Å", "\u212b", "Ǆ", "ΐ", "ﾊﾝｶｸ"]
+    while len(strings) < 2000:
+        n = rng.randint(1, 8)
         strings.append("".join(rng.choice(pieces) for _ in range(n)))
     return strings
 
 
 def vectors(tok, strings):
+    # What add_special_tokens puts in front (the post-processor's BOS): ids_no_special is stored
+    # only where it is not simply `ids` without that prefix.
+    prefix = len(tok.encode("").ids) - len(tok.encode("", add_special_tokens=False).ids)
     cases = []
     for s in strings:
         ids = tok.encode(s).ids
         no_special = tok.encode(s, add_special_tokens=False).ids
         case = dict(text=s, ids=ids)
-        if no_special != ids:
+        if no_special != ids[prefix:]:
             case["ids_no_special"] = no_special
         decoded = tok.decode(ids, skip_special_tokens=True)
         if decoded != s:
@@ -168,7 +176,13 @@ def vectors(tok, strings):
         if with_special != decoded:
             case["decoded_with_special"] = with_special
         cases.append(case)
-    return cases
+    return prefix, cases
+
+
+def normalization_vectors(strings):
+    import unicodedata
+    return [dict(text=s, **{form: unicodedata.normalize(form, s) for form in ("NFC", "NFD", "NFKC", "NFKD")})
+            for s in strings if any(ord(c) > 127 for c in s)]
 
 
 def main():
@@ -188,11 +202,15 @@ def main():
         data = bases[name] if name in bases else apply_variant(bases[base_name], VARIANTS[name])
         tok = tokenizers.Tokenizer.from_str(json.dumps(data))
         strings = corpus(100 + i, os.path.join(SHARED, inputs[base_name]))
-        cases = vectors(tok, strings)
+        prefix, cases = vectors(tok, strings)
         with open(os.path.join(OUT, f"{name}.vectors.json"), "w", encoding="utf-8") as f:
-            json.dump(dict(tokenizer=name, base=base_name, tokenizers=tokenizers.__version__, cases=cases), f,
+            json.dump(dict(tokenizer=name, base=base_name, tokenizers=tokenizers.__version__, special_prefix=prefix, cases=cases), f,
                       ensure_ascii=False, separators=(",", ":"))
         print(f"{name}: {len(cases)} cases")
+    import unicodedata
+    with open(os.path.join(OUT, "normalization.json"), "w", encoding="utf-8") as f:
+        json.dump(dict(unicode=unicodedata.unidata_version, cases=normalization_vectors(corpus(7, os.path.join(SHARED, inputs["gpt-2"])))),
+                  f, ensure_ascii=False, separators=(",", ":"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ enum Normalizer {
     case replace(TextPattern, content: String)
     case lowercase
     case strip(left: Bool, right: Bool)
+    case unicode(NormalizationForm)
     case sequence([Normalizer])
 
     init(_ json: JSONValue, path: String) throws(TokenizerError) {
@@ -22,6 +23,8 @@ enum Normalizer {
             self = .replace(try TextPattern(json["pattern"], path: path, component: "Replace normalizer"), content: json["content"]?.stringValue ?? "")
         case "Lowercase":
             self = .lowercase
+        case "NFC", "NFD", "NFKC", "NFKD":
+            self = .unicode(NormalizationForm(rawValue: type)!)
         case "Strip":
             self = .strip(left: json["strip_left"]?.boolValue ?? true, right: json["strip_right"]?.boolValue ?? true)
         case "Sequence":
@@ -29,7 +32,7 @@ enum Normalizer {
             for n in json["normalizers"]?.arrayValue ?? [] { list.append(try Normalizer(n, path: path)) }
             self = .sequence(list)
         default:
-            throw TokenizerError("\(path): normalizer '\(type)' is not supported yet (supported: Prepend, Replace, Lowercase, Strip, Sequence)")
+            throw TokenizerError("\(path): normalizer '\(type)' is not supported (supported: Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, Strip, Sequence)")
         }
     }
 
@@ -38,6 +41,7 @@ enum Normalizer {
         case .prepend(let p): return s.isEmpty ? s : p + s
         case .replace(let pattern, let content): return replacing(s, pattern, with: content)
         case .lowercase: return s.lowercased()
+        case .unicode(let form): return UnicodeNormalization.normalize(s, form)
         case .strip(let left, let right):
             var sub = Substring(s).unicodeScalars
             if left { while sub.first?.properties.isWhitespace == true { sub = sub.dropFirst() } }

@@ -42,16 +42,19 @@ struct Case: Sendable {
 }
 
 let tokenizerNames = ["llama-spm", "gpt-2", "qwen2", "llama3", "deepseek-v3", "gpt-oss", "olmoe", "byte-level-prefix",
-                      "split-behaviours", "whitespace-digits", "metaspace-split", "prepend-normalizer"]
+                      "split-behaviours", "whitespace-digits", "metaspace-split", "prepend-normalizer", "nfkc-lowercase",
+                      "nfd-metaspace"]
 
 func cases(_ name: String) -> [Case] {
-    loadJSON("\(tokenizerFixtures)/\(name).vectors.json")["cases"]!.arrayValue!.map { c in
+    let file = loadJSON("\(tokenizerFixtures)/\(name).vectors.json")
+    let prefix = file["special_prefix"]!.intValue!
+    return file["cases"]!.arrayValue!.map { c in
         let ids = c["ids"]!.arrayValue!.map { $0.intValue! }
         let text = c["text"]!.stringValue!
         let decoded = c["decoded"]?.stringValue ?? text
         return Case(
             text: text, ids: ids,
-            idsNoSpecial: c["ids_no_special"]?.arrayValue?.map { $0.intValue! } ?? ids,
+            idsNoSpecial: c["ids_no_special"]?.arrayValue?.map { $0.intValue! } ?? Array(ids.dropFirst(prefix)),
             decoded: decoded, decodedWithSpecial: c["decoded_with_special"]?.stringValue ?? decoded)
     }
 }
@@ -108,4 +111,25 @@ func wordClassAroundCJK() {
     let text = "工1天 工作1314151天"
     #expect(pattern.matches(in: text).map { String(text.unicodeScalars[$0]) } == ["工1天", "工作1314151天"])
     #expect(TextPattern.explicitWordClasses(#"[^\w\s]\W"#) == #"[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}\s][^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]"#)
+}
+
+@Test("NFC, NFD, NFKC, NFKD as Python's unicodedata")
+func normalizationForms() {
+    let cases = loadJSON(tokenizerFixtures + "/normalization.json")["cases"]!.arrayValue!
+    #expect(cases.count > 1000)
+    var failures = 0
+    for c in cases {
+        let text = c["text"]!.stringValue!
+        for form in [NormalizationForm.nfc, .nfd, .nfkc, .nfkd] {
+            let ours = UnicodeNormalization.normalize(text, form)
+            let expected = c[form.rawValue]!.stringValue!
+            if !ours.unicodeScalars.elementsEqual(expected.unicodeScalars) {
+                failures += 1
+                if failures < 5 { Issue.record("\(form) of \(String(reflecting: text)): \(String(reflecting: ours)) expected \(String(reflecting: expected))") }
+            }
+        }
+    }
+    #expect(failures == 0)
+    #expect(UnicodeNormalization.normalize("\u{1112}\u{1161}\u{11AB}", .nfc) == "한", "Hangul jamo compose")
+    #expect(Array(UnicodeNormalization.normalize("한", .nfd).unicodeScalars).count == 3)
 }
