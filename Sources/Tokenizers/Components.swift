@@ -401,22 +401,25 @@ extension String {
     /// Prefix test on Unicode scalars (`hasPrefix` compares grapheme clusters canonically).
     func hasScalarPrefix(_ prefix: String) -> Bool { unicodeScalars.starts(with: prefix.unicodeScalars) }
 
-    /// Replaces every occurrence of `pattern`, matching by Unicode scalars (not by grapheme
-    /// clusters, which would let a combining mark hide a match).
+    /// Replaces every occurrence of `pattern`. Matching whole UTF-8 sequences is matching by
+    /// Unicode scalars (never by grapheme clusters, which would let a combining mark hide a match).
     func replacingAll(_ pattern: String, with replacement: String) -> String {
-        guard !pattern.isEmpty else { return self }
-        let source = Array(unicodeScalars), target = Array(pattern.unicodeScalars)
-        var out = String.UnicodeScalarView()
+        let target = Array(pattern.utf8)
+        guard !target.isEmpty else { return self }
+        let source = Array(utf8)
+        let substitute = Array(replacement.utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(source.count + source.count / 4)
         var i = 0
         while i < source.count {
-            if i + target.count <= source.count, Array(source[i..<i + target.count]) == target {
-                out.append(contentsOf: replacement.unicodeScalars)
+            if source[i] == target[0], i + target.count <= source.count, source[i..<i + target.count].elementsEqual(target) {
+                out += substitute
                 i += target.count
             } else {
                 out.append(source[i])
                 i += 1
             }
         }
-        return String(out)
+        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -251,7 +251,7 @@ public final class Tokenizer: @unchecked Sendable {
                 continue
             }
             let encoded = bpe(word)
-            cache.withLock { if $0.count < 100_000 { $0[key] = encoded } }
+            if key.count <= 256 { cache.withLock { if $0.count < 100_000 { $0[key] = encoded } } }
             ids += encoded
         }
         return ids
@@ -276,22 +276,42 @@ public final class Tokenizer: @unchecked Sendable {
                 lastWasUnknown = true
             }
         }
-        while symbols.count > 1 {
-            var best = -1
-            var bestRank = Int.max
-            var bestID = 0
-            for i in 0..<(symbols.count - 1) {
-                if let m = merges[UInt64(symbols[i]) << 32 | UInt64(symbols[i + 1])], m.rank < bestRank {
-                    bestRank = m.rank
-                    best = i
-                    bestID = m.id
-                }
-            }
-            if best < 0 { break }
-            symbols[best] = bestID
-            symbols.remove(at: best + 1)
+        return mergePairs(symbols)
+    }
+
+    /// Applies merges lowest rank first, leftmost first among equal ranks (the Rust library's
+    /// order), with a heap of candidate pairs over a linked list of symbols: O(n log n), so a
+    /// whole document as one word (SentencePiece with split=false) stays fast.
+    func mergePairs(_ initial: [Int]) -> [Int] {
+        var ids = initial
+        let n = ids.count
+        if n < 2 { return ids }
+        var next = Array(1...n)          // n marks the end
+        var previous = Array(-1..<(n - 1))
+        var alive = [Bool](repeating: true, count: n)
+        var heap = PairHeap()
+        func push(_ left: Int) {
+            let right = next[left]
+            guard right < n, let m = merges[UInt64(ids[left]) << 32 | UInt64(ids[right])] else { return }
+            heap.push(PairHeap.Entry(rank: m.rank, position: left, left: ids[left], right: ids[right], merged: m.id))
         }
-        return symbols
+        for i in 0..<(n - 1) { push(i) }
+        while let e = heap.pop() {
+            let l = e.position
+            // Stale entries: a side was merged away or changed since this pair was pushed.
+            guard alive[l], ids[l] == e.left, next[l] < n, ids[next[l]] == e.right else { continue }
+            let r = next[l]
+            ids[l] = e.merged
+            alive[r] = false
+            next[l] = next[r]
+            if next[r] < n { previous[next[r]] = l }
+            if previous[l] >= 0 { push(previous[l]) }
+            push(l)
+        }
+        var out: [Int] = []
+        var i = 0
+        while i < n { out.append(ids[i]); i = next[i] }
+        return out
     }
 
     func byteTokens(_ bytes: [UInt8]) -> [Int]? {
@@ -327,4 +347,48 @@ public final class Tokenizer: @unchecked Sendable {
 
 func readFile(_ path: String) throws(TokenizerError) -> [UInt8] {
     do { return try readFileBytes(path) } catch { throw TokenizerError(error.description) }
+}
+
+/// A binary min-heap of merge candidates ordered by (rank, position).
+struct PairHeap {
+    struct Entry {
+        var rank: Int
+        var position: Int
+        var left: Int
+        var right: Int
+        var merged: Int
+        func precedes(_ o: Entry) -> Bool { rank != o.rank ? rank < o.rank : position < o.position }
+    }
+
+    private var items: [Entry] = []
+
+    mutating func push(_ e: Entry) {
+        items.append(e)
+        var i = items.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard items[i].precedes(items[parent]) else { break }
+            items.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> Entry? {
+        guard let first = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var best = i
+                if l < items.count, items[l].precedes(items[best]) { best = l }
+                if r < items.count, items[r].precedes(items[best]) { best = r }
+                if best == i { break }
+                items.swapAt(i, best)
+                i = best
+            }
+        }
+        return first
+    }
 }
