@@ -185,17 +185,49 @@ def normalization_vectors(strings):
             for s in strings if any(ord(c) > 127 for c in s)]
 
 
+def train_small_tokenizers(strings):
+    """Two tokenizers trained here with the `tokenizers` library, for the BPE options the shared
+    vocabularies do not use: end_of_word_suffix with its BPEDecoder, and continuing_subword_prefix
+    with the WordPiece decoder, NFKC + Lowercase, fused unknowns and a normalized added token."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    text = [s for s in strings if s.strip()]
+    suffix = Tokenizer(models.BPE(unk_token="[UNK]", end_of_word_suffix="</w>"))
+    suffix.pre_tokenizer = pre_tokenizers.Whitespace()
+    suffix.decoder = decoders.BPEDecoder(suffix="</w>")
+    suffix.train_from_iterator(text, trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]", "<s>", "</s>"],
+                                                          end_of_word_suffix="</w>", show_progress=False))
+    prefix = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", fuse_unk=True))
+    prefix.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    prefix.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    prefix.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    ascii_text = [s for s in text if s.isascii()]
+    prefix.train_from_iterator(ascii_text, trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]", "[CLS]"],
+                                                                continuing_subword_prefix="##", show_progress=False))
+    prefix.add_tokens([AddedToken("hello world", normalized=True), AddedToken("[RAW]", normalized=False)])
+    for name, tok in (("trained-suffix", suffix), ("trained-prefix", prefix)):
+        folder = os.path.join(OUT, name)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(tok.to_str())
+
+
 def main():
     bases = {}
+    inputs_for_training = "ggml-vocab-gpt-2.gguf.inp"
     for name, gguf in (("llama-spm", "ggml-vocab-llama-spm.gguf"), ("gpt-2", "ggml-vocab-gpt-2.gguf")):
         folder = os.path.join(OUT, name)
         if not os.path.exists(os.path.join(folder, "tokenizer.json")):
             convert(gguf, folder)
         with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
             bases[name] = json.load(f)
+    train_small_tokenizers(corpus(99, os.path.join(SHARED, inputs_for_training)))
+    for name in ("trained-suffix", "trained-prefix"):
+        with open(os.path.join(OUT, name, "tokenizer.json"), encoding="utf-8") as f:
+            bases[name] = json.load(f)
     with open(os.path.join(OUT, "variants.json"), "w", encoding="utf-8") as f:
         json.dump(VARIANTS, f, ensure_ascii=False, indent=1)
-    inputs = {"llama-spm": "ggml-vocab-llama-spm.gguf.inp", "gpt-2": "ggml-vocab-gpt-2.gguf.inp"}
+    inputs = {"llama-spm": "ggml-vocab-llama-spm.gguf.inp", "gpt-2": "ggml-vocab-gpt-2.gguf.inp",
+              "trained-suffix": "ggml-vocab-gpt-2.gguf.inp", "trained-prefix": "ggml-vocab-gpt-2.gguf.inp"}
     all_names = list(bases) + list(VARIANTS)
     for i, name in enumerate(all_names):
         base_name = name if name in bases else VARIANTS[name]["base"]
@@ -209,7 +241,7 @@ def main():
         print(f"{name}: {len(cases)} cases")
     import unicodedata
     with open(os.path.join(OUT, "normalization.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(unicode=unicodedata.unidata_version, cases=normalization_vectors(corpus(7, os.path.join(SHARED, inputs["gpt-2"])))),
+        json.dump(dict(unicode=unicodedata.unidata_version, cases=normalization_vectors(corpus(7, os.path.join(SHARED, inputs["gpt-2"]))[:1200])),
                   f, ensure_ascii=False, separators=(",", ":"))
 
 

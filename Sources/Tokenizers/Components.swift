@@ -282,11 +282,19 @@ enum Decoder {
     case strip(content: Unicode.Scalar, start: Int, stop: Int)
     case metaspace(replacement: String, prependScheme: PreTokenizer.PrependScheme)
     case byteLevel
+    /// End-of-word suffix ("</w>") back to spaces.
+    case bpe(suffix: String)
+    /// Continuing-subword prefix ("##") joined to the previous token, other tokens spaced.
+    case wordPiece(prefix: String, cleanup: Bool)
     case sequence([Decoder])
 
     init(_ json: JSONValue, path: String) throws(TokenizerError) {
         let type = json["type"]?.stringValue ?? "?"
         switch type {
+        case "BPEDecoder":
+            self = .bpe(suffix: json["suffix"]?.stringValue ?? "</w>")
+        case "WordPiece":
+            self = .wordPiece(prefix: json["prefix"]?.stringValue ?? "##", cleanup: json["cleanup"]?.boolValue ?? true)
         case "Replace":
             self = .replace(try TextPattern(json["pattern"], path: path, component: "Replace decoder"), content: json["content"]?.stringValue ?? "")
         case "ByteFallback": self = .byteFallback
@@ -303,7 +311,7 @@ enum Decoder {
             for d in json["decoders"]?.arrayValue ?? [] { list.append(try Decoder(d, path: path)) }
             self = .sequence(list)
         default:
-            throw TokenizerError("\(path): decoder '\(type)' is not supported yet (supported: Replace, ByteFallback, Fuse, Strip, Metaspace, ByteLevel, Sequence)")
+            throw TokenizerError("\(path): decoder '\(type)' is not supported (supported: Replace, ByteFallback, Fuse, Strip, Metaspace, ByteLevel, BPEDecoder, WordPiece, Sequence)")
         }
     }
 
@@ -346,6 +354,20 @@ enum Decoder {
             return tokens.enumerated().map { (i, token) in
                 var s = token.replacingAll(replacement, with: " ")
                 if i == 0, scheme != .never, s.unicodeScalars.first == " " { s.unicodeScalars.removeFirst() }
+                return s
+            }
+        case .bpe(let suffix):
+            return tokens.enumerated().map { (i, t) in t.replacingAll(suffix, with: i == tokens.count - 1 ? "" : " ") }
+        case .wordPiece(let prefix, let cleanup):
+            return tokens.enumerated().map { (i, t) in
+                var s = t
+                if i != 0 { s = s.hasScalarPrefix(prefix) ? String(s.unicodeScalars.dropFirst(prefix.unicodeScalars.count)) : " " + s }
+                if cleanup {
+                    for (a, b) in [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                                   (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")] {
+                        s = s.replacingAll(a, with: b)
+                    }
+                }
                 return s
             }
         case .byteLevel:

@@ -15,6 +15,8 @@ struct AddedToken {
     let lstrip: Bool
     let rstrip: Bool
     let singleWord: Bool
+    /// Matched in the normalized text rather than the raw input.
+    let normalized: Bool
 }
 
 /// A Hugging Face tokenizer.json: added tokens, normalizer, pre-tokenizer, BPE model,
@@ -29,6 +31,9 @@ public final class Tokenizer: @unchecked Sendable {
     let byteFallback: Bool
     /// Llama 3 style: a word that is itself in the vocabulary is one token, whatever the merges say.
     let ignoreMerges: Bool
+    /// Put before every symbol but a word's first ("##"), and after its last ("</w>").
+    let subwordPrefix: [UInt8]
+    let wordSuffix: [UInt8]
     let fuseUnknown: Bool
     let unknownID: Int?
     let addedTokens: [AddedToken]
@@ -60,12 +65,8 @@ public final class Tokenizer: @unchecked Sendable {
         guard modelType == "BPE" else {
             throw TokenizerError("\(path): model '\(modelType)' is not supported yet (supported: BPE)")
         }
-        if let prefix = model["continuing_subword_prefix"]?.stringValue, !prefix.isEmpty {
-            throw TokenizerError("\(path): BPE continuing_subword_prefix is not supported yet")
-        }
-        if let suffix = model["end_of_word_suffix"]?.stringValue, !suffix.isEmpty {
-            throw TokenizerError("\(path): BPE end_of_word_suffix is not supported yet")
-        }
+        let subwordPrefix = Array((model["continuing_subword_prefix"]?.stringValue ?? "").utf8)
+        let wordSuffix = Array((model["end_of_word_suffix"]?.stringValue ?? "").utf8)
         guard let vocabObject = model["vocab"]?.objectValue else { throw TokenizerError("\(path): model has no 'vocab' object") }
         var vocabulary: [[UInt8]: Int] = [:]
         vocabulary.reserveCapacity(vocabObject.count)
@@ -83,7 +84,8 @@ public final class Tokenizer: @unchecked Sendable {
             added.append(AddedToken(
                 id: id, content: Array(content.utf8), special: entry["special"]?.boolValue ?? false,
                 lstrip: entry["lstrip"]?.boolValue ?? false, rstrip: entry["rstrip"]?.boolValue ?? false,
-                singleWord: entry["single_word"]?.boolValue ?? false))
+                singleWord: entry["single_word"]?.boolValue ?? false,
+                normalized: entry["normalized"]?.boolValue ?? !(entry["special"]?.boolValue ?? false)))
             maxID = max(maxID, id)
         }
         var tokens = [[UInt8]](repeating: [], count: maxID + 1)
@@ -102,13 +104,17 @@ public final class Tokenizer: @unchecked Sendable {
                 throw TokenizerError("\(path): merge \(rank) is neither \"a b\" nor [a, b]")
             }
             let left = Array(pair.0.utf8), right = Array(pair.1.utf8)
-            guard let l = vocabulary[left], let r = vocabulary[right], let m = vocabulary[left + right] else {
+            // With a continuing-subword prefix ("##"), "a ##b" merges into "ab".
+            let joined = left + (!subwordPrefix.isEmpty && right.starts(with: subwordPrefix) ? Array(right.dropFirst(subwordPrefix.count)) : right)
+            guard let l = vocabulary[left], let r = vocabulary[right], let m = vocabulary[joined] else {
                 throw TokenizerError("\(path): merge \(rank) '\(pair.0) \(pair.1)' uses tokens missing from the vocabulary")
             }
             let key = UInt64(l) << 32 | UInt64(r)
             if merges[key] == nil { merges[key] = (rank, m) }
         }
         self.vocabulary = vocabulary
+        self.subwordPrefix = subwordPrefix
+        self.wordSuffix = wordSuffix
         self.tokens = tokens
         self.merges = merges
         byteFallback = model["byte_fallback"]?.boolValue ?? false
@@ -161,30 +167,45 @@ public final class Tokenizer: @unchecked Sendable {
     public func encode(_ text: String, addSpecialTokens: Bool = true) -> [Int] {
         var ids: [Int] = addSpecialTokens ? prefixIDs : []
         let bytes = Array(text.utf8)
-        for segment in splitOnAddedTokens(bytes) {
+        // As the Rust library: tokens matched on raw text first, then each remaining piece is
+        // normalized and cut at the tokens matched on normalized text.
+        for segment in splitOnAddedTokens(bytes, rawAddedTokens) {
             switch segment {
             case .added(let id): ids.append(id)
             case .text(let range):
-                let piece = String(decoding: bytes[range], as: UTF8.self)
-                ids += encodeOrdinary(piece, atStart: range.lowerBound == 0)
+                var piece = String(decoding: bytes[range], as: UTF8.self)
+                if let normalizer { piece = normalizer.apply(piece) }
+                let normalizedBytes = Array(piece.utf8)
+                for inner in splitOnAddedTokens(normalizedBytes, normalizedAddedTokens) {
+                    switch inner {
+                    case .added(let id): ids.append(id)
+                    case .text(let r):
+                        let word = String(decoding: normalizedBytes[r], as: UTF8.self)
+                        ids += encodeNormalized(word, atStart: range.lowerBound == 0 && r.lowerBound == 0)
+                    }
+                }
             }
         }
         if addSpecialTokens { ids += suffixIDs }
         return ids
     }
 
+    /// Added tokens matched on the raw input: the non-normalized ones, or all without a normalizer.
+    var rawAddedTokens: [AddedToken] { normalizer == nil ? addedTokens : addedTokens.filter { !$0.normalized } }
+    var normalizedAddedTokens: [AddedToken] { normalizer == nil ? [] : addedTokens.filter(\.normalized) }
+
     enum Segment { case added(Int), text(Range<Int>) }
 
     /// Cuts the input at every added token (leftmost, then longest match), applying their
     /// lstrip/rstrip (which swallow neighbouring whitespace) and single_word rules, with Unicode's
     /// whitespace and alphanumerics as the Rust library uses them.
-    func splitOnAddedTokens(_ bytes: [UInt8]) -> [Segment] {
+    func splitOnAddedTokens(_ bytes: [UInt8], _ candidates: [AddedToken]) -> [Segment] {
         var segments: [Segment] = []
         var textStart = 0
         var i = 0
         while i < bytes.count {
             var matched: AddedToken?
-            for token in addedTokens where !token.content.isEmpty && i + token.content.count <= bytes.count {
+            for token in candidates where !token.content.isEmpty && i + token.content.count <= bytes.count {
                 if bytes[i..<i + token.content.count].elementsEqual(token.content) {
                     if token.singleWord {
                         let end = i + token.content.count
@@ -239,9 +260,8 @@ public final class Tokenizer: @unchecked Sendable {
         return scalar(startingAt: start, in: bytes)
     }
 
-    func encodeOrdinary(_ text: String, atStart: Bool) -> [Int] {
-        var normalized = text
-        if let normalizer { normalized = normalizer.apply(normalized) }
+    /// Pre-tokenizes already normalized text and encodes each word.
+    func encodeNormalized(_ normalized: String, atStart: Bool) -> [Int] {
         let words = preTokenizer?.split([normalized], atStart: atStart) ?? [normalized]
         var ids: [Int] = []
         for word in words where !word.isEmpty {
@@ -260,12 +280,17 @@ public final class Tokenizer: @unchecked Sendable {
     /// Byte-pair encoding of one word: start from characters (or their bytes as `<0xXX>` tokens
     /// with byte fallback), then repeatedly merge the adjacent pair of lowest rank, leftmost first.
     func bpe(_ word: String) -> [Int] {
-        if let whole = vocabulary[Array(word.utf8)], ignoreMerges || word.unicodeScalars.count == 1 { return [whole] }
+        if ignoreMerges, let whole = vocabulary[Array(word.utf8)] { return [whole] }
+        let scalars = Array(word.unicodeScalars)
+        if scalars.count == 1, wordSuffix.isEmpty, let whole = vocabulary[Array(word.utf8)] { return [whole] }
         var symbols: [Int] = []
         var lastWasUnknown = false
-        for ch in word.unicodeScalars {
+        for (i, ch) in scalars.enumerated() {
             let bytes = Array(String(ch).utf8)
-            if let id = vocabulary[bytes] {
+            var symbol = bytes
+            if i > 0 { symbol = subwordPrefix + symbol }
+            if i == scalars.count - 1 { symbol += wordSuffix }
+            if let id = vocabulary[symbol] {
                 symbols.append(id)
                 lastWasUnknown = false
             } else if byteFallback, let byteIDs = byteTokens(bytes) {

@@ -43,7 +43,7 @@ struct Case: Sendable {
 
 let tokenizerNames = ["llama-spm", "gpt-2", "qwen2", "llama3", "deepseek-v3", "gpt-oss", "olmoe", "byte-level-prefix",
                       "split-behaviours", "whitespace-digits", "metaspace-split", "prepend-normalizer", "nfkc-lowercase",
-                      "nfd-metaspace"]
+                      "nfd-metaspace", "trained-suffix", "trained-prefix"]
 
 func cases(_ name: String) -> [Case] {
     let file = loadJSON("\(tokenizerFixtures)/\(name).vectors.json")
@@ -116,7 +116,7 @@ func wordClassAroundCJK() {
 @Test("NFC, NFD, NFKC, NFKD as Python's unicodedata")
 func normalizationForms() {
     let cases = loadJSON(tokenizerFixtures + "/normalization.json")["cases"]!.arrayValue!
-    #expect(cases.count > 1000)
+    #expect(cases.count > 500)
     var failures = 0
     for c in cases {
         let text = c["text"]!.stringValue!
