@@ -20,6 +20,37 @@ from transformers.utils import chat_template_utils as ctu
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXED_TIME = 1785000000  # 2026-07-25 (UTC)
 
+# Short templates of other families the engine serves, in their published form.
+EXTRA_TEMPLATES = {
+    "llama-2-chat": (
+        "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
+        "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+        "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+        "{% else %}{% set content = message['content'] %}{% endif %}"
+        "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"),
+    "mistral-instruct-v0.1": (
+        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+        "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"),
+    "phi-3.5-moe": (
+        "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+        "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+        "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+        "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"),
+    "olmoe-tulu": (
+        "{{ bos_token }}{% for message in messages %}\n{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] }}"
+        "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] }}"
+        "{% elif message['role'] == 'assistant' %}{% if not loop.last %}{{ '<|assistant|>\n'  + message['content'] + eos_token }}"
+        "{% else %}{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
+        "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}"),
+}
+
 SPECIAL = {
     "meta-llama-Llama-3.1-8B-Instruct": dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"),
     "Qwen-Qwen3-0.6B": dict(bos_token=None, eos_token="<|im_end|>"),
@@ -27,6 +58,10 @@ SPECIAL = {
     "deepseek-ai-DeepSeek-V3.1": dict(bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>"),
     "openai-gpt-oss-120b": dict(bos_token="<|startoftext|>", eos_token="<|return|>"),
     "switchyard-kjv-moe": dict(bos_token="<s>", eos_token="</s>"),
+    "llama-2-chat": dict(bos_token="<s>", eos_token="</s>"),
+    "mistral-instruct-v0.1": dict(bos_token="<s>", eos_token="</s>"),
+    "phi-3.5-moe": dict(bos_token="<s>", eos_token="<|endoftext|>"),
+    "olmoe-tulu": dict(bos_token="", eos_token="<|endoftext|>"),
 }
 
 WEATHER = {"type": "function", "function": {
@@ -61,6 +96,7 @@ def main():
     fixed = datetime.datetime.fromtimestamp(FIXED_TIME)
     templates = {os.path.basename(p)[:-len(".jinja")]: open(p, encoding="utf-8").read()
                  for p in sorted(glob.glob(os.path.join(ROOT, "..", "shared", "data", "chat-templates", "*.jinja")))}
+    templates.update(EXTRA_TEMPLATES)
     demo = os.path.join(ROOT, "models", "switchyard-kjv-moe", "tokenizer_config.json")
     if os.path.exists(demo):
         templates["switchyard-kjv-moe"] = json.load(open(demo))["chat_template"]
