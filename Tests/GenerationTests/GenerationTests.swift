@@ -169,3 +169,20 @@ struct GeneratorTests {
     let full = values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
     for k in [1, 2, 40, 700, 5000] { #expect(mostLikely(values, count: k) == Array(full.prefix(k))) }
 }
+
+@Test("byte-level streaming never shows half a character")
+func byteLevelStreaming() throws {
+    let gpt2 = try Tokenizer(directory: repositoryRoot + "/fixtures/tokenizers/gpt-2")
+    let text = " emoji 🦙🚀👍🏽 and 日本語, e\u{301} café"
+    let ids = gpt2.encode(text, addSpecialTokens: false)
+    #expect(ids.count > text.unicodeScalars.count / 2, "multi-byte characters span several tokens")
+    var d = IncrementalDetokenizer(tokenizer: gpt2, promptTokens: gpt2.encode("Hello", addSpecialTokens: false))
+    var streamed = ""
+    for id in ids {
+        let piece = d.append(id)
+        #expect(!piece.contains("\u{FFFD}"))
+        streamed += piece
+    }
+    streamed += d.flush()
+    #expect(streamed == text)
+}
