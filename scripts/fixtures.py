@@ -26,11 +26,12 @@ import numpy as np
 import tokenizers
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from hf_convert import convert_gguf_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED_VOCAB = os.path.join(ROOT, "..", "shared", "data", "vocab")
 
 PROMPT = "The old lighthouse keeper"
 NEW_TOKENS = 24
@@ -65,22 +66,7 @@ ARCHITECTURES = {
 
 def make_tokenizer(out_dir):
     """llama-spm (the Llama 2 / Mistral / Mixtral vocabulary) as a Hugging Face tokenizer.json."""
-    os.makedirs(out_dir, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(SHARED_VOCAB, gguf_file="ggml-vocab-llama-spm.gguf")
-    tmp = tempfile.mkdtemp()
-    tok.save_pretrained(tmp)
-    # Same content, written without indentation: half the size in the repository.
-    with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
-        data = json.load(f)
-    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
-    with open(os.path.join(tmp, "tokenizer_config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    config.pop("is_local", None)
-    config.pop("local_files_only", None)
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-    shutil.rmtree(tmp)
+    convert_gguf_tokenizer("ggml-vocab-llama-spm.gguf", out_dir)
 
 
 def build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer, shard=False):

@@ -22,6 +22,8 @@ import random
 
 import tokenizers
 
+from hf_convert import convert_gguf_tokenizer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "fixtures", "tokenizers")
 SHARED = os.path.join(ROOT, "..", "shared", "data", "vocab")
@@ -97,27 +99,6 @@ VARIANTS = {
                                normalizer={"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
                                                                                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}),
 }
-
-
-def convert(gguf, out_dir):
-    from transformers import AutoTokenizer
-    os.makedirs(out_dir, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(SHARED, gguf_file=gguf)
-    tmp = os.path.join(out_dir, "tmp")
-    tok.save_pretrained(tmp)
-    with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
-        data = json.load(f)
-    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
-    with open(os.path.join(tmp, "tokenizer_config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    for key in ("is_local", "local_files_only"):
-        config.pop(key, None)
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-    for name in os.listdir(tmp):
-        os.remove(os.path.join(tmp, name))
-    os.rmdir(tmp)
 
 
 def apply_variant(base, variant):
@@ -217,7 +198,7 @@ def main():
     for name, gguf in (("llama-spm", "ggml-vocab-llama-spm.gguf"), ("gpt-2", "ggml-vocab-gpt-2.gguf")):
         folder = os.path.join(OUT, name)
         if not os.path.exists(os.path.join(folder, "tokenizer.json")):
-            convert(gguf, folder)
+            convert_gguf_tokenizer(gguf, folder)
         with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
             bases[name] = json.load(f)
     train_small_tokenizers(corpus(99, os.path.join(SHARED, inputs_for_training)))

@@ -231,25 +231,9 @@ func pythonJSON(_ v: Value, indent: Int?, sortKeys: Bool, level: Int = 0) throws
     }
 }
 
+/// A JSON string literal, escaped as Python's json.dumps(ensure_ascii=False) escapes it.
 func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case "\u{08}": out += "\\b"
-        case "\u{0C}": out += "\\f"
-        default:
-            if u.value < 0x20 {
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out + "\""
+    var out = ""
+    JSONValue.writeString(s, to: &out)
+    return out
 }
