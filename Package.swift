@@ -60,7 +60,7 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
-        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers"]),
+        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -124,7 +124,8 @@ func dotRow(
 /// the next odd element in its high half. `lane << 16` is the even element as f32 and
 /// `lane & 0xFFFF0000` the odd one, so widening costs one shift or mask per 16 values and no
 /// conversion instruction. The activations are permuted to match (`permuteForBF16`): in each block
-/// of 32, the 16 even-indexed values, then the 16 odd-indexed ones.
+/// of 32, the 16 even-indexed values, then the 16 odd-indexed ones. Every token is summed in the
+/// same order whatever the batch, so a sequence's results never depend on what it is batched with.
 @inlinable @inline(__always)
 func dotRowBF16(
     _ row: UnsafeRawPointer, _ n: Int,
@@ -136,47 +137,25 @@ func dotRowBF16(
     let p = UnsafeRawPointer(permuted)
     let blocks = n / 32
     let mask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
-    if tokens == 1 {
-        // Decode: one activation row; four accumulators over two blocks at a time.
-        var c0 = Vector16(), c1 = Vector16()
-        var k = 0
-        while k + 2 <= blocks {
-            let r0 = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
-            let r1 = (row + k * 64 + 64).loadUnaligned(as: SIMD16<UInt32>.self)
-            a0.addProduct(unsafeBitCast(r0 &<< 16, to: Vector16.self), (p + k * 128).loadUnaligned(as: Vector16.self))
-            b0.addProduct(unsafeBitCast(r0 & mask, to: Vector16.self), (p + k * 128 + 64).loadUnaligned(as: Vector16.self))
-            c0.addProduct(unsafeBitCast(r1 &<< 16, to: Vector16.self), (p + k * 128 + 128).loadUnaligned(as: Vector16.self))
-            c1.addProduct(unsafeBitCast(r1 & mask, to: Vector16.self), (p + k * 128 + 192).loadUnaligned(as: Vector16.self))
-            k += 2
+    let rowStride = n * 4  // the permuted rows are packed: [tokens, n]
+    for k in 0..<blocks {
+        let r = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
+        let even = unsafeBitCast(r &<< 16, to: Vector16.self)
+        let odd = unsafeBitCast(r & mask, to: Vector16.self)
+        let q = p + k * 128
+        a0.addProduct(even, q.loadUnaligned(as: Vector16.self))
+        b0.addProduct(odd, (q + 64).loadUnaligned(as: Vector16.self))
+        if tokens > 1 {
+            a1.addProduct(even, (q + rowStride).loadUnaligned(as: Vector16.self))
+            b1.addProduct(odd, (q + rowStride + 64).loadUnaligned(as: Vector16.self))
         }
-        if k < blocks {
-            let r0 = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
-            a0.addProduct(unsafeBitCast(r0 &<< 16, to: Vector16.self), (p + k * 128).loadUnaligned(as: Vector16.self))
-            b0.addProduct(unsafeBitCast(r0 & mask, to: Vector16.self), (p + k * 128 + 64).loadUnaligned(as: Vector16.self))
+        if tokens > 2 {
+            a2.addProduct(even, (q + 2 * rowStride).loadUnaligned(as: Vector16.self))
+            b2.addProduct(odd, (q + 2 * rowStride + 64).loadUnaligned(as: Vector16.self))
         }
-        a0 += c0
-        b0 += c1
-    } else {
-        let rowStride = n * 4  // the permuted rows are packed: [tokens, n]
-        for k in 0..<blocks {
-            let r = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
-            let even = unsafeBitCast(r &<< 16, to: Vector16.self)
-            let odd = unsafeBitCast(r & mask, to: Vector16.self)
-            let q = p + k * 128
-            a0.addProduct(even, q.loadUnaligned(as: Vector16.self))
-            b0.addProduct(odd, (q + 64).loadUnaligned(as: Vector16.self))
-            if tokens > 1 {
-                a1.addProduct(even, (q + rowStride).loadUnaligned(as: Vector16.self))
-                b1.addProduct(odd, (q + rowStride + 64).loadUnaligned(as: Vector16.self))
-            }
-            if tokens > 2 {
-                a2.addProduct(even, (q + 2 * rowStride).loadUnaligned(as: Vector16.self))
-                b2.addProduct(odd, (q + 2 * rowStride + 64).loadUnaligned(as: Vector16.self))
-            }
-            if tokens > 3 {
-                a3.addProduct(even, (q + 3 * rowStride).loadUnaligned(as: Vector16.self))
-                b3.addProduct(odd, (q + 3 * rowStride + 64).loadUnaligned(as: Vector16.self))
-            }
+        if tokens > 3 {
+            a3.addProduct(even, (q + 3 * rowStride).loadUnaligned(as: Vector16.self))
+            b3.addProduct(odd, (q + 3 * rowStride + 64).loadUnaligned(as: Vector16.self))
         }
     }
     var s = SIMD4<Float>(horizontalSum(a0 + b0), horizontalSum(a1 + b1), horizontalSum(a2 + b2), horizontalSum(a3 + b3))

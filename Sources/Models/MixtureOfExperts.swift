@@ -29,25 +29,25 @@ public func routeTopK(logits: UnsafePointer<Float>, expertCount: Int, k: Int, no
     return Routing(experts: chosen, weights: weights)
 }
 
-extension Session {
+extension Model {
     /// out[T, hidden] = SwiGLU(input) for a dense layer.
-    func denseFeedForward(_ w: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int) {
-        let hidden = model.config.hiddenSize
+    func denseFeedForward(_ w: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int, workspace scratch: Workspace) {
+        let hidden = config.hiddenSize
         let inner = w.intermediateSize
         let gate = scratch.gate.pointer, up = scratch.up.pointer
-        model.device.linear(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens)
-        model.device.linear(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens)
+        device.linear(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens)
+        device.linear(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens)
         for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
-        model.device.linear(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens)
+        device.linear(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens)
     }
 
     /// out[T, hidden] = Σ routed experts' outputs x their weights (+ the gated shared expert).
     /// Tokens routed to the same expert are gathered so its weights are read once for all of them.
-    func mixtureOfExperts(_ w: MoEWeights, _ moe: MoEConfig, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int) {
-        let hidden = model.config.hiddenSize
+    func mixtureOfExperts(_ w: MoEWeights, _ moe: MoEConfig, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int, workspace scratch: Workspace) {
+        let hidden = config.hiddenSize
         let experts = moe.expertCount
         let logits = scratch.routerLogits.pointer
-        model.device.linear(w.router, input: input, inputStride: hidden, output: logits, outputStride: experts, tokens: tokens)
+        device.linear(w.router, input: input, inputStride: hidden, output: logits, outputStride: experts, tokens: tokens)
         var assigned = [[(token: Int, weight: Float)]](repeating: [], count: experts)
         for t in 0..<tokens {
             let r = routeTopK(logits: logits + t * experts, expertCount: experts, k: moe.expertsPerToken, normalize: moe.normalizeTopK)
@@ -62,17 +62,17 @@ extension Session {
             for (i, entry) in list.enumerated() {
                 (gathered + i * hidden).update(from: input + entry.token * hidden, count: hidden)
             }
-            denseFeedForward(w.experts[e], input: gathered, output: expertOut, tokens: list.count)
+            denseFeedForward(w.experts[e], input: gathered, output: expertOut, tokens: list.count, workspace: scratch)
             for (i, entry) in list.enumerated() {
                 axpy(entry.weight, expertOut + i * hidden, output + entry.token * hidden, hidden)
             }
         }
         if let shared = w.sharedExpert {
-            denseFeedForward(shared, input: input, output: expertOut, tokens: tokens)
+            denseFeedForward(shared, input: input, output: expertOut, tokens: tokens, workspace: scratch)
             var gates = [Float](repeating: 1, count: tokens)
             if let gate = w.sharedExpertGate {
                 gates.withUnsafeMutableBufferPointer { g in
-                    model.device.linear(gate, input: input, inputStride: hidden, output: g.baseAddress!, outputStride: 1, tokens: tokens)
+                    device.linear(gate, input: input, inputStride: hidden, output: g.baseAddress!, outputStride: 1, tokens: tokens)
                 }
                 gates = gates.map { 1 / (1 + expf(-$0)) }
             }

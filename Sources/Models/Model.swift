@@ -80,8 +80,11 @@ final class FloatBuffer {
     deinit { pointer.deallocate() }
 }
 
-/// Per-forward-pass work memory, sized for the largest chunk seen so far.
-final class Scratch {
+/// Work memory of forward passes, sized for the largest step seen so far and kept between steps.
+/// One workspace serves one forward pass at a time.
+public final class Workspace {
+    public init() {}
+
     let residual = FloatBuffer(), normed = FloatBuffer()
     let query = FloatBuffer(), key = FloatBuffer(), value = FloatBuffer()
     let attention = FloatBuffer(), projected = FloatBuffer(), scores = FloatBuffer()

@@ -98,3 +98,29 @@ struct FixtureNumericsTests {
         #expect(relativeError(a[...], b[...]) < 1e-6)
     }
 }
+
+@Suite("batched steps")
+struct BatchedForwardTests {
+    @Test("several sequences in one step give exactly their solo logits", arguments: ["qwen2_moe", "mixtral", "olmoe"])
+    func batchEqualsSolo(arch: String) throws {
+        let model = try Model(directory: fixturePath(arch), threads: 2)
+        let prompts = [[1, 450, 2030], [1, 15043, 3186, 29892, 2748], [1, 2]]
+        // Solo: each sequence alone, then one more token.
+        var solo: [[Float]] = []
+        for p in prompts {
+            let s = model.makeSession(contextLength: 32)
+            _ = try s.forward(p)
+            solo.append(try s.forward([777]))
+        }
+        // Batched: same prompts, then the extra token for all three in one step.
+        let sessions = prompts.map { _ in model.makeSession(contextLength: 32) }
+        for (s, p) in zip(sessions, prompts) { _ = try s.forward(p) }
+        let batched = try model.forwardBatch(sessions, [777, 777, 777], workspace: Workspace())
+        let v = model.config.vocabularySize
+        for i in prompts.indices {
+            #expect(Array(batched[(i * v)..<((i + 1) * v)]) == solo[i], "sequence \(i) differs when batched")
+        }
+        #expect(sessions.map(\.position) == prompts.map { $0.count + 1 })
+        #expect(throws: ModelError.self) { try model.forwardBatch([sessions[0], sessions[0]], [1, 2], workspace: Workspace()) }
+    }
+}
