@@ -1,3 +1,4 @@
+import Kernels
 import Models
 import Tokenizers
 
@@ -99,8 +100,4 @@ public struct Generator {
             promptTokens: promptTokens, tokens: generated, text: text, finishReason: finish,
             promptSeconds: promptSeconds, generationSeconds: seconds(clock.now - decodeStart))
     }
-}
-
-func seconds(_ d: Duration) -> Double {
-    Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
 }

@@ -161,3 +161,42 @@ public final class ThreadPool: @unchecked Sendable {
         #endif
     }
 }
+
+/// The machine's read bandwidth in bytes per second: a vectorised sum over a buffer much larger
+/// than the caches, split across the pool's threads, best of `repetitions`. The decode roofline of
+/// a memory-bound model is this figure over the bytes read per token.
+public func measureReadBandwidth(bytes: Int = 512 << 20, repetitions: Int = 3, pool: ThreadPool) -> Double {
+    let count = bytes / MemoryLayout<Float>.size
+    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+    defer { buffer.deallocate() }
+    buffer.initialize(repeating: 1, count: count)
+    let chunk = (count / (pool.threadCount * 16)) & ~63
+    let items = count / chunk
+    let sums = UnsafeMutablePointer<Float>.allocate(capacity: items)
+    defer { sums.deallocate() }
+    var best = 0.0
+    let clock = ContinuousClock()
+    for _ in 0..<repetitions {
+        let start = clock.now
+        pool.parallelFor(items) { item in
+            let p = UnsafeRawPointer(buffer + item * chunk)
+            var a = Vector16(), b = Vector16(), c = Vector16(), d = Vector16()
+            var i = 0
+            while i < chunk * 4 {
+                a += p.loadUnaligned(fromByteOffset: i, as: Vector16.self)
+                b += p.loadUnaligned(fromByteOffset: i + 64, as: Vector16.self)
+                c += p.loadUnaligned(fromByteOffset: i + 128, as: Vector16.self)
+                d += p.loadUnaligned(fromByteOffset: i + 192, as: Vector16.self)
+                i += 256
+            }
+            sums[item] = horizontalSum((a + b) + (c + d))
+        }
+        best = max(best, Double(items * chunk * 4) / seconds(clock.now - start))
+    }
+    return best
+}
+
+/// A duration in seconds.
+public func seconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+}

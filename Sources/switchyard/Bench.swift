@@ -1,0 +1,132 @@
+import ArgumentParser
+import Generation
+import Kernels
+import Models
+import SwitchyardJSON
+
+/// `switchyard bench`: llama-bench's measurements for Switchyard.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure prompt processing (pp) and text generation (tg) speed, as llama-bench does.")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(name: [.customShort("p"), .customLong("prompt-tokens")], help: "Prompt length for the pp test (0 skips it).")
+    var promptTokens: Int = 512
+
+    @Option(name: [.customShort("n"), .customLong("gen-tokens")], help: "Tokens generated in the tg tests (0 skips them).")
+    var generatedTokens: Int = 128
+
+    @Option(name: [.short, .customLong("repetitions")], help: "Measured repetitions of each test, after one warm-up run.")
+    var repetitions: Int = 3
+
+    @Option(help: "Parallel sequences for the tg test, comma-separated (1 is plain decode).")
+    var batch: String = "1"
+
+    @Flag(help: "Print one JSON object per test.")
+    var json = false
+
+    func validate() throws {
+        if promptTokens < 0 || generatedTokens < 0 { throw ValidationError("-p and -n must not be negative") }
+        if repetitions < 1 { throw ValidationError("-r must be at least 1") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let batches = try batch.split(separator: ",").map { part -> Int in
+                guard let b = Int(part.trimmingSpaces), b >= 1 else { throw InputError("--batch: '\(part)' is not a positive integer") }
+                return b
+            }
+            let model = try modelOptions.loadModel()
+            let vocab = model.config.vocabularySize
+            var random = RandomGenerator(seed: 42)
+            // Random ordinary tokens, as llama-bench uses (the first ids are special in most vocabularies).
+            func randomTokens(_ count: Int) -> [Int] { (0..<count).map { _ in 3 + Int(random.next() % UInt64(vocab - 3)) } }
+            var results: [(test: String, mean: Double, stddev: Double)] = []
+
+            if promptTokens > 0 {
+                let tokens = randomTokens(promptTokens)
+                let speeds = try measure { () throws -> Double in
+                    let session = model.makeSession(contextLength: promptTokens)
+                    let start = ContinuousClock.now
+                    _ = try session.forward(tokens)
+                    return Double(promptTokens) / seconds(ContinuousClock.now - start)
+                }
+                results.append(("pp\(promptTokens)", mean(speeds), stddev(speeds)))
+            }
+            if generatedTokens > 0 {
+                for b in batches {
+                    let starts = randomTokens(b)
+                    let workspace = Workspace()
+                    let speeds = try measure { () throws -> Double in
+                        let sessions = (0..<b).map { _ in model.makeSession(contextLength: generatedTokens + 1) }
+                        var logits: [Float] = []
+                        for (s, t) in zip(sessions, starts) { logits += try s.forward([t]) }
+                        var next = (0..<b).map { argmax(Array(logits[($0 * vocab)..<(($0 + 1) * vocab)])) }
+                        let start = ContinuousClock.now
+                        for _ in 0..<generatedTokens {
+                            if b == 1 {
+                                logits = try sessions[0].forward(next)
+                            } else {
+                                logits = try model.forwardBatch(sessions, next, workspace: workspace)
+                            }
+                            next = (0..<b).map { argmax(Array(logits[($0 * vocab)..<(($0 + 1) * vocab)])) }
+                        }
+                        return Double(b * generatedTokens) / seconds(ContinuousClock.now - start)
+                    }
+                    results.append((b == 1 ? "tg\(generatedTokens)" : "tg\(generatedTokens)@b\(b)", mean(speeds), stddev(speeds)))
+                }
+            }
+
+            let bytesPerToken = model.weightBytesPerToken
+            let bandwidth = measureReadBandwidth(pool: model.pool)
+            let threads = model.pool.threadCount
+            let info = ModelInfo(model)
+            if json {
+                for r in results {
+                    var o = JSONObject()
+                    o["test"] = .string(r.test)
+                    o["tokens_per_second"] = .double(r.mean)
+                    o["stddev"] = .double(r.stddev)
+                    o["threads"] = .int(threads)
+                    o["precision"] = .string(modelOptions.precision)
+                    if r.test.hasPrefix("tg") {
+                        o["weight_bytes_per_token"] = .int(bytesPerToken)
+                        o["bandwidth_bytes_per_second"] = .double(bandwidth)
+                        if !r.test.contains("@") { o["bandwidth_fraction"] = .double(r.mean * Double(bytesPerToken) / bandwidth) }
+                    }
+                    writeOut(JSONValue.object(o).serialized() + "\n")
+                }
+                return
+            }
+            writeOut("| model | size | params | threads | precision | test | t/s |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n")
+            for r in results {
+                writeOut("| \(model.config.modelType) | \(bytes(info.weightBytes)) | \(count(info.totalParameters)) | \(threads) | \(modelOptions.precision) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
+            }
+            let roofline = bandwidth / Double(bytesPerToken)
+            var summary = "\nweights read per decoded token: \(bytes(bytesPerToken)); measured read bandwidth: \(fixed(bandwidth / 1e9, 1)) GB/s; decode roofline: \(fixed(roofline, 1)) tok/s"
+            if let tg = results.first(where: { $0.test == "tg\(generatedTokens)" }) {
+                summary += "; tg reaches \(fixed(100 * tg.mean / roofline, 0))% of it"
+            }
+            writeOut(summary + "\n")
+        }
+    }
+
+    /// One warm-up run, then `repetitions` measured runs.
+    func measure(_ body: () throws -> Double) throws -> [Double] {
+        _ = try body()
+        return try (0..<repetitions).map { _ in try body() }
+    }
+}
+
+func mean(_ v: [Double]) -> Double { v.reduce(0, +) / Double(v.count) }
+
+func stddev(_ v: [Double]) -> Double {
+    guard v.count > 1 else { return 0 }
+    let m = mean(v)
+    return (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count - 1)).squareRoot()
+}
+
+extension Substring {
+    var trimmingSpaces: String { String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }
+}
