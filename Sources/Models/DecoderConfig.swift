@@ -69,6 +69,10 @@ public struct DecoderConfig: Sendable {
     /// Per layer.
     public var feedForward: [FeedForwardKind]
     public var naming: TensorNaming
+    /// Whether q/k/v and o projections have biases (what a checkpoint of this config holds; loading
+    /// reads them when present).
+    public var queryKeyValueBias: Bool = false
+    public var outputBias: Bool = false
     public var bosTokenID: Int?
     public var eosTokenIDs: [Int]
 

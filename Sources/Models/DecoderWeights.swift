@@ -51,8 +51,8 @@ public struct DecoderWeights: Sendable {
     public var finalNorm: [Float]       // [hidden]
     public var lmHead: WeightMatrix     // [vocab, hidden], the embedding when tied
 
-    static func bind(_ config: DecoderConfig, from checkpoint: Checkpoint) throws(ModelError) -> DecoderWeights {
-        let binder = WeightBinder(checkpoint: checkpoint, config: config)
+    static func bind(_ config: DecoderConfig, from source: TensorSource) throws(ModelError) -> DecoderWeights {
+        let binder = WeightBinder(source: source, config: config)
         let hidden = config.hiddenSize
         let embedding = try binder.matrix("model.embed_tokens.weight", [config.vocabularySize, hidden], "vocab_size, hidden_size")
         var layers: [LayerWeights] = []
@@ -101,11 +101,11 @@ public struct DecoderWeights: Sendable {
 }
 
 struct WeightBinder {
-    let checkpoint: Checkpoint
+    let source: TensorSource
     let config: DecoderConfig
 
-    func view(_ name: String) throws(ModelError) -> TensorView {
-        do { return try checkpoint.tensor(name) } catch { throw ModelError(error.description) }
+    func view(_ name: String, _ shape: [Int]) throws(ModelError) -> TensorView {
+        try source.tensor(name, shape: shape)
     }
 
     func element(_ t: TensorView) throws(ModelError) -> WeightElement {
@@ -125,20 +125,20 @@ struct WeightBinder {
     }
 
     func matrix(_ name: String, _ shape: [Int], _ meaning: String) throws(ModelError) -> WeightMatrix {
-        let t = try view(name)
+        let t = try view(name, shape)
         try checkShape(t, shape, meaning)
         return WeightMatrix(element: try element(t), rows: shape[0], columns: shape[1], data: t.data)
     }
 
     func vector(_ name: String, _ length: Int) throws(ModelError) -> [Float] {
-        let t = try view(name)
+        let t = try view(name, [length])
         try checkShape(t, [length], "from config.json")
         let m = WeightMatrix(element: try element(t), rows: 1, columns: length, data: t.data)
         return (0..<length).map { m.value(0, $0) }
     }
 
     func optionalVector(_ name: String, _ length: Int) throws(ModelError) -> [Float]? {
-        checkpoint.contains(name) ? try vector(name, length) : nil
+        source.contains(name) ? try vector(name, length) : nil
     }
 
     func feedForward(_ prefix: String, _ gate: String, _ up: String, _ down: String, intermediate: Int) throws(ModelError) -> FeedForwardWeights {
@@ -155,12 +155,12 @@ struct WeightBinder {
         let naming = config.naming
         let inner = moe.expertIntermediateSize
         let experts: [FeedForwardWeights]
-        if checkpoint.contains(block + "experts.gate_up_proj") {
+        if source.contains(block + "experts.gate_up_proj") {
             // transformers 5's in-memory layout, stacked: gate_up_proj [experts, 2 x inner, hidden]
             // (gate rows first), down_proj [experts, hidden, inner].
-            let gateUp = try view(block + "experts.gate_up_proj")
+            let gateUp = try view(block + "experts.gate_up_proj", [moe.expertCount, 2 * inner, hidden])
             try checkShape(gateUp, [moe.expertCount, 2 * inner, hidden], "experts, 2 x expert intermediate size, hidden_size")
-            let down = try view(block + "experts.down_proj")
+            let down = try view(block + "experts.down_proj", [moe.expertCount, hidden, inner])
             try checkShape(down, [moe.expertCount, hidden, inner], "experts, hidden_size, expert intermediate size")
             let all = WeightMatrix(element: try element(gateUp), rows: moe.expertCount * 2 * inner, columns: hidden, data: gateUp.data)
             let allDown = WeightMatrix(element: try element(down), rows: moe.expertCount * hidden, columns: inner, data: down.data)

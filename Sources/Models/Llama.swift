@@ -10,6 +10,9 @@ enum LlamaFamily: ArchitectureFamily {
         if modelType == "mistral", let window = try c.optionalInt("sliding_window") {
             d.slidingWindows = Array(repeating: window, count: d.layerCount)
         }
+        let bias = try c.bool("attention_bias", default: false)
+        d.queryKeyValueBias = bias
+        d.outputBias = bias
         return d
     }
 }

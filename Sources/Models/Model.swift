@@ -7,7 +7,8 @@ import SwitchyardJSON
 public final class Model: @unchecked Sendable {
     public let directory: String
     public let config: DecoderConfig
-    public let checkpoint: Checkpoint
+    /// Where the weights come from: the folder's safetensors, or random values.
+    public let tensors: TensorSource
     public let weights: DecoderWeights
     public let rotary: RotaryEmbedding
     public let device: ComputeDevice
@@ -16,20 +17,26 @@ public final class Model: @unchecked Sendable {
 
     public static var supportedModelTypes: [String] { Architectures.supportedModelTypes }
 
-    public convenience init(directory: String, threads: Int? = nil) throws(ModelError) {
+    /// - Parameter randomWeights: ignore the folder's weights (it needs only config.json) and use
+    ///   random values of the right shapes, in the dtype config.json names (bf16 by default).
+    public convenience init(directory: String, threads: Int? = nil, randomWeights: Bool = false) throws(ModelError) {
         let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
-        try self.init(directory: directory, device: CPUDevice(pool: pool), pool: pool)
+        try self.init(directory: directory, device: CPUDevice(pool: pool), pool: pool, randomWeights: randomWeights)
     }
 
-    public init(directory: String, device: ComputeDevice, pool: ThreadPool) throws(ModelError) {
+    public init(directory: String, device: ComputeDevice, pool: ThreadPool, randomWeights: Bool = false) throws(ModelError) {
         self.directory = directory
         config = try Model.readConfig(directory: directory)
-        do {
-            checkpoint = try Checkpoint(directory: directory)
-        } catch {
-            throw ModelError(error.description)
+        if randomWeights {
+            tensors = RandomTensors(config: config, dtype: try Model.storedDType(directory: directory), pool: pool)
+        } else {
+            do {
+                tensors = CheckpointTensors(try Checkpoint(directory: directory))
+            } catch {
+                throw ModelError(error.description)
+            }
         }
-        weights = try DecoderWeights.bind(config, from: checkpoint)
+        weights = try DecoderWeights.bind(config, from: tensors)
         rotary = RotaryEmbedding(config.rope, headDim: config.headDim, maxPositions: config.maxPositions)
         self.device = device
         self.pool = pool
@@ -47,6 +54,20 @@ public final class Model: @unchecked Sendable {
             if let bos = try generation.optionalInt("bos_token_id") { config.bosTokenID = bos }
         }
         return config
+    }
+
+    /// The dtype config.json says the weights are stored in (`torch_dtype`, or transformers 5's `dtype`).
+    static func storedDType(directory: String) throws(ModelError) -> DType {
+        let path = directory + "/config.json"
+        let config = try ConfigReader(try readJSON(path), file: path)
+        var name = try config.string("dtype")
+        if name == nil { name = try config.string("torch_dtype") }
+        switch name ?? "bfloat16" {
+        case "bfloat16": return .bf16
+        case "float16": return .f16
+        case "float32": return .f32
+        case let other: throw ModelError("\(path): dtype '\(other)' cannot be used for random weights (bfloat16, float16, float32)")
+        }
     }
 
     public func makeSession(contextLength: Int? = nil) -> Session {

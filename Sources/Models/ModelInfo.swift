@@ -17,14 +17,15 @@ public struct ModelInfo: Sendable {
         let c = model.config
         var total = 0, bytes = 0
         var byType: [String: (Int, Int)] = [:]
-        for t in model.checkpoint.allTensors {
+        for t in model.tensors.allTensors {
             total += t.elementCount
             bytes += t.byteCount
             let key = t.dtype.rawValue.lowercased()
             byType[key, default: (0, 0)].0 += 1
             byType[key, default: (0, 0)].1 += t.byteCount
         }
-        if c.tieWordEmbeddings, let head = model.checkpoint.optionalTensor("lm_head.weight") {
+        if c.tieWordEmbeddings, model.tensors.contains("lm_head.weight"),
+            let head = model.tensors.allTensors.first(where: { $0.name == "lm_head.weight" }) {
             // A stored copy of a tied head is not a parameter of its own.
             total -= head.elementCount
         }

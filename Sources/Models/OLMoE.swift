@@ -16,6 +16,9 @@ enum OLMoEFamily: ArchitectureFamily {
             sharedExpertIntermediateSize: nil,
             sharedExpertGated: false)
         d.feedForward = Array(repeating: .mixtureOfExperts(moe), count: d.layerCount)
+        let bias = try c.bool("attention_bias", default: false)
+        d.queryKeyValueBias = bias
+        d.outputBias = bias
         return d
     }
 }

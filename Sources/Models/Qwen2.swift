@@ -18,6 +18,7 @@ enum Qwen2Family: ArchitectureFamily {
                 sharedExpertGated: shared > 0)
             d.feedForward = try Architectures.qwenFeedForward(c, layers: d.layerCount, moe: moe)
         }
+        d.queryKeyValueBias = try c.bool("qkv_bias", default: true)
         return d
     }
 }

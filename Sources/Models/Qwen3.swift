@@ -18,6 +18,9 @@ enum Qwen3Family: ArchitectureFamily {
                 sharedExpertGated: false)
             d.feedForward = try Architectures.qwenFeedForward(c, layers: d.layerCount, moe: moe)
         }
+        let bias = try c.bool("attention_bias", default: false)
+        d.queryKeyValueBias = bias
+        d.outputBias = bias
         return d
     }
 }

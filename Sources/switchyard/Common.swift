@@ -18,6 +18,9 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Activation precision: f32 (float32 activations and accumulation; bf16/f16 weights widened exactly).")
     var precision: String = "f32"
 
+    @Flag(name: .customLong("random-weights"), help: "Use random weights of the right shapes and dtype instead of the folder's (which then needs only config.json): for benchmarks.")
+    var randomWeights = false
+
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         guard precision == "f32" else {
@@ -28,7 +31,7 @@ struct ModelOptions: ParsableArguments {
     func loadModel() throws -> Model {
         let started = ContinuousClock.now
         let directory = try modelDirectory(model)
-        let loaded = try Model(directory: directory, threads: threads)
+        let loaded = try Model(directory: directory, threads: threads, randomWeights: randomWeights)
         logger.debug("loaded \(loaded.config.modelType) from \(directory) in \(ContinuousClock.now - started)")
         return loaded
     }

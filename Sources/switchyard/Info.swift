@@ -15,9 +15,12 @@ struct Info: ParsableCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
+    @Flag(name: .customLong("random-weights"), help: "Describe the model from config.json alone, with random weights.")
+    var randomWeights = false
+
     func run() throws {
         try reportingErrors {
-            let m = try Model(directory: modelDirectory(model), threads: 1)
+            let m = try Model(directory: modelDirectory(model), threads: 1, randomWeights: randomWeights)
             let c = m.config
             let info = ModelInfo(m)
             let context = min(contextLength ?? c.maxPositions, c.maxPositions)

@@ -216,3 +216,19 @@ struct BadModelFolderTests {
         #expect(session.position == 0, "a refused call changes nothing")
     }
 }
+
+@Suite("random weights")
+struct RandomWeightsTests {
+    @Test("the same tensors, shapes and dtypes as the checkpoint transformers saved", arguments: architectures)
+    func sameTensorsAsTransformers(arch: String) throws {
+        let saved = try Model(directory: fixturePath(arch), threads: 1)
+        let random = try Model(directory: fixturePath(arch), threads: 1, randomWeights: true)
+        func describe(_ m: Model) -> [String] {
+            m.tensors.allTensors.map { "\($0.name) \($0.shape) \($0.dtype)" }.sorted()
+        }
+        #expect(describe(random) == describe(saved))
+        #expect(ModelInfo(random).totalParameters == ModelInfo(saved).totalParameters)
+        let logits = try random.makeSession(contextLength: 8).forward([1, 2, 3])
+        #expect(logits.allSatisfy { $0.isFinite })
+    }
+}
