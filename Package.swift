@@ -38,6 +38,8 @@ let package = Package(
         .target(name: "NPY"),
         // Hugging Face tokenizer.json.
         .target(name: "Tokenizers", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
+        // CUDA, loaded at run time (dlopen): the driver, NVRTC, and the kernels as embedded source.
+        .target(name: "CUDA", swiftSettings: tuned),
         // Chat templates: a Jinja interpreter as transformers' apply_chat_template renders them.
         .target(name: "ChatTemplates", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
         // Model configuration, architecture definitions, weight binding, device boundary, KV cache,
@@ -48,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Models", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY",
+                "Models", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY", "CUDA",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -58,6 +60,7 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: tuned),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
+        .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
         .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON"]),
