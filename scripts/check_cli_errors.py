@@ -128,6 +128,7 @@ def main():
         ("not a token id", ["logits", "--model", FIXTURE, "--tokens", "1,abc", "--out", os.path.join(work, "x.npy")], "abc"),
         ("unwritable output", ["logits", "--model", FIXTURE, "--tokens", "1,2", "--out", "/nonexistent/dir/x.npy"], "x.npy"),
         ("detokenize outside the vocabulary", ["detokenize", "--model", FIXTURE, "--tokens", "5,40000"], "40000"),
+        ("no usable GPU for --accelerator cuda", gen + ["--model", FIXTURE, "--accelerator", "cuda"], "CUDA"),
     ]
     failures = 0
     for title, args, mention in cases:

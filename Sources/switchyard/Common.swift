@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import ChatTemplates
+import CUDA
 import Models
 import Tokenizers
 #if canImport(Glibc)
@@ -18,6 +19,9 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Activation precision: f32 (float32 activations and accumulation; bf16/f16 weights widened exactly).")
     var precision: String = "f32"
 
+    @Option(help: "Where to compute: cpu, cuda (an NVIDIA GPU, through the driver loaded at run time), or auto (cuda when usable, else cpu).")
+    var accelerator: String = "cpu"
+
     @Flag(name: .customLong("random-weights"), help: "Use random weights of the right shapes and dtype instead of the folder's (which then needs only config.json): for benchmarks.")
     var randomWeights = false
 
@@ -26,9 +30,25 @@ struct ModelOptions: ParsableArguments {
         guard precision == "f32" else {
             throw ValidationError("--precision \(precision) is not available; supported: f32")
         }
+        guard ["cpu", "cuda", "auto"].contains(accelerator) else {
+            throw ValidationError("--accelerator must be cpu, cuda or auto")
+        }
     }
 
     func loadModel() throws -> Model {
+        if accelerator != "cpu" {
+            // The kernels compile (see the CUDA module) but the GPU execution path has not been
+            // proven on a GPU yet, so it is not offered as working even where a driver is present.
+            let problem: String
+            do {
+                let driver = try CUDADriver()
+                problem = "the CUDA backend cannot run models yet (\(driver.deviceCount) GPU(s) found)"
+            } catch {
+                problem = error.description
+            }
+            if accelerator == "cuda" { throw InputError(problem) }
+            printError("note: \(problem); running on the CPU")
+        }
         let started = ContinuousClock.now
         let directory = try modelDirectory(model)
         let loaded = try Model(directory: directory, threads: threads, randomWeights: randomWeights)
