@@ -132,8 +132,9 @@ func dotRowBF16(
     _ permuted: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ xStride: Int, _ tokens: Int,
     _ out: inout SIMD4<Float>
 ) {
+    // One accumulator per token (even then odd products into it): 4 tokens take 8 of AVX2's 16
+    // vector registers, leaving room for the weights and activations without spilling.
     var a0 = Vector16(), a1 = Vector16(), a2 = Vector16(), a3 = Vector16()
-    var b0 = Vector16(), b1 = Vector16(), b2 = Vector16(), b3 = Vector16()
     let p = UnsafeRawPointer(permuted)
     let blocks = n / 32
     let mask = SIMD16<UInt32>(repeating: 0xFFFF_0000)
@@ -144,21 +145,21 @@ func dotRowBF16(
         let odd = unsafeBitCast(r & mask, to: Vector16.self)
         let q = p + k * 128
         a0.addProduct(even, q.loadUnaligned(as: Vector16.self))
-        b0.addProduct(odd, (q + 64).loadUnaligned(as: Vector16.self))
+        a0.addProduct(odd, (q + 64).loadUnaligned(as: Vector16.self))
         if tokens > 1 {
             a1.addProduct(even, (q + rowStride).loadUnaligned(as: Vector16.self))
-            b1.addProduct(odd, (q + rowStride + 64).loadUnaligned(as: Vector16.self))
+            a1.addProduct(odd, (q + rowStride + 64).loadUnaligned(as: Vector16.self))
         }
         if tokens > 2 {
             a2.addProduct(even, (q + 2 * rowStride).loadUnaligned(as: Vector16.self))
-            b2.addProduct(odd, (q + 2 * rowStride + 64).loadUnaligned(as: Vector16.self))
+            a2.addProduct(odd, (q + 2 * rowStride + 64).loadUnaligned(as: Vector16.self))
         }
         if tokens > 3 {
             a3.addProduct(even, (q + 3 * rowStride).loadUnaligned(as: Vector16.self))
-            b3.addProduct(odd, (q + 3 * rowStride + 64).loadUnaligned(as: Vector16.self))
+            a3.addProduct(odd, (q + 3 * rowStride + 64).loadUnaligned(as: Vector16.self))
         }
     }
-    var s = SIMD4<Float>(horizontalSum(a0 + b0), horizontalSum(a1 + b1), horizontalSum(a2 + b2), horizontalSum(a3 + b3))
+    var s = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
     var i = blocks * 32
     while i < n {
         let w = widenScalar(.bf16, row, i)
