@@ -78,7 +78,7 @@ func horizontalSum(_ v: Vector16) -> Float {
 }
 
 /// Dot products of one f32 or f16 weight row with up to four activation rows, reading the weights
-/// once. Two accumulators per activation row hide the FMA latency.
+/// once; one accumulator per token, as in the bf16 kernel.
 @inlinable @inline(__always)
 func dotRow(
     _ element: WeightElement, _ row: UnsafeRawPointer, _ n: Int,
@@ -86,32 +86,30 @@ func dotRow(
     _ out: inout SIMD4<Float>
 ) {
     var a0 = Vector16(), a1 = Vector16(), a2 = Vector16(), a3 = Vector16()
-    var b0 = Vector16(), b1 = Vector16(), b2 = Vector16(), b3 = Vector16()
     let raw = UnsafeRawPointer(x)
+    let stride = xStride * 4
     var i = 0
     while i + 32 <= n {
         let w0 = loadWidened(element, row, i)
         let w1 = loadWidened(element, row, i + 16)
-        a0.addProduct(w0, (raw + i * 4).loadUnaligned(as: Vector16.self))
-        b0.addProduct(w1, (raw + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+        let x0 = raw + i * 4
+        a0.addProduct(w0, x0.loadUnaligned(as: Vector16.self))
+        a0.addProduct(w1, (x0 + 64).loadUnaligned(as: Vector16.self))
         if tokens > 1 {
-            let x1 = raw + xStride * 4
-            a1.addProduct(w0, (x1 + i * 4).loadUnaligned(as: Vector16.self))
-            b1.addProduct(w1, (x1 + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+            a1.addProduct(w0, (x0 + stride).loadUnaligned(as: Vector16.self))
+            a1.addProduct(w1, (x0 + stride + 64).loadUnaligned(as: Vector16.self))
         }
         if tokens > 2 {
-            let x2 = raw + 2 * xStride * 4
-            a2.addProduct(w0, (x2 + i * 4).loadUnaligned(as: Vector16.self))
-            b2.addProduct(w1, (x2 + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+            a2.addProduct(w0, (x0 + 2 * stride).loadUnaligned(as: Vector16.self))
+            a2.addProduct(w1, (x0 + 2 * stride + 64).loadUnaligned(as: Vector16.self))
         }
         if tokens > 3 {
-            let x3 = raw + 3 * xStride * 4
-            a3.addProduct(w0, (x3 + i * 4).loadUnaligned(as: Vector16.self))
-            b3.addProduct(w1, (x3 + (i + 16) * 4).loadUnaligned(as: Vector16.self))
+            a3.addProduct(w0, (x0 + 3 * stride).loadUnaligned(as: Vector16.self))
+            a3.addProduct(w1, (x0 + 3 * stride + 64).loadUnaligned(as: Vector16.self))
         }
         i += 32
     }
-    var s = SIMD4<Float>(horizontalSum(a0 + b0), horizontalSum(a1 + b1), horizontalSum(a2 + b2), horizontalSum(a3 + b3))
+    var s = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
     while i < n {
         let w = widenScalar(element, row, i)
         for t in 0..<tokens { s[t] += w * x[t * xStride + i] }
