@@ -84,7 +84,7 @@ extension Model {
             case (.dense(let ff), _):
                 denseFeedForward(ff, input: xn, output: s.projected.pointer, tokens: T, workspace: s)
             case (.mixtureOfExperts(let moeWeights), .mixtureOfExperts(let moe)):
-                mixtureOfExperts(moeWeights, moe, input: xn, output: s.projected.pointer, tokens: T, workspace: s)
+                mixtureOfExperts(moeWeights, moe, layer: l, input: xn, output: s.projected.pointer, tokens: T, workspace: s)
             case (.mixtureOfExperts, .dense):
                 preconditionFailure("weights and config disagree on layer \(l)")
             }

@@ -43,16 +43,19 @@ extension Model {
 
     /// out[T, hidden] = Σ routed experts' outputs x their weights (+ the gated shared expert).
     /// Tokens routed to the same expert are gathered so its weights are read once for all of them.
-    func mixtureOfExperts(_ w: MoEWeights, _ moe: MoEConfig, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int, workspace scratch: Workspace) {
+    func mixtureOfExperts(_ w: MoEWeights, _ moe: MoEConfig, layer: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int, workspace scratch: Workspace) {
         let hidden = config.hiddenSize
         let experts = moe.expertCount
         let logits = scratch.routerLogits.pointer
         device.linear(w.router, input: input, inputStride: hidden, output: logits, outputStride: experts, tokens: tokens)
         var assigned = [[(token: Int, weight: Float)]](repeating: [], count: experts)
+        var chosen: [[Int]] = []
         for t in 0..<tokens {
             let r = routeTopK(logits: logits + t * experts, expertCount: experts, k: moe.expertsPerToken, normalize: moe.normalizeTopK)
             for (e, weight) in zip(r.experts, r.weights) { assigned[e].append((t, weight)) }
+            if scratch.routingObserver != nil { chosen.append(r.experts) }
         }
+        scratch.routingObserver?(layer, chosen)
         output.update(repeating: 0, count: tokens * hidden)
         let gathered = scratch.gathered.pointer
         let expertOut = scratch.expertOutput.pointer

@@ -106,6 +106,10 @@ final class FloatBuffer {
 public final class Workspace {
     public init() {}
 
+    /// Called for every MoE layer of every step with the layer index and, per token of the step,
+    /// the experts it was routed to (in rank order): routing profiles, traces.
+    public var routingObserver: ((_ layer: Int, _ expertsPerToken: [[Int]]) -> Void)?
+
     let residual = FloatBuffer(), normed = FloatBuffer()
     let query = FloatBuffer(), key = FloatBuffer(), value = FloatBuffer()
     let attention = FloatBuffer(), projected = FloatBuffer(), scores = FloatBuffer()

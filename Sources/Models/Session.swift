@@ -40,7 +40,9 @@ public final class Session {
 
     /// Runs `tokens` at the next positions and returns logits, float32, row-major: [tokens.count,
     /// vocab] when `allLogits`, otherwise [1, vocab] for the last token.
-    public func forward(_ tokens: [Int], allLogits: Bool = false) throws(ModelError) -> [Float] {
+    /// - Parameter workspace: work memory to use instead of the session's own (to observe routing).
+    public func forward(_ tokens: [Int], allLogits: Bool = false, workspace external: Workspace? = nil) throws(ModelError) -> [Float] {
+        let workspace = external ?? self.workspace
         let c = model.config
         guard !tokens.isEmpty else { throw ModelError("no tokens to run") }
         for t in tokens where t < 0 || t >= c.vocabularySize {
