@@ -244,7 +244,8 @@ func routingProfileCounts() throws {
     let p = recorder.profile
     #expect(p.tokens == 6)
     #expect(p.counts.map { $0.reduce(0, +) } == [12, 0, 12])
-    #expect(p.transitions[0].flatMap { $0 }.reduce(0, +) == 6 * 2 * 2)
+    let transitionTotal: Int = p.transitions[0].map { $0.reduce(0, +) }.reduce(0, +)
+    #expect(transitionTotal == 24, "6 tokens x 2 experts x 2 experts")
     #expect(p.transitions[1].isEmpty && p.transitions[2].isEmpty)
     #expect(try RoutingProfile(json: p.json, file: "p.json") == p)
 }
