@@ -58,7 +58,7 @@ let package = Package(
 
         .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: tuned),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "SwitchyardJSON"], swiftSettings: tuned),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
         .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),

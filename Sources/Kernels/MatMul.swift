@@ -1,12 +1,17 @@
 /// How a weight matrix's elements are stored. Activations are always f32 in this module; weights
-/// are widened exactly to f32 as they are read (bf16 by a shift, f16 by the hardware conversion).
+/// are widened exactly to f32 as they are read (bf16 by a shift, f16 by the hardware conversion,
+/// Q8_0 as its int8 values times the block's scale).
 public enum WeightElement: Sendable, Equatable {
     case f32, f16, bf16
+    /// GGUF's Q8_0: blocks of 32 values, a float16 scale then 32 int8.
+    case q8_0
 
-    public var byteSize: Int {
+    /// Bytes of a row of `columns` elements (a multiple of 32 for Q8_0).
+    @inlinable public func rowBytes(_ columns: Int) -> Int {
         switch self {
-        case .f32: return 4
-        case .f16, .bf16: return 2
+        case .f32: return columns * 4
+        case .f16, .bf16: return columns * 2
+        case .q8_0: return columns / 32 * Q8_0.blockBytes
         }
     }
 }
@@ -27,7 +32,7 @@ public struct WeightMatrix: @unchecked Sendable {
         self.data = data
     }
 
-    @inlinable public var rowBytes: Int { columns * element.byteSize }
+    @inlinable public var rowBytes: Int { element.rowBytes(columns) }
 
     /// A block of consecutive rows, for weights that are several matrices stacked.
     @inlinable public func rows(_ range: Range<Int>) -> WeightMatrix {
@@ -41,6 +46,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .f32: return data.load(fromByteOffset: offset * 4, as: Float.self)
         case .f16: return Float(data.load(fromByteOffset: offset * 2, as: Float16.self))
         case .bf16: return Float(bitPattern: UInt32(data.load(fromByteOffset: offset * 2, as: UInt16.self)) << 16)
+        case .q8_0: return Q8_0.value(data + r * rowBytes, c)
         }
     }
 }
@@ -57,6 +63,8 @@ func loadWidened(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     case .bf16:
         let raw = (row + index * 2).loadUnaligned(as: SIMD16<UInt16>.self)
         return unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: raw) &<< 16, to: Vector16.self)
+    case .q8_0:
+        preconditionFailure("Q8_0 rows go through dotRowQ8_0")
     }
 }
 
@@ -66,6 +74,7 @@ func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     case .f32: return row.load(fromByteOffset: index * 4, as: Float.self)
     case .f16: return Float(row.load(fromByteOffset: index * 2, as: Float16.self))
     case .bf16: return Float(bitPattern: UInt32(row.load(fromByteOffset: index * 2, as: UInt16.self)) << 16)
+    case .q8_0: return Q8_0.value(row, index)
     }
 }
 
@@ -206,6 +215,27 @@ public func matmul(
     // Chunks of rows small enough to balance, large enough to amortise the claim.
     let rowsPerItem = max(8, min(256, rows / (pool.threadCount * 8) + 1))
     let items = (rows + rowsPerItem - 1) / rowsPerItem
+    if element == .q8_0 {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
+            let perm = UnsafePointer(permuted.baseAddress!)
+            Q8_0.permute(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)
+            pool.parallelFor(items) { item in
+                let start = item * rowsPerItem
+                let end = min(rows, start + rowsPerItem)
+                var t0 = 0
+                while t0 < tokens {
+                    let count = min(4, tokens - t0)
+                    for r in start..<end {
+                        var s = SIMD4<Float>()
+                        Q8_0.dotRow(base + r * rowBytes, n, perm + t0 * n, count, &s)
+                        for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
+                    }
+                    t0 += 4
+                }
+            }
+        }
+        return
+    }
     if element == .bf16 {
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
             let perm = UnsafePointer(permuted.baseAddress!)

@@ -14,17 +14,25 @@ public final class Model: @unchecked Sendable {
     public let device: ComputeDevice
     /// Threads for the host-side work between weight products (attention, norms).
     public let pool: ThreadPool
+    /// How weights were converted at load, if they were.
+    public let quantization: WeightQuantization?
+    /// The memory of converted weights.
+    let quantizedStorage: [OwnedBytes]
 
     public static var supportedModelTypes: [String] { Architectures.supportedModelTypes }
 
     /// - Parameter randomWeights: ignore the folder's weights (it needs only config.json) and use
     ///   random values of the right shapes, in the dtype config.json names (bf16 by default).
-    public convenience init(directory: String, threads: Int? = nil, randomWeights: Bool = false) throws(ModelError) {
+    /// - Parameter quantization: convert weights at load (experts only by default).
+    public convenience init(directory: String, threads: Int? = nil, randomWeights: Bool = false, quantization: WeightQuantization? = nil) throws(ModelError) {
         let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
-        try self.init(directory: directory, device: CPUDevice(pool: pool), pool: pool, randomWeights: randomWeights)
+        try self.init(directory: directory, device: CPUDevice(pool: pool), pool: pool, randomWeights: randomWeights, quantization: quantization)
     }
 
-    public init(directory: String, device: ComputeDevice, pool: ThreadPool, randomWeights: Bool = false) throws(ModelError) {
+    public init(
+        directory: String, device: ComputeDevice, pool: ThreadPool, randomWeights: Bool = false,
+        quantization: WeightQuantization? = nil
+    ) throws(ModelError) {
         self.directory = directory
         config = try Model.readConfig(directory: directory)
         if randomWeights {
@@ -36,7 +44,11 @@ public final class Model: @unchecked Sendable {
                 throw ModelError(error.description)
             }
         }
-        weights = try DecoderWeights.bind(config, from: tensors)
+        let bound = try DecoderWeights.bind(config, from: tensors)
+        var storage: [OwnedBytes] = []
+        weights = quantization.map { bound.quantized($0, pool: pool, storage: &storage) } ?? bound
+        quantizedStorage = storage
+        self.quantization = quantization
         rotary = RotaryEmbedding(config.rope, headDim: config.headDim, maxPositions: config.maxPositions)
         self.device = device
         self.pool = pool

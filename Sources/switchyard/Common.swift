@@ -22,6 +22,12 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Where to compute: cpu, cuda (an NVIDIA GPU, through the driver loaded at run time), or auto (cuda when usable, else cpu).")
     var accelerator: String = "cpu"
 
+    @Option(help: "Convert weights at load: none or q8_0 (GGUF's Q8_0; the routed experts unless --quantize-all).")
+    var quantize: String = "none"
+
+    @Flag(name: .customLong("quantize-all"), help: "Quantise every matrix but the routers and the embedding.")
+    var quantizeAll = false
+
     @Flag(name: .customLong("random-weights"), help: "Use random weights of the right shapes and dtype instead of the folder's (which then needs only config.json): for benchmarks.")
     var randomWeights = false
 
@@ -29,6 +35,9 @@ struct ModelOptions: ParsableArguments {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         guard precision == "f32" else {
             throw ValidationError("--precision \(precision) is not available; supported: f32")
+        }
+        guard quantize == "none" || WeightQuantization.Format(rawValue: quantize) != nil else {
+            throw ValidationError("--quantize must be none or \(WeightQuantization.Format.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard ["cpu", "cuda", "auto"].contains(accelerator) else {
             throw ValidationError("--accelerator must be cpu, cuda or auto")
@@ -51,7 +60,8 @@ struct ModelOptions: ParsableArguments {
         }
         let started = ContinuousClock.now
         let directory = try modelDirectory(model)
-        let loaded = try Model(directory: directory, threads: threads, randomWeights: randomWeights)
+        let quantization = WeightQuantization.Format(rawValue: quantize).map { WeightQuantization(format: $0, all: quantizeAll) }
+        let loaded = try Model(directory: directory, threads: threads, randomWeights: randomWeights, quantization: quantization)
         logger.debug("loaded \(loaded.config.modelType) from \(directory) in \(ContinuousClock.now - started)")
         return loaded
     }

@@ -1,4 +1,5 @@
 import Testing
+import SwitchyardJSON
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,6 +30,7 @@ struct KernelTests {
             case .f32: bytes = weights.withUnsafeBytes { Array($0) }
             case .f16: bytes = weights.map { Float16($0) }.withUnsafeBytes { Array($0) }
             case .bf16: bytes = weights.map(bf16Bits).withUnsafeBytes { Array($0) }
+            case .q8_0: continue  // its own suite
             }
             bytes.withUnsafeBytes { raw in
                 let w = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
@@ -130,5 +132,58 @@ struct AttentionTests {
         let q: [Float] = [0, 0, 0, 0, 0, 0, 0, 0]
         #expect(run(head: 0, query: q, first: 0, last: 0) == [10, 0], "position 0 sees only itself")
         #expect(run(head: 0, query: q, first: 1, last: 1) == [0, 20], "a window of 1 sees only the last position")
+    }
+}
+
+@Suite("Q8_0")
+struct Q8_0Tests {
+    /// Rows and their Q8_0 bytes from the gguf package (scripts/quant_vectors.py).
+    static let cases: [(values: [Float], bytes: [UInt8])] = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
+        return json["cases"]!.arrayValue!.map { c in
+            let hex = Array(c["q8_0"]!.stringValue!)
+            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
+            return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes)
+        }
+    }()
+
+    @Test func quantizationIsGGUFs() {
+        #expect(Self.cases.count == 5)
+        for c in Self.cases {
+            var out = [UInt8](repeating: 0, count: c.values.count / 32 * Q8_0.blockBytes)
+            c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q8_0.quantize(v.baseAddress!, count: c.values.count, into: $0.baseAddress!) } }
+            #expect(out == c.bytes)
+        }
+    }
+
+    @Test(arguments: [(7, 32, 1), (19, 96, 3), (5, 160, 5), (33, 64, 9)])
+    func matmulMatchesReference(rows: Int, columns: Int, tokens: Int) {
+        let pool = ThreadPool(threads: 3)
+        let weights = randomFloats(rows * columns, seed: UInt64(rows + columns))
+        var quantized = [UInt8](repeating: 0, count: rows * columns / 32 * Q8_0.blockBytes)
+        weights.withUnsafeBufferPointer { w in quantized.withUnsafeMutableBytes { Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) } }
+        let input = randomFloats(tokens * columns, seed: 5)
+        quantized.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: .q8_0, rows: rows, columns: columns, data: raw.baseAddress!)
+            let expected = matmulReference(m, input: input, tokens: tokens)
+            var out = [Float](repeating: .nan, count: tokens * rows)
+            input.withUnsafeBufferPointer { x in
+                out.withUnsafeMutableBufferPointer { o in
+                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                }
+            }
+            for i in out.indices { #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "[\(i)] \(out[i]) vs \(expected[i])") }
+            // Dequantised values stay within half a step of the originals, plus the float16
+            // rounding of the scale (up to 2^-11 relative, times |q| <= 127).
+            for r in 0..<rows {
+                for c in 0..<columns {
+                    let block = weights[(r * columns + c) / 32 * 32..<(r * columns + c) / 32 * 32 + 32]
+                    let step = block.map(abs).max()! / 127
+                    #expect(abs(m.value(r, c) - weights[r * columns + c]) <= step * (0.5 + 127.0 / 2048))
+                }
+            }
+        }
     }
 }

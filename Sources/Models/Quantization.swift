@@ -1,0 +1,66 @@
+import Kernels
+
+/// Weights converted to a quantised format at load (`--quantize`), in memory the model owns.
+public struct WeightQuantization: Sendable, Equatable {
+    public enum Format: String, Sendable, CaseIterable { case q8_0 }
+    public var format: Format
+    /// Every matrix (attention, dense and shared MLPs, output head) rather than the routed experts
+    /// only. Routers and the embedding stay as stored.
+    public var all: Bool
+
+    public init(format: Format, all: Bool = false) {
+        self.format = format
+        self.all = all
+    }
+}
+
+/// Owns the bytes of converted weights.
+final class OwnedBytes: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    init(_ count: Int) { pointer = .allocate(byteCount: max(count, 1), alignment: 64) }
+    deinit { pointer.deallocate() }
+}
+
+extension DecoderWeights {
+    /// These weights with the chosen matrices converted; `storage` collects the new buffers.
+    func quantized(_ q: WeightQuantization, pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
+        var out = self
+        func convert(_ m: WeightMatrix) -> WeightMatrix {
+            guard m.columns % Q8_0.blockValues == 0, m.element != .q8_0 else { return m }
+            let rowBytes = WeightElement.q8_0.rowBytes(m.columns)
+            let bytes = OwnedBytes(m.rows * rowBytes)
+            storage.append(bytes)
+            let target = bytes.pointer
+            pool.parallelFor((m.rows + 63) / 64) { chunk in
+                var row = [Float](repeating: 0, count: m.columns)
+                for r in (chunk * 64)..<min(m.rows, chunk * 64 + 64) {
+                    for c in 0..<m.columns { row[c] = m.value(r, c) }
+                    row.withUnsafeBufferPointer { Q8_0.quantize($0.baseAddress!, count: m.columns, into: target + r * rowBytes) }
+                }
+            }
+            return WeightMatrix(element: .q8_0, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
+        }
+        func convert(_ f: FeedForwardWeights) -> FeedForwardWeights {
+            FeedForwardWeights(gate: convert(f.gate), up: convert(f.up), down: convert(f.down))
+        }
+        for i in out.layers.indices {
+            switch out.layers[i].feedForward {
+            case .dense(let f):
+                if q.all { out.layers[i].feedForward = .dense(convert(f)) }
+            case .mixtureOfExperts(var m):
+                m.experts = m.experts.map(convert)
+                if q.all, let shared = m.sharedExpert { m.sharedExpert = convert(shared) }
+                out.layers[i].feedForward = .mixtureOfExperts(m)
+            }
+            if q.all {
+                let a = out.layers[i].attention
+                out.layers[i].attention.query = convert(a.query)
+                out.layers[i].attention.key = convert(a.key)
+                out.layers[i].attention.value = convert(a.value)
+                out.layers[i].attention.output = convert(a.output)
+            }
+        }
+        if q.all { out.lmHead = convert(out.lmHead) }
+        return out
+    }
+}
