@@ -68,8 +68,9 @@ func loadWidened(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     }
 }
 
+/// Element `index` of a row, widened to f32.
 @inlinable @inline(__always)
-func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int) -> Float {
+public func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int) -> Float {
     switch element {
     case .f32: return row.load(fromByteOffset: index * 4, as: Float.self)
     case .f16: return Float(row.load(fromByteOffset: index * 2, as: Float16.self))

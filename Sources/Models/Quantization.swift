@@ -32,10 +32,12 @@ extension DecoderWeights {
             storage.append(bytes)
             let target = bytes.pointer
             pool.parallelFor((m.rows + 63) / 64) { chunk in
-                var row = [Float](repeating: 0, count: m.columns)
+                let row = UnsafeMutablePointer<Float>.allocate(capacity: m.columns)
+                defer { row.deallocate() }
                 for r in (chunk * 64)..<min(m.rows, chunk * 64 + 64) {
-                    for c in 0..<m.columns { row[c] = m.value(r, c) }
-                    row.withUnsafeBufferPointer { Q8_0.quantize($0.baseAddress!, count: m.columns, into: target + r * rowBytes) }
+                    let source = m.data + r * m.rowBytes
+                    for c in 0..<m.columns { row[c] = widenScalar(m.element, source, c) }
+                    Q8_0.quantize(row, count: m.columns, into: target + r * rowBytes)
                 }
             }
             return WeightMatrix(element: .q8_0, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
