@@ -69,7 +69,7 @@ public final class Model: @unchecked Sendable {
     }
 
     /// The dtype config.json says the weights are stored in (`torch_dtype`, or transformers 5's `dtype`).
-    static func storedDType(directory: String) throws(ModelError) -> DType {
+    public static func storedDType(directory: String) throws(ModelError) -> DType {
         let path = directory + "/config.json"
         let config = try ConfigReader(try readJSON(path), file: path)
         var name = try config.string("dtype")

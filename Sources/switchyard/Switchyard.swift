@@ -8,7 +8,7 @@ struct Switchyard: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A Mixture-of-Experts inference engine for models larger than fast memory.",
-        subcommands: [Generate.self, Chat.self, Logits.self, Tokenize.self, Detokenize.self, Template.self, Info.self, Profile.self, Bench.self])
+        subcommands: [Generate.self, Chat.self, Logits.self, Tokenize.self, Detokenize.self, Template.self, Info.self, Profile.self, PlanCommand.self, Bench.self])
 
     static func main() {
         // A reader that goes away (`switchyard generate ... | head`) ends the output, not the process.

@@ -249,3 +249,43 @@ func routingProfileCounts() throws {
     #expect(p.transitions[1].isEmpty && p.transitions[2].isEmpty)
     #expect(try RoutingProfile(json: p.json, file: "p.json") == p)
 }
+
+@Suite("planner")
+struct PlannerTests {
+    let mixtral = try! Model.readConfig(directory: repositoryRoot + "/benchmarks/configs/mixtral-8x7b")
+    let fiddlerMachine = HardwareProfile.known.first { $0.name.hasPrefix("quadro-rtx6000") }!
+
+    @Test func budgetsHoldAndEveryTokenWeightsComeFirst() {
+        let plan = Planner.plan(mixtral, weightBytes: 2, gpuBudget: 24_000_000_000, ramBudget: 40_000_000_000,
+                                hardware: fiddlerMachine, contextLength: 2048)
+        #expect((plan.bytesPerTier[.gpu] ?? 0) <= 24_000_000_000)
+        #expect((plan.bytesPerTier[.ram] ?? 0) <= 40_000_000_000)
+        #expect(plan.groups.filter { !$0.name.hasPrefix("experts") }.allSatisfy { $0.tier == .gpu }, "attention, routers, norms, head, KV on the GPU")
+        #expect(plan.expertsPerTier.values.reduce(0, +) == 256)
+        #expect((plan.expertsPerTier[.disk] ?? 0) > 0, "93 GB does not fit in 24 + 40 GB")
+        #expect(plan.decodeOverlapped >= plan.decodeSummed)
+    }
+
+    @Test func fiddlersPublishedSettingIsReproduced() {
+        // Fiddler: Mixtral-8x7B bf16 on a 24 GB Quadro RTX 6000 with 2x Xeon Gold 6126: about 2.5 tok/s.
+        let plan = Planner.plan(mixtral, weightBytes: 2, gpuBudget: 24_000_000_000, ramBudget: 192 << 30,
+                                hardware: fiddlerMachine, contextLength: 2048)
+        #expect(plan.decodeFiddler > 2.0 && plan.decodeFiddler < 3.5, "\(plan.decodeFiddler)")
+        #expect(plan.decodeOverlapped > 1.5 * plan.decodeFiddler)
+    }
+
+    @Test func popularExpertsGoToFastMemoryFirst() throws {
+        // Layer 0: expert 3 takes almost every token; with room for one expert on the GPU, it is 3.
+        var popularity = [[Double]](repeating: [Double](repeating: 1.0 / 8, count: 8), count: 32)
+        popularity[0] = [0.01, 0.01, 0.01, 0.9, 0.01, 0.02, 0.02, 0.02]
+        let oneExpert = 3 * 4096 * 14336 * 2
+        let dense = Planner.plan(mixtral, weightBytes: 2, gpuBudget: 0, ramBudget: 1 << 40, hardware: fiddlerMachine, contextLength: 2048)
+            .groups.filter { !$0.name.hasPrefix("experts") }.reduce(0) { $0 + $1.bytes }
+        let plan = Planner.plan(mixtral, weightBytes: 2, gpuBudget: dense + oneExpert, ramBudget: 1 << 40,
+                                hardware: fiddlerMachine, contextLength: 2048, popularity: popularity)
+        #expect(plan.expertsPerTier[.gpu] == 1)
+        let uniform = Planner.plan(mixtral, weightBytes: 2, gpuBudget: dense + oneExpert, ramBudget: 1 << 40,
+                                   hardware: fiddlerMachine, contextLength: 2048)
+        #expect(plan.decodeOverlapped > uniform.decodeOverlapped, "the popular expert on the GPU saves CPU time")
+    }
+}
