@@ -47,6 +47,8 @@ let package = Package(
         .target(name: "Models", dependencies: ["SwitchyardJSON", "SafeTensors", "Kernels"], swiftSettings: tuned),
         // Sampling, stop strings, streaming text, the generation loop.
         .target(name: "Generation", dependencies: ["Models", "Tokenizers", "Kernels"], swiftSettings: tuned),
+        // Continuous batching: a scheduler thread running every admitted sequence in shared steps.
+        .target(name: "Batching", dependencies: ["Models", "Generation", "Tokenizers", "Kernels"], swiftSettings: tuned),
         .executableTarget(
             name: "switchyard",
             dependencies: [
@@ -61,6 +63,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "SwitchyardJSON"], swiftSettings: tuned),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
         .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
+        .testTarget(name: "BatchingTests", dependencies: ["Batching", "Generation", "Models", "Tokenizers"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
         .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON"]),

@@ -1,0 +1,309 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Generation
+import Kernels
+import Models
+import Synchronization
+import Tokenizers
+
+/// One completion to run: tokens in, sampling settings, limits.
+public struct CompletionRequest: Sendable {
+    public var promptTokens: [Int]
+    public var maxTokens: Int
+    public var sampling: SamplingParameters
+    public var stopStrings: [String]
+    /// Report the chosen token's log-probability and this many alternatives (nil: none).
+    public var topLogprobs: Int?
+
+    public init(promptTokens: [Int], maxTokens: Int, sampling: SamplingParameters, stopStrings: [String] = [], topLogprobs: Int? = nil) {
+        self.promptTokens = promptTokens
+        self.maxTokens = maxTokens
+        self.sampling = sampling
+        self.stopStrings = stopStrings
+        self.topLogprobs = topLogprobs
+    }
+}
+
+public struct TokenLogprob: Sendable {
+    public var token: Int
+    public var logprob: Float
+    public var top: [(token: Int, logprob: Float)]
+}
+
+/// What a running completion reports, in order: text pieces as they become final, then one
+/// `finished` (or `failed`).
+public enum CompletionEvent: Sendable {
+    case text(String, tokens: [Int], logprobs: [TokenLogprob])
+    case finished(FinishReason, promptTokens: Int, completionTokens: Int)
+    case failed(String)
+}
+
+public struct SchedulerError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable { case queueFull, tooLong, shuttingDown }
+    public var kind: Kind
+    public var description: String
+}
+
+/// Continuous batching: every step admits waiting sequences (as many as `maxSequences` and the KV
+/// memory budget allow), runs one prefill chunk of one admitted prompt, and one batched decode step
+/// for every sequence that is generating, in which each expert's weights are read once for all of
+/// them. Finished or cancelled sequences leave at once and free their KV cache. Each sequence
+/// samples with its own settings and seed, and a batched step computes exactly what a solo one does,
+/// so a request's text never depends on what else is running.
+public final class BatchScheduler: @unchecked Sendable {
+    public let model: Model
+    public let tokenizer: Tokenizer
+    public let maxSequences: Int
+    public let contextLength: Int
+    public let queueLimit: Int
+    /// KV cache memory all running sequences may use together.
+    public let kvBudgetBytes: Int
+    public let prefillChunk = 64
+
+    public struct Stats: Sendable {
+        public var queued = 0
+        public var running = 0
+        public var kvBytes = 0
+        public var promptTokens = 0
+        public var completionTokens = 0
+    }
+
+    /// Owned by the queue (under the lock) until admitted, then only by the scheduler thread.
+    final class Sequence: @unchecked Sendable {
+        let id: Int
+        let request: CompletionRequest
+        let continuation: AsyncStream<CompletionEvent>.Continuation
+        var session: Session?
+        var prefilled = 0
+        var pending: Int?          // sampled, not yet run through the model
+        var generated: [Int] = []
+        var sampler: Sampler
+        var detokenizer: IncrementalDetokenizer
+        var stops: StopStringFilter
+        var kvBytes = 0
+        var cancelled = false
+        var finished = false
+        init(id: Int, request: CompletionRequest, tokenizer: Tokenizer, continuation: AsyncStream<CompletionEvent>.Continuation) {
+            self.id = id
+            self.request = request
+            self.continuation = continuation
+            sampler = Sampler(request.sampling)
+            detokenizer = IncrementalDetokenizer(tokenizer: tokenizer, promptTokens: request.promptTokens)
+            stops = StopStringFilter(request.stopStrings)
+        }
+    }
+
+    private struct Shared {
+        var queue: [Sequence] = []
+        var cancelled: Set<Int> = []
+        var nextID = 1
+        var stopping = false
+        var stats = Stats()
+    }
+
+    private let shared = Mutex(Shared())
+    private var wakeMutex = pthread_mutex_t()
+    private var wake = pthread_cond_t()
+    private var thread = pthread_t()
+    private let workspace = Workspace()
+    private let eos: Set<Int>
+
+    public init(model: Model, tokenizer: Tokenizer, maxSequences: Int = 8, contextLength: Int? = nil,
+                queueLimit: Int = 64, kvBudgetBytes: Int? = nil) {
+        self.model = model
+        self.tokenizer = tokenizer
+        self.maxSequences = max(1, maxSequences)
+        self.contextLength = min(contextLength ?? model.config.maxPositions, model.config.maxPositions)
+        self.queueLimit = queueLimit
+        let perToken = model.config.layerCount * 2 * model.config.keyValueWidth * MemoryLayout<Float>.size
+        self.kvBudgetBytes = kvBudgetBytes ?? perToken * self.contextLength * self.maxSequences
+        eos = Set(model.config.eosTokenIDs)
+        pthread_mutex_init(&wakeMutex, nil)
+        pthread_cond_init(&wake, nil)
+        let context = Unmanaged.passRetained(self)
+        pthread_create(&thread, nil, { raw in
+            let scheduler = Unmanaged<BatchScheduler>.fromOpaque(raw!).takeRetainedValue()
+            scheduler.loop()
+            return nil
+        }, context.toOpaque())
+    }
+
+    var kvBytesPerToken: Int { model.config.layerCount * 2 * model.config.keyValueWidth * MemoryLayout<Float>.size }
+
+    public var stats: Stats { shared.withLock { $0.stats } }
+
+    /// Queues a completion. Its events arrive on the returned stream; `cancel(id)` stops it.
+    public func submit(_ request: CompletionRequest) throws(SchedulerError) -> (id: Int, events: AsyncStream<CompletionEvent>) {
+        guard !request.promptTokens.isEmpty, request.promptTokens.count < contextLength else {
+            throw SchedulerError(kind: .tooLong, description: "the prompt has \(request.promptTokens.count) tokens; the context length is \(contextLength)")
+        }
+        let (stream, continuation) = AsyncStream<CompletionEvent>.makeStream()
+        let id: Int = try shared.withLock { (s: inout Shared) throws(SchedulerError) -> Int in
+            guard !s.stopping else { throw SchedulerError(kind: .shuttingDown, description: "the server is shutting down") }
+            guard s.queue.count < queueLimit else {
+                throw SchedulerError(kind: .queueFull, description: "\(s.queue.count) requests are already waiting")
+            }
+            let id = s.nextID
+            s.nextID += 1
+            s.queue.append(Sequence(id: id, request: request, tokenizer: tokenizer, continuation: continuation))
+            s.stats.queued = s.queue.count
+            return id
+        }
+        signal()
+        return (id, stream)
+    }
+
+    /// Stops a completion (a client went away): its sequence leaves at the next step.
+    public func cancel(_ id: Int) {
+        shared.withLock { _ = $0.cancelled.insert(id) }
+        signal()
+    }
+
+    /// Finishes running sequences as cancelled and stops the loop.
+    public func shutdown() {
+        shared.withLock { $0.stopping = true }
+        signal()
+        pthread_join(thread, nil)
+    }
+
+    private func signal() {
+        pthread_mutex_lock(&wakeMutex)
+        pthread_cond_signal(&wake)
+        pthread_mutex_unlock(&wakeMutex)
+    }
+
+    // MARK: The loop (its own thread: model steps are long and must not block Swift concurrency)
+
+    private func loop() {
+        var running: [Sequence] = []
+        while true {
+            let (stopping, admitted, cancelled) = shared.withLock { s -> (Bool, [Sequence], Set<Int>) in
+                var admitted: [Sequence] = []
+                var kv = s.stats.kvBytes
+                while !s.stopping, running.count + admitted.count < maxSequences, let next = s.queue.first {
+                    let need = min(contextLength, next.request.promptTokens.count + next.request.maxTokens + 1) * kvBytesPerToken
+                    if kv + need > kvBudgetBytes && !(running.isEmpty && admitted.isEmpty) { break }  // wait for memory
+                    kv += need
+                    next.kvBytes = need
+                    admitted.append(s.queue.removeFirst())
+                }
+                let cancelled = s.cancelled
+                s.cancelled.removeAll()
+                // Queued requests that were cancelled never start.
+                for id in cancelled { if let i = s.queue.firstIndex(where: { $0.id == id }) { s.queue.remove(at: i).continuation.finish() } }
+                s.stats.kvBytes = kv
+                s.stats.queued = s.queue.count
+                s.stats.running = running.count + admitted.count
+                return (s.stopping, admitted, cancelled)
+            }
+            for seq in admitted {
+                seq.session = model.makeSession(contextLength: seq.kvBytes / kvBytesPerToken)
+                running.append(seq)
+            }
+            for seq in running where cancelled.contains(seq.id) { seq.cancelled = true }
+            if stopping {
+                for seq in running { finish(seq, .failed("the server is shutting down")) }
+                let queued = shared.withLock { s -> [Sequence] in defer { s.queue.removeAll() }; return s.queue }
+                for seq in queued { seq.continuation.yield(.failed("the server is shutting down")); seq.continuation.finish() }
+                return
+            }
+            running.removeAll { seq in
+                if seq.cancelled { release(seq); seq.continuation.finish(); return true }
+                return false
+            }
+            if running.isEmpty {
+                pthread_mutex_lock(&wakeMutex)
+                let idle = shared.withLock { $0.queue.isEmpty && $0.cancelled.isEmpty && !$0.stopping }
+                if idle { pthread_cond_wait(&wake, &wakeMutex) }
+                pthread_mutex_unlock(&wakeMutex)
+                continue
+            }
+            step(&running)
+        }
+    }
+
+    /// One prefill chunk (the oldest admitted prompt), then one decode step for all generating.
+    private func step(_ running: inout [Sequence]) {
+        if let seq = running.first(where: { $0.prefilled < $0.request.promptTokens.count }) {
+            let prompt = seq.request.promptTokens
+            let end = min(prompt.count, seq.prefilled + prefillChunk)
+            do {
+                let logits = try seq.session!.forward(Array(prompt[seq.prefilled..<end]), workspace: workspace)
+                seq.prefilled = end
+                if end == prompt.count { sample(seq, logits[...]) }
+            } catch {
+                finish(seq, .failed(error.description))
+            }
+        }
+        let decoding = running.filter { $0.pending != nil && !$0.isDone }
+        if !decoding.isEmpty {
+            do {
+                let logits = try model.forwardBatch(decoding.map { $0.session! }, decoding.map { $0.pending! }, workspace: workspace)
+                let vocab = model.config.vocabularySize
+                for (i, seq) in decoding.enumerated() {
+                    seq.pending = nil
+                    sample(seq, logits[(i * vocab)..<((i + 1) * vocab)])
+                }
+            } catch {
+                for seq in decoding { finish(seq, .failed(error.description)) }
+            }
+        }
+        running.removeAll { seq in
+            guard seq.isDone else { return false }
+            release(seq)
+            return true
+        }
+        shared.withLock { $0.stats.running = running.count }
+    }
+
+    private func sample(_ seq: Sequence, _ logits: ArraySlice<Float>) {
+        let values = Array(logits)
+        let token = seq.sampler.sample(logits: values, history: seq.request.promptTokens + seq.generated)
+        seq.generated.append(token)
+        var logprobs: [TokenLogprob] = []
+        if let top = seq.request.topLogprobs { logprobs = [logprob(values, token, top: top)] }
+        shared.withLock { $0.stats.completionTokens += 1 }
+        if eos.contains(token) {
+            finish(seq, .finished(.stop, promptTokens: seq.request.promptTokens.count, completionTokens: seq.generated.count))
+            return
+        }
+        let text = seq.stops.push(seq.detokenizer.append(token))
+        if !text.isEmpty || !logprobs.isEmpty { seq.continuation.yield(.text(text, tokens: [token], logprobs: logprobs)) }
+        if seq.stops.stopped {
+            finish(seq, .finished(.stop, promptTokens: seq.request.promptTokens.count, completionTokens: seq.generated.count))
+        } else if seq.generated.count >= seq.request.maxTokens || seq.session!.position + 1 >= seq.session!.capacity {
+            let tail = seq.stops.push(seq.detokenizer.flush()) + seq.stops.finish()
+            if !tail.isEmpty { seq.continuation.yield(.text(tail, tokens: [], logprobs: [])) }
+            finish(seq, .finished(.length, promptTokens: seq.request.promptTokens.count, completionTokens: seq.generated.count))
+        } else {
+            seq.pending = token
+        }
+    }
+
+    private func logprob(_ logits: [Float], _ token: Int, top: Int) -> TokenLogprob {
+        let m = logits.max() ?? 0
+        let logSum = m + Float(log(logits.reduce(0.0) { $0 + Double(exp($1 - m)) }))
+        let best = top > 0 ? Array(logits.indices.sorted { logits[$0] > logits[$1] }.prefix(top)) : []
+        return TokenLogprob(token: token, logprob: logits[token] - logSum, top: best.map { ($0, logits[$0] - logSum) })
+    }
+
+    private func finish(_ seq: Sequence, _ event: CompletionEvent) {
+        guard !seq.isDone else { return }
+        seq.finished = true
+        seq.continuation.yield(event)
+        seq.continuation.finish()
+        shared.withLock { $0.stats.promptTokens += seq.request.promptTokens.count }
+    }
+
+    private func release(_ seq: Sequence) {
+        seq.session = nil  // frees the KV cache now
+        shared.withLock { $0.stats.kvBytes -= seq.kvBytes }
+    }
+}
+
+extension BatchScheduler.Sequence {
+    var isDone: Bool { finished || cancelled }
+}

@@ -1,0 +1,105 @@
+import Testing
+@testable import Batching
+import Generation
+import Models
+import Tokenizers
+
+let repositoryRoot: String = {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3)
+    return parts.joined(separator: "/")
+}()
+
+let demo = repositoryRoot + "/models/switchyard-kjv-moe"
+let model = try! Model(directory: demo, threads: 2)
+let tokenizer = try! Tokenizer(directory: demo)
+let prompts = ["In the beginning", "And the LORD said", "Blessed are the", "The king of Israel", "Once upon a time"]
+
+func collect(_ stream: AsyncStream<CompletionEvent>) async -> (tokens: [Int], text: String, finish: FinishReason?) {
+    var tokens: [Int] = [], text = "", finish: FinishReason?
+    for await event in stream {
+        switch event {
+        case .text(let t, let ids, _): text += t; tokens += ids
+        case .finished(let reason, _, _): finish = reason
+        case .failed(let message): Issue.record("failed: \(message)")
+        }
+    }
+    return (tokens, text, finish)
+}
+
+func solo(_ prompt: String, _ sampling: SamplingParameters, maxTokens: Int) throws -> GenerationResult {
+    var options = GenerationOptions()
+    options.sampling = sampling
+    options.maxTokens = maxTokens
+    return try Generator(model: model, tokenizer: tokenizer).generate(promptTokens: tokenizer.encode(prompt), options: options)
+}
+
+@Suite("continuous batching", .serialized)
+struct BatchSchedulerTests {
+    @Test func concurrentRequestsGiveTheirSoloTokens() async throws {
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 4, contextLength: 128)
+        defer { scheduler.shutdown() }
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        var seeded = SamplingParameters()
+        seeded.seed = 1234
+        for sampling in [greedy, seeded] {
+            let streams = try prompts.map { try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode($0), maxTokens: 16, sampling: sampling)).events }
+            var results: [(tokens: [Int], text: String, finish: FinishReason?)] = []
+            for s in streams { results.append(await collect(s)) }
+            for (prompt, result) in zip(prompts, results) {
+                let alone = try solo(prompt, sampling, maxTokens: 16)
+                let expected = alone.finishReason == .stop ? Array(alone.tokens.dropLast()) : alone.tokens
+                #expect(result.tokens.prefix(expected.count) == expected[...], "\(prompt): batched differs from solo")
+                #expect(result.text == alone.text)
+                #expect(result.finish == alone.finishReason)
+            }
+        }
+        #expect(scheduler.stats.kvBytes == 0 && scheduler.stats.running == 0, "every cache freed")
+    }
+
+    @Test func stopStringsAndLengths() async throws {
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 128)
+        defer { scheduler.shutdown() }
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        let full = await collect(try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode(prompts[0]), maxTokens: 24, sampling: greedy)).events)
+        #expect(full.finish == .length)
+        let stop = String(full.text.split(separator: " ")[3])
+        let cut = await collect(try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode(prompts[0]), maxTokens: 24, sampling: greedy, stopStrings: [stop])).events)
+        #expect(cut.finish == .stop && !cut.text.contains(stop) && full.text.hasPrefix(cut.text))
+    }
+
+    @Test func queueLimitAndCancellation() async throws {
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 1, contextLength: 256, queueLimit: 2)
+        defer { scheduler.shutdown() }
+        let request = CompletionRequest(promptTokens: tokenizer.encode(prompts[1]), maxTokens: 200, sampling: SamplingParameters())
+        let running = try scheduler.submit(request)
+        var submitted = [running]
+        var refused = false
+        for _ in 0..<4 {
+            do { submitted.append(try scheduler.submit(request)) } catch { refused = error.kind == .queueFull }
+        }
+        #expect(refused, "the queue holds at most 2 waiting requests")
+        for s in submitted { scheduler.cancel(s.id) }
+        for s in submitted {
+            let r = await collect(s.events)
+            #expect(r.finish == nil, "a cancelled request ends without finishing")
+        }
+        #expect(scheduler.stats.kvBytes == 0 && scheduler.stats.queued == 0)
+        #expect(throws: SchedulerError.self) {
+            try scheduler.submit(CompletionRequest(promptTokens: Array(repeating: 5, count: 300), maxTokens: 1, sampling: SamplingParameters()))
+        }
+    }
+
+    @Test func kvBudgetAdmitsWhatFits() async throws {
+        // Room for one sequence's cache at a time: the others wait, and all finish.
+        let perToken = model.config.layerCount * 2 * model.config.keyValueWidth * 4
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 4, contextLength: 64, kvBudgetBytes: perToken * 30)
+        defer { scheduler.shutdown() }
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        let streams = try prompts.prefix(3).map { try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode($0), maxTokens: 8, sampling: greedy)).events }
+        for s in streams { #expect(await collect(s).finish == .length) }
+    }
+}
