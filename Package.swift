@@ -24,6 +24,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
         // A JSON reader/writer that keeps numbers exact, reports paths in errors, and is fast on
@@ -49,10 +52,17 @@ let package = Package(
         .target(name: "Generation", dependencies: ["Models", "Tokenizers", "Kernels"], swiftSettings: tuned),
         // Continuous batching: a scheduler thread running every admitted sequence in shared steps.
         .target(name: "Batching", dependencies: ["Models", "Generation", "Tokenizers", "Kernels"], swiftSettings: tuned),
+        // The OpenAI-compatible HTTP server over the batch scheduler.
+        .target(name: "Server", dependencies: [
+            "Batching", "ChatTemplates", "Tokenizers", "Models", "Generation", "SwitchyardJSON",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+        ], swiftSettings: tuned),
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Models", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY", "CUDA",
+                "Models", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY", "CUDA", "Server",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

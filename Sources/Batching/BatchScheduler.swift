@@ -164,9 +164,9 @@ public final class BatchScheduler: @unchecked Sendable {
 
     /// Finishes running sequences as cancelled and stops the loop.
     public func shutdown() {
-        shared.withLock { $0.stopping = true }
+        let first = shared.withLock { s -> Bool in defer { s.stopping = true }; return !s.stopping }
         signal()
-        pthread_join(thread, nil)
+        if first { pthread_join(thread, nil) }
     }
 
     private func signal() {
@@ -261,7 +261,7 @@ public final class BatchScheduler: @unchecked Sendable {
 
     private func sample(_ seq: Sequence, _ logits: ArraySlice<Float>) {
         let values = Array(logits)
-        let token = seq.sampler.sample(logits: values, history: seq.request.promptTokens + seq.generated)
+        let token = seq.sampler.sample(logits: values, history: seq.request.promptTokens + seq.generated, generatedCount: seq.generated.count)
         seq.generated.append(token)
         var logprobs: [TokenLogprob] = []
         if let top = seq.request.topLogprobs { logprobs = [logprob(values, token, top: top)] }

@@ -18,6 +18,9 @@ public struct SamplingParameters: Sendable, Equatable {
     public var repeatPenalty: Float = 1.0
     /// How many recent tokens (prompt included) the penalty looks at; -1 for all of them.
     public var repeatLastN: Int = 64
+    /// OpenAI's penalties over the generated tokens: logit -= frequency x count + presence x (count > 0).
+    public var frequencyPenalty: Float = 0
+    public var presencePenalty: Float = 0
     public var seed: UInt64 = 0
 
     public init() {}
@@ -68,10 +71,19 @@ public struct Sampler: Sendable {
         random = RandomGenerator(seed: parameters.seed)
     }
 
-    /// - Parameter history: prompt and generated tokens so far, for the repetition penalty.
-    public mutating func sample(logits input: [Float], history: [Int]) -> Int {
+    /// - Parameters:
+    ///   - history: prompt and generated tokens so far, for the repetition penalty.
+    ///   - generatedCount: how many of `history` were generated (for the frequency and presence penalties).
+    public mutating func sample(logits input: [Float], history: [Int], generatedCount: Int = 0) -> Int {
         var logits = input
         let p = parameters
+        if (p.frequencyPenalty != 0 || p.presencePenalty != 0) && generatedCount > 0 {
+            var counts: [Int: Int] = [:]
+            for t in history.suffix(generatedCount) { counts[t, default: 0] += 1 }
+            for (t, n) in counts where t >= 0 && t < logits.count {
+                logits[t] -= p.frequencyPenalty * Float(n) + p.presencePenalty
+            }
+        }
         if p.repeatPenalty != 1, p.repeatLastN != 0 {
             let window = p.repeatLastN < 0 ? history[...] : history.suffix(p.repeatLastN)
             for token in Set(window) where token >= 0 && token < logits.count {

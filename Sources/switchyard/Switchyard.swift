@@ -4,15 +4,15 @@ import Glibc
 #endif
 
 @main
-struct Switchyard: ParsableCommand {
+struct Switchyard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A Mixture-of-Experts inference engine for models larger than fast memory.",
-        subcommands: [Generate.self, Chat.self, Logits.self, Tokenize.self, Detokenize.self, Template.self, Info.self, Profile.self, PlanCommand.self, Bench.self])
+        subcommands: [Generate.self, Chat.self, Serve.self, Logits.self, Tokenize.self, Detokenize.self, Template.self, Info.self, Profile.self, PlanCommand.self, Bench.self])
 
-    static func main() {
+    static func main() async {
         // A reader that goes away (`switchyard generate ... | head`) ends the output, not the process.
         signal(SIGPIPE, SIG_IGN)
-        main(nil)
+        await main(nil)
     }
 }

@@ -1,0 +1,80 @@
+import ArgumentParser
+import Batching
+import ChatTemplates
+import Models
+import Server
+import Tokenizers
+
+/// `switchyard serve`: the OpenAI-compatible HTTP server.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the model over an OpenAI-compatible HTTP API with continuous batching.")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: "Address to listen on (loopback unless told otherwise).")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "Port (0 picks a free one).")
+    var port: Int = 8080
+
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1 requests.")
+    var apiKey: String?
+
+    @Option(name: .customLong("max-sequences"), help: "Sequences decoded together at most.")
+    var maxSequences: Int = 8
+
+    @Option(name: .customLong("context-length"), help: "Longest sequence (prompt + completion) (default: min(4096, the model's maximum)).")
+    var contextLength: Int?
+
+    @Option(name: .customLong("queue-limit"), help: "Requests that may wait; beyond it the server answers 429.")
+    var queueLimit: Int = 64
+
+    @Option(name: .customLong("kv-cache-size"), help: "KV cache memory for all sequences together, e.g. 2GiB (default: max-sequences full contexts).")
+    var kvCacheSize: String?
+
+    @Option(name: .customLong("served-model-name"), help: "The name clients pass as 'model' (default: the folder's name).")
+    var servedModelName: String?
+
+    func validate() throws {
+        if maxSequences < 1 { throw ValidationError("--max-sequences must be at least 1") }
+        if queueLimit < 0 { throw ValidationError("--queue-limit must not be negative") }
+        if port < 0 || port > 65535 { throw ValidationError("--port must be 0...65535") }
+    }
+
+    func run() async throws {
+        let model: Model
+        let tokenizer: Tokenizer
+        let kvBytes: Int?
+        do {
+            model = try modelOptions.loadModel()
+            tokenizer = try Tokenizer(directory: model.directory)
+            kvBytes = try kvCacheSize.map(parseSize)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        let chat = try? ChatTemplateConfiguration(directory: model.directory)
+        let context = min(contextLength ?? 4096, model.config.maxPositions)
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: maxSequences, contextLength: context,
+                                       queueLimit: queueLimit, kvBudgetBytes: kvBytes)
+        let name = servedModelName ?? String(model.directory.split(separator: "/").last ?? "model")
+        var configuration = ServerConfiguration(modelName: name)
+        configuration.host = host
+        configuration.port = port
+        configuration.apiKey = apiKey
+        let server = OpenAIServer(configuration: configuration, scheduler: scheduler, tokenizer: tokenizer, chat: chat)
+        let host = self.host
+        do {
+            try await server.run { port in
+                printError("serving \(name) (\(model.config.modelType)) at http://\(host):\(port)/v1 with up to \(scheduler.maxSequences) sequences, context \(context)")
+            }
+        } catch {
+            printError("error: \(error)")
+            scheduler.shutdown()
+            throw ExitCode(1)
+        }
+        scheduler.shutdown()
+        printError("stopped")
+    }
+}
