@@ -214,6 +214,7 @@ public final class BatchScheduler: @unchecked Sendable {
                 if seq.cancelled { release(seq); seq.continuation.finish(); return true }
                 return false
             }
+            shared.withLock { $0.stats.running = running.count }
             if running.isEmpty {
                 pthread_mutex_lock(&wakeMutex)
                 let idle = shared.withLock { $0.queue.isEmpty && $0.cancelled.isEmpty && !$0.stopping }

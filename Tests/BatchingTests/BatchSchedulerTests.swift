@@ -103,3 +103,16 @@ struct BatchSchedulerTests {
         for s in streams { #expect(await collect(s).finish == .length) }
     }
 }
+
+@Test("a cancelled running sequence leaves at once, and the counts say so")
+func cancelRunning() async throws {
+    let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 512)
+    defer { scheduler.shutdown() }
+    let submitted = try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode("And it came to pass"), maxTokens: 400, sampling: SamplingParameters()))
+    var iterator = submitted.events.makeAsyncIterator()
+    _ = await iterator.next()  // running now
+    scheduler.cancel(submitted.id)
+    while await iterator.next() != nil {}
+    for _ in 0..<100 where scheduler.stats.running != 0 { try await Task.sleep(for: .milliseconds(10)) }
+    #expect(scheduler.stats.running == 0 && scheduler.stats.kvBytes == 0)
+}
