@@ -74,6 +74,7 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
         .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
         .testTarget(name: "BatchingTests", dependencies: ["Batching", "Generation", "Models", "Tokenizers"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
         .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON"]),

@@ -135,25 +135,30 @@ public final class OpenAIServer: Sendable {
 
     func parse(_ request: Request, chat: Bool) async throws -> Parsed {
         let body = try await request.body.collect(upTo: 8 << 20)
+        return try parse(body: Array(body.readableBytesView), chat: chat)
+    }
+
+    /// A request body to what the scheduler runs, or the OpenAI error that names what is wrong.
+    func parse(body: [UInt8], chat: Bool) throws(APIError) -> Parsed {
         let json: JSONValue
-        do { json = try JSONValue.parse(Array(body.readableBytesView)) } catch {
+        do { json = try JSONValue.parse(body) } catch {
             throw APIError(status: .badRequest, message: "malformed JSON body: \(error)")
         }
         guard let o = json.objectValue else { throw APIError(status: .badRequest, message: "the body must be a JSON object") }
         func wrong(_ key: String, _ expected: String) -> APIError {
             APIError(status: .badRequest, message: "'\(key)' must be \(expected)", param: key)
         }
-        func number(_ key: String) throws -> Double? {
+        func number(_ key: String) throws(APIError) -> Double? {
             guard let v = o[key], !v.isNull else { return nil }
             guard let d = v.doubleValue else { throw wrong(key, "a number") }
             return d
         }
-        func integer(_ key: String) throws -> Int? {
+        func integer(_ key: String) throws(APIError) -> Int? {
             guard let v = o[key], !v.isNull else { return nil }
             guard let i = v.intValue else { throw wrong(key, "an integer") }
             return i
         }
-        func flag(_ key: String) throws -> Bool {
+        func flag(_ key: String) throws(APIError) -> Bool {
             guard let v = o[key], !v.isNull else { return false }
             guard let b = v.boolValue else { throw wrong(key, "a boolean") }
             return b
@@ -199,7 +204,9 @@ public final class OpenAIServer: Sendable {
         sampling.seed = UInt64(bitPattern: Int64(try integer("seed") ?? Int.random(in: 0...Int.max)))
         guard sampling.temperature >= 0, sampling.temperature <= 2 else { throw wrong("temperature", "between 0 and 2") }
         guard sampling.topP > 0, sampling.topP <= 1 else { throw wrong("top_p", "in (0, 1]") }
-        let maxTokens = try integer("max_completion_tokens") ?? integer("max_tokens") ?? 256
+        var requested = try integer("max_completion_tokens")
+        if requested == nil { requested = try integer("max_tokens") }
+        let maxTokens = requested ?? 256
         guard maxTokens > 0 else { throw wrong("max_tokens", "positive") }
         var stops: [String] = []
         if let s = o["stop"], !s.isNull {
@@ -294,7 +301,7 @@ public final class OpenAIServer: Sendable {
                 o["model"] = .string(self.configuration.modelName)
                 o["choices"] = .array(choice.map { [.object($0)] } ?? [])
                 if p.includeUsage { o["usage"] = usage ?? .null }
-                return ByteBuffer(string: "data: " + JSONValue.object(o).serialized() + "\n\n")
+                return ByteBuffer(string: serverSentEvent(.object(o)))
             }
             func choice(_ text: String?, finish: FinishReason?, logprobs: [TokenLogprob], role: Bool = false) -> JSONObject {
                 var c = JSONObject()
@@ -328,10 +335,10 @@ public final class OpenAIServer: Sendable {
                         if p.includeUsage { try await writer.write(chunk(nil, usage: self.usage(pt, ct))) }
                     case .failed(let message):
                         let error: JSONValue = ["error": ["message": .string(message), "type": "server_error"]]
-                        try await writer.write(ByteBuffer(string: "data: " + error.serialized() + "\n\n"))
+                        try await writer.write(ByteBuffer(string: serverSentEvent(error)))
                     }
                 }
-                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                try await writer.write(ByteBuffer(string: serverSentDone))
                 try await writer.finish(nil)
             } catch {
                 self.scheduler.cancel(submitted.id)
@@ -342,6 +349,12 @@ public final class OpenAIServer: Sendable {
         return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
     }
 }
+
+/// One server-sent event carrying a JSON object, as OpenAI frames them.
+func serverSentEvent(_ value: JSONValue) -> String { "data: " + value.serialized() + "\n\n" }
+
+/// The event that ends an OpenAI stream.
+let serverSentDone = "data: [DONE]\n\n"
 
 /// After SIGINT/SIGTERM the server stops accepting; requests still running after the deadline are
 /// cancelled so that the process can exit.

@@ -116,3 +116,27 @@ func cancelRunning() async throws {
     for _ in 0..<100 where scheduler.stats.running != 0 { try await Task.sleep(for: .milliseconds(10)) }
     #expect(scheduler.stats.running == 0 && scheduler.stats.kvBytes == 0)
 }
+
+@Test("a long prompt does not stall a stream that is already generating")
+func prefillInterleavesWithDecode() async throws {
+    let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 512)
+    defer { scheduler.shutdown() }
+    var greedy = SamplingParameters()
+    greedy.temperature = 0
+    let short = try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode("And the LORD said"), maxTokens: 40, sampling: greedy, topLogprobs: 0))
+    var shortEvents = short.events.makeAsyncIterator()
+    _ = await shortEvents.next()  // generating now
+    // 5 prefill chunks of 64 tokens: the short stream must keep getting tokens meanwhile.
+    let longPrompt = Array(tokenizer.encode(String(repeating: "And it came to pass in those days ", count: 40)).prefix(320))
+    let long = try scheduler.submit(CompletionRequest(promptTokens: longPrompt, maxTokens: 4, sampling: greedy))
+    let clock = ContinuousClock()
+    async let longFirst: ContinuousClock.Instant? = {
+        for await event in long.events { if case .text = event { return clock.now } }
+        return nil
+    }()
+    var shortTimes: [ContinuousClock.Instant] = []
+    while let event = await shortEvents.next() { if case .text = event { shortTimes.append(clock.now) } }
+    let firstOfLong = try #require(await longFirst)
+    let before = shortTimes.filter { $0 < firstOfLong }.count
+    #expect(before >= 4, "\(before) tokens of the short stream arrived while the long prompt was prefilled")
+}

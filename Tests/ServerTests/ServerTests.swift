@@ -1,0 +1,86 @@
+import Testing
+@testable import Server
+import Batching
+import ChatTemplates
+import Models
+import SwitchyardJSON
+import Tokenizers
+
+let repositoryRoot: String = {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3)
+    return parts.joined(separator: "/")
+}()
+
+let demo = repositoryRoot + "/models/switchyard-kjv-moe"
+let model = try! Model(directory: demo, threads: 1)
+let tokenizer = try! Tokenizer(directory: demo)
+let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 64)
+let server = OpenAIServer(configuration: ServerConfiguration(modelName: "demo"), scheduler: scheduler, tokenizer: tokenizer,
+                          chat: try! ChatTemplateConfiguration(directory: demo))
+
+func parse(_ body: String, chat: Bool = true) throws(APIError) -> OpenAIServer.Parsed {
+    try server.parse(body: Array(body.utf8), chat: chat)
+}
+
+func expectError(_ body: String, chat: Bool = true, status: Int, param: String? = nil, containing text: String) {
+    do {
+        _ = try parse(body, chat: chat)
+        Issue.record("expected \(status) for \(body)")
+    } catch {
+        #expect(Int(error.status.code) == status)
+        #expect(error.message.contains(text), "\(error.message)")
+        if let param { #expect(error.param == param) }
+    }
+}
+
+@Suite("OpenAI request parsing")
+struct RequestParsingTests {
+    @Test func chatRequestBecomesTemplatedTokensAndSettings() throws {
+        let p = try parse(#"{"model": "demo", "messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": 42, "stop": ["\n", "Amen"], "stream": true, "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 3, "presence_penalty": 0.5}"#)
+        let rendered = try ChatTemplateConfiguration(directory: demo)
+        let text = try rendered.template.render(messages: [["role": "user", "content": "Hi"]], variables: rendered.specialTokens)
+        #expect(p.request.promptTokens == tokenizer.encode(text, addSpecialTokens: false))
+        #expect(p.request.maxTokens == 7 && p.request.stopStrings == ["\n", "Amen"] && p.request.topLogprobs == 3)
+        #expect(p.request.sampling.temperature == 0.5 && p.request.sampling.topP == 0.9 && p.request.sampling.seed == 42)
+        #expect(p.request.sampling.presencePenalty == 0.5 && p.request.sampling.topK == 0 && p.request.sampling.minP == 0)
+        #expect(p.stream && p.includeUsage && p.logprobs)
+    }
+
+    @Test func completionPrompts() throws {
+        #expect(try parse(#"{"model": "demo", "prompt": "In the beginning"}"#, chat: false).request.promptTokens == tokenizer.encode("In the beginning"))
+        #expect(try parse(#"{"model": "demo", "prompt": [1, 450, 2030]}"#, chat: false).request.promptTokens == [1, 450, 2030])
+        #expect(try parse(#"{"model": "demo", "prompt": "x", "logprobs": 2}"#, chat: false).request.topLogprobs == 2)
+        #expect(try parse(#"{"model": "demo", "prompt": "x"}"#, chat: false).request.maxTokens == 256)
+    }
+
+    @Test func badRequestsNameTheProblem() {
+        expectError(#"{"model": "demo", "messages": ["#, status: 400, containing: "malformed JSON")
+        expectError(#"[1, 2]"#, status: 400, containing: "JSON object")
+        expectError(#"{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}"#, status: 400, param: "model", containing: "unknown model 'gpt-4'")
+        expectError(#"{"model": "demo", "messages": "hello"}"#, status: 400, param: "messages", containing: "messages")
+        expectError(#"{"model": "demo", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}"#, status: 400, param: "max_tokens", containing: "integer")
+        expectError(#"{"model": "demo", "messages": [{"role": "user", "content": "x"}], "temperature": 3}"#, status: 400, param: "temperature", containing: "between 0 and 2")
+        expectError(#"{"model": "demo", "messages": [{"role": "user", "content": "x"}], "n": 2}"#, status: 400, param: "n", containing: "n=1")
+        expectError(#"{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stop": [1]}"#, status: 400, param: "stop", containing: "stop")
+        expectError(#"{"model": "demo", "prompt": [1, 999999]}"#, chat: false, status: 400, param: "prompt", containing: "vocabulary")
+        let long = String(repeating: "And ", count: 200)
+        expectError(#"{"model": "demo", "prompt": "\#(long)"}"#, chat: false, status: 400, param: "prompt", containing: "context length")
+    }
+}
+
+@Suite("server-sent events")
+struct ServerSentEventTests {
+    @Test func framing() throws {
+        let event = serverSentEvent(["id": "x", "choices": [["delta": ["content": "a\nb"]]]])
+        #expect(event == "data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"a\\nb\"}}]}\n\n")
+        #expect(!event.dropLast(2).contains("\n"), "one line per event: newlines in text are escaped")
+        #expect(serverSentDone == "data: [DONE]\n\n")
+    }
+
+    @Test func errorsHaveOpenAIsShape() throws {
+        let e = APIError(status: .tooManyRequests, message: "busy", type: "server_error", code: "queue_full", retryAfter: 1)
+        #expect(e.response.status.code == 429)
+        #expect(e.response.headers[.init("Retry-After")!] == "1")
+    }
+}
