@@ -226,30 +226,37 @@ public final class BatchScheduler: @unchecked Sendable {
         }
     }
 
-    /// One prefill chunk (the oldest admitted prompt), then one decode step for all generating.
+    /// One forward pass: a prefill chunk of the oldest admitted prompt together with the next
+    /// token of every sequence that is generating.
     private func step(_ running: inout [Sequence]) {
+        var parts: [(session: Session, tokens: [Int])] = []
+        var members: [Sequence] = []
         if let seq = running.first(where: { $0.prefilled < $0.request.promptTokens.count }) {
             let prompt = seq.request.promptTokens
             let end = min(prompt.count, seq.prefilled + prefillChunk)
-            do {
-                let logits = try seq.session!.forward(Array(prompt[seq.prefilled..<end]), workspace: workspace)
-                seq.prefilled = end
-                if end == prompt.count { sample(seq, logits[...]) }
-            } catch {
-                finish(seq, .failed(error.description))
-            }
+            parts.append((seq.session!, Array(prompt[seq.prefilled..<end])))
+            members.append(seq)
         }
-        let decoding = running.filter { $0.pending != nil && !$0.isDone }
-        if !decoding.isEmpty {
+        for seq in running where seq.pending != nil && !seq.isDone {
+            parts.append((seq.session!, [seq.pending!]))
+            members.append(seq)
+        }
+        if !parts.isEmpty {
             do {
-                let logits = try model.forwardBatch(decoding.map { $0.session! }, decoding.map { $0.pending! }, workspace: workspace)
+                let logits = try model.forwardStep(parts, workspace: workspace)
                 let vocab = model.config.vocabularySize
-                for (i, seq) in decoding.enumerated() {
-                    seq.pending = nil
-                    sample(seq, logits[(i * vocab)..<((i + 1) * vocab)])
+                for (i, seq) in members.enumerated() {
+                    let row = logits[(i * vocab)..<((i + 1) * vocab)]
+                    if seq.pending != nil {
+                        seq.pending = nil
+                        sample(seq, row)
+                    } else {
+                        seq.prefilled += parts[i].tokens.count
+                        if seq.prefilled == seq.request.promptTokens.count { sample(seq, row) }
+                    }
                 }
             } catch {
-                for seq in decoding { finish(seq, .failed(error.description)) }
+                for seq in members { finish(seq, .failed(error.description)) }
             }
         }
         running.removeAll { seq in

@@ -8,28 +8,41 @@ struct TokenSlot {
 
 extension Model {
     /// One decode step for several sequences at once: `tokens[i]` is appended to `sessions[i]`.
-    /// Returns logits [sessions.count, vocab]. The step reads every weight once for all sequences;
-    /// each attends only to its own cache. Results equal running each sequence alone.
+    /// Returns logits [sessions.count, vocab].
     public func forwardBatch(_ sessions: [Session], _ tokens: [Int], workspace: Workspace) throws(ModelError) -> [Float] {
-        guard sessions.count == tokens.count, !tokens.isEmpty else { throw ModelError("a batch needs one token per session") }
-        guard Set(sessions.map { ObjectIdentifier($0) }).count == sessions.count else {
-            throw ModelError("a session appears twice in one batch")
+        guard sessions.count == tokens.count else { throw ModelError("a batch needs one token per session") }
+        return try forwardStep(Array(zip(sessions, tokens.map { [$0] })), workspace: workspace)
+    }
+
+    /// One forward pass over several sequences, each with one or more new tokens (a prefill chunk of
+    /// one, a decode token of others): every weight is read once for all of them, and each attends
+    /// only to its own cache. Returns the logits of each sequence's last token, [parts.count, vocab].
+    /// Results equal running each sequence alone.
+    public func forwardStep(_ parts: [(session: Session, tokens: [Int])], workspace: Workspace) throws(ModelError) -> [Float] {
+        guard !parts.isEmpty, parts.allSatisfy({ !$0.tokens.isEmpty }) else { throw ModelError("a step needs tokens for each session") }
+        guard Set(parts.map { ObjectIdentifier($0.session) }).count == parts.count else {
+            throw ModelError("a session appears twice in one step")
         }
-        for (session, token) in zip(sessions, tokens) {
-            guard session.model === self else { throw ModelError("a session of another model is in the batch") }
-            guard token >= 0, token < config.vocabularySize else {
+        var tokens: [Int] = [], slots: [TokenSlot] = [], rows: [Int] = []
+        for (session, new) in parts {
+            guard session.model === self else { throw ModelError("a session of another model is in the step") }
+            for token in new where token < 0 || token >= config.vocabularySize {
                 throw ModelError("token id \(token) is outside the vocabulary (0..<\(config.vocabularySize))")
             }
-            guard session.position < session.capacity else {
-                throw ModelError("\(session.position + 1) tokens exceed the context length of \(session.capacity)")
+            guard session.position + new.count <= session.capacity else {
+                throw ModelError("\(session.position + new.count) tokens exceed the context length of \(session.capacity)")
             }
+            for (i, token) in new.enumerated() {
+                tokens.append(token)
+                slots.append(TokenSlot(cache: session.cache, position: session.position + i))
+            }
+            rows.append(tokens.count - 1)
         }
-        var logits = [Float](repeating: 0, count: tokens.count * config.vocabularySize)
-        let slots = sessions.map { TokenSlot(cache: $0.cache, position: $0.position) }
+        var logits = [Float](repeating: 0, count: parts.count * config.vocabularySize)
         logits.withUnsafeMutableBufferPointer { out in
-            run(tokens, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: Array(tokens.indices))
+            run(tokens, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: rows)
         }
-        for (session, token) in zip(sessions, tokens) { session.appendProcessed(token) }
+        for (session, new) in parts { session.appendProcessed(new) }
         return logits
     }
 

@@ -26,10 +26,10 @@ public final class Session {
 
     public func reset() { rewind(to: 0) }
 
-    /// Records a token that a batched step processed for this session.
-    func appendProcessed(_ token: Int) {
-        cache.advance(by: 1)
-        tokens.append(token)
+    /// Records tokens that a shared step processed for this session.
+    func appendProcessed(_ new: [Int]) {
+        cache.advance(by: new.count)
+        tokens += new
     }
 
     /// Forgets every position from `count` on, keeping the cache of the prefix.
