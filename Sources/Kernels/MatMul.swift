@@ -87,6 +87,29 @@ func horizontalSum(_ v: Vector16) -> Float {
     return (b[0] + b[1]) + (b[2] + b[3])
 }
 
+/// Adds w0·x[0..<16] + w1·x[16..<32] into each token's accumulator (up to four tokens, `stride`
+/// bytes apart): the inner step of every row kernel, so all of them sum in one order.
+@inlinable @inline(__always)
+func accumulate(
+    _ a0: inout Vector16, _ a1: inout Vector16, _ a2: inout Vector16, _ a3: inout Vector16,
+    _ w0: Vector16, _ w1: Vector16, _ x: UnsafeRawPointer, _ stride: Int, _ tokens: Int
+) {
+    a0.addProduct(w0, x.loadUnaligned(as: Vector16.self))
+    a0.addProduct(w1, (x + 64).loadUnaligned(as: Vector16.self))
+    if tokens > 1 {
+        a1.addProduct(w0, (x + stride).loadUnaligned(as: Vector16.self))
+        a1.addProduct(w1, (x + stride + 64).loadUnaligned(as: Vector16.self))
+    }
+    if tokens > 2 {
+        a2.addProduct(w0, (x + 2 * stride).loadUnaligned(as: Vector16.self))
+        a2.addProduct(w1, (x + 2 * stride + 64).loadUnaligned(as: Vector16.self))
+    }
+    if tokens > 3 {
+        a3.addProduct(w0, (x + 3 * stride).loadUnaligned(as: Vector16.self))
+        a3.addProduct(w1, (x + 3 * stride + 64).loadUnaligned(as: Vector16.self))
+    }
+}
+
 /// Dot products of one f32 or f16 weight row with up to four activation rows, reading the weights
 /// once; one accumulator per token, as in the bf16 kernel.
 @inlinable @inline(__always)
@@ -102,21 +125,7 @@ func dotRow(
     while i + 32 <= n {
         let w0 = loadWidened(element, row, i)
         let w1 = loadWidened(element, row, i + 16)
-        let x0 = raw + i * 4
-        a0.addProduct(w0, x0.loadUnaligned(as: Vector16.self))
-        a0.addProduct(w1, (x0 + 64).loadUnaligned(as: Vector16.self))
-        if tokens > 1 {
-            a1.addProduct(w0, (x0 + stride).loadUnaligned(as: Vector16.self))
-            a1.addProduct(w1, (x0 + stride + 64).loadUnaligned(as: Vector16.self))
-        }
-        if tokens > 2 {
-            a2.addProduct(w0, (x0 + 2 * stride).loadUnaligned(as: Vector16.self))
-            a2.addProduct(w1, (x0 + 2 * stride + 64).loadUnaligned(as: Vector16.self))
-        }
-        if tokens > 3 {
-            a3.addProduct(w0, (x0 + 3 * stride).loadUnaligned(as: Vector16.self))
-            a3.addProduct(w1, (x0 + 3 * stride + 64).loadUnaligned(as: Vector16.self))
-        }
+        accumulate(&a0, &a1, &a2, &a3, w0, w1, raw + i * 4, stride, tokens)
         i += 32
     }
     var s = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
@@ -151,21 +160,7 @@ func dotRowBF16(
         let r = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
         let even = unsafeBitCast(r &<< 16, to: Vector16.self)
         let odd = unsafeBitCast(r & mask, to: Vector16.self)
-        let q = p + k * 128
-        a0.addProduct(even, q.loadUnaligned(as: Vector16.self))
-        a0.addProduct(odd, (q + 64).loadUnaligned(as: Vector16.self))
-        if tokens > 1 {
-            a1.addProduct(even, (q + rowStride).loadUnaligned(as: Vector16.self))
-            a1.addProduct(odd, (q + rowStride + 64).loadUnaligned(as: Vector16.self))
-        }
-        if tokens > 2 {
-            a2.addProduct(even, (q + 2 * rowStride).loadUnaligned(as: Vector16.self))
-            a2.addProduct(odd, (q + 2 * rowStride + 64).loadUnaligned(as: Vector16.self))
-        }
-        if tokens > 3 {
-            a3.addProduct(even, (q + 3 * rowStride).loadUnaligned(as: Vector16.self))
-            a3.addProduct(odd, (q + 3 * rowStride + 64).loadUnaligned(as: Vector16.self))
-        }
+        accumulate(&a0, &a1, &a2, &a3, even, odd, p + k * 128, rowStride, tokens)
     }
     var s = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
     var i = blocks * 32
@@ -216,61 +211,48 @@ public func matmul(
     // Chunks of rows small enough to balance, large enough to amortise the claim.
     let rowsPerItem = max(8, min(256, rows / (pool.threadCount * 8) + 1))
     let items = (rows + rowsPerItem - 1) / rowsPerItem
-    if element == .q8_0 {
+    // Each item takes a block of rows; each weight row is read once per four tokens.
+    @inline(__always) func rowBlocks(_ dot: (_ row: UnsafeRawPointer, _ t0: Int, _ count: Int) -> SIMD4<Float>) {
+        pool.parallelFor(items) { item in
+            let start = item * rowsPerItem
+            let end = min(rows, start + rowsPerItem)
+            var t0 = 0
+            while t0 < tokens {
+                let count = min(4, tokens - t0)
+                for r in start..<end {
+                    let s = dot(base + r * rowBytes, t0, count)
+                    for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
+                }
+                t0 += 4
+            }
+        }
+    }
+    switch element {
+    case .q8_0:
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
-            let perm = UnsafePointer(permuted.baseAddress!)
             Q8_0.permute(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)
-            pool.parallelFor(items) { item in
-                let start = item * rowsPerItem
-                let end = min(rows, start + rowsPerItem)
-                var t0 = 0
-                while t0 < tokens {
-                    let count = min(4, tokens - t0)
-                    for r in start..<end {
-                        var s = SIMD4<Float>()
-                        Q8_0.dotRow(base + r * rowBytes, n, perm + t0 * n, count, &s)
-                        for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
-                    }
-                    t0 += 4
-                }
-            }
-        }
-        return
-    }
-    if element == .bf16 {
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
             let perm = UnsafePointer(permuted.baseAddress!)
-            permuteForBF16(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)
-            pool.parallelFor(items) { item in
-                let start = item * rowsPerItem
-                let end = min(rows, start + rowsPerItem)
-                var t0 = 0
-                while t0 < tokens {
-                    let count = min(4, tokens - t0)
-                    for r in start..<end {
-                        var s = SIMD4<Float>()
-                        dotRowBF16(base + r * rowBytes, n, perm + t0 * n, input + t0 * inputStride, inputStride, count, &s)
-                        for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
-                    }
-                    t0 += 4
-                }
+            rowBlocks { row, t0, count in
+                var s = SIMD4<Float>()
+                Q8_0.dotRow(row, n, perm + t0 * n, count, &s)
+                return s
             }
         }
-        return
-    }
-    pool.parallelFor(items) { item in
-        let start = item * rowsPerItem
-        let end = min(rows, start + rowsPerItem)
-        var t0 = 0
-        while t0 < tokens {
-            let count = min(4, tokens - t0)
-            let x = input + t0 * inputStride
-            for r in start..<end {
+    case .bf16:
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
+            permuteForBF16(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)
+            let perm = UnsafePointer(permuted.baseAddress!)
+            rowBlocks { row, t0, count in
                 var s = SIMD4<Float>()
-                dotRow(element, base + r * rowBytes, n, x, inputStride, count, &s)
-                for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
+                dotRowBF16(row, n, perm + t0 * n, input + t0 * inputStride, inputStride, count, &s)
+                return s
             }
-            t0 += 4
+        }
+    case .f32, .f16:
+        rowBlocks { row, t0, count in
+            var s = SIMD4<Float>()
+            dotRow(element, row, n, input + t0 * inputStride, inputStride, count, &s)
+            return s
         }
     }
 }
