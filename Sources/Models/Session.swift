@@ -24,8 +24,6 @@ public final class Session {
     public var position: Int { cache.length }
     public var capacity: Int { cache.capacity }
 
-    public func reset() { rewind(to: 0) }
-
     /// Records tokens that a shared step processed for this session.
     func appendProcessed(_ new: [Int]) {
         cache.advance(by: new.count)

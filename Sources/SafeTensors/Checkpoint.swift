@@ -65,7 +65,6 @@ public final class Checkpoint: @unchecked Sendable {
         return t
     }
 
-    public func optionalTensor(_ name: String) -> TensorView? { index[name] }
 
     public var allTensors: [TensorView] { Array(index.values) }
 }

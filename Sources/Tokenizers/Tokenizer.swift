@@ -351,7 +351,6 @@ public final class Tokenizer: @unchecked Sendable {
 
     // MARK: Decoding
 
-    public func isSpecial(_ id: Int) -> Bool { specialIDs.contains(id) }
 
     /// The token's text as stored in the vocabulary, or nil for an id outside it.
     public func tokenText(_ id: Int) -> String? {
