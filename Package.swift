@@ -48,6 +48,9 @@ let package = Package(
         // Model configuration, architecture definitions, weight binding, device boundary, KV cache,
         // and the forward pass.
         .target(name: "Models", dependencies: ["SwitchyardJSON", "SafeTensors", "Kernels"], swiftSettings: tuned),
+        // Tiers and devices: the emulated accelerator, the disk tier under a RAM budget, measured
+        // costs, the per-layer expert scheduler, expert caches and prefetch, traces.
+        .target(name: "Orchestration", dependencies: ["Models", "Kernels", "SafeTensors", "SwitchyardJSON"], swiftSettings: tuned),
         // Sampling, stop strings, streaming text, the generation loop.
         .target(name: "Generation", dependencies: ["Models", "Tokenizers", "Kernels"], swiftSettings: tuned),
         // Continuous batching: a scheduler thread running every admitted sequence in shared steps.
@@ -62,7 +65,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Models", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY", "CUDA", "Server",
+                "Models", "Orchestration", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY", "CUDA", "Server",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -77,6 +80,7 @@ let package = Package(
         .testTarget(name: "ServerTests", dependencies: ["Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
+        .testTarget(name: "OrchestrationTests", dependencies: ["Orchestration", "Models", "Kernels", "NPY", "SwitchyardJSON"]),
         .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON"]),
     ],
     swiftLanguageModes: [.v6]

@@ -8,6 +8,12 @@ public struct FeedForwardWeights: Sendable {
     public var down: WeightMatrix  // [hidden, intermediate]
 
     public var intermediateSize: Int { gate.rows }
+
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
 }
 
 public struct MoEWeights: Sendable {

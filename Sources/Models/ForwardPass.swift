@@ -69,7 +69,8 @@ extension Model {
         s.attention.reserve(T * qW); s.projected.reserve(T * H)
         s.scores.reserve(T * c.headCount * context)
         s.gate.reserve(T * maxInner); s.up.reserve(T * maxInner)
-        s.routerLogits.reserve(T * max(maxExperts, 1)); s.gathered.reserve(T * H); s.expertOutput.reserve(T * H)
+        s.routerLogits.reserve(T * max(maxExperts, 1)); let maxTopK = c.feedForward.compactMap { $0.moe?.expertsPerToken }.max() ?? 1
+        s.gathered.reserve(T * maxTopK * H); s.expertOutput.reserve(T * max(maxTopK, 1) * H)
         let half = rotary.rotaryDim / 2
         s.cosSin.reserve(T * 2 * max(half, 1))
 
@@ -83,6 +84,8 @@ extension Model {
             rotary.cosSin(position: slots[t].position, cos: cs, sin: cs + half)
         }
 
+        expertExecutor?.beginStep(tokens: T)
+        defer { expertExecutor?.endStep() }
         for (l, layer) in w.layers.enumerated() {
             for t in 0..<T {
                 rmsNorm(x + t * H, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, output: xn + t * H, count: H)

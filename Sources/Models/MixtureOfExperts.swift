@@ -29,6 +29,50 @@ public func routeTopK(logits: UnsafePointer<Float>, expertCount: Int, k: Int, no
     return Routing(experts: chosen, weights: weights)
 }
 
+/// One routed expert's part of an MoE layer in one step: its tokens are rows
+/// firstRow..<firstRow+tokens of the gathered input, and its outputs go to the same rows.
+public struct ExpertTask: Sendable, Equatable {
+    public var expert: Int
+    public var tokens: Int
+    public var firstRow: Int
+
+    public init(expert: Int, tokens: Int, firstRow: Int) {
+        self.expert = expert
+        self.tokens = tokens
+        self.firstRow = firstRow
+    }
+}
+
+/// Runs the routed experts of MoE layers somewhere other than in place on the model's device:
+/// across devices and memory tiers (the Orchestration module). It must give each task exactly what
+/// `feedForward` over the expert's stored weights gives; the model then mixes the outputs in
+/// ascending expert order, so results never depend on where an expert ran.
+public protocol ExpertExecutor: AnyObject {
+    /// Called before a forward pass over `tokens` tokens.
+    func beginStep(tokens: Int)
+    /// output[firstRow..., hidden] = FFN_(layer, expert)(input[firstRow..., hidden]) for each task.
+    /// `layerInput` [tokens, hidden] is the layer's normalised input, from which the next layer's
+    /// experts can be predicted.
+    func runExperts(layer: Int, tasks: [ExpertTask], input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                    layerInput: UnsafePointer<Float>, tokens: Int)
+    /// Called after the last layer of a forward pass.
+    func endStep()
+}
+
+/// out[T, hidden] = down(silu(gate · x) * (up · x)) with the products on `pool`; `gate` and `up`
+/// are scratch of [T, intermediate]. Every device runs experts through this, with the same kernels,
+/// so an expert's output is the same bits wherever it runs.
+public func feedForward(
+    _ w: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int,
+    gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>, pool: ThreadPool
+) {
+    let hidden = w.down.rows, inner = w.intermediateSize
+    matmul(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens, pool: pool)
+    matmul(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens, pool: pool)
+    for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
+    matmul(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens, pool: pool)
+}
+
 extension Model {
     /// out[T, hidden] = SwiGLU(input) for a dense layer.
     func denseFeedForward(_ w: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int, workspace scratch: Workspace) {
@@ -56,18 +100,32 @@ extension Model {
             if scratch.routingObserver != nil { chosen.append(r.experts) }
         }
         scratch.routingObserver?(layer, chosen)
-        output.update(repeating: 0, count: tokens * hidden)
+        // Every routed expert's tokens gathered into consecutive rows: [Σ tasks' tokens, hidden].
         let gathered = scratch.gathered.pointer
         let expertOut = scratch.expertOutput.pointer
-        // Ascending expert order, as transformers accumulates: it fixes the float summation order.
+        var tasks: [ExpertTask] = []
+        var rows = 0
         for e in 0..<experts where !assigned[e].isEmpty {
-            let list = assigned[e]
-            for (i, entry) in list.enumerated() {
-                (gathered + i * hidden).update(from: input + entry.token * hidden, count: hidden)
+            tasks.append(ExpertTask(expert: e, tokens: assigned[e].count, firstRow: rows))
+            for entry in assigned[e] {
+                (gathered + rows * hidden).update(from: input + entry.token * hidden, count: hidden)
+                rows += 1
             }
-            denseFeedForward(w.experts[e], input: gathered, output: expertOut, tokens: list.count, workspace: scratch)
-            for (i, entry) in list.enumerated() {
-                axpy(entry.weight, expertOut + i * hidden, output + entry.token * hidden, hidden)
+        }
+        if let executor = expertExecutor {
+            executor.runExperts(layer: layer, tasks: tasks, input: gathered, output: expertOut, layerInput: input, tokens: tokens)
+        } else {
+            for task in tasks {
+                denseFeedForward(w.experts[task.expert], input: gathered + task.firstRow * hidden,
+                                 output: expertOut + task.firstRow * hidden, tokens: task.tokens, workspace: scratch)
+            }
+        }
+        output.update(repeating: 0, count: tokens * hidden)
+        // Ascending expert order, as transformers accumulates: it fixes the float summation order,
+        // whichever device or tier each expert ran on.
+        for task in tasks {
+            for (i, entry) in assigned[task.expert].enumerated() {
+                axpy(entry.weight, expertOut + (task.firstRow + i) * hidden, output + entry.token * hidden, hidden)
             }
         }
         if let shared = w.sharedExpert {

@@ -9,7 +9,11 @@ public final class Model: @unchecked Sendable {
     public let config: DecoderConfig
     /// Where the weights come from: the folder's safetensors, or random values.
     public let tensors: TensorSource
-    public let weights: DecoderWeights
+    /// The weights the forward pass reads; `place(_:executor:)` may repoint them (to copies in an
+    /// accelerator's memory) before the first forward pass.
+    public private(set) var weights: DecoderWeights
+    /// Runs the routed experts across tiers and devices when set; in place on `device` when nil.
+    public private(set) var expertExecutor: ExpertExecutor?
     public let rotary: RotaryEmbedding
     public let device: ComputeDevice
     /// Threads for the host-side work between weight products (attention, norms).
@@ -18,6 +22,9 @@ public final class Model: @unchecked Sendable {
     public let quantization: WeightQuantization?
     /// The memory of converted weights.
     let quantizedStorage: [OwnedBytes]
+
+    /// The safetensors files behind the weights; nil for random weights.
+    public var checkpoint: Checkpoint? { (tensors as? CheckpointTensors)?.checkpoint }
 
     public static var supportedModelTypes: [String] { Architectures.supportedModelTypes }
 
@@ -80,6 +87,13 @@ public final class Model: @unchecked Sendable {
         case "float32": return .f32
         case let other: throw ModelError("\(path): dtype '\(other)' cannot be used for random weights (bfloat16, float16, float32)")
         }
+    }
+
+    /// Hands the model to an orchestrator before any forward pass: it may repoint weights (to copies
+    /// it made) and take over the routed experts. Not safe while a forward pass runs.
+    public func place(_ transform: (inout DecoderWeights) throws(ModelError) -> Void, executor: ExpertExecutor?) throws(ModelError) {
+        try transform(&weights)
+        expertExecutor = executor
     }
 
     public func makeSession(contextLength: Int? = nil) -> Session {

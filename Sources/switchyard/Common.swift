@@ -2,7 +2,9 @@ import ArgumentParser
 import Logging
 import ChatTemplates
 import CUDA
+import Kernels
 import Models
+import Orchestration
 import Tokenizers
 #if canImport(Glibc)
 import Glibc
@@ -19,8 +21,32 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Activation precision: f32 (float32 activations and accumulation; bf16/f16 weights widened exactly).")
     var precision: String = "f32"
 
-    @Option(help: "Where to compute: cpu, cuda (an NVIDIA GPU, through the driver loaded at run time), or auto (cuda when usable, else cpu).")
+    @Option(help: "Where to compute: cpu, emulated (a test accelerator on the host with its own memory, threads and copy engine; needs --gpu-memory), cuda (an NVIDIA GPU, through the driver loaded at run time), or auto (cuda when usable, else cpu).")
     var accelerator: String = "cpu"
+
+    @Option(name: .customLong("gpu-memory"), help: "The accelerator's memory budget, e.g. 512MiB or 2GB: what every token touches goes there first, then the most popular experts, then an expert cache.")
+    var gpuMemory: String?
+
+    @Option(name: .customLong("accelerator-threads"), help: "Kernel threads of the emulated accelerator (default 1).")
+    var acceleratorThreads: Int = 1
+
+    @Option(name: .customLong("ram-budget"), help: "Host RAM for weights, KV cache and work memory, e.g. 800MiB: experts that do not fit are read from the model files when needed (O_DIRECT), through an expert cache with prefetch.")
+    var ramBudget: String?
+
+    @Option(name: .customLong("expert-policy"), help: "With --gpu-memory or --ram-budget: scheduled (smallest makespan per layer, cache, prefetch), cpu (never copy experts to the accelerator), copy (always copy), naive (fixed placement, read missing experts when needed, no cache or prefetch).")
+    var expertPolicy: String = "scheduled"
+
+    @Option(name: .customLong("profile"), help: "A routing profile from `switchyard profile`: the most popular experts are pinned in the fast tiers.")
+    var routingProfile: String?
+
+    @Flag(name: .customLong("no-prefetch"), help: "Do not predict and prefetch the next layer's experts.")
+    var noPrefetch = false
+
+    @Flag(help: "Measure the expert kernels, copies and disk reads again instead of using the cached cost table.")
+    var recalibrate = false
+
+    @Option(help: "Write one JSON line per MoE layer per step: experts, token counts, where each ran, cache and prefetch hits, predicted and measured times.")
+    var trace: String?
 
     @Option(help: "Convert weights at load: none or q8_0 (GGUF's Q8_0; the routed experts unless --quantize-all).")
     var quantize: String = "none"
@@ -39,13 +65,26 @@ struct ModelOptions: ParsableArguments {
         guard quantize == "none" || WeightQuantization.Format(rawValue: quantize) != nil else {
             throw ValidationError("--quantize must be none or \(WeightQuantization.Format.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard ["cpu", "cuda", "auto"].contains(accelerator) else {
-            throw ValidationError("--accelerator must be cpu, cuda or auto")
+        guard ["cpu", "emulated", "cuda", "auto"].contains(accelerator) else {
+            throw ValidationError("--accelerator must be cpu, emulated, cuda or auto")
+        }
+        if accelerator == "emulated" && gpuMemory == nil {
+            throw ValidationError("--accelerator emulated needs --gpu-memory (its memory budget, e.g. 512MiB)")
+        }
+        if gpuMemory != nil && accelerator != "emulated" {
+            throw ValidationError("--gpu-memory sizes an accelerator: use it with --accelerator emulated")
+        }
+        if acceleratorThreads < 1 { throw ValidationError("--accelerator-threads must be at least 1") }
+        guard ExpertPolicy(rawValue: expertPolicy) != nil else {
+            throw ValidationError("--expert-policy must be one of \(ExpertPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
         }
     }
 
+    /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
+    var tiered: Bool { gpuMemory != nil || ramBudget != nil }
+
     func loadModel() throws -> Model {
-        if accelerator != "cpu" {
+        if accelerator != "cpu" && accelerator != "emulated" {
             // The kernels compile (see the CUDA module) but the GPU execution path has not been
             // proven on a GPU yet, so it is not offered as working even where a driver is present.
             let problem: String
@@ -61,7 +100,36 @@ struct ModelOptions: ParsableArguments {
         let started = ContinuousClock.now
         let directory = try modelDirectory(model)
         let quantization = WeightQuantization.Format(rawValue: quantize).map { WeightQuantization(format: $0, all: quantizeAll) }
-        let loaded = try Model(directory: directory, threads: threads, randomWeights: randomWeights, quantization: quantization)
+        let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
+        var emulated: EmulatedAccelerator?
+        var device: ComputeDevice = CPUDevice(pool: pool)
+        if let gpuMemory {
+            let accelerator = EmulatedAccelerator(memory: try parseByteSize(gpuMemory), threads: acceleratorThreads)
+            device = TieredDevice(cpu: CPUDevice(pool: pool), accelerator: accelerator)
+            emulated = accelerator
+        }
+        let loaded = try Model(directory: directory, device: device, pool: pool, randomWeights: randomWeights, quantization: quantization)
+        if tiered {
+            var options = TierOptions()
+            options.acceleratorMemory = try gpuMemory.map(parseByteSize)
+            options.ramBudget = try ramBudget.map(parseByteSize)
+            options.policy = ExpertPolicy(rawValue: expertPolicy)!
+            options.prefetch = !noPrefetch
+            options.recalibrate = recalibrate
+            options.tracePath = trace
+            let c = loaded.config
+            // One sequence's KV cache of up to 4096 positions, and work memory.
+            options.reservedHostBytes = c.layerCount * 2 * c.keyValueWidth * min(c.maxPositions, 4096) * 4 + (64 << 20)
+            if let routingProfile {
+                let p = try RoutingProfile(json: readJSON(routingProfile), file: routingProfile)
+                guard p.modelType == c.modelType, p.counts.count == c.layerCount else {
+                    throw InputError("\(routingProfile): a profile of a \(p.modelType) with \(p.counts.count) layers, not of this \(c.modelType)")
+                }
+                options.popularity = p.counts.indices.map { p.shares(layer: $0) }
+            }
+            let executor = try TieredExecutor(model: loaded, accelerator: emulated, options: options)
+            logger.debug("placement: \(executor.placement.json.serialized()); costs: \(executor.costs.json.serialized())")
+        }
         logger.debug("loaded \(loaded.config.modelType) from \(directory) in \(ContinuousClock.now - started)")
         return loaded
     }
@@ -150,4 +218,11 @@ func modelDirectory(_ given: String?) throws -> String {
     candidates.append(demoModelPath)
     for c in candidates where access(c + "/config.json", R_OK) == 0 { return c }
     throw InputError("no --model given, and the bundled demo model (\(demoModelPath)) was not found next to the executable or in the current directory; set --model DIR or SWITCHYARD_MODEL")
+}
+
+/// The most memory this process has had resident (bytes), from getrusage.
+func peakResidentBytes() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Int(usage.ru_maxrss) * 1024
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Generation
 import Models
+import Orchestration
 import SwitchyardJSON
 import Tokenizers
 
@@ -54,14 +55,19 @@ struct Generate: ParsableCommand {
                 if !json { writeOut(piece) }
             }
             if json {
-                let object: JSONValue = [
+                var object: JSONValue = [
                     "prompt_tokens": .array(result.promptTokens.map { .int($0) }),
                     "tokens": .array(result.tokens.map { .int($0) }),
                     "text": .string(result.text),
                     "finish_reason": .string(result.finishReason.rawValue),
                     "prompt_tokens_per_second": .double(result.promptTokensPerSecond),
                     "tokens_per_second": .double(result.tokensPerSecond),
+                    "peak_resident_bytes": .int(peakResidentBytes()),
                 ]
+                if let tiers = model.expertExecutor as? TieredExecutor, case .object(var o) = object {
+                    o["tiers"] = tiers.report
+                    object = .object(o)
+                }
                 writeOut(object.serialized() + "\n")
             } else {
                 writeOut("\n")

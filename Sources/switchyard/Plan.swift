@@ -1,6 +1,7 @@
 import ArgumentParser
 import Kernels
 import Models
+import Orchestration
 import SafeTensors
 import SwitchyardJSON
 #if canImport(Glibc)
@@ -48,8 +49,8 @@ struct PlanCommand: ParsableCommand {
             } else {
                 throw InputError("unknown hardware profile '\(hardware)' (known: local, \(HardwareProfile.known.map(\.name).joined(separator: ", ")))")
             }
-            let gpu = try gpuMemory.map(parseSize) ?? machine.gpuMemory
-            let ram = try ramBudget.map(parseSize) ?? machine.ramBytes
+            let gpu = try gpuMemory.map(parseByteSize) ?? machine.gpuMemory
+            let ram = try ramBudget.map(parseByteSize) ?? machine.ramBytes
             var popularity: [[Double]]?
             if let profile {
                 let p = try RoutingProfile(json: readJSON(profile), file: profile)
@@ -137,19 +138,3 @@ func availableMemory() -> Int {
     return 8 << 30
 }
 
-/// "24GB" (decimal), "512MiB" or "20G" (binary), or plain bytes.
-func parseSize(_ text: String) throws -> Int {
-    let units: [(String, Double)] = [("TiB", 1099511627776), ("GiB", 1073741824), ("MiB", 1048576), ("KiB", 1024),
-                                     ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3),
-                                     ("T", 1099511627776), ("G", 1073741824), ("M", 1048576), ("K", 1024), ("B", 1)]
-    let t = text.trimmingSpaces
-    for (suffix, scale) in units where t.uppercased().hasSuffix(suffix.uppercased()) {
-        if let n = Double(t.dropLast(suffix.count)), n >= 0 { return Int(n * scale) }
-    }
-    if let n = Int(t), n >= 0 { return n }
-    throw InputError("'\(text)' is not a size (examples: 24GB, 512MiB, 20G)")
-}
-
-extension String {
-    var trimmingSpaces: String { String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }
-}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Batching
 import ChatTemplates
 import Models
+import Orchestration
 import Server
 import Tokenizers
 
@@ -49,7 +50,7 @@ struct Serve: AsyncParsableCommand {
         do {
             model = try modelOptions.loadModel()
             tokenizer = try Tokenizer(directory: model.directory)
-            kvBytes = try kvCacheSize.map(parseSize)
+            kvBytes = try kvCacheSize.map(parseByteSize)
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
