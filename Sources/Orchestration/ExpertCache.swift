@@ -69,14 +69,16 @@ final class ExpertCache {
     }
 
     /// A slot for `key` (which must not be cached): a free one, or the lowest-scored entry's that is
-    /// not `protected`, not being filled and not being read. Nil when every slot is in use.
-    func insert(_ key: ExpertKey, step: Int, protected: Set<ExpertKey>) -> (slot: Int, pointer: UnsafeMutableRawPointer)? {
+    /// not `protected`, not being filled, not being read and, with `keepUsedSince`, not used at or
+    /// after that step. Nil when every slot is in use.
+    func insert(_ key: ExpertKey, step: Int, protected: Set<ExpertKey>, keepUsedSince: Int? = nil) -> (slot: Int, pointer: UnsafeMutableRawPointer)? {
         precondition(entries[key] == nil)
         var chosen = owners.firstIndex { $0 == nil }
         if chosen == nil {
             var best = Double.infinity
             for (i, owner) in owners.enumerated() {
-                guard let owner, !protected.contains(owner.key), owner.ready.isDone, owner.readers?.isDone ?? true else { continue }
+                guard let owner, !protected.contains(owner.key), owner.ready.isDone, owner.readers?.isDone ?? true,
+                      owner.lastStep < keepUsedSince ?? Int.max else { continue }
                 let s = score(owner, at: step)
                 if s < best { best = s; chosen = i }
             }

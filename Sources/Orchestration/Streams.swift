@@ -4,14 +4,17 @@ import Glibc
 import Darwin
 #endif
 
-/// A one-shot signal: work that others wait for (a copy, a disk read, a kernel) sets it when done.
+/// A one-shot signal: work that others wait for (a copy, a disk read, a kernel) sets it when done;
+/// with `parts`, when that many pieces of work have each signalled.
 public final class Completion: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var condition = pthread_cond_t()
     private var done: Bool
+    private var remaining: Int
 
-    public init(done: Bool = false) {
+    public init(done: Bool = false, parts: Int = 1) {
         self.done = done
+        remaining = done ? 0 : parts
         pthread_mutex_init(&mutex, nil)
         pthread_cond_init(&condition, nil)
     }
@@ -23,8 +26,9 @@ public final class Completion: @unchecked Sendable {
 
     public func signal() {
         pthread_mutex_lock(&mutex)
-        done = true
-        pthread_cond_broadcast(&condition)
+        remaining -= 1
+        done = remaining <= 0
+        if done { pthread_cond_broadcast(&condition) }
         pthread_mutex_unlock(&mutex)
     }
 

@@ -37,7 +37,7 @@ struct Bench: ParsableCommand {
                 guard let b = Int(part.trimmingSpaces), b >= 1 else { throw InputError("--batch: '\(part)' is not a positive integer") }
                 return b
             }
-            let model = try modelOptions.loadModel()
+            let model = try modelOptions.loadModel(kvPositions: max(promptTokens, (batches.max() ?? 1) * (generatedTokens + 1)))
             let vocab = model.config.vocabularySize
             var random = RandomGenerator(seed: 42)
             // Random ordinary tokens, as llama-bench uses (the first ids are special in most vocabularies).

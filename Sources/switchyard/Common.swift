@@ -83,7 +83,9 @@ struct ModelOptions: ParsableArguments {
     /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
     var tiered: Bool { gpuMemory != nil || ramBudget != nil }
 
-    func loadModel() throws -> Model {
+    /// - Parameter kvPositions: KV cache positions the command may fill (all sequences together):
+    ///   a RAM budget must hold them besides the weights.
+    func loadModel(kvPositions: Int? = nil) throws -> Model {
         if accelerator != "cpu" && accelerator != "emulated" {
             // The kernels compile (see the CUDA module) but the GPU execution path has not been
             // proven on a GPU yet, so it is not offered as working even where a driver is present.
@@ -118,8 +120,10 @@ struct ModelOptions: ParsableArguments {
             options.recalibrate = recalibrate
             options.tracePath = trace
             let c = loaded.config
-            // One sequence's KV cache of up to 4096 positions, and work memory.
-            options.reservedHostBytes = c.layerCount * 2 * c.keyValueWidth * min(c.maxPositions, 4096) * 4 + (64 << 20)
+            // The KV cache (one sequence of up to 4096 positions unless the command knows better) and
+            // work memory: the runtime, tokenizer and activations take about 40 MiB.
+            let positions = kvPositions ?? min(c.maxPositions, 4096)
+            options.reservedHostBytes = c.layerCount * 2 * c.keyValueWidth * positions * MemoryLayout<Float>.size + (48 << 20)
             if let routingProfile {
                 let p = try RoutingProfile(json: readJSON(routingProfile), file: routingProfile)
                 guard p.modelType == c.modelType, p.counts.count == c.layerCount else {

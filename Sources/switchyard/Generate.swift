@@ -40,10 +40,10 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let model = try modelOptions.loadModel()
-            let tokenizer = try Tokenizer(directory: model.directory)
+            let tokenizer = try Tokenizer(directory: try modelDirectory(modelOptions.model))
             let text = prompt ?? promptArgument ?? ""
             let promptTokens = tokenizer.encode(text)
+            let model = try modelOptions.loadModel(kvPositions: contextLength ?? promptTokens.count + maxTokens)
             var options = GenerationOptions()
             options.maxTokens = maxTokens
             options.stopStrings = sampling.stop

@@ -48,7 +48,7 @@ struct Serve: AsyncParsableCommand {
         let tokenizer: Tokenizer
         let kvBytes: Int?
         do {
-            model = try modelOptions.loadModel()
+            model = try modelOptions.loadModel(kvPositions: maxSequences * (contextLength ?? 4096))
             tokenizer = try Tokenizer(directory: model.directory)
             kvBytes = try kvCacheSize.map(parseByteSize)
         } catch {

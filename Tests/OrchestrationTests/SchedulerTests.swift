@@ -1,0 +1,152 @@
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import Orchestration
+
+/// A machine where the CPU takes 1 ms per token, the accelerator 0.1 ms plus 0.2 ms per expert,
+/// a copy 5 ms and a disk read 20 ms.
+let syntheticCosts = CostModel(
+    key: "synthetic", tokenCounts: [1, 2, 4, 8, 16, 32, 64, 128],
+    cpuSeconds: [1, 2, 4, 8, 16, 32, 64, 128].map { Double($0) * 1e-3 },
+    acceleratorSeconds: [1, 2, 4, 8, 16, 32, 64, 128].map { 0.2e-3 + Double($0) * 0.1e-3 },
+    copyBytesPerSecond: 1e9 / 5e-3 / 1e9 * 1e6, diskBytesPerSecond: 1e6 / 20e-3, expertBytes: 1_000_000)
+
+@Suite("Per-layer expert scheduler")
+struct SchedulerTests {
+    @Test func costsInterpolateAndExtrapolate() {
+        #expect(abs(syntheticCosts.cpu(tokens: 3) - 3e-3) < 1e-12)
+        #expect(abs(syntheticCosts.cpu(tokens: 256) - 256e-3) < 1e-12)
+        #expect(abs(syntheticCosts.copySeconds - 5e-3) < 1e-9)
+        #expect(abs(syntheticCosts.diskSeconds - 20e-3) < 1e-9)
+    }
+
+    @Test("one token runs where the weights are; many tokens pay for a copy")
+    func loadDecidesCopy() {
+        let one = LayerScheduler.decide(tokens: [1], locations: [.ram], costs: syntheticCosts, policy: .scheduled, hasAccelerator: true, copySlots: 4)
+        #expect(one.actions == [.cpu])
+        let many = LayerScheduler.decide(tokens: [64], locations: [.ram], costs: syntheticCosts, policy: .scheduled, hasAccelerator: true, copySlots: 4)
+        #expect(many.actions == [.copyToAccelerator])
+        #expect(abs(many.makespan - (5e-3 + 0.2e-3 + 6.4e-3)) < 1e-9)
+    }
+
+    @Test("the makespan, not the sum: work is spread so CPU and copies overlap")
+    func overlapSpreadsWork() {
+        // Four experts of 8 tokens in RAM: all on the CPU is 32 ms; all copied is 20 ms of copies
+        // plus the last kernel; the best split runs some on each.
+        let d = LayerScheduler.decide(tokens: [8, 8, 8, 8], locations: [.ram, .ram, .ram, .ram], costs: syntheticCosts,
+                                      policy: .scheduled, hasAccelerator: true, copySlots: 4)
+        #expect(d.actions.contains(.cpu))
+        #expect(d.actions.contains(.copyToAccelerator))
+        let allCPU = LayerScheduler.decide(tokens: [8, 8, 8, 8], locations: [.ram, .ram, .ram, .ram], costs: syntheticCosts,
+                                           policy: .cpu, hasAccelerator: true, copySlots: 4)
+        let allCopy = LayerScheduler.decide(tokens: [8, 8, 8, 8], locations: [.ram, .ram, .ram, .ram], costs: syntheticCosts,
+                                            policy: .copy, hasAccelerator: true, copySlots: 4)
+        #expect(d.makespan < allCPU.makespan)
+        #expect(d.makespan < allCopy.makespan)
+        #expect(abs(allCPU.makespan - 32e-3) < 1e-9)
+        // Summing CPU and copy time, as Fiddler's code does, would price the split at more than its makespan.
+        #expect(d.cpu + d.link > d.makespan)
+    }
+
+    @Test("no cache slot left: no copy")
+    func slotsLimitCopies() {
+        let d = LayerScheduler.decide(tokens: [64, 64], locations: [.ram, .ram], costs: syntheticCosts, policy: .copy, hasAccelerator: true, copySlots: 1)
+        #expect(d.actions.filter { $0 == .copyToAccelerator }.count == 1)
+        let none = LayerScheduler.decide(tokens: [64], locations: [.ram], costs: syntheticCosts, policy: .copy, hasAccelerator: false, copySlots: 4)
+        #expect(none.actions == [.cpu])
+    }
+
+    @Test("disk reads overlap the CPU's work except under the naive policy")
+    func diskOverlap() {
+        let locations: [ExpertLocation] = [.disk, .ram, .disk]
+        let scheduled = LayerScheduler.decide(tokens: [1, 1, 1], locations: locations, costs: syntheticCosts, policy: .cpu, hasAccelerator: false, copySlots: 0)
+        #expect(scheduled.actions == [.readThenCPU, .cpu, .readThenCPU])
+        // Two reads back to back (40 ms), the last expert's kernel after the second.
+        #expect(abs(scheduled.makespan - 41e-3) < 1e-9)
+        let naive = LayerScheduler.decide(tokens: [1, 1, 1], locations: locations, costs: syntheticCosts, policy: .naive, hasAccelerator: false, copySlots: 0)
+        #expect(abs(naive.makespan - 43e-3) < 1e-9)
+    }
+
+    @Test("resident experts run on the accelerator")
+    func residentRunsThere() {
+        let d = LayerScheduler.decide(tokens: [3], locations: [.accelerator], costs: syntheticCosts, policy: .cpu, hasAccelerator: true, copySlots: 0)
+        #expect(d.actions == [.accelerator])
+    }
+
+    @Test("cost tables round-trip through the cache; another key is not trusted")
+    func costCache() {
+        let directory = "/tmp/switchyard-cost-cache-test-\(getpid())/nested"
+        syntheticCosts.save(directory: directory)
+        #expect(CostModel.load(key: "synthetic", directory: directory) == syntheticCosts)
+        #expect(CostModel.load(key: "another machine", directory: directory) == nil)
+    }
+
+    @Test func sizes() throws {
+        #expect(try parseByteSize("512MiB") == 512 << 20)
+        #expect(try parseByteSize("20GB") == 20_000_000_000)
+        #expect(try parseByteSize("1.5 GiB") == 3 << 29)
+        #expect(try parseByteSize("4096") == 4096)
+        #expect(try parseByteSize("2G") == 2 << 30)
+        #expect(throws: OrchestrationError.self) { try parseByteSize("lots") }
+        #expect(throws: OrchestrationError.self) { try parseByteSize("12 parsecs") }
+    }
+}
+
+@Suite("Expert cache")
+struct ExpertCacheTests {
+    func cache(_ slots: Int) -> ExpertCache {
+        let pointers = (0..<slots).map { _ in UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8) }
+        return ExpertCache(slots: pointers, slotBytes: 8, decay: 0.5)
+    }
+
+    func add(_ c: ExpertCache, _ expert: Int, step: Int, protected: Set<ExpertKey> = []) -> Bool {
+        let key = ExpertKey(layer: 0, expert: expert)
+        guard let (slot, pointer) = c.insert(key, step: step, protected: protected) else { return false }
+        let m = WeightMatrixStub.matrix(pointer)
+        let entry = CacheEntry(key: key, slot: slot, weights: .init(gate: m, up: m, down: m), ready: Completion(done: true))
+        c.store(entry, step: step)
+        c.touch(entry, step: step)
+        return true
+    }
+
+    @Test("the least recently-and-frequently used entry goes first")
+    func evictsLowestScore() {
+        let c = cache(2)
+        #expect(add(c, 0, step: 1))
+        #expect(add(c, 1, step: 1))
+        // Expert 0 is used again at steps 2 and 3; expert 1 is not.
+        for step in 2...3 { c.touch(c.lookup(ExpertKey(layer: 0, expert: 0))!, step: step) }
+        #expect(add(c, 2, step: 4))
+        #expect(c.lookup(ExpertKey(layer: 0, expert: 1)) == nil)
+        #expect(c.lookup(ExpertKey(layer: 0, expert: 0)) != nil)
+        #expect(c.evictions == 1)
+    }
+
+    @Test("recency wins over an old burst of uses")
+    func oldUsesAgeOut() {
+        let c = cache(2)
+        #expect(add(c, 0, step: 1))
+        for step in 2...4 { c.touch(c.lookup(ExpertKey(layer: 0, expert: 0))!, step: step) }  // 4 uses long ago
+        #expect(add(c, 1, step: 20))
+        #expect(add(c, 2, step: 21))
+        #expect(c.lookup(ExpertKey(layer: 0, expert: 0)) == nil)
+    }
+
+    @Test("protected, loading and busy entries are never evicted")
+    func protectedStay() {
+        let c = cache(1)
+        #expect(add(c, 0, step: 1))
+        #expect(!add(c, 1, step: 2, protected: [ExpertKey(layer: 0, expert: 0)]))
+        let entry = c.lookup(ExpertKey(layer: 0, expert: 0))!
+        entry.readers = Completion()
+        #expect(!add(c, 1, step: 3))
+        entry.readers!.signal()
+        #expect(add(c, 1, step: 4))
+    }
+}
+
+import Kernels
+enum WeightMatrixStub {
+    static func matrix(_ p: UnsafeMutableRawPointer) -> WeightMatrix { WeightMatrix(element: .f32, rows: 1, columns: 1, data: p) }
+}
