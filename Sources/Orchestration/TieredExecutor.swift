@@ -245,6 +245,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         // Every routed expert of a model has the same shapes; a dense model has none to place.
         let sample = moeLayers.first.map { experts($0)[0] }
         let expertBytes = sample.map(TieredExecutor.bytes) ?? 0
+        let topK = config.feedForward.compactMap { $0.moe?.expertsPerToken }.max() ?? 1
         placement.expertBytes = expertBytes
 
         if options.ramBudget != nil {
@@ -352,7 +353,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             remaining = remaining.dropFirst(pinned)
             var slots: [UnsafeMutableRawPointer] = []
             while slots.count < min(room - pinned, remaining.count), let slot = accelerator.allocate(slotBytes) { slots.append(slot) }
-            acceleratorCache = slots.isEmpty ? nil : ExpertCache(slots: slots, slotBytes: slotBytes)
+            acceleratorCache = slots.isEmpty ? nil : ExpertCache(slots: slots, slotBytes: slotBytes, transientSlots: topK)
             placement.acceleratorPinnedExperts = pinned
             placement.acceleratorCacheSlots = slots.count
         } else {
@@ -398,7 +399,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                 staging = nil
                 var slots: [UnsafeMutableRawPointer] = []
                 for _ in 0..<min(room - pinned, remaining.count) { slots.append(TieredExecutor.allocateAligned(slotBytes)) }
-                ramCache = ExpertCache(slots: slots, slotBytes: slotBytes)
+                ramCache = ExpertCache(slots: slots, slotBytes: slotBytes, transientSlots: topK)
                 placement.ramCacheSlots = slots.count
             }
         } else {
@@ -482,13 +483,13 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             case .disk(let ranges): s = Slotted(weights: nil, location: .disk, ranges: ranges)
             }
             if case .acceleratorPinned = homes[layer][task.expert] {} else {
+                acceleratorCache?.record(key, step: step)
+                if s.location == .disk { ramCache?.record(key, step: step) }
                 if let entry = acceleratorCache?.lookup(key) {
                     s.weights = entry.weights; s.location = .accelerator; s.ready = [entry.ready]; s.cache = "hit"
-                    acceleratorCache!.touch(entry, step: step)
                     if entry.prefetched { entry.prefetched = false; statistics.prefetchUsed += 1 }
                 } else if s.location == .disk, let entry = ramCache?.lookup(key) {
                     s.weights = entry.weights; s.location = .ram; s.ready = [entry.ready]; s.cache = "hit"
-                    ramCache!.touch(entry, step: step)
                     if entry.prefetched { entry.prefetched = false; statistics.prefetchUsed += 1 }
                 } else if s.location == .disk || (acceleratorCache != nil && options.policy != .cpu) {
                     s.cache = "miss"
@@ -515,11 +516,13 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
 
         // Disk reads first (they are the slowest), then copies, then accelerator kernels; the CPU's
         // share runs here meanwhile.
+        var layerReads: [Completion] = []
         for i in states.indices where states[i].action == .readThenCPU || states[i].action == .readThenCopy {
             guard options.policy != .naive else { continue }
             if let (entry, ready) = startRead(keys[i], ranges: states[i].ranges, protected: protected, prefetched: false) {
                 states[i].weights = entry.weights
                 states[i].ready = [ready]
+                layerReads.append(ready)
             } else {
                 states[i].action = .readThenCPU  // read synchronously below
             }
@@ -548,7 +551,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
 
         let layerFits = states.allSatisfy { $0.weights != nil || ($0.action != .readThenCPU && $0.action != .readThenCopy) }
         if options.prefetch && options.policy != .naive && layerFits {
-            prefetchNextLayer(after: layer, layerInput: layerInput, tokens: tokens, protected: protected)
+            prefetchNextLayer(after: layer, layerInput: layerInput, tokens: tokens, protected: protected, behind: layerReads,
+                              diskIdle: decision.makespan - decision.disk, linkIdle: decision.makespan - decision.link)
         }
 
         // The CPU's share: experts at hand first, then those still waiting for a cache slot, which
@@ -626,7 +630,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
 
     /// Starts reading an expert from disk into a RAM cache slot. Nil when no slot can be had.
     private func startRead(_ key: ExpertKey, ranges: [(file: Int, offset: Int, bytes: Int)], protected: Set<ExpertKey>,
-                           prefetched: Bool) -> (CacheEntry, Completion)? {
+                           prefetched: Bool, after: [Completion] = []) -> (CacheEntry, Completion)? {
         // A guess must not push out an expert this step has already needed.
         guard let cache = ramCache,
               let (slot, pointer) = cache.insert(key, step: step, protected: protected, keepUsedSince: prefetched ? step : nil) else { return nil }
@@ -640,15 +644,14 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         let ready = Completion(parts: ranges.count)
         for (i, r) in ranges.enumerated() {
             nextDiskQueue = (nextDiskQueue + 1) % diskQueues.count
-            diskQueues[nextDiskQueue].submit {
+            diskQueues[nextDiskQueue].submit(after: after) {
                 do throws(OrchestrationError) { _ = try reader.read(file: r.file, offset: r.offset, bytes: r.bytes, into: pointer + layout[i]) } catch { fail(error) }
                 ready.signal()
             }
         }
         let entry = CacheEntry(key: key, slot: slot, weights: FeedForwardWeights(gate: shapes[0], up: shapes[1], down: shapes[2]), ready: ready)
         entry.prefetched = prefetched
-        cache.store(entry, step: step)
-        cache.touch(entry, step: step)
+        cache.store(entry)
         return (entry, ready)
     }
 
@@ -661,8 +664,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         if let ramEntry = ramCache?.lookup(key) { ramEntry.readers = done }
         let entry = CacheEntry(key: key, slot: slot, weights: TieredExecutor.compactLayout(source, at: pointer), ready: done)
         entry.prefetched = prefetched
-        cache.store(entry, step: step)
-        cache.touch(entry, step: step)
+        cache.store(entry)
         return entry
     }
 
@@ -686,7 +688,14 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     /// Predicts the next MoE layer's experts by applying its router to this layer's input, and
     /// starts bringing the missing ones closer: disk → RAM, and RAM → accelerator where the
     /// scheduler would copy them.
-    private func prefetchNextLayer(after layer: Int, layerInput: UnsafePointer<Float>, tokens: Int, protected: Set<ExpertKey>) {
+    /// A guess is fetched only when the whole transfer fits in time the drive or the link would
+    /// otherwise sit idle in this layer (the scheduler's predicted makespan less their busy time):
+    /// a wrong guess costs bandwidth, so where the drive is the bottleneck, guessing only slows what
+    /// is certainly needed. For the same
+    /// reason its reads wait for `behind` (this layer's own reads).
+    private func prefetchNextLayer(after layer: Int, layerInput: UnsafePointer<Float>, tokens: Int, protected: Set<ExpertKey>,
+                                   behind: [Completion], diskIdle: Double, linkIdle: Double) {
+        var diskIdle = diskIdle, linkIdle = linkIdle
         let c = model.config
         guard let next = c.feedForward.indices.first(where: { $0 > layer && c.feedForward[$0].moe != nil }),
               let moe = c.feedForward[next].moe,
@@ -714,9 +723,10 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             case .disk(let ranges):
                 if let entry = ramCache?.lookup(key) {
                     source = entry.weights; ready = [entry.ready]
-                } else if let (entry, done) = startRead(key, ranges: ranges, protected: keep, prefetched: true) {
+                } else if diskIdle >= costs.diskSeconds, let (entry, done) = startRead(key, ranges: ranges, protected: keep, prefetched: true, after: behind) {
                     source = entry.weights; ready = [done]
                     statistics.prefetchLoads += 1
+                    diskIdle -= costs.diskSeconds
                 }
             case .acceleratorPinned: continue
             }
@@ -727,8 +737,9 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             case .scheduled: copy = costs.copySeconds + costs.accelerator(tokens: n) < costs.cpu(tokens: n)
             case .cpu, .naive: copy = false
             }
-            if copy, startCopy(key, from: source, after: ready, protected: keep, prefetched: true) != nil {
+            if copy, linkIdle >= costs.copySeconds, startCopy(key, from: source, after: ready, protected: keep, prefetched: true) != nil {
                 statistics.prefetchLoads += 1
+                linkIdle -= costs.copySeconds
             }
         }
     }
