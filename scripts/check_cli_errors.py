@@ -129,6 +129,10 @@ def main():
         ("unwritable output", ["logits", "--model", FIXTURE, "--tokens", "1,2", "--out", "/nonexistent/dir/x.npy"], "x.npy"),
         ("detokenize outside the vocabulary", ["detokenize", "--model", FIXTURE, "--tokens", "5,40000"], "40000"),
         ("no usable GPU for --accelerator cuda", gen + ["--model", FIXTURE, "--accelerator", "cuda"], "CUDA"),
+        ("RAM budget too small", gen + ["--model", FIXTURE, "--ram-budget", "1MB"], "--ram-budget"),
+        ("not a size", gen + ["--model", FIXTURE, "--ram-budget", "lots"], "lots"),
+        ("RAM budget with random weights", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--random-weights"], "--random-weights"),
+        ("unwritable trace", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--trace", "/nonexistent/dir/t.jsonl"], "t.jsonl"),
     ]
     failures = 0
     for title, args, mention in cases:

@@ -202,6 +202,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     public private(set) var statistics = TierStatistics()
 
     private var step = 0
+    /// Bytes the copy engine had moved when placement was done (weights moved in at load).
+    private var copiedAtLoad = 0
     private var predictions: [Int: [Int: Int]] = [:]  // layer → expert → predicted tokens
     private let cpuScratch = HostBuffer(), acceleratorScratch = HostBuffer(), routerScratch = HostBuffer()
     private var trace: UnsafeMutablePointer<FILE>?
@@ -410,6 +412,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         }
         owned = (ramCache?.slots ?? []) + (staging.map { [$0] } ?? [])
 
+        copiedAtLoad = accelerator?.bytesCopied ?? 0
         if let path = options.tracePath {
             guard let file = fopen(path, "w") else {
                 throw OrchestrationError("\(path): cannot write the trace: \(String(cString: strerror(errno)))")
@@ -452,7 +455,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     public func endStep() {
         if let trace { fflush(trace) }
         statistics.diskBytesRead = reader?.bytesRead ?? 0
-        statistics.bytesCopied = accelerator?.bytesCopied ?? 0
+        statistics.bytesCopied = (accelerator?.bytesCopied ?? copiedAtLoad) - copiedAtLoad
     }
 
     /// One expert's state in the layer being run.
@@ -585,7 +588,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         statistics.predictedSeconds += decision.makespan
         statistics.measuredSeconds += measured
         statistics.diskBytesRead = reader?.bytesRead ?? 0
-        statistics.bytesCopied = accelerator?.bytesCopied ?? 0
+        statistics.bytesCopied = (accelerator?.bytesCopied ?? copiedAtLoad) - copiedAtLoad
         if let trace {
             var o = JSONObject()
             o["step"] = .int(step)
