@@ -36,7 +36,10 @@ let package = Package(
         .target(name: "SafeTensors", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
         // CPU numeric kernels (matrix products over bf16/f16/f32 weights, norms, RoPE, softmax) and
         // the persistent thread pool they run on.
-        .target(name: "Kernels", swiftSettings: tuned),
+        .target(name: "Kernels", dependencies: ["KernelsC"], swiftSettings: tuned),
+        // Integer dot-product micro-kernels that need instructions Swift cannot spell (AVX2
+        // maddubs, AVX512-VNNI dpbusd), chosen at run time; each has a Swift twin in Kernels.
+        .target(name: "KernelsC", cSettings: [.unsafeFlags(["-O3"])]),
         // NumPy .npy arrays: the logits contract with transformers.
         .target(name: "NPY"),
         // Hugging Face tokenizer.json.

@@ -28,7 +28,7 @@ def main():
     cases = []
     for r in rows():
         entry = dict(values=[float(v) for v in r])
-        for name, kind in (("q8_0", GGMLQuantizationType.Q8_0),):
+        for name, kind in (("q8_0", GGMLQuantizationType.Q8_0), ("q4_0", GGMLQuantizationType.Q4_0)):
             entry[name] = quants.quantize(r[None, :], kind)[0].tobytes().hex()
         cases.append(entry)
     path = os.path.join(ROOT, "fixtures", "quant", "vectors.json")

@@ -56,13 +56,25 @@ public enum Q8_0 {
     /// the same order whatever the batch.
     @inlinable @inline(__always)
     public static func dotRow(_ row: UnsafeRawPointer, _ n: Int, _ permuted: UnsafePointer<Float>, _ tokens: Int, _ out: inout SIMD4<Float>) {
+        blockDotRow(row, n, permuted, tokens, &out, blockBytes: blockBytes) { block in
+            (Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self)))),
+             (block + 2).loadUnaligned(as: SIMD8<Int32>.self))
+        }
+    }
+
+    /// The float kernel of every 32-value block format: `load` gives a block's scale and its 32
+    /// signed bytes as 8 Int32 lanes (memory order); activations are permuted to match (`permute`).
+    @inlinable @inline(__always)
+    static func blockDotRow(
+        _ row: UnsafeRawPointer, _ n: Int, _ permuted: UnsafePointer<Float>, _ tokens: Int, _ out: inout SIMD4<Float>,
+        blockBytes: Int, load: (UnsafeRawPointer) -> (Float, SIMD8<Int32>)
+    ) {
         var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
         let p = UnsafeRawPointer(permuted)
         let stride = n * 4
         for b in 0..<(n / 32) {
-            let block = row + b * blockBytes
-            let d = SIMD8<Float>(repeating: Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self)))))
-            let lanes = (block + 2).loadUnaligned(as: SIMD8<Int32>.self)
+            let (scale, lanes) = load(row + b * blockBytes)
+            let d = SIMD8<Float>(repeating: scale)
             let q0 = widen(lanes, byte: 0), q1 = widen(lanes, byte: 1), q2 = widen(lanes, byte: 2), q3 = widen(lanes, byte: 3)
             let x = p + b * 128
             @inline(__always) func blockDot(_ x: UnsafeRawPointer) -> SIMD8<Float> {

@@ -64,13 +64,13 @@ public protocol ExpertExecutor: AnyObject {
 /// so an expert's output is the same bits wherever it runs.
 public func feedForward(
     _ w: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int,
-    gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>, pool: ThreadPool
+    gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>, pool: ThreadPool, precision: ActivationPrecision
 ) {
     let hidden = w.down.rows, inner = w.intermediateSize
-    matmul(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens, pool: pool)
-    matmul(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens, pool: pool)
+    matmul(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens, pool: pool, precision: precision)
+    matmul(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens, pool: pool, precision: precision)
     for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
-    matmul(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens, pool: pool)
+    matmul(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens, pool: pool, precision: precision)
 }
 
 extension Model {

@@ -2,7 +2,19 @@ import Kernels
 
 /// Weights converted to a quantised format at load (`--quantize`), in memory the model owns.
 public struct WeightQuantization: Sendable, Equatable {
-    public enum Format: String, Sendable, CaseIterable { case q8_0 }
+    public enum Format: String, Sendable, CaseIterable {
+        case q8_0, q4_0
+
+        public var element: WeightElement { self == .q8_0 ? .q8_0 : .q4_0 }
+
+        /// Quantises `count` floats (a multiple of 32) into blocks at `out`.
+        func quantize(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutableRawPointer) {
+            switch self {
+            case .q8_0: Q8_0.quantize(x, count: count, into: out)
+            case .q4_0: Q4_0.quantize(x, count: count, into: out)
+            }
+        }
+    }
     public var format: Format
     /// Every matrix (attention, dense and shared MLPs, output head) rather than the routed experts
     /// only. Routers and the embedding stay as stored.
@@ -26,8 +38,9 @@ extension DecoderWeights {
     func quantized(_ q: WeightQuantization, pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
         var out = self
         func convert(_ m: WeightMatrix) -> WeightMatrix {
-            guard m.columns % Q8_0.blockValues == 0, m.element != .q8_0 else { return m }
-            let rowBytes = WeightElement.q8_0.rowBytes(m.columns)
+            guard m.columns % 32 == 0, !m.element.isBlockQuantized else { return m }
+            let element = q.format.element
+            let rowBytes = element.rowBytes(m.columns)
             let bytes = OwnedBytes(m.rows * rowBytes)
             storage.append(bytes)
             let target = bytes.pointer
@@ -37,10 +50,10 @@ extension DecoderWeights {
                 for r in (chunk * 64)..<min(m.rows, chunk * 64 + 64) {
                     let source = m.data + r * m.rowBytes
                     for c in 0..<m.columns { row[c] = widenScalar(m.element, source, c) }
-                    Q8_0.quantize(row, count: m.columns, into: target + r * rowBytes)
+                    q.format.quantize(row, count: m.columns, into: target + r * rowBytes)
                 }
             }
-            return WeightMatrix(element: .q8_0, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
+            return WeightMatrix(element: element, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
         }
         func convert(_ f: FeedForwardWeights) -> FeedForwardWeights {
             FeedForwardWeights(gate: convert(f.gate), up: convert(f.up), down: convert(f.down))

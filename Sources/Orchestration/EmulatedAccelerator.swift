@@ -80,6 +80,7 @@ public final class EmulatedAccelerator: @unchecked Sendable {
 public final class TieredDevice: ComputeDevice {
     public let cpu: CPUDevice
     public let accelerator: EmulatedAccelerator
+    public var precision: ActivationPrecision { cpu.precision }
     public var name: String { "\(cpu.name) + emulated accelerator (\(accelerator.pool.threadCount) threads, \(formatBytes(accelerator.capacity)))" }
 
     public init(cpu: CPUDevice, accelerator: EmulatedAccelerator) {
@@ -98,7 +99,8 @@ public final class TieredDevice: ComputeDevice {
         let pool = accelerator.pool
         nonisolated(unsafe) let input = input, output = output
         accelerator.launch {
-            matmul(weight, input: input, inputStride: inputStride, output: output, outputStride: outputStride, tokens: tokens, pool: pool)
+            matmul(weight, input: input, inputStride: inputStride, output: output, outputStride: outputStride, tokens: tokens, pool: pool,
+                   precision: self.precision)
         }.wait()
     }
 }

@@ -578,7 +578,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             for c in states[i].ready { c.wait() }
             let scratch = cpuScratch.pointer
             feedForward(weights, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden, tokens: task.tokens,
-                        gate: scratch, up: scratch + task.tokens * inner, pool: model.pool)
+                        gate: scratch, up: scratch + task.tokens * inner, pool: model.pool, precision: model.device.precision)
             statistics.cpuRuns += 1
             stillNeeded.remove(keys[i])
         }
@@ -624,10 +624,11 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         let accelerator = accelerator!
         let scratch = acceleratorScratch.pointer
         let inner = weights.intermediateSize
+        let precision = model.device.precision
         nonisolated(unsafe) let input = input + task.firstRow * hidden, output = output + task.firstRow * hidden
         return accelerator.launch(after: after) {
             feedForward(weights, input: input, output: output, tokens: task.tokens,
-                        gate: scratch, up: scratch + task.tokens * inner, pool: accelerator.pool)
+                        gate: scratch, up: scratch + task.tokens * inner, pool: accelerator.pool, precision: precision)
         }
     }
 
@@ -818,7 +819,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         reader: WeightFileReader?, layers: [[FeedForwardWeights]], options: TierOptions
     ) throws(OrchestrationError) -> CostModel {
         let hidden = model.config.hiddenSize, inner = sample.intermediateSize
-        let key = "\(CostModel.machineDescription); cpu threads \(model.pool.threadCount); accelerator \(accelerator.map { "emulated, \(String($0.pool.threadCount)) threads" } ?? "none"); disk \(reader != nil ? "yes" : "no"); expert \(hidden)x\(inner) \(sample.gate.element)"
+        let key = "\(CostModel.machineDescription); cpu threads \(model.pool.threadCount); accelerator \(accelerator.map { "emulated, \(String($0.pool.threadCount)) threads" } ?? "none"); disk \(reader != nil ? "yes" : "no"); expert \(hidden)x\(inner) \(sample.gate.element), activations \(model.device.precision.rawValue)"
         if !options.recalibrate, let cached = CostModel.load(key: key, directory: options.costDirectory), cached.expertBytes == expertBytes {
             return cached
         }
@@ -874,7 +875,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             return best
         }
         let cpu = counts.map { n in
-            time { feedForward(expert, input: x, output: y, tokens: n, gate: scratch, up: scratch + n * inner, pool: model.pool) }
+            time { feedForward(expert, input: x, output: y, tokens: n, gate: scratch, up: scratch + n * inner, pool: model.pool, precision: model.device.precision) }
         }
         var acceleratorSeconds: [Double] = []
         var copyRate = 0.0
@@ -888,7 +889,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             acceleratorSeconds = counts.map { n in
                 time {
                     accelerator.launch {
-                        feedForward(onDevice, input: xs, output: ys, tokens: n, gate: ss, up: ss + n * inner, pool: accelerator.pool)
+                        feedForward(onDevice, input: xs, output: ys, tokens: n, gate: ss, up: ss + n * inner, pool: accelerator.pool, precision: model.device.precision)
                     }.wait()
                 }
             }

@@ -30,7 +30,7 @@ struct KernelTests {
             case .f32: bytes = weights.withUnsafeBytes { Array($0) }
             case .f16: bytes = weights.map { Float16($0) }.withUnsafeBytes { Array($0) }
             case .bf16: bytes = weights.map(bf16Bits).withUnsafeBytes { Array($0) }
-            case .q8_0: continue  // its own suite
+            case .q8_0, .q4_0: continue  // their own suites
             }
             bytes.withUnsafeBytes { raw in
                 let w = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
@@ -182,6 +182,89 @@ struct Q8_0Tests {
                     let block = weights[(r * columns + c) / 32 * 32..<(r * columns + c) / 32 * 32 + 32]
                     let step = block.map(abs).max()! / 127
                     #expect(abs(m.value(r, c) - weights[r * columns + c]) <= step * (0.5 + 127.0 / 2048))
+                }
+            }
+        }
+    }
+}
+
+@Suite("Q4_0 and integer dot products", .serialized)
+struct QuantizedDotTests {
+    static let cases: [(values: [Float], q4: [UInt8])] = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
+        return json["cases"]!.arrayValue!.map { c in
+            let hex = Array(c["q4_0"]!.stringValue!)
+            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
+            return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes)
+        }
+    }()
+
+    @Test func q4_0QuantizationIsGGUFs() {
+        #expect(Self.cases.count == 5)
+        for c in Self.cases {
+            var out = [UInt8](repeating: 0, count: c.values.count / 32 * Q4_0.blockBytes)
+            c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q4_0.quantize(v.baseAddress!, count: c.values.count, into: $0.baseAddress!) } }
+            #expect(out == c.q4)
+        }
+    }
+
+    func quantized(_ element: WeightElement, _ weights: [Float]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: element.rowBytes(weights.count))
+        weights.withUnsafeBufferPointer { w in
+            out.withUnsafeMutableBytes {
+                if element == .q8_0 { Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) } else { Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) }
+            }
+        }
+        return out
+    }
+
+    // Awkward shapes: block counts that are not multiples of anything, token counts around the
+    // 4-token register block.
+    @Test(arguments: [(WeightElement.q8_0, 7, 32, 1), (.q8_0, 19, 96, 3), (.q8_0, 5, 224, 6), (.q4_0, 7, 32, 1), (.q4_0, 33, 96, 4), (.q4_0, 5, 160, 9)])
+    func integerPathMatchesItsTwinAndStaysClose(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
+        // Every instruction-set path this CPU has, then the best again (tests in this suite run
+        // one at a time, so the setting is theirs).
+        for level in [0, 1, 2, nil] {
+            forceQuantizedDotLevel(level)
+            checkIntegerPath(element: element, rows: rows, columns: columns, tokens: tokens)
+        }
+    }
+
+    func checkIntegerPath(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
+        let pool = ThreadPool(threads: 3)
+        let bytes = quantized(element, randomFloats(rows * columns, seed: UInt64(rows * 7 + columns)))
+        let input = randomFloats(tokens * columns, seed: 17)
+        var values = [Int8](repeating: 0, count: tokens * columns)
+        var scales = [Float](repeating: 0, count: tokens * columns / 32)
+        input.withUnsafeBufferPointer { x in
+            QuantizedActivations.quantize(x.baseAddress!, inputStride: columns, columns: columns, tokens: tokens, values: &values, scales: &scales)
+        }
+        bytes.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
+            var exact = [Float](repeating: .nan, count: tokens * rows), integer = exact
+            input.withUnsafeBufferPointer { x in
+                exact.withUnsafeMutableBufferPointer { o in
+                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                }
+                integer.withUnsafeMutableBufferPointer { o in
+                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool, precision: .int8)
+                }
+            }
+            let reference = matmulReference(m, input: input, tokens: tokens)
+            for r in 0..<rows {
+                let twin = quantizedDotReference(element, raw.baseAddress! + r * m.rowBytes, blocks: columns / 32, values: values, scales: scales,
+                                                 stride: columns, tokens: tokens)
+                for t in 0..<tokens {
+                    let i = t * rows + r
+                    // The C kernel (\(quantizedDotInstructions)) is its Swift twin, bit for bit.
+                    #expect(integer[i].bitPattern == twin[t].bitPattern, "\(element) row \(r) token \(t): \(integer[i]) vs twin \(twin[t])")
+                    #expect(abs(exact[i] - reference[i]) <= 1e-5 * Float(columns))
+                    // Activations quantised to 8 bits: within about 1% of the row's magnitude.
+                    var magnitude: Float = 0
+                    for c in 0..<columns { magnitude += abs(m.value(r, c) * input[t * columns + c]) }
+                    #expect(abs(integer[i] - reference[i]) <= 0.01 * magnitude + 1e-6)
                 }
             }
         }

@@ -1,0 +1,142 @@
+import KernelsC
+
+/// GGUF's Q4_0 format: blocks of 32 values stored as a float16 scale `d` and 16 bytes; element j is
+/// the low nibble of byte j and element j + 16 the high one, value = (nibble - 8) × d. Quantisation
+/// matches ggml's reference (quantize_row_q4_0_ref) bit for bit.
+public enum Q4_0 {
+    public static let blockValues = 32
+    public static let blockBytes = 18
+
+    /// Quantises `count` (a multiple of 32) floats into `count / 32` blocks at `out`.
+    public static func quantize(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutableRawPointer) {
+        for b in 0..<(count / blockValues) {
+            let v = x + b * blockValues
+            // The value of largest magnitude, with its sign, maps to -8.
+            var amax: Float = 0, extreme: Float = 0
+            for j in 0..<blockValues where abs(v[j]) > amax {
+                amax = abs(v[j])
+                extreme = v[j]
+            }
+            let d = extreme / -8
+            let id: Float = d != 0 ? 1 / d : 0
+            let block = out + b * blockBytes
+            block.storeBytes(of: Float16(d).bitPattern.littleEndian, as: UInt16.self)
+            for j in 0..<16 {
+                // Truncation after adding 8.5: ggml's rounding.
+                let low = min(15, Int8(v[j] * id + 8.5))
+                let high = min(15, Int8(v[j + 16] * id + 8.5))
+                block.storeBytes(of: UInt8(low) | UInt8(high) << 4, toByteOffset: 2 + j, as: UInt8.self)
+            }
+        }
+    }
+
+    /// Dot products of one Q4_0 row with up to four activation rows permuted as for Q8_0: the
+    /// nibbles are unpacked to 32 signed bytes in element order, then it is Q8_0's kernel.
+    @inlinable @inline(__always)
+    public static func dotRow(_ row: UnsafeRawPointer, _ n: Int, _ permuted: UnsafePointer<Float>, _ tokens: Int, _ out: inout SIMD4<Float>) {
+        Q8_0.blockDotRow(row, n, permuted, tokens, &out, blockBytes: blockBytes) { block in
+            let packed = (block + 2).loadUnaligned(as: SIMD16<UInt8>.self)
+            let bytes = SIMD32<UInt8>(lowHalf: packed & 0x0F, highHalf: packed &>> 4) &- 8
+            return (Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self)))),
+                    unsafeBitCast(bytes, to: SIMD8<Int32>.self))
+        }
+    }
+
+    /// Element `index` of a Q4_0 row, widened.
+    @inlinable public static func value(_ row: UnsafeRawPointer, _ index: Int) -> Float {
+        let block = row + (index / blockValues) * blockBytes
+        let d = Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self))))
+        let j = index % blockValues
+        let byte = block.load(fromByteOffset: 2 + j % 16, as: UInt8.self)
+        let nibble = j < 16 ? byte & 0x0F : byte >> 4
+        return Float(Int(nibble) - 8) * d
+    }
+}
+
+/// Activations quantised per block of 32 as Q8_0 does (scale = max |x| / 127, values rounded half
+/// away from zero), for integer dot products with quantised weights: llama.cpp's approach.
+/// Values [tokens][columns] as int8, scales [tokens][columns / 32] as float.
+public struct QuantizedActivations {
+    public let values: UnsafeMutablePointer<Int8>
+    public let scales: UnsafeMutablePointer<Float>
+    public let columns: Int
+
+    /// Quantises `tokens` rows of `columns` (a multiple of 32) into memory the caller owns.
+    @inlinable
+    public static func quantize(_ input: UnsafePointer<Float>, inputStride: Int, columns: Int, tokens: Int,
+                                values: UnsafeMutablePointer<Int8>, scales: UnsafeMutablePointer<Float>) {
+        let blocks = columns / 32
+        for t in 0..<tokens {
+            let x = input + t * inputStride
+            for b in 0..<blocks {
+                let v = x + b * 32
+                var amax = SIMD8<Float>()
+                for k in 0..<4 {
+                    let lane = UnsafeRawPointer(v + 8 * k).loadUnaligned(as: SIMD8<Float>.self)
+                    amax = pointwiseMax(amax, pointwiseMax(lane, -lane))
+                }
+                let m = max(max(max(amax[0], amax[1]), max(amax[2], amax[3])), max(max(amax[4], amax[5]), max(amax[6], amax[7])))
+                let d = m / 127
+                let id: Float = d != 0 ? 1 / d : 0
+                scales[t * blocks + b] = d
+                let out = values + t * columns + b * 32
+                for j in 0..<32 { out[j] = Int8((v[j] * id).rounded(.toNearestOrAwayFromZero)) }
+            }
+        }
+    }
+}
+
+/// Which instruction set the integer dot products use here: "avx512-vnni", "avx2" or "portable".
+public var quantizedDotInstructions: String {
+    switch sy_quantized_dot_level() {
+    case 2: return "avx512-vnni"
+    case 1: return "avx2"
+    default: return "portable"
+    }
+}
+
+/// Restricts the integer dot products to a level (0 portable C, 1 AVX2, 2 AVX512-VNNI; never
+/// beyond what the CPU has) or, with nil, lets them use the best: for tests of every path.
+public func forceQuantizedDotLevel(_ level: Int?) {
+    sy_force_quantized_dot_level(Int32(level ?? 99))
+}
+
+/// The Swift twin of the C kernels (KernelsC/quant_dot.c): the same integer lanes, the same fused
+/// multiply-adds and the same final sum, so the two agree bit for bit; tests hold them to it.
+public func quantizedDotReference(
+    _ element: WeightElement, _ row: UnsafeRawPointer, blocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
+    stride: Int, tokens: Int
+) -> [Float] {
+    (0..<tokens).map { t in
+        var acc = SIMD8<Float>()
+        for b in 0..<blocks {
+            var w = [Int32](repeating: 0, count: 32)
+            let dw: Float
+            switch element {
+            case .q8_0:
+                let block = row + b * Q8_0.blockBytes
+                dw = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
+                for j in 0..<32 { w[j] = Int32(block.load(fromByteOffset: 2 + j, as: Int8.self)) }
+            case .q4_0:
+                let block = row + b * Q4_0.blockBytes
+                dw = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
+                for j in 0..<16 {
+                    let byte = block.load(fromByteOffset: 2 + j, as: UInt8.self)
+                    w[j] = Int32(byte & 0x0F) - 8
+                    w[j + 16] = Int32(byte >> 4) - 8
+                }
+            default:
+                preconditionFailure("integer dot products take Q8_0 or Q4_0 weights")
+            }
+            let d = dw * scales[t * (stride / 32) + b]
+            var lanes = SIMD8<Float>()
+            for lane in 0..<8 {
+                var s: Int32 = 0
+                for k in 0..<4 { s += w[4 * lane + k] * Int32(values[t * stride + b * 32 + 4 * lane + k]) }
+                lanes[lane] = Float(s)
+            }
+            acc.addProduct(lanes, SIMD8(repeating: d))
+        }
+        return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    }
+}

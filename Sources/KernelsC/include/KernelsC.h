@@ -1,0 +1,24 @@
+#ifndef SWITCHYARD_KERNELS_C_H
+#define SWITCHYARD_KERNELS_C_H
+
+#include <stdint.h>
+
+// Integer dot products of one quantised weight row with up to four rows of activations quantised
+// per block of 32 (int8 values `xq` [tokens][stride], float scales `xd` [tokens][stride / 32]).
+// For every block and token, lane i (of 8) of the int32 sum holds the products of elements
+// 4i..4i+3; the lanes are converted to float and fused-multiply-added with weight scale x
+// activation scale into 8 float accumulators per token; the result is
+// ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)). The Swift twins in Kernels (QuantizedDot.swift)
+// compute exactly this, and tests check the two agree bit for bit.
+//
+// Q8_0 rows: blocks of a float16 scale and 32 int8. Q4_0 rows: blocks of a float16 scale and 16
+// bytes, element j in the low nibble of byte j and element j + 16 in the high one, value minus 8.
+void sy_dot_q8_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out);
+void sy_dot_q4_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out);
+
+// Which instruction set the dot products use: 2 = AVX512-VNNI, 1 = AVX2, 0 = portable C.
+int sy_quantized_dot_level(void);
+// Uses `level` (at most what the CPU has) from now on: for tests of every path.
+void sy_force_quantized_dot_level(int level);
+
+#endif

@@ -1,0 +1,183 @@
+#include "KernelsC.h"
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+static inline float half_to_float(uint16_t h) {
+    // IEEE binary16 to binary32, exact (subnormals included).
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exponent = (h >> 10) & 0x1F;
+    uint32_t mantissa = h & 0x3FF;
+    uint32_t bits;
+    if (exponent == 0) {
+        if (mantissa == 0) {
+            bits = sign;
+        } else {
+            int e = -1;
+            do { e++; mantissa <<= 1; } while ((mantissa & 0x400) == 0);
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mantissa & 0x3FF) << 13);
+        }
+    } else if (exponent == 31) {
+        bits = sign | 0x7F800000 | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float reduce8(const float a[8]) {
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
+// Portable: the definition, lane by lane.
+static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    const int block_bytes = q4 ? 18 : 34;
+    for (int t = 0; t < tokens; t++) {
+        float acc[8] = {0};
+        for (int b = 0; b < blocks; b++) {
+            const uint8_t *block = row + b * block_bytes;
+            uint16_t h;
+            memcpy(&h, block, 2);
+            int8_t w[32];
+            if (q4) {
+                for (int j = 0; j < 16; j++) {
+                    w[j] = (int8_t)((block[2 + j] & 0x0F) - 8);
+                    w[j + 16] = (int8_t)((block[2 + j] >> 4) - 8);
+                }
+            } else {
+                memcpy(w, block + 2, 32);
+            }
+            const int8_t *x = xq + t * stride + b * 32;
+            float d = half_to_float(h) * xd[t * (stride / 32) + b];
+            for (int lane = 0; lane < 8; lane++) {
+                int32_t s = 0;
+                for (int k = 0; k < 4; k++) s += (int32_t)w[4 * lane + k] * (int32_t)x[4 * lane + k];
+                acc[lane] = __builtin_fmaf((float)s, d, acc[lane]);
+            }
+        }
+        out[t] = reduce8(acc);
+    }
+}
+
+#if defined(__x86_64__)
+
+__attribute__((target("avx2,fma,f16c")))
+static inline __m256i load_weights(const uint8_t *block, int q4) {
+    if (q4) {
+        __m128i packed = _mm_loadu_si128((const __m128i *)(block + 2));
+        __m128i low = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
+        __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F));
+        __m256i both = _mm256_set_m128i(high, low);
+        return _mm256_sub_epi8(both, _mm256_set1_epi8(8));
+    }
+    return _mm256_loadu_si256((const __m256i *)(block + 2));
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static inline float reduce256(__m256 v) {
+    float a[8];
+    _mm256_storeu_ps(a, v);
+    return reduce8(a);
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static void dot_avx2(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    const int block_bytes = q4 ? 18 : 34;
+    const int scales = stride / 32;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * block_bytes;
+        uint16_t h;
+        memcpy(&h, block, 2);
+        float dw = _cvtsh_ss(h);
+        __m256i w = load_weights(block, q4);
+        __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes
+        for (int t = 0; t < tokens; t++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 32));
+            __m256i sx = _mm256_sign_epi8(x, w);  // x with w's sign, so |w| * sx = w * x
+            __m256i pairs = _mm256_maddubs_epi16(aw, sx);
+            __m256i quads = _mm256_madd_epi16(pairs, ones);
+            __m256 d = _mm256_set1_ps(dw * xd[t * scales + b]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), d, acc[t]);
+        }
+    }
+    for (int t = 0; t < tokens; t++) out[t] = reduce256(acc[t]);
+}
+
+__attribute__((target("avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")))
+static void dot_vnni(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    const int block_bytes = q4 ? 18 : 34;
+    const int scales = stride / 32;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * block_bytes;
+        uint16_t h;
+        memcpy(&h, block, 2);
+        float dw = _cvtsh_ss(h);
+        __m256i w = load_weights(block, q4);
+        __m256i aw = _mm256_sign_epi8(w, w);
+        for (int t = 0; t < tokens; t++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 32));
+            __m256i sx = _mm256_sign_epi8(x, w);
+            __m256i quads = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+            __m256 d = _mm256_set1_ps(dw * xd[t * scales + b]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), d, acc[t]);
+        }
+    }
+    for (int t = 0; t < tokens; t++) out[t] = reduce256(acc[t]);
+}
+
+static int detected = -1;
+
+int sy_quantized_dot_level(void) {
+    if (detected < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+            detected = 2;
+        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+            detected = 1;
+        } else {
+            detected = 0;
+        }
+    }
+    return detected;
+}
+
+static int forced = -1;
+
+void sy_force_quantized_dot_level(int level) {
+    forced = level < sy_quantized_dot_level() ? level : sy_quantized_dot_level();
+}
+
+static void dot(const void *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    switch (forced >= 0 ? forced : sy_quantized_dot_level()) {
+    case 2: dot_vnni(row, blocks, q4, xq, xd, stride, tokens, out); break;
+    case 1: dot_avx2(row, blocks, q4, xq, xd, stride, tokens, out); break;
+    default: dot_portable(row, blocks, q4, xq, xd, stride, tokens, out); break;
+    }
+}
+
+#else
+
+int sy_quantized_dot_level(void) { return 0; }
+
+void sy_force_quantized_dot_level(int level) { (void)level; }
+
+static void dot(const void *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    dot_portable(row, blocks, q4, xq, xd, stride, tokens, out);
+}
+
+#endif
+
+void sy_dot_q8_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    dot(row, blocks, 0, xq, xd, stride, tokens, out);
+}
+
+void sy_dot_q4_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    dot(row, blocks, 1, xq, xd, stride, tokens, out);
+}
