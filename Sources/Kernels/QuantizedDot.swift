@@ -35,10 +35,15 @@ public enum Q4_0 {
     @inlinable @inline(__always)
     public static func dotRow(_ row: UnsafeRawPointer, _ n: Int, _ permuted: UnsafePointer<Float>, _ tokens: Int, _ out: inout SIMD4<Float>) {
         Q8_0.blockDotRow(row, n, permuted, tokens, &out, blockBytes: blockBytes) { block in
-            let packed = (block + 2).loadUnaligned(as: SIMD16<UInt8>.self)
-            let bytes = SIMD32<UInt8>(lowHalf: packed & 0x0F, highHalf: packed &>> 4) &- 8
+            // Nibbles n in 0...15 to signed bytes n - 8, four to a UInt32 lane with no carries:
+            // (n + 0x78) stays below 0x100, and flipping its top bit subtracts 0x80.
+            let packed = (block + 2).loadUnaligned(as: SIMD4<UInt32>.self)
+            let nibbles = SIMD4<UInt32>(repeating: 0x0F0F_0F0F)
+            let bias = SIMD4<UInt32>(repeating: 0x7878_7878), flip = SIMD4<UInt32>(repeating: 0x8080_8080)
+            let low = ((packed & nibbles) &+ bias) ^ flip
+            let high = (((packed &>> 4) & nibbles) &+ bias) ^ flip
             return (Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self)))),
-                    unsafeBitCast(bytes, to: SIMD8<Int32>.self))
+                    unsafeBitCast(SIMD8<UInt32>(lowHalf: low, highHalf: high), to: SIMD8<Int32>.self))
         }
     }
 

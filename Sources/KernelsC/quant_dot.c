@@ -84,53 +84,74 @@ static inline float reduce256(__m256 v) {
     return reduce8(a);
 }
 
-__attribute__((target("avx2,fma,f16c")))
-static void dot_avx2(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
-    const int block_bytes = q4 ? 18 : 34;
-    const int scales = stride / 32;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+// The kernels below are written once with the token count and format as constants and
+// instantiated for each (always_inline with literal arguments), so the compiler keeps every
+// accumulator in a register and unrolls the token loop: with a run-time count they lived on the
+// stack and each block waited on a store and a reload.
+#define SY_KERNEL_BODY(QUADS)                                                                      \
+    const int block_bytes = q4 ? 18 : 34;                                                          \
+    const int scales = stride / 32;                                                                \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                 \
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                                 \
+    for (int b = 0; b < blocks; b++) {                                                             \
+        const uint8_t *block = row + b * block_bytes;                                              \
+        uint16_t h;                                                                                \
+        memcpy(&h, block, 2);                                                                      \
+        float dw = _cvtsh_ss(h);                                                                   \
+        __m256i w = load_weights(block, q4);                                                       \
+        __m256i aw = _mm256_sign_epi8(w, w); /* |w| as unsigned bytes */                           \
+        for (int t = 0; t < tokens; t++) {                                                         \
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 32));           \
+            __m256i sx = _mm256_sign_epi8(x, w); /* x with w's sign: |w| * sx = w * x */           \
+            __m256 d = _mm256_set1_ps(dw * xd[t * scales + b]);                                    \
+            __m256 f = _mm256_cvtepi32_ps(QUADS);                                                  \
+            if (t == 0) acc0 = _mm256_fmadd_ps(f, d, acc0);                                        \
+            if (t == 1) acc1 = _mm256_fmadd_ps(f, d, acc1);                                        \
+            if (t == 2) acc2 = _mm256_fmadd_ps(f, d, acc2);                                        \
+            if (t == 3) acc3 = _mm256_fmadd_ps(f, d, acc3);                                        \
+        }                                                                                          \
+    }                                                                                              \
+    out[0] = reduce256(acc0);                                                                      \
+    if (tokens > 1) out[1] = reduce256(acc1);                                                      \
+    if (tokens > 2) out[2] = reduce256(acc2);                                                      \
+    if (tokens > 3) out[3] = reduce256(acc3);
+
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void dot_avx2_n(const uint8_t *row, int blocks, const int q4, const int8_t *xq, const float *xd, int stride,
+                              const int tokens, float *out) {
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int b = 0; b < blocks; b++) {
-        const uint8_t *block = row + b * block_bytes;
-        uint16_t h;
-        memcpy(&h, block, 2);
-        float dw = _cvtsh_ss(h);
-        __m256i w = load_weights(block, q4);
-        __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes
-        for (int t = 0; t < tokens; t++) {
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 32));
-            __m256i sx = _mm256_sign_epi8(x, w);  // x with w's sign, so |w| * sx = w * x
-            __m256i pairs = _mm256_maddubs_epi16(aw, sx);
-            __m256i quads = _mm256_madd_epi16(pairs, ones);
-            __m256 d = _mm256_set1_ps(dw * xd[t * scales + b]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), d, acc[t]);
-        }
-    }
-    for (int t = 0; t < tokens; t++) out[t] = reduce256(acc[t]);
+    SY_KERNEL_BODY(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones))
 }
 
-__attribute__((target("avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")))
-static void dot_vnni(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
-    const int block_bytes = q4 ? 18 : 34;
-    const int scales = stride / 32;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < blocks; b++) {
-        const uint8_t *block = row + b * block_bytes;
-        uint16_t h;
-        memcpy(&h, block, 2);
-        float dw = _cvtsh_ss(h);
-        __m256i w = load_weights(block, q4);
-        __m256i aw = _mm256_sign_epi8(w, w);
-        for (int t = 0; t < tokens; t++) {
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 32));
-            __m256i sx = _mm256_sign_epi8(x, w);
-            __m256i quads = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
-            __m256 d = _mm256_set1_ps(dw * xd[t * scales + b]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), d, acc[t]);
-        }
-    }
-    for (int t = 0; t < tokens; t++) out[t] = reduce256(acc[t]);
+__attribute__((target("avx512vnni,avx512vl,avx512bw,avx2,fma,f16c"), always_inline))
+static inline void dot_vnni_n(const uint8_t *row, int blocks, const int q4, const int8_t *xq, const float *xd, int stride,
+                              const int tokens, float *out) {
+    SY_KERNEL_BODY(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx))
 }
+
+#define SY_INSTANTIATE(NAME, KERNEL, TARGET)                                                       \
+    __attribute__((target(TARGET)))                                                                \
+    static void NAME(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd,    \
+                     int stride, int tokens, float *out) {                                         \
+        if (q4) {                                                                                  \
+            switch (tokens) {                                                                      \
+            case 1: KERNEL(row, blocks, 1, xq, xd, stride, 1, out); break;                         \
+            case 2: KERNEL(row, blocks, 1, xq, xd, stride, 2, out); break;                         \
+            case 3: KERNEL(row, blocks, 1, xq, xd, stride, 3, out); break;                         \
+            default: KERNEL(row, blocks, 1, xq, xd, stride, 4, out); break;                        \
+            }                                                                                      \
+        } else {                                                                                   \
+            switch (tokens) {                                                                      \
+            case 1: KERNEL(row, blocks, 0, xq, xd, stride, 1, out); break;                         \
+            case 2: KERNEL(row, blocks, 0, xq, xd, stride, 2, out); break;                         \
+            case 3: KERNEL(row, blocks, 0, xq, xd, stride, 3, out); break;                         \
+            default: KERNEL(row, blocks, 0, xq, xd, stride, 4, out); break;                        \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+SY_INSTANTIATE(dot_avx2, dot_avx2_n, "avx2,fma,f16c")
+SY_INSTANTIATE(dot_vnni, dot_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
 
 static int detected = -1;
 
