@@ -106,6 +106,11 @@ def main():
         os.remove(os.path.join(d, "tokenizer.json"))
         return d
 
+    def quantized():
+        d = os.path.join(work, "quantized")
+        subprocess.run([binary, "quantize", "--model", FIXTURE, "--type", "q8_0", "--out", d], check=True, capture_output=True)
+        return d
+
     gen = ["generate", "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"]
     cases = [
         ("missing folder", ["info", "--model", "/nonexistent/model"], "config.json"),
@@ -129,6 +134,8 @@ def main():
         ("unwritable output", ["logits", "--model", FIXTURE, "--tokens", "1,2", "--out", "/nonexistent/dir/x.npy"], "x.npy"),
         ("detokenize outside the vocabulary", ["detokenize", "--model", FIXTURE, "--tokens", "5,40000"], "40000"),
         ("no usable GPU for --accelerator cuda", gen + ["--model", FIXTURE, "--accelerator", "cuda"], "CUDA"),
+        ("quantize into the model's own folder", ["quantize", "--model", FIXTURE, "--type", "q8_0", "--out", FIXTURE], "another folder"),
+        ("quantize a quantised model", ["quantize", "--model", quantized(), "--type", "q4_0", "--out", os.path.join(work, "q2")], "already quantised"),
         ("RAM budget too small", gen + ["--model", FIXTURE, "--ram-budget", "1MB"], "--ram-budget"),
         ("not a size", gen + ["--model", FIXTURE, "--ram-budget", "lots"], "lots"),
         ("RAM budget with random weights", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--random-weights"], "--random-weights"),

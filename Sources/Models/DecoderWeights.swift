@@ -115,6 +115,7 @@ struct WeightBinder {
     }
 
     func element(_ t: TensorView) throws(ModelError) -> WeightElement {
+        if let format = source.storedQuantization(of: t.name) { return format.element }
         switch t.dtype {
         case .bf16: return .bf16
         case .f16: return .f16
@@ -124,9 +125,17 @@ struct WeightBinder {
         }
     }
 
+    /// A tensor's shape in values: a quantised one stores its last dimension in bytes.
+    func logicalShape(_ t: TensorView) -> [Int] {
+        guard let format = source.storedQuantization(of: t.name), let last = t.shape.last else { return t.shape }
+        let element = format.element
+        return t.shape.dropLast() + [last / element.rowBytes(32) * 32]
+    }
+
     func checkShape(_ t: TensorView, _ expected: [Int], _ meaning: String) throws(ModelError) {
-        guard t.shape == expected else {
-            throw ModelError("\(t.file): tensor '\(t.name)' has shape \(t.shape), but config.json implies \(expected) (\(meaning))")
+        let shape = logicalShape(t)
+        guard shape == expected, t.byteCount == (shape.dropLast().reduce(1, *)) * (try element(t)).rowBytes(expected.last ?? 0) else {
+            throw ModelError("\(t.file): tensor '\(t.name)' has shape \(shape), but config.json implies \(expected) (\(meaning))")
         }
     }
 

@@ -75,7 +75,8 @@ extension DecoderWeights {
                 out.layers[i].attention.output = convert(a.output)
             }
         }
-        if q.all { out.lmHead = convert(out.lmHead) }
+        // A tied output head is the embedding, which stays as stored (as `switchyard quantize` keeps it).
+        if q.all && out.lmHead.data != out.embedding.data { out.lmHead = convert(out.lmHead) }
         return out
     }
 }

@@ -11,7 +11,13 @@ public protocol TensorSource: AnyObject, Sendable {
     func contains(_ name: String) -> Bool
     /// Every tensor the model has, for parameter counts and sizes.
     var allTensors: [TensorView] { get }
+    /// The block format of a tensor `switchyard quantize` wrote (stored as U8, its last dimension
+    /// in bytes), or nil for a tensor stored as its values.
+    func storedQuantization(of name: String) -> WeightQuantization.Format?
 }
+
+/// The safetensors metadata key that marks a quantised tensor (value: its format, e.g. "q8_0").
+public func quantizationMetadataKey(_ tensor: String) -> String { "switchyard.quantization." + tensor }
 
 /// The tensors of safetensors files, read in place.
 final class CheckpointTensors: TensorSource {
@@ -24,6 +30,13 @@ final class CheckpointTensors: TensorSource {
 
     func contains(_ name: String) -> Bool { checkpoint.contains(name) }
     var allTensors: [TensorView] { checkpoint.allTensors }
+
+    func storedQuantization(of name: String) -> WeightQuantization.Format? {
+        guard let view = try? checkpoint.tensor(name), view.dtype == .u8,
+              let file = checkpoint.files.first(where: { $0.path == view.file }),
+              let format = file.metadata[quantizationMetadataKey(name)] else { return nil }
+        return WeightQuantization.Format(rawValue: format)
+    }
 }
 
 /// Random weights of the shapes config.json implies and a chosen dtype, made when first asked for:
@@ -58,6 +71,8 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
     }
 
     var allTensors: [TensorView] { made }
+
+    func storedQuantization(of name: String) -> WeightQuantization.Format? { nil }
 
     func tensor(_ name: String, shape: [Int]) throws(ModelError) -> TensorView {
         let count = shape.reduce(1, *)

@@ -1,0 +1,42 @@
+import ArgumentParser
+import Kernels
+import Models
+
+/// `switchyard quantize`: convert a model folder's matrices to a GGUF block format once, instead of
+/// at every load.
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a copy of a model folder with its routed experts (or every matrix) in Q8_0 or Q4_0.")
+
+    @Option(help: "A Hugging Face model folder (default: the bundled demo model).")
+    var model: String?
+
+    @Option(help: "q8_0 or q4_0 (GGUF's block formats).")
+    var type: String
+
+    @Flag(help: "Convert every matrix but the embedding and the routers, not only the routed experts.")
+    var all = false
+
+    @Option(help: "The folder to write (created if needed).")
+    var out: String
+
+    @Option(name: [.short, .long], help: "Threads (default: the cores this process may use).")
+    var threads: Int?
+
+    func validate() throws {
+        guard WeightQuantization.Format(rawValue: type) != nil else {
+            throw ValidationError("--type must be one of \(WeightQuantization.Format.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let directory = try modelDirectory(model)
+            let started = ContinuousClock.now
+            let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
+            let result = try QuantizedCheckpoint.write(from: directory, to: out, format: WeightQuantization.Format(rawValue: type)!,
+                                                       all: all, pool: pool)
+            printError("\(out): \(result.converted) tensors in \(type), \(fixed(Double(result.bytes) / 1e6, 1)) MB of weights, in \(ContinuousClock.now - started)")
+        }
+    }
+}
