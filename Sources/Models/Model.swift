@@ -108,16 +108,16 @@ public func readJSON(_ path: String) throws(ModelError) -> JSONValue {
 }
 
 /// A growable float buffer that keeps its memory between forward passes.
-final class FloatBuffer {
-    private(set) var pointer: UnsafeMutablePointer<Float>
-    private(set) var count: Int
+public final class FloatBuffer {
+    public private(set) var pointer: UnsafeMutablePointer<Float>
+    public private(set) var count: Int
 
-    init(_ count: Int = 0) {
+    public init(_ count: Int = 0) {
         self.count = max(count, 1)
         pointer = .allocate(capacity: self.count)
     }
 
-    func reserve(_ needed: Int) {
+    public func reserve(_ needed: Int) {
         if needed <= count { return }
         pointer.deallocate()
         count = needed

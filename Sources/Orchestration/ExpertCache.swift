@@ -41,7 +41,6 @@ final class CacheEntry {
 /// one not used for a while ages out.
 final class ExpertCache {
     let slots: [UnsafeMutableRawPointer]
-    let slotBytes: Int
     let decay: Double
     let transientSlots: Int
     private(set) var entries: [ExpertKey: CacheEntry] = [:]
@@ -51,9 +50,8 @@ final class ExpertCache {
 
     /// - Parameter transientSlots: slots for experts used less than the cached ones (about one
     ///   layer's worth for one token); none when the cache is too small to split.
-    init(slots: [UnsafeMutableRawPointer], slotBytes: Int, transientSlots: Int = 0, decay: Double = 0.8) {
+    init(slots: [UnsafeMutableRawPointer], transientSlots: Int = 0, decay: Double = 0.8) {
         self.slots = slots
-        self.slotBytes = slotBytes
         self.transientSlots = slots.count >= 2 * transientSlots ? transientSlots : 0
         self.decay = decay
         owners = Array(repeating: nil, count: slots.count)

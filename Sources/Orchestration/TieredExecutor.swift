@@ -25,8 +25,6 @@ public enum ExpertPolicy: String, Sendable, CaseIterable {
 
 /// Budgets and choices of tiered execution.
 public struct TierOptions: Sendable {
-    /// The accelerator's memory (`--gpu-memory`); it is used only when an accelerator is given.
-    public var acceleratorMemory: Int?
     /// Host RAM for weights, KV cache and work memory (`--ram-budget`); experts that do not fit are
     /// read from the model files when needed. Nil: every weight stays memory-mapped.
     public var ramBudget: Int?
@@ -62,6 +60,8 @@ public struct TierStatistics: Sendable {
     public var cacheHits = 0, cacheMisses = 0
     /// Experts of a layer that the previous layer's prediction named, and those it missed.
     public var predictionHits = 0, predictionMisses = 0
+    /// Experts pushed out of a cache to make room.
+    public var cacheEvictions = 0
     /// Experts brought in by prefetch, and how many of them were used before being evicted.
     public var prefetchLoads = 0, prefetchUsed = 0
     /// The expert sections of all MoE layers: the scheduler's predicted makespans and the time taken.
@@ -83,6 +83,7 @@ public struct TierStatistics: Sendable {
         o["cache_hits"] = .int(cacheHits)
         o["cache_misses"] = .int(cacheMisses)
         o["cache_hit_rate"] = .double(cacheHitRate)
+        o["cache_evictions"] = .int(cacheEvictions)
         o["prediction_hits"] = .int(predictionHits)
         o["prediction_misses"] = .int(predictionMisses)
         o["prediction_hit_rate"] = .double(predictionHitRate)
@@ -205,7 +206,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     /// Bytes the copy engine had moved when placement was done (weights moved in at load).
     private var copiedAtLoad = 0
     private var predictions: [Int: [Int: Int]] = [:]  // layer → expert → predicted tokens
-    private let cpuScratch = HostBuffer(), acceleratorScratch = HostBuffer(), routerScratch = HostBuffer()
+    private let cpuScratch = FloatBuffer(), acceleratorScratch = FloatBuffer(), routerScratch = FloatBuffer()
     private var trace: UnsafeMutablePointer<FILE>?
     private var owned: [UnsafeMutableRawPointer] = []
     /// For a read that finds no cache slot at all (every slot busy): one buffer, made when first needed.
@@ -355,7 +356,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             remaining = remaining.dropFirst(pinned)
             var slots: [UnsafeMutableRawPointer] = []
             while slots.count < min(room - pinned, remaining.count), let slot = accelerator.allocate(slotBytes) { slots.append(slot) }
-            acceleratorCache = slots.isEmpty ? nil : ExpertCache(slots: slots, slotBytes: slotBytes, transientSlots: topK)
+            acceleratorCache = slots.isEmpty ? nil : ExpertCache(slots: slots, transientSlots: topK)
             placement.acceleratorPinnedExperts = pinned
             placement.acceleratorCacheSlots = slots.count
         } else {
@@ -401,7 +402,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                 staging = nil
                 var slots: [UnsafeMutableRawPointer] = []
                 for _ in 0..<min(room - pinned, remaining.count) { slots.append(TieredExecutor.allocateAligned(slotBytes)) }
-                ramCache = ExpertCache(slots: slots, slotBytes: slotBytes, transientSlots: topK)
+                ramCache = ExpertCache(slots: slots, transientSlots: topK)
                 placement.ramCacheSlots = slots.count
             }
         } else {
@@ -456,6 +457,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         if let trace { fflush(trace) }
         statistics.diskBytesRead = reader?.bytesRead ?? 0
         statistics.bytesCopied = (accelerator?.bytesCopied ?? copiedAtLoad) - copiedAtLoad
+        statistics.cacheEvictions = (ramCache?.evictions ?? 0) + (acceleratorCache?.evictions ?? 0)
     }
 
     /// One expert's state in the layer being run.
@@ -587,8 +589,6 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         let measured = (ContinuousClock.now - started).seconds
         statistics.predictedSeconds += decision.makespan
         statistics.measuredSeconds += measured
-        statistics.diskBytesRead = reader?.bytesRead ?? 0
-        statistics.bytesCopied = (accelerator?.bytesCopied ?? copiedAtLoad) - copiedAtLoad
         if let trace {
             var o = JSONObject()
             o["step"] = .int(step)
@@ -899,21 +899,6 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                               copyBytesPerSecond: copyRate, diskBytesPerSecond: diskRate, expertBytes: expertBytes)
         table.save(directory: options.costDirectory)
         return table
-    }
-}
-
-/// A float buffer that grows and keeps its memory.
-final class HostBuffer {
-    private(set) var pointer = UnsafeMutablePointer<Float>.allocate(capacity: 1)
-    private var count = 1
-
-    deinit { pointer.deallocate() }
-
-    func reserve(_ needed: Int) {
-        guard needed > count else { return }
-        pointer.deallocate()
-        pointer = .allocate(capacity: needed)
-        count = needed
     }
 }
 

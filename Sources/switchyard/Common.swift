@@ -115,7 +115,6 @@ struct ModelOptions: ParsableArguments {
         let loaded = try Model(directory: directory, device: device, pool: pool, randomWeights: randomWeights, quantization: quantization)
         if tiered {
             var options = TierOptions()
-            options.acceleratorMemory = try gpuMemory.map(parseByteSize)
             options.ramBudget = try ramBudget.map(parseByteSize)
             options.policy = ExpertPolicy(rawValue: expertPolicy)!
             options.prefetch = !noPrefetch

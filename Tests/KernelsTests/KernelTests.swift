@@ -135,19 +135,21 @@ struct AttentionTests {
     }
 }
 
+/// Rows and their bytes in `format` from the gguf package (scripts/quant_vectors.py).
+func quantVectors(_ format: String) -> [(values: [Float], bytes: [UInt8])] {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3)
+    let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
+    return json["cases"]!.arrayValue!.map { c in
+        let hex = Array(c[format]!.stringValue!)
+        let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
+        return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes)
+    }
+}
+
 @Suite("Q8_0")
 struct Q8_0Tests {
-    /// Rows and their Q8_0 bytes from the gguf package (scripts/quant_vectors.py).
-    static let cases: [(values: [Float], bytes: [UInt8])] = {
-        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)
-        let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
-        return json["cases"]!.arrayValue!.map { c in
-            let hex = Array(c["q8_0"]!.stringValue!)
-            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
-            return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes)
-        }
-    }()
+    static let cases = quantVectors("q8_0")
 
     @Test func quantizationIsGGUFs() {
         #expect(Self.cases.count == 5)
@@ -190,23 +192,14 @@ struct Q8_0Tests {
 
 @Suite("Q4_0 and integer dot products", .serialized)
 struct QuantizedDotTests {
-    static let cases: [(values: [Float], q4: [UInt8])] = {
-        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)
-        let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
-        return json["cases"]!.arrayValue!.map { c in
-            let hex = Array(c["q4_0"]!.stringValue!)
-            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
-            return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes)
-        }
-    }()
+    static let cases = quantVectors("q4_0")
 
     @Test func q4_0QuantizationIsGGUFs() {
         #expect(Self.cases.count == 5)
         for c in Self.cases {
             var out = [UInt8](repeating: 0, count: c.values.count / 32 * Q4_0.blockBytes)
             c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q4_0.quantize(v.baseAddress!, count: c.values.count, into: $0.baseAddress!) } }
-            #expect(out == c.q4)
+            #expect(out == c.bytes)
         }
     }
 

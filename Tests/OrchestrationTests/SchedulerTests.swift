@@ -97,7 +97,7 @@ struct SchedulerTests {
 struct ExpertCacheTests {
     func cache(_ slots: Int) -> ExpertCache {
         let pointers = (0..<slots).map { _ in UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8) }
-        return ExpertCache(slots: pointers, slotBytes: 8, decay: 0.5)
+        return ExpertCache(slots: pointers, decay: 0.5)
     }
 
     func add(_ c: ExpertCache, _ expert: Int, step: Int, protected: Set<ExpertKey> = []) -> Bool {
@@ -156,7 +156,7 @@ struct ExpertCacheTests {
     /// Six experts used in turn every step, a cache of four: hits in the last 20 of 40 steps.
     func cyclicHits(transientSlots: Int) -> Int {
         let pointers = (0..<4).map { _ in UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8) }
-        let c = ExpertCache(slots: pointers, slotBytes: 8, transientSlots: transientSlots)
+        let c = ExpertCache(slots: pointers, transientSlots: transientSlots)
         var hits = 0
         for step in 1...40 {
             for layer in 0..<6 {
