@@ -252,18 +252,17 @@ public func matmul(
                 QuantizedActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens,
                                               values: values.baseAddress!, scales: scales.baseAddress!)
                 let xq = UnsafePointer(values.baseAddress!), xd = UnsafePointer(scales.baseAddress!)
-                let q4 = element == .q4_0
-                rowBlocks { row, t0, count in
-                    var s = SIMD4<Float>()
-                    withUnsafeMutableBytes(of: &s) { out in
-                        let o = out.baseAddress!.assumingMemoryBound(to: Float.self)
-                        if q4 {
-                            sy_dot_q4_0_q8(row, Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), Int32(count), o)
-                        } else {
-                            sy_dot_q8_0_q8(row, Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), Int32(count), o)
-                        }
+                let kernel = element == .q4_0 ? sy_rows_q4_0_q8 : sy_rows_q8_0_q8
+                // The row loop is in C: one call per block of rows and four tokens.
+                pool.parallelFor(items) { item in
+                    let start = item * rowsPerItem
+                    let count = min(rows, start + rowsPerItem) - start
+                    var t0 = 0
+                    while t0 < tokens {
+                        kernel(base + start * rowBytes, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n),
+                               Int32(min(4, tokens - t0)), output + t0 * outputStride + start, outputStride)
+                        t0 += 4
                     }
-                    return s
                 }
             }
         }

@@ -29,6 +29,8 @@ static inline float half_to_float(uint16_t h) {
     return f;
 }
 
+static int forced = -1;
+
 static inline float reduce8(const float a[8]) {
     return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 }
@@ -169,18 +171,8 @@ int sy_quantized_dot_level(void) {
     return detected;
 }
 
-static int forced = -1;
-
 void sy_force_quantized_dot_level(int level) {
     forced = level < sy_quantized_dot_level() ? level : sy_quantized_dot_level();
-}
-
-static void dot(const void *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
-    switch (forced >= 0 ? forced : sy_quantized_dot_level()) {
-    case 2: dot_vnni(row, blocks, q4, xq, xd, stride, tokens, out); break;
-    case 1: dot_avx2(row, blocks, q4, xq, xd, stride, tokens, out); break;
-    default: dot_portable(row, blocks, q4, xq, xd, stride, tokens, out); break;
-    }
 }
 
 #else
@@ -189,16 +181,38 @@ int sy_quantized_dot_level(void) { return 0; }
 
 void sy_force_quantized_dot_level(int level) { (void)level; }
 
-static void dot(const void *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
-    dot_portable(row, blocks, q4, xq, xd, stride, tokens, out);
-}
-
 #endif
 
-void sy_dot_q8_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
-    dot(row, blocks, 0, xq, xd, stride, tokens, out);
+typedef void (*row_kernel)(const uint8_t *, int, int, const int8_t *, const float *, int, int, float *);
+
+static row_kernel chosen_kernel(void) {
+#if defined(__x86_64__)
+    switch (forced >= 0 ? forced : sy_quantized_dot_level()) {
+    case 2: return dot_vnni;
+    case 1: return dot_avx2;
+    default: return dot_portable;
+    }
+#else
+    return dot_portable;
+#endif
 }
 
-void sy_dot_q4_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
-    dot(row, blocks, 1, xq, xd, stride, tokens, out);
+static void rows(const void *base, long row_bytes, int nrows, int blocks, int q4, const int8_t *xq, const float *xd, int stride,
+                 int tokens, float *out, long out_stride) {
+    row_kernel kernel = chosen_kernel();
+    float sums[4];
+    for (int r = 0; r < nrows; r++) {
+        kernel((const uint8_t *)base + r * row_bytes, blocks, q4, xq, xd, stride, tokens, sums);
+        for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
+    }
+}
+
+void sy_rows_q8_0_q8(const void *base, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
+                     int tokens, float *out, long out_stride) {
+    rows(base, row_bytes, nrows, blocks, 0, xq, xd, stride, tokens, out, out_stride);
+}
+
+void sy_rows_q4_0_q8(const void *base, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
+                     int tokens, float *out, long out_stride) {
+    rows(base, row_bytes, nrows, blocks, 1, xq, xd, stride, tokens, out, out_stride);
 }

@@ -3,7 +3,7 @@
 
 #include <stdint.h>
 
-// Integer dot products of one quantised weight row with up to four rows of activations quantised
+// Integer dot products of quantised weight rows with up to four rows of activations quantised
 // per block of 32 (int8 values `xq` [tokens][stride], float scales `xd` [tokens][stride / 32]).
 // For every block and token, lane i (of 8) of the int32 sum holds the products of elements
 // 4i..4i+3; the lanes are converted to float and fused-multiply-added with weight scale x
@@ -13,8 +13,12 @@
 //
 // Q8_0 rows: blocks of a float16 scale and 32 int8. Q4_0 rows: blocks of a float16 scale and 16
 // bytes, element j in the low nibble of byte j and element j + 16 in the high one, value minus 8.
-void sy_dot_q8_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out);
-void sy_dot_q4_0_q8(const void *row, int blocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out);
+// `nrows` consecutive rows `row_bytes` apart: out[t * out_stride + r] for row r and token t, one
+// call per block of rows.
+void sy_rows_q8_0_q8(const void *rows, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
+                     int tokens, float *out, long out_stride);
+void sy_rows_q4_0_q8(const void *rows, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
+                     int tokens, float *out, long out_stride);
 
 // Which instruction set the dot products use: 2 = AVX512-VNNI, 1 = AVX2, 0 = portable C.
 int sy_quantized_dot_level(void);
