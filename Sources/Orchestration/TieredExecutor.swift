@@ -233,8 +233,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     }
 
     /// Places `model`'s weights under `options`' budgets and takes over its routed experts.
-    /// - Parameter accelerator: the device whose memory `options.acceleratorMemory` sizes (the
-    ///   model's device must be a `TieredDevice` over it for dense work to run there).
+    /// - Parameter accelerator: the emulated device whose memory holds what fits (the model's device
+    ///   must be a `TieredDevice` over it for dense work to run there).
     public init(model: Model, accelerator: EmulatedAccelerator?, options: TierOptions) throws(OrchestrationError) {
         self.model = model
         self.options = options
@@ -263,18 +263,18 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             reader = nil
         }
 
-        // Everything every token touches goes to the accelerator first, as far as it fits.
+        // Everything every token touches goes to the accelerator first, as far as it fits; the rest
+        // (all of it without an accelerator) counts against host RAM.
         var alwaysHost = 0
         var acceleratorTensors = 0
         do {
-        if let accelerator {
             try model.place({ (w: inout DecoderWeights) throws(ModelError) in
                 func moveIn(_ m: inout WeightMatrix) {
                     let bytes = m.rows * m.rowBytes
-                    guard let target = accelerator.allocate(bytes) else { alwaysHost += bytes; return }
+                    guard let accelerator, let target = accelerator.allocate(bytes) else { alwaysHost += bytes; return }
                     accelerator.copy(m.data, to: target, bytes: bytes).wait()
                     dropPages(m.data, bytes)
-                    m = WeightMatrix(element: m.element, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
+                    m = m.moved(to: target)
                     acceleratorTensors += bytes
                 }
                 func moveIn(_ f: inout FeedForwardWeights) { moveIn(&f.gate); moveIn(&f.up); moveIn(&f.down) }
@@ -286,31 +286,16 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                         moveIn(&f)
                         w.layers[l].feedForward = .dense(f)
                     case .mixtureOfExperts(var m):
+                        // Routers stay on the host: routing decisions are made there.
                         alwaysHost += m.router.rows * m.router.rowBytes
                         if var s = m.sharedExpert { moveIn(&s); m.sharedExpert = s }
                         if let g = m.sharedExpertGate { alwaysHost += g.rows * g.rowBytes }
                         w.layers[l].feedForward = .mixtureOfExperts(m)
                     }
                 }
-                if config.tieWordEmbeddings {
-                    alwaysHost += w.lmHead.rows * w.lmHead.rowBytes
-                } else {
-                    moveIn(&w.lmHead)
-                }
+                // A tied output head is the embedding, whose lookups happen on the host.
+                if !config.tieWordEmbeddings { moveIn(&w.lmHead) }
             }, executor: nil)
-        } else {
-            for layer in model.weights.layers {
-                let a = layer.attention
-                alwaysHost += [a.query, a.key, a.value, a.output].reduce(0) { $0 + $1.rows * $1.rowBytes }
-                switch layer.feedForward {
-                case .dense(let f): alwaysHost += TieredExecutor.bytes(f)
-                case .mixtureOfExperts(let m):
-                    alwaysHost += m.router.rows * m.router.rowBytes + (m.sharedExpert.map(TieredExecutor.bytes) ?? 0)
-                    alwaysHost += m.sharedExpertGate.map { $0.rows * $0.rowBytes } ?? 0
-                }
-            }
-            if !config.tieWordEmbeddings { alwaysHost += model.weights.lmHead.rows * model.weights.lmHead.rowBytes }
-        }
         } catch {
             throw OrchestrationError(error.description)
         }
@@ -576,7 +561,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             }
             let task = tasks[i]
             // The naive policy, or no slot at all: read now into the staging buffer.
-            let weights = states[i].weights ?? readNow(states[i].ranges)
+            let weights = states[i].weights ?? readNow(keys[i], states[i].ranges)
             for c in states[i].ready { c.wait() }
             let scratch = cpuScratch.pointer
             feedForward(weights, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden, tokens: task.tokens,
@@ -673,7 +658,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     }
 
     /// Reads an expert into the staging buffer, now.
-    private func readNow(_ ranges: [(file: Int, offset: Int, bytes: Int)]) -> FeedForwardWeights {
+    private func readNow(_ key: ExpertKey, _ ranges: [(file: Int, offset: Int, bytes: Int)]) -> FeedForwardWeights {
         if staging == nil && overflow == nil {
             overflow = TieredExecutor.allocateAligned(TieredExecutor.spanBytes(ranges.map(\.bytes)))
             owned.append(overflow!)
@@ -684,7 +669,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         for (i, r) in ranges.enumerated() {
             let start: Int
             do throws(OrchestrationError) { start = try reader!.read(file: r.file, offset: r.offset, bytes: r.bytes, into: buffer! + layout[i]) } catch { fail(error) }
-            matrices.append(sampleShape(i).moved(to: buffer! + layout[i] + start))
+            matrices.append(sampleShapes(key)[i].moved(to: buffer! + layout[i] + start))
         }
         return FeedForwardWeights(gate: matrices[0], up: matrices[1], down: matrices[2])
     }
@@ -748,16 +733,11 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         }
     }
 
-    /// The shapes of one routed expert's matrices (every expert of a model has the same).
+    /// One routed expert's matrices where they are stored (for their shapes).
     private func sampleShapes(_ key: ExpertKey) -> [WeightMatrix] {
         guard case .mixtureOfExperts(let m) = model.weights.layers[key.layer].feedForward else { preconditionFailure() }
         let f = m.experts[key.expert]
         return [f.gate, f.up, f.down]
-    }
-
-    private func sampleShape(_ i: Int) -> WeightMatrix {
-        let layer = model.config.feedForward.indices.first { model.config.feedForward[$0].moe != nil }!
-        return sampleShapes(ExpertKey(layer: layer, expert: 0))[i]
     }
 
     // MARK: Layouts

@@ -125,13 +125,7 @@ struct ModelOptions: ParsableArguments {
             // work memory: the runtime, tokenizer and activations take about 40 MiB.
             let positions = kvPositions ?? min(c.maxPositions, 4096)
             options.reservedHostBytes = c.layerCount * 2 * c.keyValueWidth * positions * MemoryLayout<Float>.size + (48 << 20)
-            if let routingProfile {
-                let p = try RoutingProfile(json: readJSON(routingProfile), file: routingProfile)
-                guard p.modelType == c.modelType, p.counts.count == c.layerCount else {
-                    throw InputError("\(routingProfile): a profile of a \(p.modelType) with \(p.counts.count) layers, not of this \(c.modelType)")
-                }
-                options.popularity = p.counts.indices.map { p.shares(layer: $0) }
-            }
+            options.popularity = try routingProfile.map { try expertPopularity(profile: $0, config: c) }
             let executor = try TieredExecutor(model: loaded, accelerator: emulated, options: options)
             logger.debug("placement: \(executor.placement.json.serialized()); costs: \(executor.costs.json.serialized())")
         }
@@ -230,4 +224,13 @@ func peakResidentBytes() -> Int {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return Int(usage.ru_maxrss) * 1024
+}
+
+/// [layer][expert] share of routed tokens from a `switchyard profile` file, checked against the model.
+func expertPopularity(profile path: String, config: DecoderConfig) throws -> [[Double]] {
+    let p = try RoutingProfile(json: readJSON(path), file: path)
+    guard p.modelType == config.modelType, p.counts.count == config.layerCount else {
+        throw InputError("\(path): a profile of a \(p.modelType) with \(p.counts.count) layers, not of this \(config.modelType)")
+    }
+    return p.counts.indices.map { p.shares(layer: $0) }
 }

@@ -51,14 +51,7 @@ struct PlanCommand: ParsableCommand {
             }
             let gpu = try gpuMemory.map(parseByteSize) ?? machine.gpuMemory
             let ram = try ramBudget.map(parseByteSize) ?? machine.ramBytes
-            var popularity: [[Double]]?
-            if let profile {
-                let p = try RoutingProfile(json: readJSON(profile), file: profile)
-                guard p.modelType == config.modelType, p.counts.count == config.layerCount else {
-                    throw InputError("\(profile): a profile of a \(p.modelType) with \(p.counts.count) layers, not of this \(config.modelType)")
-                }
-                popularity = p.counts.indices.map { p.shares(layer: $0) }
-            }
+            let popularity = try profile.map { try expertPopularity(profile: $0, config: config) }
             let context = contextLength ?? min(4096, config.maxPositions)
             let plan = Planner.plan(config, weightBytes: dtype.byteSize, gpuBudget: gpu, ramBudget: ram, hardware: machine,
                                     contextLength: context, popularity: popularity)
