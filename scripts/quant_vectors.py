@@ -3,7 +3,15 @@
 Swift tests check Switchyard's block layout and rounding without Python.
 
     pip install gguf numpy && python3 scripts/quant_vectors.py   # writes fixtures/quant/vectors.json
+
+The gguf package cannot quantise Q4_K (it only dequantises it). With `--ggml-quants LIB`, a shared
+library of ggml's own ggml-quants.c (built by you from a llama.cpp checkout, with
+-ffp-contract=off so no multiply-add is fused; never committed here), the Q4_K rows are quantised by
+its quantize_row_q4_K_ref and dequantised by the gguf package; without it they are kept from the
+existing file.
 """
+import argparse
+import ctypes
 import json
 import os
 
@@ -24,7 +32,39 @@ def rows():
     return out
 
 
+def q4_k_rows():
+    rng = np.random.default_rng(23)
+    out = [rng.standard_normal(512).astype(np.float32) * 0.02,
+           np.abs(rng.standard_normal(256)).astype(np.float32),                     # no negative values: min 0
+           np.zeros(256, dtype=np.float32),
+           (np.arange(256, dtype=np.float32) - 127.5) / 9.0,
+           rng.standard_normal(256).astype(np.float32) * np.float32(3e-3)]
+    out[0][17] = 0.4                                                                  # an outlier
+    out[3][64:96] = 1.25                                                              # a constant sub-block
+    return out
+
+
+def q4_k_cases(library, path):
+    if library is None:
+        with open(path) as f:
+            return json.load(f)["q4_k_cases"]
+    lib = ctypes.CDLL(library)
+    quantize = lib.quantize_row_q4_K_ref
+    quantize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    cases = []
+    for r in q4_k_rows():
+        r = np.ascontiguousarray(r, dtype=np.float32)
+        out = np.zeros(r.size // 256 * 144, dtype=np.uint8)
+        quantize(r.ctypes.data, out.ctypes.data, r.size)
+        back = quants.dequantize(out[None, :], GGMLQuantizationType.Q4_K)[0]
+        cases.append(dict(values=[float(v) for v in r], q4_k=out.tobytes().hex(), dequantized=[float(v) for v in back]))
+    return cases
+
+
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ggml-quants", help="a shared library of ggml's ggml-quants.c, for the Q4_K rows")
+    args = parser.parse_args()
     cases = []
     for r in rows():
         entry = dict(values=[float(v) for v in r])
@@ -32,9 +72,10 @@ def main():
             entry[name] = quants.quantize(r[None, :], kind)[0].tobytes().hex()
         cases.append(entry)
     path = os.path.join(ROOT, "fixtures", "quant", "vectors.json")
+    q4_k = q4_k_cases(args.ggml_quants, path)
     with open(path, "w") as f:
-        json.dump(dict(cases=cases), f)
-    print(f"{len(cases)} rows")
+        json.dump(dict(cases=cases, q4_k_cases=q4_k), f)
+    print(f"{len(cases)} rows, {len(q4_k)} Q4_K rows")
 
 
 if __name__ == "__main__":

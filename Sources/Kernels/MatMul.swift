@@ -8,17 +8,29 @@ public enum WeightElement: Sendable, Equatable {
     case q8_0
     /// GGUF's Q4_0: blocks of 32 values, a float16 scale then 16 bytes of 4-bit values.
     case q4_0
+    /// GGUF's Q4_K: super-blocks of 256 values with 6-bit scales and mins per 32, 4-bit values.
+    case q4_k
 
-    /// Whether rows are in blocks of 32 (columns must be a multiple of 32).
-    @inlinable public var isBlockQuantized: Bool { self == .q8_0 || self == .q4_0 }
+    /// Whether rows are in blocks (columns must be a multiple of `blockValues`).
+    @inlinable public var isBlockQuantized: Bool { blockValues > 1 }
 
-    /// Bytes of a row of `columns` elements (a multiple of 32 for Q8_0).
+    /// Values per block: 32 for Q8_0 and Q4_0, 256 for Q4_K, 1 for plain floats.
+    @inlinable public var blockValues: Int {
+        switch self {
+        case .f32, .f16, .bf16: return 1
+        case .q8_0, .q4_0: return 32
+        case .q4_k: return Q4_K.blockValues
+        }
+    }
+
+    /// Bytes of a row of `columns` elements (a multiple of `blockValues`).
     @inlinable public func rowBytes(_ columns: Int) -> Int {
         switch self {
         case .f32: return columns * 4
         case .f16, .bf16: return columns * 2
         case .q8_0: return columns / 32 * Q8_0.blockBytes
         case .q4_0: return columns / 32 * Q4_0.blockBytes
+        case .q4_k: return columns / Q4_K.blockValues * Q4_K.blockBytes
         }
     }
 }
@@ -63,6 +75,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .bf16: return Float(bitPattern: UInt32(data.load(fromByteOffset: offset * 2, as: UInt16.self)) << 16)
         case .q8_0: return Q8_0.value(data + r * rowBytes, c)
         case .q4_0: return Q4_0.value(data + r * rowBytes, c)
+        case .q4_k: return Q4_K.value(data + r * rowBytes, c)
         }
     }
 }
@@ -79,7 +92,7 @@ func loadWidened(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     case .bf16:
         let raw = (row + index * 2).loadUnaligned(as: SIMD16<UInt16>.self)
         return unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: raw) &<< 16, to: Vector16.self)
-    case .q8_0, .q4_0:
+    case .q8_0, .q4_0, .q4_k:
         preconditionFailure("block-quantised rows have their own kernels")
     }
 }
@@ -93,6 +106,7 @@ public func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ ind
     case .bf16: return Float(bitPattern: UInt32(row.load(fromByteOffset: index * 2, as: UInt16.self)) << 16)
     case .q8_0: return Q8_0.value(row, index)
     case .q4_0: return Q4_0.value(row, index)
+    case .q4_k: return Q4_K.value(row, index)
     }
 }
 
@@ -104,26 +118,27 @@ func horizontalSum(_ v: Vector16) -> Float {
     return (b[0] + b[1]) + (b[2] + b[3])
 }
 
-/// Adds w0·x[0..<16] + w1·x[16..<32] into each token's accumulator (up to four tokens, `stride`
-/// bytes apart): the inner step of every row kernel, so all of them sum in one order.
+/// Adds w0·x[0..<16] + w1·x[second..<second + 16] (`second` in bytes: 64 for the next 16 values)
+/// into each token's accumulator (up to four tokens, `stride` bytes apart): the inner step of every
+/// row kernel, so all of them sum in one order.
 @inlinable @inline(__always)
 func accumulate(
     _ a0: inout Vector16, _ a1: inout Vector16, _ a2: inout Vector16, _ a3: inout Vector16,
-    _ w0: Vector16, _ w1: Vector16, _ x: UnsafeRawPointer, _ stride: Int, _ tokens: Int
+    _ w0: Vector16, _ w1: Vector16, _ x: UnsafeRawPointer, _ second: Int, _ stride: Int, _ tokens: Int
 ) {
     a0.addProduct(w0, x.loadUnaligned(as: Vector16.self))
-    a0.addProduct(w1, (x + 64).loadUnaligned(as: Vector16.self))
+    a0.addProduct(w1, (x + second).loadUnaligned(as: Vector16.self))
     if tokens > 1 {
         a1.addProduct(w0, (x + stride).loadUnaligned(as: Vector16.self))
-        a1.addProduct(w1, (x + stride + 64).loadUnaligned(as: Vector16.self))
+        a1.addProduct(w1, (x + stride + second).loadUnaligned(as: Vector16.self))
     }
     if tokens > 2 {
         a2.addProduct(w0, (x + 2 * stride).loadUnaligned(as: Vector16.self))
-        a2.addProduct(w1, (x + 2 * stride + 64).loadUnaligned(as: Vector16.self))
+        a2.addProduct(w1, (x + 2 * stride + second).loadUnaligned(as: Vector16.self))
     }
     if tokens > 3 {
         a3.addProduct(w0, (x + 3 * stride).loadUnaligned(as: Vector16.self))
-        a3.addProduct(w1, (x + 3 * stride + 64).loadUnaligned(as: Vector16.self))
+        a3.addProduct(w1, (x + 3 * stride + second).loadUnaligned(as: Vector16.self))
     }
 }
 
@@ -142,7 +157,7 @@ func dotRow(
     while i + 32 <= n {
         let w0 = loadWidened(element, row, i)
         let w1 = loadWidened(element, row, i + 16)
-        accumulate(&a0, &a1, &a2, &a3, w0, w1, raw + i * 4, stride, tokens)
+        accumulate(&a0, &a1, &a2, &a3, w0, w1, raw + i * 4, 64, stride, tokens)
         i += 32
     }
     var s = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
@@ -177,7 +192,7 @@ func dotRowBF16(
         let r = (row + k * 64).loadUnaligned(as: SIMD16<UInt32>.self)
         let even = unsafeBitCast(r &<< 16, to: Vector16.self)
         let odd = unsafeBitCast(r & mask, to: Vector16.self)
-        accumulate(&a0, &a1, &a2, &a3, even, odd, p + k * 128, rowStride, tokens)
+        accumulate(&a0, &a1, &a2, &a3, even, odd, p + k * 128, 64, rowStride, tokens)
     }
     var s = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
     var i = blocks * 32
@@ -245,26 +260,44 @@ public func matmul(
         }
     }
     switch element {
-    case .q8_0 where precision == .int8, .q4_0 where precision == .int8:
+    case .q8_0 where precision == .int8, .q4_0 where precision == .int8, .q4_k where precision == .int8:
         let blocks = n / 32
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, tokens * n)) { values in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * blocks)) { scales in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, 2 * tokens * blocks)) { scales in
                 QuantizedActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens,
                                               values: values.baseAddress!, scales: scales.baseAddress!)
                 let xq = UnsafePointer(values.baseAddress!), xd = UnsafePointer(scales.baseAddress!)
-                let kernel = element == .q4_0 ? sy_rows_q4_0_q8 : sy_rows_q8_0_q8
+                // Q4_K's mins need each block's sum of activations: [tokens][blocks] after the scales.
+                let xs = scales.baseAddress! + tokens * blocks
+                if element == .q4_k {
+                    QuantizedActivations.blockSums(values: xq, scales: xd, columns: n, tokens: tokens, into: xs)
+                }
                 // The row loop is in C: one call per block of rows and four tokens.
                 pool.parallelFor(items) { item in
                     let start = item * rowsPerItem
                     let count = min(rows, start + rowsPerItem) - start
                     var t0 = 0
                     while t0 < tokens {
-                        kernel(base + start * rowBytes, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n),
-                               Int32(min(4, tokens - t0)), output + t0 * outputStride + start, outputStride)
+                        let rowsAt = base + start * rowBytes, t = Int32(min(4, tokens - t0)), out = output + t0 * outputStride + start
+                        switch element {
+                        case .q4_k:
+                            sy_rows_q4_k_q8(rowsAt, rowBytes, Int32(count), Int32(n / Q4_K.blockValues), xq + t0 * n, xd + t0 * blocks,
+                                            xs + t0 * blocks, Int32(n), t, out, outputStride)
+                        case .q4_0:
+                            sy_rows_q4_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
+                        default:
+                            sy_rows_q8_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
+                        }
                         t0 += 4
                     }
                 }
             }
+        }
+    case .q4_k:
+        rowBlocks { row, t0, count in
+            var s = SIMD4<Float>()
+            Q4_K.dotRow(row, n, input + t0 * inputStride, inputStride, count, &s)
+            return s
         }
     case .q8_0, .q4_0:
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in

@@ -89,6 +89,22 @@ public struct QuantizedActivations {
             }
         }
     }
+
+    /// Each block's scale times the sum of its int8 values, [tokens][columns / 32]: what Q4_K's
+    /// mins multiply.
+    @inlinable
+    public static func blockSums(values: UnsafePointer<Int8>, scales: UnsafePointer<Float>, columns: Int, tokens: Int,
+                                 into sums: UnsafeMutablePointer<Float>) {
+        let blocks = columns / 32
+        for t in 0..<tokens {
+            for b in 0..<blocks {
+                let v = values + t * columns + b * 32
+                var s: Int32 = 0
+                for j in 0..<32 { s &+= Int32(v[j]) }
+                sums[t * blocks + b] = scales[t * blocks + b] * Float(s)
+            }
+        }
+    }
 }
 
 /// Which instruction set the integer dot products use here: "avx512-vnni", "avx2" or "portable".
@@ -108,11 +124,42 @@ public func forceQuantizedDotLevel(_ level: Int?) {
 
 /// The Swift twin of the C kernels (KernelsC/quant_dot.c): the same integer lanes, the same fused
 /// multiply-adds and the same final sum, so the two agree bit for bit; tests hold them to it.
+/// `blocks` counts blocks of 32; `sums` (Q4_K only) is `QuantizedActivations.blockSums`.
 public func quantizedDotReference(
     _ element: WeightElement, _ row: UnsafeRawPointer, blocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
-    stride: Int, tokens: Int
+    sums: UnsafePointer<Float>? = nil, stride: Int, tokens: Int
 ) -> [Float] {
-    (0..<tokens).map { t in
+    if element == .q4_k {
+        return (0..<tokens).map { t in
+            var acc = SIMD8<Float>(), mins: Float = 0
+            for b in 0..<(blocks / 8) {
+                let block = row + b * Q4_K.blockBytes
+                let d = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
+                let dmin = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
+                for j in 0..<8 {
+                    let (sc, _) = Q4_K.scaleMin(block + 4, j)
+                    let s = (d * Float(sc)) * scales[t * (stride / 32) + b * 8 + j]
+                    var lanes = SIMD8<Float>()
+                    for lane in 0..<8 {
+                        var sum: Int32 = 0
+                        for k in 0..<4 {
+                            let byte = block.load(fromByteOffset: 16 + 32 * (j / 2) + 4 * lane + k, as: UInt8.self)
+                            let q = Int32(j % 2 == 0 ? byte & 0x0F : byte >> 4)
+                            sum += q * Int32(values[t * stride + b * 256 + 32 * j + 4 * lane + k])
+                        }
+                        lanes[lane] = Float(sum)
+                    }
+                    acc.addProduct(lanes, SIMD8(repeating: s))
+                }
+                for j in 0..<8 {
+                    let (_, m) = Q4_K.scaleMin(block + 4, j)
+                    mins = mins.addingProduct(dmin * Float(m), sums![t * (stride / 32) + b * 8 + j])
+                }
+            }
+            return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) - mins
+        }
+    }
+    return (0..<tokens).map { t in
         var acc = SIMD8<Float>()
         for b in 0..<blocks {
             var w = [Int32](repeating: 0, count: 32)

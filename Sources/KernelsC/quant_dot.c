@@ -1,4 +1,5 @@
 #include "KernelsC.h"
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -35,6 +36,49 @@ static inline float reduce8(const float a[8]) {
     return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 }
 
+// The 6-bit scales and mins of a Q4_K super-block's eight sub-blocks, from its 12 packed bytes.
+static inline void q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & 63;
+        mn[j] = q[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+        mn[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+static void q4k_portable(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const float *xs, int stride,
+                         int tokens, float *out) {
+    const int scales = stride / 32;
+    for (int t = 0; t < tokens; t++) {
+        float acc[8] = {0}, mins = 0;
+        for (int b = 0; b < superblocks; b++) {
+            const uint8_t *block = row + b * 144;
+            uint16_t h;
+            memcpy(&h, block, 2);
+            float d = half_to_float(h);
+            memcpy(&h, block + 2, 2);
+            float dmin = half_to_float(h);
+            uint8_t sc[8], mn[8];
+            q4k_scales(block + 4, sc, mn);
+            for (int j = 0; j < 8; j++) {
+                const uint8_t *q = block + 16 + 32 * (j / 2);
+                const int shift = (j % 2) * 4;
+                const int8_t *x = xq + t * stride + b * 256 + 32 * j;
+                float s = (d * (float)sc[j]) * xd[t * scales + b * 8 + j];
+                for (int lane = 0; lane < 8; lane++) {
+                    int32_t sum = 0;
+                    for (int k = 0; k < 4; k++) sum += (int32_t)((q[4 * lane + k] >> shift) & 0x0F) * (int32_t)x[4 * lane + k];
+                    acc[lane] = fmaf((float)sum, s, acc[lane]);
+                }
+            }
+            for (int j = 0; j < 8; j++) mins = fmaf(dmin * (float)mn[j], xs[t * scales + b * 8 + j], mins);
+        }
+        out[t] = reduce8(acc) - mins;
+    }
+}
+
 // Portable: the definition, lane by lane.
 static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
     const int block_bytes = q4 ? 18 : 34;
@@ -58,7 +102,7 @@ static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *x
             for (int lane = 0; lane < 8; lane++) {
                 int32_t s = 0;
                 for (int k = 0; k < 4; k++) s += (int32_t)w[4 * lane + k] * (int32_t)x[4 * lane + k];
-                acc[lane] = __builtin_fmaf((float)s, d, acc[lane]);
+                acc[lane] = fmaf((float)s, d, acc[lane]);
             }
         }
         out[t] = reduce8(acc);
@@ -155,6 +199,84 @@ static inline void dot_vnni_n(const uint8_t *row, int blocks, const int q4, cons
 SY_INSTANTIATE(dot_avx2, dot_avx2_n, "avx2,fma,f16c")
 SY_INSTANTIATE(dot_vnni, dot_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
 
+// Q4_K rows against activations quantised per block of 32: for every sub-block j of 32 values,
+// lane i of the int32 sum holds q·x over elements 4i..4i+3 (q unsigned 0..15, so no sign trick),
+// converted to float and fused-multiply-added with (d·scale_j)·xd_j; the mins contribute
+// (dmin·min_j)·xs_j (xs = xd × the block's sum of int8 values), accumulated in a scalar with fmaf.
+#define SY_Q4K_BODY(QUADS)                                                                         \
+    const int scales = stride / 32;                                                                \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                 \
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                                 \
+    float mins[4] = {0, 0, 0, 0};                                                                  \
+    const __m256i nibble = _mm256_set1_epi8(0x0F);                                                 \
+    for (int b = 0; b < superblocks; b++) {                                                        \
+        const uint8_t *block = row + b * 144;                                                      \
+        uint16_t h;                                                                                \
+        memcpy(&h, block, 2);                                                                      \
+        float d = _cvtsh_ss(h);                                                                    \
+        memcpy(&h, block + 2, 2);                                                                  \
+        float dmin = _cvtsh_ss(h);                                                                 \
+        uint8_t sc[8], mn[8];                                                                      \
+        q4k_scales(block + 4, sc, mn);                                                             \
+        for (int c = 0; c < 4; c++) {                                                              \
+            __m256i q = _mm256_loadu_si256((const __m256i *)(block + 16 + 32 * c));                \
+            __m256i lo = _mm256_and_si256(q, nibble);                                              \
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);                        \
+            float s0 = d * (float)sc[2 * c], s1 = d * (float)sc[2 * c + 1];                        \
+            for (int t = 0; t < tokens; t++) {                                                     \
+                const int8_t *x = xq + t * stride + b * 256 + 64 * c;                              \
+                const float *xdt = xd + t * scales + b * 8 + 2 * c;                                \
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)x);                               \
+                __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));                        \
+                __m256 f0 = _mm256_cvtepi32_ps(QUADS(lo, x0));                                     \
+                __m256 f1 = _mm256_cvtepi32_ps(QUADS(hi, x1));                                     \
+                __m256 d0 = _mm256_set1_ps(s0 * xdt[0]), d1 = _mm256_set1_ps(s1 * xdt[1]);         \
+                if (t == 0) { acc0 = _mm256_fmadd_ps(f0, d0, acc0); acc0 = _mm256_fmadd_ps(f1, d1, acc0); } \
+                if (t == 1) { acc1 = _mm256_fmadd_ps(f0, d0, acc1); acc1 = _mm256_fmadd_ps(f1, d1, acc1); } \
+                if (t == 2) { acc2 = _mm256_fmadd_ps(f0, d0, acc2); acc2 = _mm256_fmadd_ps(f1, d1, acc2); } \
+                if (t == 3) { acc3 = _mm256_fmadd_ps(f0, d0, acc3); acc3 = _mm256_fmadd_ps(f1, d1, acc3); } \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < tokens; t++) {                                                         \
+            const float *xst = xs + t * scales + b * 8;                                            \
+            for (int j = 0; j < 8; j++) mins[t] = fmaf(dmin * (float)mn[j], xst[j], mins[t]);       \
+        }                                                                                          \
+    }                                                                                              \
+    out[0] = reduce256(acc0) - mins[0];                                                            \
+    if (tokens > 1) out[1] = reduce256(acc1) - mins[1];                                            \
+    if (tokens > 2) out[2] = reduce256(acc2) - mins[2];                                            \
+    if (tokens > 3) out[3] = reduce256(acc3) - mins[3];
+
+#define SY_MADDUBS(U, S) _mm256_madd_epi16(_mm256_maddubs_epi16(U, S), _mm256_set1_epi16(1))
+#define SY_DPBUSD(U, S) _mm256_dpbusd_epi32(_mm256_setzero_si256(), U, S)
+
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const float *xs,
+                              int stride, const int tokens, float *out) {
+    SY_Q4K_BODY(SY_MADDUBS)
+}
+
+__attribute__((target("avx512vnni,avx512vl,avx512bw,avx2,fma,f16c"), always_inline))
+static inline void q4k_vnni_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const float *xs,
+                              int stride, const int tokens, float *out) {
+    SY_Q4K_BODY(SY_DPBUSD)
+}
+
+#define SY_INSTANTIATE_Q4K(NAME, KERNEL, TARGET)                                                   \
+    __attribute__((target(TARGET)))                                                                \
+    static void NAME(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd,       \
+                     const float *xs, int stride, int tokens, float *out) {                        \
+        switch (tokens) {                                                                          \
+        case 1: KERNEL(row, superblocks, xq, xd, xs, stride, 1, out); break;                       \
+        case 2: KERNEL(row, superblocks, xq, xd, xs, stride, 2, out); break;                       \
+        case 3: KERNEL(row, superblocks, xq, xd, xs, stride, 3, out); break;                       \
+        default: KERNEL(row, superblocks, xq, xd, xs, stride, 4, out); break;                      \
+        }                                                                                          \
+    }
+
+SY_INSTANTIATE_Q4K(q4k_avx2, q4k_avx2_n, "avx2,fma,f16c")
+SY_INSTANTIATE_Q4K(q4k_vnni, q4k_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
+
 static int detected = -1;
 
 int sy_quantized_dot_level(void) {
@@ -215,4 +337,23 @@ void sy_rows_q8_0_q8(const void *base, long row_bytes, int nrows, int blocks, co
 void sy_rows_q4_0_q8(const void *base, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
                      int tokens, float *out, long out_stride) {
     rows(base, row_bytes, nrows, blocks, 1, xq, xd, stride, tokens, out, out_stride);
+}
+
+typedef void (*q4k_kernel)(const uint8_t *, int, const int8_t *, const float *, const float *, int, int, float *);
+
+void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                     const float *xs, int stride, int tokens, float *out, long out_stride) {
+    q4k_kernel kernel = q4k_portable;
+#if defined(__x86_64__)
+    switch (forced >= 0 ? forced : sy_quantized_dot_level()) {
+    case 2: kernel = q4k_vnni; break;
+    case 1: kernel = q4k_avx2; break;
+    default: break;
+    }
+#endif
+    float sums[4];
+    for (int r = 0; r < nrows; r++) {
+        kernel((const uint8_t *)base + r * row_bytes, superblocks, xq, xd, xs, stride, tokens, sums);
+        for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
+    }
 }

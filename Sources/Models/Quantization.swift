@@ -3,15 +3,30 @@ import Kernels
 /// Weights converted to a quantised format at load (`--quantize`), in memory the model owns.
 public struct WeightQuantization: Sendable, Equatable {
     public enum Format: String, Sendable, CaseIterable {
-        case q8_0, q4_0
+        case q8_0, q4_0, q4_k
 
-        public var element: WeightElement { self == .q8_0 ? .q8_0 : .q4_0 }
+        public var element: WeightElement {
+            switch self {
+            case .q8_0: return .q8_0
+            case .q4_0: return .q4_0
+            case .q4_k: return .q4_k
+            }
+        }
 
-        /// Quantises `count` floats (a multiple of 32) into blocks at `out`.
+        /// The format a matrix of `columns` values per row is stored in: this one when its rows are
+        /// whole blocks; for Q4_K rows that are not whole super-blocks of 256, Q4_0 (as
+        /// llama-quantize falls back for them); nil when rows are not whole blocks of 32.
+        public func stored(columns: Int) -> Format? {
+            if columns % element.blockValues == 0 { return self }
+            return self == .q4_k && columns % 32 == 0 ? .q4_0 : nil
+        }
+
+        /// Quantises `count` floats (a multiple of the block size) into blocks at `out`.
         func quantize(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutableRawPointer) {
             switch self {
             case .q8_0: Q8_0.quantize(x, count: count, into: out)
             case .q4_0: Q4_0.quantize(x, count: count, into: out)
+            case .q4_k: Q4_K.quantize(x, count: count, into: out)
             }
         }
     }
@@ -38,8 +53,8 @@ extension DecoderWeights {
     func quantized(_ q: WeightQuantization, pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
         var out = self
         func convert(_ m: WeightMatrix) -> WeightMatrix {
-            guard m.columns % 32 == 0, !m.element.isBlockQuantized else { return m }
-            let element = q.format.element
+            guard let format = q.format.stored(columns: m.columns), !m.element.isBlockQuantized else { return m }
+            let element = format.element
             let rowBytes = element.rowBytes(m.columns)
             let bytes = OwnedBytes(m.rows * rowBytes)
             storage.append(bytes)
@@ -50,7 +65,7 @@ extension DecoderWeights {
                 for r in (chunk * 64)..<min(m.rows, chunk * 64 + 64) {
                     let source = m.data + r * m.rowBytes
                     for c in 0..<m.columns { row[c] = widenScalar(m.element, source, c) }
-                    q.format.quantize(row, count: m.columns, into: target + r * rowBytes)
+                    format.quantize(row, count: m.columns, into: target + r * rowBytes)
                 }
             }
             return WeightMatrix(element: element, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))

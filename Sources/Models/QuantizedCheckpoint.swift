@@ -14,9 +14,9 @@ import SafeTensors
 public enum QuantizedCheckpoint {
     /// Whether `quantize` converts a tensor: float matrices whose rows are whole blocks; the
     /// routed experts only unless `all`, and never the embedding, routers or norms.
-    public static func converts(_ t: TensorView, all: Bool) -> Bool {
+    public static func converts(_ t: TensorView, format: WeightQuantization.Format, all: Bool) -> Bool {
         let name = t.name
-        guard [.bf16, .f16, .f32].contains(t.dtype), t.shape.count >= 2, t.shape.last! % 32 == 0 else { return false }
+        guard [.bf16, .f16, .f32].contains(t.dtype), t.shape.count >= 2, format.stored(columns: t.shape.last!) != nil else { return false }
         if name.contains("embed_tokens") || name.hasSuffix(".gate.weight") || name.hasSuffix("shared_expert_gate.weight") { return false }
         return all || name.contains(".experts.")
     }
@@ -35,17 +35,17 @@ public enum QuantizedCheckpoint {
                 throw ModelError("\(file.path): already quantised (\(key) = \(value))")
             }
         }
-        let element = format.element
         var entries: [SafeTensorsWriter.Entry] = []
         var metadata: [String: String] = ["format": "pt"]
         var converted = 0
         for file in checkpoint.files {
             for name in file.names {
                 let t = file.tensors[name]!
-                if converts(t, all: all) {
+                if converts(t, format: format, all: all) {
                     let columns = t.shape.last!
                     let rows = t.elementCount / columns
-                    let rowBytes = element.rowBytes(columns)
+                    let stored = format.stored(columns: columns)!
+                    let rowBytes = stored.element.rowBytes(columns)
                     let source = WeightMatrix(element: t.dtype == .bf16 ? .bf16 : t.dtype == .f16 ? .f16 : .f32,
                                               rows: rows, columns: columns, data: t.data)
                     entries.append(SafeTensorsWriter.Entry(name: name, dtype: .u8, shape: t.shape.dropLast() + [rowBytes],
@@ -55,11 +55,11 @@ public enum QuantizedCheckpoint {
                             defer { row.deallocate() }
                             for r in (chunk * 64)..<min(rows, chunk * 64 + 64) {
                                 for c in 0..<columns { row[c] = source.value(r, c) }
-                                format.quantize(row, count: columns, into: out + r * rowBytes)
+                                stored.quantize(row, count: columns, into: out + r * rowBytes)
                             }
                         }
                     })
-                    metadata[quantizationMetadataKey(name)] = format.rawValue
+                    metadata[quantizationMetadataKey(name)] = stored.rawValue
                     converted += 1
                 } else {
                     entries.append(SafeTensorsWriter.Entry(name: name, dtype: t.dtype, shape: t.shape, byteCount: t.byteCount) { out in

@@ -18,7 +18,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: [.short, .long], help: "Kernel threads (default: the cores this process may use).")
     var threads: Int?
 
-    @Option(name: .long, help: "Activation precision: f32 (float32 activations and accumulation; weights widened exactly); int8 (products with Q8_0/Q4_0 weights quantise activations per block of 32 and use integer dot products, AVX512-VNNI or AVX2 where present, as llama.cpp does: faster, about 1e-2 off); auto (the fastest path that keeps every fixture within 1e-2 of transformers with identical greedy tokens: f32 for now). bf16 is not available yet.")
+    @Option(name: .long, help: "Activation precision: f32 (float32 activations and accumulation; weights widened exactly); int8 (products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products, AVX512-VNNI or AVX2 where present, as llama.cpp does: faster, about 1e-2 off); auto (the fastest path that keeps every fixture within 1e-2 of transformers with identical greedy tokens: f32 for now). bf16 is not available yet.")
     var precision: String = "auto"
 
     @Option(help: "Where to compute: cpu, emulated (a test accelerator on the host with its own memory, threads and copy engine; needs --gpu-memory), cuda (an NVIDIA GPU, through the driver loaded at run time), or auto (cuda when usable, else cpu).")
@@ -48,7 +48,7 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Write one JSON line per MoE layer per step: experts, token counts, where each ran, cache and prefetch hits, predicted and measured times.")
     var trace: String?
 
-    @Option(help: "Convert weights at load: none, q8_0 or q4_0 (GGUF's block formats; the routed experts unless --quantize-all).")
+    @Option(help: "Convert weights at load: none, q8_0, q4_0 or q4_k (GGUF's block formats; the routed experts unless --quantize-all).")
     var quantize: String = "none"
 
     @Flag(name: .customLong("quantize-all"), help: "Quantise every matrix but the routers and the embedding.")

@@ -6,12 +6,12 @@ import Models
 /// at every load.
 struct Quantize: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write a copy of a model folder with its routed experts (or every matrix) in Q8_0 or Q4_0.")
+        abstract: "Write a copy of a model folder with its routed experts (or every matrix) in Q8_0, Q4_0 or Q4_K.")
 
     @Option(help: "A Hugging Face model folder (default: the bundled demo model).")
     var model: String?
 
-    @Option(help: "q8_0 or q4_0 (GGUF's block formats).")
+    @Option(help: "q8_0, q4_0 or q4_k (GGUF's block formats).")
     var type: String
 
     @Flag(help: "Convert every matrix but the embedding and the routers, not only the routed experts.")

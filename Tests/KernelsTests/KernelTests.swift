@@ -30,7 +30,7 @@ struct KernelTests {
             case .f32: bytes = weights.withUnsafeBytes { Array($0) }
             case .f16: bytes = weights.map { Float16($0) }.withUnsafeBytes { Array($0) }
             case .bf16: bytes = weights.map(bf16Bits).withUnsafeBytes { Array($0) }
-            case .q8_0, .q4_0: continue  // their own suites
+            case .q8_0, .q4_0, .q4_k: continue  // their own suites
             }
             bytes.withUnsafeBytes { raw in
                 let w = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
@@ -207,7 +207,11 @@ struct QuantizedDotTests {
         var out = [UInt8](repeating: 0, count: element.rowBytes(weights.count))
         weights.withUnsafeBufferPointer { w in
             out.withUnsafeMutableBytes {
-                if element == .q8_0 { Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) } else { Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) }
+                switch element {
+                case .q8_0: Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+                case .q4_0: Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+                default: Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+                }
             }
         }
         return out
@@ -215,7 +219,8 @@ struct QuantizedDotTests {
 
     // Awkward shapes: block counts that are not multiples of anything, token counts around the
     // 4-token register block.
-    @Test(arguments: [(WeightElement.q8_0, 7, 32, 1), (.q8_0, 19, 96, 3), (.q8_0, 5, 224, 6), (.q4_0, 7, 32, 1), (.q4_0, 33, 96, 4), (.q4_0, 5, 160, 9)])
+    @Test(arguments: [(WeightElement.q8_0, 7, 32, 1), (.q8_0, 19, 96, 3), (.q8_0, 5, 224, 6), (.q4_0, 7, 32, 1), (.q4_0, 33, 96, 4), (.q4_0, 5, 160, 9),
+                       (.q4_k, 7, 256, 1), (.q4_k, 13, 512, 4), (.q4_k, 5, 768, 6)])
     func integerPathMatchesItsTwinAndStaysClose(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
         // Every instruction-set path this CPU has, then the best again (tests in this suite run
         // one at a time, so the setting is theirs).
@@ -231,9 +236,11 @@ struct QuantizedDotTests {
         let input = randomFloats(tokens * columns, seed: 17)
         var values = [Int8](repeating: 0, count: tokens * columns)
         var scales = [Float](repeating: 0, count: tokens * columns / 32)
+        var sums = scales
         input.withUnsafeBufferPointer { x in
             QuantizedActivations.quantize(x.baseAddress!, inputStride: columns, columns: columns, tokens: tokens, values: &values, scales: &scales)
         }
+        QuantizedActivations.blockSums(values: values, scales: scales, columns: columns, tokens: tokens, into: &sums)
         bytes.withUnsafeBytes { raw in
             let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
             var exact = [Float](repeating: .nan, count: tokens * rows), integer = exact
@@ -248,7 +255,7 @@ struct QuantizedDotTests {
             let reference = matmulReference(m, input: input, tokens: tokens)
             for r in 0..<rows {
                 let twin = quantizedDotReference(element, raw.baseAddress! + r * m.rowBytes, blocks: columns / 32, values: values, scales: scales,
-                                                 stride: columns, tokens: tokens)
+                                                 sums: sums, stride: columns, tokens: tokens)
                 for t in 0..<tokens {
                     let i = t * rows + r
                     // The C kernel (\(quantizedDotInstructions)) is its Swift twin, bit for bit.
@@ -258,6 +265,71 @@ struct QuantizedDotTests {
                     var magnitude: Float = 0
                     for c in 0..<columns { magnitude += abs(m.value(r, c) * input[t * columns + c]) }
                     #expect(abs(integer[i] - reference[i]) <= 0.01 * magnitude + 1e-6)
+                }
+            }
+        }
+    }
+}
+
+@Suite("Q4_K")
+struct Q4_KTests {
+    /// Rows quantised by ggml's quantize_row_q4_K_ref and dequantised by the gguf package.
+    static let cases: [(values: [Float], bytes: [UInt8], dequantized: [Float])] = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
+        return json["q4_k_cases"]!.arrayValue!.map { c in
+            let hex = Array(c["q4_k"]!.stringValue!)
+            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
+            return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes, c["dequantized"]!.arrayValue!.map { Float($0.doubleValue!) })
+        }
+    }()
+
+    @Test func quantizationIsGGMLs() {
+        #expect(Self.cases.count == 5)
+        for (n, c) in Self.cases.enumerated() {
+            var out = [UInt8](repeating: 0, count: c.values.count / 256 * Q4_K.blockBytes)
+            c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q4_K.quantize(v.baseAddress!, count: c.values.count, into: $0.baseAddress!) } }
+            let differing = out.indices.filter { out[$0] != c.bytes[$0] }
+            #expect(out.count == c.bytes.count && differing.isEmpty, "row \(n): bytes \(differing.prefix(8)) differ")
+        }
+    }
+
+    @Test func layoutIsGGUFs() {
+        for (n, c) in Self.cases.enumerated() {
+            c.bytes.withUnsafeBytes { raw in
+                let wrong = (0..<c.values.count).filter { Q4_K.value(raw.baseAddress!, $0).bitPattern != c.dequantized[$0].bitPattern }
+                #expect(wrong.isEmpty, "row \(n): elements \(wrong.prefix(8)) differ from gguf's dequantisation")
+            }
+        }
+    }
+
+    @Test(arguments: [(7, 256, 1), (19, 512, 3), (5, 768, 5), (33, 256, 9)])
+    func floatPathMatchesReference(rows: Int, columns: Int, tokens: Int) {
+        let pool = ThreadPool(threads: 3)
+        let weights = randomFloats(rows * columns, seed: UInt64(rows * 3 + columns))
+        var bytes = [UInt8](repeating: 0, count: WeightElement.q4_k.rowBytes(columns) * rows)
+        weights.withUnsafeBufferPointer { w in bytes.withUnsafeMutableBytes { Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) } }
+        let input = randomFloats(tokens * columns, seed: 9)
+        bytes.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: .q4_k, rows: rows, columns: columns, data: raw.baseAddress!)
+            let expected = matmulReference(m, input: input, tokens: tokens)
+            var out = [Float](repeating: .nan, count: tokens * rows)
+            input.withUnsafeBufferPointer { x in
+                out.withUnsafeMutableBufferPointer { o in
+                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                }
+            }
+            for i in out.indices { #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "[\(i)] \(out[i]) vs \(expected[i])") }
+            // 4 bits with a fitted offset: each value within a step of 1/15 of its sub-block's range
+            // (plus the 6-bit rounding of scale and min).
+            for r in 0..<rows {
+                for b in 0..<(columns / 32) {
+                    let block = weights[(r * columns + b * 32)..<(r * columns + b * 32 + 32)]
+                    let range = block.max()! - min(0, block.min()!)
+                    for c in (b * 32)..<(b * 32 + 32) {
+                        #expect(abs(m.value(r, c) - weights[r * columns + c]) <= range / 15 * 1.2, "row \(r) column \(c)")
+                    }
                 }
             }
         }

@@ -189,7 +189,7 @@ struct QuantizedFixtureTests {
         return reference.promptTokens.indices.map { p in relativeError(a[p * v..<(p + 1) * v], b[p * v..<(p + 1) * v]) }.max()!
     }
 
-    @Test("Q8_0 and Q4_0 against the float32 pass over the same quantised values", arguments: architectures)
+    @Test("Q8_0, Q4_0 and Q4_K (Q4_0 at hidden 32) against the float32 pass over the same quantised values", arguments: architectures)
     func quantizedRuns(arch: String) throws {
         let reference = try Reference(arch)
         for format in WeightQuantization.Format.allCases {
@@ -208,6 +208,65 @@ struct QuantizedFixtureTests {
             let error = maxError(integer.logits, oracle.logits, reference)
             #expect(error <= 0.1, "\(arch) \(format) int8: \(error)")
         }
+    }
+}
+
+/// Q4_K needs rows of whole super-blocks of 256, wider than the transformers fixtures (hidden 32,
+/// where it falls back to Q4_0): a Mixtral of hidden 256 with random weights, against the float32
+/// pass over the values its Q4_K experts hold.
+@Suite("Q4_K on a wider random Mixtral")
+struct Q4_KModelTests {
+    @Test func q4_kExpertsMatchTheirDequantisedValues() throws {
+        let directory = "/tmp/switchyard-q4k-test-\(getpid())"
+        mkdir(directory, 0o755)
+        defer { _ = unlink(directory + "/config.json"); rmdir(directory) }
+        let config = """
+            {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 300, "hidden_size": 256,
+             "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 64, "num_local_experts": 4, "num_experts_per_tok": 2, "max_position_embeddings": 64,
+             "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": false, "torch_dtype": "bfloat16"}
+            """
+        try Array(config.utf8).withUnsafeBytes { bytes in
+            guard let file = fopen(directory + "/config.json", "w") else { throw ModelError("cannot write the config") }
+            fwrite(bytes.baseAddress, 1, bytes.count, file)
+            fclose(file)
+        }
+        func load(_ precision: ActivationPrecision) throws -> Model {
+            let pool = ThreadPool(threads: 2)
+            return try Model(directory: directory, device: CPUDevice(pool: pool, precision: precision), pool: pool, randomWeights: true,
+                             quantization: WeightQuantization(format: .q4_k))
+        }
+        let prompt = [1, 17, 250, 42, 7, 99]
+        func run(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
+            let logits = try model.makeSession(contextLength: 32).forward(prompt, allLogits: true)
+            let greedy = model.makeSession(contextLength: 32)
+            var last = try greedy.forward(prompt)
+            var tokens: [Int] = []
+            for _ in 0..<8 {
+                let next = last.indices.max { last[$0] < last[$1] }!
+                tokens.append(next)
+                last = try greedy.forward([next])
+            }
+            return (logits, tokens)
+        }
+        let model = try load(.f32)
+        var experts = 0
+        for layer in model.weights.layers {
+            if case .mixtureOfExperts(let m) = layer.feedForward { experts += m.experts.filter { $0.gate.element == .q4_k && $0.down.element == .q4_k }.count }
+        }
+        #expect(experts == 8, "every expert in Q4_K")
+        var kept: [[Float]] = []
+        let oracleModel = try load(.f32)
+        try dequantize(oracleModel, keep: &kept)
+        let oracle = try run(oracleModel)
+        let exact = try run(model)
+        let v = 300
+        let worst = prompt.indices.map { p in relativeError(exact.logits[p * v..<(p + 1) * v], oracle.logits[p * v..<(p + 1) * v]) }.max()!
+        #expect(worst <= 1e-5, "f32: \(worst)")
+        #expect(exact.tokens == oracle.tokens)
+        let integer = try run(load(.int8))
+        let error = prompt.indices.map { p in relativeError(integer.logits[p * v..<(p + 1) * v], oracle.logits[p * v..<(p + 1) * v]) }.max()!
+        #expect(error <= 1e-2, "int8: \(error)")
     }
 }
 

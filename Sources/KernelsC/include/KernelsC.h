@@ -19,6 +19,11 @@ void sy_rows_q8_0_q8(const void *rows, long row_bytes, int nrows, int blocks, co
                      int tokens, float *out, long out_stride);
 void sy_rows_q4_0_q8(const void *rows, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
                      int tokens, float *out, long out_stride);
+// Q4_K rows (super-blocks of 256 in 144 bytes, GGUF's layout) against the same activations plus
+// `xs` [tokens][stride / 32]: each block's scale times the sum of its int8 values, for the mins.
+// `superblocks` = columns / 256.
+void sy_rows_q4_k_q8(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                     const float *xs, int stride, int tokens, float *out, long out_stride);
 
 // Which instruction set the dot products use: 2 = AVX512-VNNI, 1 = AVX2, 0 = portable C.
 int sy_quantized_dot_level(void);
