@@ -230,9 +230,19 @@ struct QuantizedDotTests {
         }
     }
 
-    func checkIntegerPath(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
+    /// Weights of 1e-4 give float16 scales below 2^-14 (subnormal), which the C kernels widen
+    /// without the F16C instruction.
+    @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k])
+    func subnormalScales(element: WeightElement) {
+        for level in [0, 1, 2, nil] {
+            forceQuantizedDotLevel(level)
+            checkIntegerPath(element: element, rows: 5, columns: 256, tokens: 2, scale: 1e-4)
+        }
+    }
+
+    func checkIntegerPath(element: WeightElement, rows: Int, columns: Int, tokens: Int, scale: Float = 1) {
         let pool = ThreadPool(threads: 3)
-        let bytes = quantized(element, randomFloats(rows * columns, seed: UInt64(rows * 7 + columns)))
+        let bytes = quantized(element, randomFloats(rows * columns, seed: UInt64(rows * 7 + columns)).map { $0 * scale })
         let input = randomFloats(tokens * columns, seed: 17)
         var values = [Int8](repeating: 0, count: tokens * columns)
         var scales = [Float](repeating: 0, count: tokens * columns / 32)
