@@ -314,6 +314,20 @@ public func matmul(
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
             permuteForBF16(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)
             let perm = UnsafePointer(permuted.baseAddress!)
+            if n % 32 == 0 && sy_bf16_level() > 0 {
+                // The C twin of dotRowBF16 (bit for bit), which can prefetch the weight stream.
+                pool.parallelFor(items) { item in
+                    let start = item * rowsPerItem
+                    let count = min(rows, start + rowsPerItem) - start
+                    var t0 = 0
+                    while t0 < tokens {
+                        sy_rows_bf16_f32(base + start * rowBytes, rowBytes, Int32(count), Int32(n / 32), perm + t0 * n, Int32(n),
+                                         Int32(min(4, tokens - t0)), output + t0 * outputStride + start, outputStride)
+                        t0 += 4
+                    }
+                }
+                return
+            }
             rowBlocks { row, t0, count in
                 var s = SIMD4<Float>()
                 dotRowBF16(row, n, perm + t0 * n, input + t0 * inputStride, inputStride, count, &s)

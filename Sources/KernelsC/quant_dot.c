@@ -320,7 +320,8 @@ int sy_quantized_dot_level(void) {
 }
 
 void sy_force_quantized_dot_level(int level) {
-    forced = level < sy_quantized_dot_level() ? level : sy_quantized_dot_level();
+    // A level below the best caps every kernel family (integer and bf16); anything else lifts the cap.
+    forced = level < sy_quantized_dot_level() ? level : -1;
 }
 
 #else
@@ -383,3 +384,138 @@ void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblock
         for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
     }
 }
+
+// ---- bf16 rows against float32 activations ----
+//
+// The C twin of Kernels' dotRowBF16 (MatMul.swift), for the prefetch instruction Swift cannot
+// spell: 32 bf16 load as 16 uint32 lanes; lane << 16 is the even element and lane & 0xFFFF0000 the
+// odd one; activations are permuted per block of 32 (16 even-indexed values, then 16 odd). Each
+// token has one 16-lane accumulator (two ymm on AVX2, one zmm on AVX-512) taking the even product
+// then the odd one, fused; the result is ((lanes i + i+8) folded to 4 as i + i+4) summed as
+// (b0 + b1) + (b2 + b3), exactly the Swift kernel's order, so the two agree bit for bit.
+
+#if defined(__x86_64__)
+
+__attribute__((target("avx2,fma")))
+static inline float bf16_reduce16(__m256 lo, __m256 hi) {
+    __m256 a = _mm256_add_ps(lo, hi);
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    float v[4];
+    _mm_storeu_ps(v, b);
+    return (v[0] + v[1]) + (v[2] + v[3]);
+}
+
+__attribute__((target("avx2,fma"), always_inline))
+static inline void bf16_avx2_n(const uint8_t *row, int blocks, const float *x, int stride, const int tokens, float *out) {
+    const __m256i mask = _mm256_set1_epi32((int)0xFFFF0000u);
+    __m256 lo0 = _mm256_setzero_ps(), hi0 = _mm256_setzero_ps(), lo1 = _mm256_setzero_ps(), hi1 = _mm256_setzero_ps();
+    __m256 lo2 = _mm256_setzero_ps(), hi2 = _mm256_setzero_ps(), lo3 = _mm256_setzero_ps(), hi3 = _mm256_setzero_ps();
+    for (int k = 0; k < blocks; k++) {
+        const uint8_t *w = row + 64 * k;
+        __builtin_prefetch(w + SY_PREFETCH_DISTANCE);
+        __m256i r0 = _mm256_loadu_si256((const __m256i *)w), r1 = _mm256_loadu_si256((const __m256i *)(w + 32));
+        __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(r0, 16)), e1 = _mm256_castsi256_ps(_mm256_slli_epi32(r1, 16));
+        __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(r0, mask)), o1 = _mm256_castsi256_ps(_mm256_and_si256(r1, mask));
+#define SY_BF16_TOKEN(T, LO, HI)                                                                   \
+        if (tokens > T) {                                                                          \
+            const float *xt = x + (long)T * stride + 32 * k;                                       \
+            LO = _mm256_fmadd_ps(e0, _mm256_loadu_ps(xt), LO);                                     \
+            HI = _mm256_fmadd_ps(e1, _mm256_loadu_ps(xt + 8), HI);                                 \
+            LO = _mm256_fmadd_ps(o0, _mm256_loadu_ps(xt + 16), LO);                                \
+            HI = _mm256_fmadd_ps(o1, _mm256_loadu_ps(xt + 24), HI);                                \
+        }
+        SY_BF16_TOKEN(0, lo0, hi0)
+        SY_BF16_TOKEN(1, lo1, hi1)
+        SY_BF16_TOKEN(2, lo2, hi2)
+        SY_BF16_TOKEN(3, lo3, hi3)
+#undef SY_BF16_TOKEN
+    }
+    out[0] = bf16_reduce16(lo0, hi0);
+    if (tokens > 1) out[1] = bf16_reduce16(lo1, hi1);
+    if (tokens > 2) out[2] = bf16_reduce16(lo2, hi2);
+    if (tokens > 3) out[3] = bf16_reduce16(lo3, hi3);
+}
+
+__attribute__((target("avx512f,avx2,fma")))
+static inline float bf16_reduce512(__m512 v) {
+    return bf16_reduce16(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void bf16_avx512_n(const uint8_t *row, int blocks, const float *x, int stride, const int tokens, float *out) {
+    const __m512i mask = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int k = 0; k < blocks; k++) {
+        const uint8_t *w = row + 64 * k;
+        __builtin_prefetch(w + SY_PREFETCH_DISTANCE);
+        __m512i r = _mm512_loadu_si512((const void *)w);
+        __m512 e = _mm512_castsi512_ps(_mm512_slli_epi32(r, 16)), o = _mm512_castsi512_ps(_mm512_and_si512(r, mask));
+#define SY_BF16_TOKEN(T, A)                                                                        \
+        if (tokens > T) {                                                                          \
+            const float *xt = x + (long)T * stride + 32 * k;                                       \
+            A = _mm512_fmadd_ps(e, _mm512_loadu_ps(xt), A);                                        \
+            A = _mm512_fmadd_ps(o, _mm512_loadu_ps(xt + 16), A);                                   \
+        }
+        SY_BF16_TOKEN(0, a0)
+        SY_BF16_TOKEN(1, a1)
+        SY_BF16_TOKEN(2, a2)
+        SY_BF16_TOKEN(3, a3)
+#undef SY_BF16_TOKEN
+    }
+    out[0] = bf16_reduce512(a0);
+    if (tokens > 1) out[1] = bf16_reduce512(a1);
+    if (tokens > 2) out[2] = bf16_reduce512(a2);
+    if (tokens > 3) out[3] = bf16_reduce512(a3);
+}
+
+#define SY_INSTANTIATE_BF16(NAME, KERNEL, TARGET)                                                  \
+    __attribute__((target(TARGET)))                                                                \
+    static void NAME(const uint8_t *row, int blocks, const float *x, int stride, int tokens, float *out) { \
+        switch (tokens) {                                                                          \
+        case 1: KERNEL(row, blocks, x, stride, 1, out); break;                                     \
+        case 2: KERNEL(row, blocks, x, stride, 2, out); break;                                     \
+        case 3: KERNEL(row, blocks, x, stride, 3, out); break;                                     \
+        default: KERNEL(row, blocks, x, stride, 4, out); break;                                    \
+        }                                                                                          \
+    }
+
+SY_INSTANTIATE_BF16(bf16_avx2, bf16_avx2_n, "avx2,fma")
+SY_INSTANTIATE_BF16(bf16_avx512, bf16_avx512_n, "avx512f,avx2,fma")
+
+static int bf16_detected = -1;
+
+int sy_bf16_level(void) {
+    if (bf16_detected < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) {
+            bf16_detected = 2;
+        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+            bf16_detected = 1;
+        } else {
+            bf16_detected = 0;
+        }
+    }
+    int level = bf16_detected;
+    return forced >= 0 && forced < level ? forced : level;
+}
+
+void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
+                      long out_stride) {
+    void (*kernel)(const uint8_t *, int, const float *, int, int, float *) = sy_bf16_level() == 2 ? bf16_avx512 : bf16_avx2;
+    float sums[4];
+    for (int r = 0; r < nrows; r++) {
+        kernel((const uint8_t *)base + r * row_bytes, blocks, x, stride, tokens, sums);
+        for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
+    }
+}
+
+#else
+
+int sy_bf16_level(void) { return 0; }
+
+void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
+                      long out_stride) {
+    (void)base; (void)row_bytes; (void)nrows; (void)blocks; (void)x; (void)stride; (void)tokens; (void)out; (void)out_stride;
+}
+
+#endif

@@ -281,6 +281,38 @@ struct QuantizedDotTests {
     }
 }
 
+@Suite("bf16 C kernel", .serialized)
+struct BF16KernelTests {
+    /// The C bf16 kernel (AVX2, AVX-512) is its Swift twin (level 0 runs the Swift kernel) bit for
+    /// bit, on awkward row counts and token counts around the 4-token block.
+    @Test(arguments: [(7, 32, 1), (19, 96, 3), (33, 1024, 4), (5, 160, 9)])
+    func cKernelIsItsSwiftTwin(rows: Int, columns: Int, tokens: Int) {
+        let pool = ThreadPool(threads: 3)
+        let weights = randomFloats(rows * columns, seed: UInt64(rows * 13 + columns)).map(bf16Bits)
+        let input = randomFloats(tokens * columns, seed: 3)
+        func run(_ level: Int?) -> [Float] {
+            forceQuantizedDotLevel(level)
+            defer { forceQuantizedDotLevel(nil) }
+            var out = [Float](repeating: .nan, count: tokens * rows)
+            weights.withUnsafeBytes { raw in
+                let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
+                input.withUnsafeBufferPointer { x in
+                    out.withUnsafeMutableBufferPointer { o in
+                        matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                    }
+                }
+            }
+            return out
+        }
+        let swift = run(0)
+        for level in [1, 2] {
+            let c = run(level)
+            let first = c.indices.first { c[$0].bitPattern != swift[$0].bitPattern }
+            #expect(first == nil, "level \(level): first difference at \(first ?? -1)")
+        }
+    }
+}
+
 @Suite("Q4_K")
 struct Q4_KTests {
     /// Rows quantised by ggml's quantize_row_q4_K_ref and dequantised by the gguf package.

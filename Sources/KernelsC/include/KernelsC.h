@@ -27,7 +27,16 @@ void sy_rows_q4_k_q8(const void *rows, long row_bytes, int nrows, int superblock
 
 // Which instruction set the dot products use: 2 = AVX512-VNNI, 1 = AVX2, 0 = portable C.
 int sy_quantized_dot_level(void);
-// Uses `level` (at most what the CPU has) from now on: for tests of every path.
+// Caps every kernel family at `level` from now on (a level at or above the CPU's best lifts the
+// cap): for tests of every path.
 void sy_force_quantized_dot_level(int level);
+
+// bf16 rows against float32 activations permuted per block of 32 (even-indexed values, then odd),
+// [tokens][stride], `blocks` = columns / 32, up to four tokens: the twin of Kernels' dotRowBF16,
+// bit for bit, with software prefetch. Level 2 = AVX-512F, 1 = AVX2+FMA, 0 = none (use Swift's);
+// sy_force_quantized_dot_level caps it too, for tests.
+int sy_bf16_level(void);
+void sy_rows_bf16_f32(const void *rows, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
+                      long out_stride);
 
 #endif
