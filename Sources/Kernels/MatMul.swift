@@ -1,7 +1,7 @@
 import KernelsC
-/// How a weight matrix's elements are stored. Activations are always f32 in this module; weights
-/// are widened exactly to f32 as they are read (bf16 by a shift, f16 by the hardware conversion,
-/// Q8_0 as its int8 values times the block's scale).
+/// How a weight matrix's elements are stored. Weights are widened exactly to f32 as they are read
+/// (bf16 by a shift, f16 by the hardware conversion, Q8_0 as its int8 values times the block's
+/// scale), unless a product with block-quantised weights runs with int8 activations.
 public enum WeightElement: Sendable, Equatable {
     case f32, f16, bf16
     /// GGUF's Q8_0: blocks of 32 values, a float16 scale then 32 int8.

@@ -178,7 +178,7 @@ public func quantizedDotReference(
                     w[j + 16] = Int32(byte >> 4) - 8
                 }
             default:
-                preconditionFailure("integer dot products take Q8_0 or Q4_0 weights")
+                preconditionFailure("integer dot products take Q8_0, Q4_0 or Q4_K weights")
             }
             let d = dw * scales[t * (stride / 32) + b]
             var lanes = SIMD8<Float>()

@@ -5,7 +5,7 @@ import Kernels
 /// CUDA) plug in here: a device that holds a weight computes with it.
 public protocol ComputeDevice: AnyObject, Sendable {
     var name: String { get }
-    /// Activations of products with block-quantised weights (Q8_0, Q4_0).
+    /// Activations of products with block-quantised weights (Q8_0, Q4_0, Q4_K).
     var precision: ActivationPrecision { get }
     /// output[t, 0..<rows] = weight · input[t, 0..<columns] for t in 0..<tokens.
     func linear(
