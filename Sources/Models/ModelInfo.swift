@@ -13,12 +13,19 @@ public struct ModelInfo: Sendable {
     /// float32 keys and values, all layers.
     public var kvCacheBytesPerToken: Int
 
+    /// Values a tensor holds: a quantised one stores its last dimension in bytes.
+    static func values(_ t: TensorView, _ source: TensorSource) -> Int {
+        guard let format = source.storedQuantization(of: t.name), let last = t.shape.last, last > 0 else { return t.elementCount }
+        let block = format.element.blockValues
+        return t.elementCount / last * (last / format.element.rowBytes(block) * block)
+    }
+
     public init(_ model: Model) {
         let c = model.config
         var total = 0, bytes = 0
         var byType: [String: (Int, Int)] = [:]
         for t in model.tensors.allTensors {
-            total += t.elementCount
+            total += Self.values(t, model.tensors)
             bytes += t.byteCount
             let key = t.dtype.rawValue.lowercased()
             byType[key, default: (0, 0)].0 += 1
@@ -27,7 +34,7 @@ public struct ModelInfo: Sendable {
         if c.tieWordEmbeddings, model.tensors.contains("lm_head.weight"),
             let head = model.tensors.allTensors.first(where: { $0.name == "lm_head.weight" }) {
             // A stored copy of a tied head is not a parameter of its own.
-            total -= head.elementCount
+            total -= Self.values(head, model.tensors)
         }
         var experts = 0, inactive = 0
         for (layer, kind) in zip(model.weights.layers, c.feedForward) {

@@ -281,7 +281,10 @@ struct QuantizedCheckpointTests {
             let written = try QuantizedCheckpoint.write(from: fixturePath(arch), to: out, format: format, all: all, pool: pool)
             #expect(written.converted > 0)
             let tokens = [1, 15043, 3186, 29892, 77]
-            let stored = try Model(directory: out, threads: 2).makeSession(contextLength: 16).forward(tokens, allLogits: true)
+            let storedModel = try Model(directory: out, threads: 2)
+            // Parameters count values, not the bytes a quantised tensor is stored in.
+            #expect(ModelInfo(storedModel).totalParameters == ModelInfo(try Model(directory: fixturePath(arch), threads: 2)).totalParameters)
+            let stored = try storedModel.makeSession(contextLength: 16).forward(tokens, allLogits: true)
             let converted = try Model(directory: fixturePath(arch), threads: 2, quantization: WeightQuantization(format: format, all: all))
                 .makeSession(contextLength: 16).forward(tokens, allLogits: true)
             // Bit for bit (compared by hand: a failing == on 160,000 floats makes the test
