@@ -23,6 +23,11 @@ public enum WeightElement: Sendable, Equatable {
         }
     }
 
+    /// Elements in a stored row of `rowBytes` bytes: the inverse of `rowBytes(_:)`.
+    @inlinable public func columns(rowBytes: Int) -> Int {
+        rowBytes / self.rowBytes(blockValues) * blockValues
+    }
+
     /// Bytes of a row of `columns` elements (a multiple of `blockValues`).
     @inlinable public func rowBytes(_ columns: Int) -> Int {
         switch self {
@@ -259,6 +264,18 @@ public func matmul(
             }
         }
     }
+    // The C kernels take a block of rows and up to four tokens per call (the row loop is in C).
+    @inline(__always) func rowGroups(_ call: (_ start: Int, _ count: Int, _ t0: Int, _ tokens: Int32) -> Void) {
+        pool.parallelFor(items) { item in
+            let start = item * rowsPerItem
+            let count = min(rows, start + rowsPerItem) - start
+            var t0 = 0
+            while t0 < tokens {
+                call(start, count, t0, Int32(min(4, tokens - t0)))
+                t0 += 4
+            }
+        }
+    }
     switch element {
     case .q8_0 where precision == .int8, .q4_0 where precision == .int8, .q4_k where precision == .int8:
         let blocks = n / 32
@@ -272,23 +289,16 @@ public func matmul(
                 if element == .q4_k {
                     QuantizedActivations.blockSums(values: xq, scales: xd, columns: n, tokens: tokens, into: xs)
                 }
-                // The row loop is in C: one call per block of rows and four tokens.
-                pool.parallelFor(items) { item in
-                    let start = item * rowsPerItem
-                    let count = min(rows, start + rowsPerItem) - start
-                    var t0 = 0
-                    while t0 < tokens {
-                        let rowsAt = base + start * rowBytes, t = Int32(min(4, tokens - t0)), out = output + t0 * outputStride + start
-                        switch element {
-                        case .q4_k:
-                            sy_rows_q4_k_q8(rowsAt, rowBytes, Int32(count), Int32(n / Q4_K.blockValues), xq + t0 * n, xd + t0 * blocks,
-                                            xs + t0 * blocks, Int32(n), t, out, outputStride)
-                        case .q4_0:
-                            sy_rows_q4_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
-                        default:
-                            sy_rows_q8_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
-                        }
-                        t0 += 4
+                rowGroups { start, count, t0, t in
+                    let rowsAt = base + start * rowBytes, out = output + t0 * outputStride + start
+                    switch element {
+                    case .q4_k:
+                        sy_rows_q4_k_q8(rowsAt, rowBytes, Int32(count), Int32(n / Q4_K.blockValues), xq + t0 * n, xd + t0 * blocks,
+                                        xs + t0 * blocks, Int32(n), t, out, outputStride)
+                    case .q4_0:
+                        sy_rows_q4_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
+                    default:
+                        sy_rows_q8_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     }
                 }
             }
@@ -316,15 +326,9 @@ public func matmul(
             let perm = UnsafePointer(permuted.baseAddress!)
             if n % 32 == 0 && sy_bf16_level() > 0 {
                 // The C twin of dotRowBF16 (bit for bit), which can prefetch the weight stream.
-                pool.parallelFor(items) { item in
-                    let start = item * rowsPerItem
-                    let count = min(rows, start + rowsPerItem) - start
-                    var t0 = 0
-                    while t0 < tokens {
-                        sy_rows_bf16_f32(base + start * rowBytes, rowBytes, Int32(count), Int32(n / 32), perm + t0 * n, Int32(n),
-                                         Int32(min(4, tokens - t0)), output + t0 * outputStride + start, outputStride)
-                        t0 += 4
-                    }
+                rowGroups { start, count, t0, t in
+                    sy_rows_bf16_f32(base + start * rowBytes, rowBytes, Int32(count), Int32(n / 32), perm + t0 * n, Int32(n), t,
+                                     output + t0 * outputStride + start, outputStride)
                 }
                 return
             }

@@ -128,8 +128,7 @@ struct WeightBinder {
     /// A tensor's shape in values: a quantised one stores its last dimension in bytes.
     func logicalShape(_ t: TensorView) -> [Int] {
         guard let format = source.storedQuantization(of: t.name), let last = t.shape.last else { return t.shape }
-        let block = format.element.blockValues
-        return t.shape.dropLast() + [last / format.element.rowBytes(block) * block]
+        return t.shape.dropLast() + [format.element.columns(rowBytes: last)]
     }
 
     func checkShape(_ t: TensorView, _ expected: [Int], _ meaning: String) throws(ModelError) {

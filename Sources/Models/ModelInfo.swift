@@ -16,8 +16,7 @@ public struct ModelInfo: Sendable {
     /// Values a tensor holds: a quantised one stores its last dimension in bytes.
     static func values(_ t: TensorView, _ source: TensorSource) -> Int {
         guard let format = source.storedQuantization(of: t.name), let last = t.shape.last, last > 0 else { return t.elementCount }
-        let block = format.element.blockValues
-        return t.elementCount / last * (last / format.element.rowBytes(block) * block)
+        return t.elementCount / last * format.element.columns(rowBytes: last)
     }
 
     public init(_ model: Model) {

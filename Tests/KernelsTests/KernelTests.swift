@@ -135,16 +135,55 @@ struct AttentionTests {
     }
 }
 
-/// Rows and their bytes in `format` from the gguf package (scripts/quant_vectors.py).
-func quantVectors(_ format: String) -> [(values: [Float], bytes: [UInt8])] {
+/// Rows and their bytes in `format` from fixtures/quant/vectors.json (scripts/quant_vectors.py):
+/// `list` "cases" (the gguf package's quantisers) or "q4_k_cases" (ggml's, with gguf's
+/// dequantisation in `dequantized`).
+func quantVectors(_ format: String, list: String = "cases") -> [(values: [Float], bytes: [UInt8], dequantized: [Float])] {
     var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
     parts.removeLast(3)
     let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
-    return json["cases"]!.arrayValue!.map { c in
+    return json[list]!.arrayValue!.map { c in
         let hex = Array(c[format]!.stringValue!)
         let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
-        return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes)
+        return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes, c["dequantized"]?.arrayValue?.map { Float($0.doubleValue!) } ?? [])
     }
+}
+
+/// `weights` (rows of whole blocks) in a block format.
+func quantized(_ element: WeightElement, _ weights: [Float]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: element.rowBytes(weights.count))
+    weights.withUnsafeBufferPointer { w in
+        out.withUnsafeMutableBytes {
+            switch element {
+            case .q8_0: Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            case .q4_0: Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            default: Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            }
+        }
+    }
+    return out
+}
+
+/// Quantises random weights, checks the float-activation product against the plain reference
+/// over the values they hold, and returns the weights and the matrix's bytes for checks of the
+/// quantisation error.
+func checkFloatPath(_ element: WeightElement, rows: Int, columns: Int, tokens: Int, seed: UInt64) -> (weights: [Float], bytes: [UInt8]) {
+    let pool = ThreadPool(threads: 3)
+    let weights = randomFloats(rows * columns, seed: seed)
+    let bytes = quantized(element, weights)
+    let input = randomFloats(tokens * columns, seed: seed &+ 1)
+    bytes.withUnsafeBytes { raw in
+        let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
+        let expected = matmulReference(m, input: input, tokens: tokens)
+        var out = [Float](repeating: .nan, count: tokens * rows)
+        input.withUnsafeBufferPointer { x in
+            out.withUnsafeMutableBufferPointer { o in
+                matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+            }
+        }
+        for i in out.indices { #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "\(element) [\(i)] \(out[i]) vs \(expected[i])") }
+    }
+    return (weights, bytes)
 }
 
 @Suite("Q8_0")
@@ -154,29 +193,15 @@ struct Q8_0Tests {
     @Test func quantizationIsGGUFs() {
         #expect(Self.cases.count == 5)
         for c in Self.cases {
-            var out = [UInt8](repeating: 0, count: c.values.count / 32 * Q8_0.blockBytes)
-            c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q8_0.quantize(v.baseAddress!, count: c.values.count, into: $0.baseAddress!) } }
-            #expect(out == c.bytes)
+            #expect(quantized(.q8_0, c.values) == c.bytes)
         }
     }
 
     @Test(arguments: [(7, 32, 1), (19, 96, 3), (5, 160, 5), (33, 64, 9)])
     func matmulMatchesReference(rows: Int, columns: Int, tokens: Int) {
-        let pool = ThreadPool(threads: 3)
-        let weights = randomFloats(rows * columns, seed: UInt64(rows + columns))
-        var quantized = [UInt8](repeating: 0, count: rows * columns / 32 * Q8_0.blockBytes)
-        weights.withUnsafeBufferPointer { w in quantized.withUnsafeMutableBytes { Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) } }
-        let input = randomFloats(tokens * columns, seed: 5)
-        quantized.withUnsafeBytes { raw in
+        let (weights, bytes) = checkFloatPath(.q8_0, rows: rows, columns: columns, tokens: tokens, seed: UInt64(rows + columns))
+        bytes.withUnsafeBytes { raw in
             let m = WeightMatrix(element: .q8_0, rows: rows, columns: columns, data: raw.baseAddress!)
-            let expected = matmulReference(m, input: input, tokens: tokens)
-            var out = [Float](repeating: .nan, count: tokens * rows)
-            input.withUnsafeBufferPointer { x in
-                out.withUnsafeMutableBufferPointer { o in
-                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
-                }
-            }
-            for i in out.indices { #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "[\(i)] \(out[i]) vs \(expected[i])") }
             // Dequantised values stay within half a step of the originals, plus the float16
             // rounding of the scale (up to 2^-11 relative, times |q| <= 127).
             for r in 0..<rows {
@@ -197,24 +222,8 @@ struct QuantizedDotTests {
     @Test func q4_0QuantizationIsGGUFs() {
         #expect(Self.cases.count == 5)
         for c in Self.cases {
-            var out = [UInt8](repeating: 0, count: c.values.count / 32 * Q4_0.blockBytes)
-            c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q4_0.quantize(v.baseAddress!, count: c.values.count, into: $0.baseAddress!) } }
-            #expect(out == c.bytes)
+            #expect(quantized(.q4_0, c.values) == c.bytes)
         }
-    }
-
-    func quantized(_ element: WeightElement, _ weights: [Float]) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: element.rowBytes(weights.count))
-        weights.withUnsafeBufferPointer { w in
-            out.withUnsafeMutableBytes {
-                switch element {
-                case .q8_0: Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
-                case .q4_0: Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
-                default: Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
-                }
-            }
-        }
-        return out
     }
 
     // Awkward shapes: block counts that are not multiples of anything, token counts around the
@@ -316,22 +325,12 @@ struct BF16KernelTests {
 @Suite("Q4_K")
 struct Q4_KTests {
     /// Rows quantised by ggml's quantize_row_q4_K_ref and dequantised by the gguf package.
-    static let cases: [(values: [Float], bytes: [UInt8], dequantized: [Float])] = {
-        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)
-        let json = try! JSONValue.parse(try! readFileBytes(parts.joined(separator: "/") + "/fixtures/quant/vectors.json"))
-        return json["q4_k_cases"]!.arrayValue!.map { c in
-            let hex = Array(c["q4_k"]!.stringValue!)
-            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
-            return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes, c["dequantized"]!.arrayValue!.map { Float($0.doubleValue!) })
-        }
-    }()
+    static let cases = quantVectors("q4_k", list: "q4_k_cases")
 
     @Test func quantizationIsGGMLs() {
         #expect(Self.cases.count == 5)
         for (n, c) in Self.cases.enumerated() {
-            var out = [UInt8](repeating: 0, count: c.values.count / 256 * Q4_K.blockBytes)
-            c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q4_K.quantize(v.baseAddress!, count: c.values.count, into: $0.baseAddress!) } }
+            let out = quantized(.q4_k, c.values)
             let differing = out.indices.filter { out[$0] != c.bytes[$0] }
             #expect(out.count == c.bytes.count && differing.isEmpty, "row \(n): bytes \(differing.prefix(8)) differ")
         }
@@ -348,21 +347,9 @@ struct Q4_KTests {
 
     @Test(arguments: [(7, 256, 1), (19, 512, 3), (5, 768, 5), (33, 256, 9)])
     func floatPathMatchesReference(rows: Int, columns: Int, tokens: Int) {
-        let pool = ThreadPool(threads: 3)
-        let weights = randomFloats(rows * columns, seed: UInt64(rows * 3 + columns))
-        var bytes = [UInt8](repeating: 0, count: WeightElement.q4_k.rowBytes(columns) * rows)
-        weights.withUnsafeBufferPointer { w in bytes.withUnsafeMutableBytes { Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!) } }
-        let input = randomFloats(tokens * columns, seed: 9)
+        let (weights, bytes) = checkFloatPath(.q4_k, rows: rows, columns: columns, tokens: tokens, seed: UInt64(rows * 3 + columns))
         bytes.withUnsafeBytes { raw in
             let m = WeightMatrix(element: .q4_k, rows: rows, columns: columns, data: raw.baseAddress!)
-            let expected = matmulReference(m, input: input, tokens: tokens)
-            var out = [Float](repeating: .nan, count: tokens * rows)
-            input.withUnsafeBufferPointer { x in
-                out.withUnsafeMutableBufferPointer { o in
-                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
-                }
-            }
-            for i in out.indices { #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "[\(i)] \(out[i]) vs \(expected[i])") }
             // 4 bits with a fitted offset: each value within a step of 1/15 of its sub-block's range
             // (plus the 6-bit rounding of scale and min).
             for r in 0..<rows {

@@ -160,33 +160,33 @@ func dequantize(_ model: Model, keep: inout [[Float]]) throws {
     keep = buffers
 }
 
+/// Logits of every prompt position, then 8 greedy tokens: what quantised runs are compared on.
+func logitsAndGreedyTokens(_ model: Model, _ prompt: [Int]) throws -> (logits: [Float], tokens: [Int]) {
+    let logits = try model.makeSession(contextLength: 64).forward(prompt, allLogits: true)
+    let greedy = model.makeSession(contextLength: 64)
+    var last = try greedy.forward(prompt)
+    var tokens: [Int] = []
+    for _ in 0..<8 {
+        let next = last.indices.max { last[$0] < last[$1] }!
+        tokens.append(next)
+        last = try greedy.forward([next])
+    }
+    return (logits, tokens)
+}
+
+/// The largest relative error over the positions of [positions, vocab] logits.
+func worstPositionError(_ a: [Float], _ b: [Float], vocab v: Int) -> Double {
+    (0..<(b.count / v)).map { p in relativeError(a[p * v..<(p + 1) * v], b[p * v..<(p + 1) * v]) }.max()!
+}
+
 @Suite("Quantised weights on the fixture models")
 struct QuantizedFixtureTests {
-    /// Prompt logits and greedy tokens; dense architectures have every matrix converted (they have
-    /// no experts), MoE ones their experts.
-    func run(_ model: Model, _ reference: Reference) throws -> (logits: [Float], tokens: [Int]) {
-        let logits = try model.makeSession(contextLength: 64).forward(reference.promptTokens, allLogits: true)
-        let greedy = model.makeSession(contextLength: 64)
-        var last = try greedy.forward(reference.promptTokens)
-        var tokens: [Int] = []
-        for _ in 0..<8 {
-            let next = last.indices.max { last[$0] < last[$1] }!
-            tokens.append(next)
-            last = try greedy.forward([next])
-        }
-        return (logits, tokens)
-    }
-
+    /// Dense architectures have every matrix converted (they have no experts), MoE ones their experts.
     func load(_ arch: String, _ format: WeightQuantization.Format, _ precision: ActivationPrecision) throws -> Model {
         let pool = ThreadPool(threads: 2)
         let moe = !["llama", "qwen2", "qwen3"].contains(arch)
         return try Model(directory: fixturePath(arch), device: CPUDevice(pool: pool, precision: precision), pool: pool,
                          quantization: WeightQuantization(format: format, all: !moe))
-    }
-
-    func maxError(_ a: [Float], _ b: [Float], _ reference: Reference) -> Double {
-        let v = reference.vocab
-        return reference.promptTokens.indices.map { p in relativeError(a[p * v..<(p + 1) * v], b[p * v..<(p + 1) * v]) }.max()!
     }
 
     @Test("Q8_0, Q4_0 and Q4_K (Q4_0 at hidden 32) against the float32 pass over the same quantised values", arguments: architectures)
@@ -196,16 +196,16 @@ struct QuantizedFixtureTests {
             var kept: [[Float]] = []
             let oracleModel = try load(arch, format, .f32)
             try dequantize(oracleModel, keep: &kept)
-            let oracle = try run(oracleModel, reference)
+            let oracle = try logitsAndGreedyTokens(oracleModel, reference.promptTokens)
             // Float activations: the quantised kernels widen the weights exactly.
-            let exact = try run(load(arch, format, .f32), reference)
-            #expect(maxError(exact.logits, oracle.logits, reference) <= 1e-5, "\(arch) \(format) f32")
+            let exact = try logitsAndGreedyTokens(load(arch, format, .f32), reference.promptTokens)
+            #expect(worstPositionError(exact.logits, oracle.logits, vocab: reference.vocab) <= 1e-5, "\(arch) \(format) f32")
             #expect(exact.tokens == oracle.tokens, "\(arch) \(format) f32")
             // Activations quantised per block of 32 (--precision int8). On these tiny random models
             // (hidden size 32: one block per row) it is 1.3% to 8% off, so it is not what `auto`
             // picks; the bound catches a broken kernel, not the approximation.
-            let integer = try run(load(arch, format, .int8), reference)
-            let error = maxError(integer.logits, oracle.logits, reference)
+            let integer = try logitsAndGreedyTokens(load(arch, format, .int8), reference.promptTokens)
+            let error = worstPositionError(integer.logits, oracle.logits, vocab: reference.vocab)
             #expect(error <= 0.1, "\(arch) \(format) int8: \(error)")
         }
     }
@@ -237,18 +237,6 @@ struct Q4_KModelTests {
                              quantization: WeightQuantization(format: .q4_k))
         }
         let prompt = [1, 17, 250, 42, 7, 99]
-        func run(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
-            let logits = try model.makeSession(contextLength: 32).forward(prompt, allLogits: true)
-            let greedy = model.makeSession(contextLength: 32)
-            var last = try greedy.forward(prompt)
-            var tokens: [Int] = []
-            for _ in 0..<8 {
-                let next = last.indices.max { last[$0] < last[$1] }!
-                tokens.append(next)
-                last = try greedy.forward([next])
-            }
-            return (logits, tokens)
-        }
         let model = try load(.f32)
         var experts = 0
         for layer in model.weights.layers {
@@ -258,14 +246,13 @@ struct Q4_KModelTests {
         var kept: [[Float]] = []
         let oracleModel = try load(.f32)
         try dequantize(oracleModel, keep: &kept)
-        let oracle = try run(oracleModel)
-        let exact = try run(model)
-        let v = 300
-        let worst = prompt.indices.map { p in relativeError(exact.logits[p * v..<(p + 1) * v], oracle.logits[p * v..<(p + 1) * v]) }.max()!
+        let oracle = try logitsAndGreedyTokens(oracleModel, prompt)
+        let exact = try logitsAndGreedyTokens(model, prompt)
+        let worst = worstPositionError(exact.logits, oracle.logits, vocab: 300)
         #expect(worst <= 1e-5, "f32: \(worst)")
         #expect(exact.tokens == oracle.tokens)
-        let integer = try run(load(.int8))
-        let error = prompt.indices.map { p in relativeError(integer.logits[p * v..<(p + 1) * v], oracle.logits[p * v..<(p + 1) * v]) }.max()!
+        let integer = try logitsAndGreedyTokens(load(.int8), prompt)
+        let error = worstPositionError(integer.logits, oracle.logits, vocab: 300)
         #expect(error <= 1e-2, "int8: \(error)")
     }
 }
