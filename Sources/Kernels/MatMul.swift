@@ -10,6 +10,9 @@ public enum WeightElement: Sendable, Equatable {
     case q4_0
     /// GGUF's Q4_K: super-blocks of 256 values with 6-bit scales and mins per 32, 4-bit values.
     case q4_k
+    /// Q8_0 and Q4_0 regrouped at load for the integer kernels: groups of 4 blocks with their
+    /// scales together (see GroupedBlocks); the same bytes per row as GGUF's.
+    case q8_0x4, q4_0x4
 
     /// Whether rows are in blocks (columns must be a multiple of `blockValues`).
     @inlinable public var isBlockQuantized: Bool { blockValues > 1 }
@@ -20,6 +23,7 @@ public enum WeightElement: Sendable, Equatable {
         case .f32, .f16, .bf16: return 1
         case .q8_0, .q4_0: return 32
         case .q4_k: return Q4_K.blockValues
+        case .q8_0x4, .q4_0x4: return GroupedBlocks.groupValues
         }
     }
 
@@ -36,6 +40,7 @@ public enum WeightElement: Sendable, Equatable {
         case .q8_0: return columns / 32 * Q8_0.blockBytes
         case .q4_0: return columns / 32 * Q4_0.blockBytes
         case .q4_k: return columns / Q4_K.blockValues * Q4_K.blockBytes
+        case .q8_0x4, .q4_0x4: return columns / 128 * GroupedBlocks.groupBytes(q4: self == .q4_0x4)
         }
     }
 }
@@ -81,6 +86,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .q8_0: return Q8_0.value(data + r * rowBytes, c)
         case .q4_0: return Q4_0.value(data + r * rowBytes, c)
         case .q4_k: return Q4_K.value(data + r * rowBytes, c)
+        case .q8_0x4, .q4_0x4: return GroupedBlocks.value(data + r * rowBytes, c, q4: element == .q4_0x4)
         }
     }
 }
@@ -97,7 +103,7 @@ func loadWidened(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     case .bf16:
         let raw = (row + index * 2).loadUnaligned(as: SIMD16<UInt16>.self)
         return unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: raw) &<< 16, to: Vector16.self)
-    case .q8_0, .q4_0, .q4_k:
+    case .q8_0, .q4_0, .q4_k, .q8_0x4, .q4_0x4:
         preconditionFailure("block-quantised rows have their own kernels")
     }
 }
@@ -112,6 +118,7 @@ public func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ ind
     case .q8_0: return Q8_0.value(row, index)
     case .q4_0: return Q4_0.value(row, index)
     case .q4_k: return Q4_K.value(row, index)
+    case .q8_0x4, .q4_0x4: return GroupedBlocks.value(row, index, q4: element == .q4_0x4)
     }
 }
 
@@ -302,6 +309,36 @@ public func matmul(
                     }
                 }
             }
+        }
+    case .q8_0x4 where precision == .int8, .q4_0x4 where precision == .int8:
+        let q4 = element == .q4_0x4, blocks = n / 32, lanes = n / 8
+        withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, 2 * tokens * n)) { values in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * (blocks + lanes))) { scales in
+                withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(1, tokens * lanes)) { corrections in
+                    let xq = values.baseAddress!, x = xq + tokens * n, xd = scales.baseAddress!, dx = xd + tokens * blocks
+                    QuantizedActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens, values: xq, scales: xd)
+                    GroupedActivations.arrange(values: xq, scales: xd, columns: n, tokens: tokens, q4: q4, into: x, scales: dx,
+                                               corrections: corrections.baseAddress!)
+                    let corr = UnsafePointer(corrections.baseAddress!)
+                    rowGroups { start, count, t0, t in
+                        sy_rows_grouped_q8(base + start * rowBytes, rowBytes, Int32(count), Int32(n / 128), q4 ? 1 : 0, x + t0 * n, dx + t0 * lanes,
+                                           corr + t0 * lanes, Int32(n), t, output + t0 * outputStride + start, outputStride)
+                    }
+                }
+            }
+        }
+    case .q8_0x4, .q4_0x4:
+        // Exact float activations over grouped weights: widened one value at a time (a slow path;
+        // grouping is done at load only for int8 activations).
+        rowBlocks { row, t0, count in
+            var s = SIMD4<Float>()
+            for t in 0..<count {
+                let x = input + (t0 + t) * inputStride
+                var sum: Float = 0
+                for c in 0..<n { sum = sum.addingProduct(widenScalar(element, row, c), x[c]) }
+                s[t] = sum
+            }
+            return s
         }
     case .q4_k:
         rowBlocks { row, t0, count in

@@ -1,4 +1,5 @@
 #include "KernelsC.h"
+#include "levels.h"
 #include <math.h>
 #include <string.h>
 
@@ -157,11 +158,6 @@ static inline float reduce256(__m256 v) {
 // instantiated for each (always_inline with literal arguments), so the compiler keeps every
 // accumulator in a register and unrolls the token loop: with a run-time count they lived on the
 // stack and each block waited on a store and a reload.
-// Weights stream from memory once per token: the hardware prefetcher alone left the decode kernels
-// waiting on their loads (1.2x slower on two cores here); 2 KiB ahead measured best of 0.25-4 KiB.
-#ifndef SY_PREFETCH_DISTANCE
-#define SY_PREFETCH_DISTANCE 2048
-#endif
 #define SY_KERNEL_BODY(QUADS)                                                                      \
     const int block_bytes = q4 ? 18 : 34;                                                          \
     const int scales = stride / 32;                                                                \
@@ -334,9 +330,17 @@ void sy_force_quantized_dot_level(int level) { (void)level; }
 
 typedef void (*row_kernel)(const uint8_t *, int, int, const int8_t *, const float *, int, int, float *);
 
+int sy_integer_level_in_force(void) {
+#if defined(__x86_64__)
+    return forced >= 0 ? forced : sy_quantized_dot_level();
+#else
+    return 0;
+#endif
+}
+
 static row_kernel chosen_kernel(void) {
 #if defined(__x86_64__)
-    switch (forced >= 0 ? forced : sy_quantized_dot_level()) {
+    switch (sy_integer_level_in_force()) {
     case 2: return dot_vnni;
     case 1: return dot_avx2;
     default: return dot_portable;
@@ -372,7 +376,7 @@ void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblock
                      const float *xs, int stride, int tokens, float *out, long out_stride) {
     q4k_kernel kernel = q4k_portable;
 #if defined(__x86_64__)
-    switch (forced >= 0 ? forced : sy_quantized_dot_level()) {
+    switch (sy_integer_level_in_force()) {
     case 2: kernel = q4k_vnni; break;
     case 1: kernel = q4k_avx2; break;
     default: break;

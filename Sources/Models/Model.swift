@@ -36,9 +36,12 @@ public final class Model: @unchecked Sendable {
         try self.init(directory: directory, device: CPUDevice(pool: pool), pool: pool, randomWeights: randomWeights, quantization: quantization)
     }
 
+    /// - Parameter regroup: with int8 activations on `device`, regroup Q8_0 and Q4_0 weights for
+    ///   the integer kernels (GroupedBlocks); false keeps them as stored (the disk tier reads
+    ///   experts from the files, so it needs the stored layout).
     public init(
         directory: String, device: ComputeDevice, pool: ThreadPool, randomWeights: Bool = false,
-        quantization: WeightQuantization? = nil
+        quantization: WeightQuantization? = nil, regroup: Bool = true
     ) throws(ModelError) {
         self.directory = directory
         config = try Model.readConfig(directory: directory)
@@ -53,7 +56,11 @@ public final class Model: @unchecked Sendable {
         }
         let bound = try DecoderWeights.bind(config, from: tensors)
         var storage: [OwnedBytes] = []
-        weights = quantization.map { bound.quantized($0, pool: pool, storage: &storage) } ?? bound
+        var weights = quantization.map { bound.quantized($0, pool: pool, storage: &storage) } ?? bound
+        if regroup && device.precision == .int8 {
+            weights = weights.regrouped(pool: pool, storage: &storage, fileBacked: tensors is CheckpointTensors)
+        }
+        self.weights = weights
         quantizedStorage = storage
         self.quantization = quantization
         rotary = RotaryEmbedding(config.rope, headDim: config.headDim, maxPositions: config.maxPositions)

@@ -1,4 +1,9 @@
 import Kernels
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Weights converted to a quantised format at load (`--quantize`), in memory the model owns.
 public struct WeightQuantization: Sendable, Equatable {
@@ -44,20 +49,55 @@ public struct WeightQuantization: Sendable, Equatable {
 /// Owns the bytes of converted weights.
 final class OwnedBytes: @unchecked Sendable {
     let pointer: UnsafeMutableRawPointer
-    init(_ count: Int) { pointer = .allocate(byteCount: max(count, 1), alignment: 64) }
+    let count: Int
+    init(_ count: Int) {
+        self.count = count
+        pointer = .allocate(byteCount: max(count, 1), alignment: 64)
+    }
     deinit { pointer.deallocate() }
+
+    func contains(_ p: UnsafeRawPointer) -> Bool { p >= UnsafeRawPointer(pointer) && p < UnsafeRawPointer(pointer) + count }
 }
 
 extension DecoderWeights {
+    /// These weights with `transform` applied to the routed experts' matrices and, when `all`, to
+    /// every other matrix but the embedding and the routers (a tied output head is the embedding,
+    /// which stays as stored, as `switchyard quantize` keeps it).
+    func mapMatrices(all: Bool, _ transform: (WeightMatrix) -> WeightMatrix) -> DecoderWeights {
+        var out = self
+        func convert(_ f: FeedForwardWeights) -> FeedForwardWeights {
+            FeedForwardWeights(gate: transform(f.gate), up: transform(f.up), down: transform(f.down))
+        }
+        for i in out.layers.indices {
+            switch out.layers[i].feedForward {
+            case .dense(let f):
+                if all { out.layers[i].feedForward = .dense(convert(f)) }
+            case .mixtureOfExperts(var m):
+                m.experts = m.experts.map(convert)
+                if all, let shared = m.sharedExpert { m.sharedExpert = convert(shared) }
+                out.layers[i].feedForward = .mixtureOfExperts(m)
+            }
+            if all {
+                let a = out.layers[i].attention
+                out.layers[i].attention.query = transform(a.query)
+                out.layers[i].attention.key = transform(a.key)
+                out.layers[i].attention.value = transform(a.value)
+                out.layers[i].attention.output = transform(a.output)
+            }
+        }
+        if all && out.lmHead.data != out.embedding.data { out.lmHead = transform(out.lmHead) }
+        return out
+    }
+
     /// These weights with the chosen matrices converted; `storage` collects the new buffers.
     func quantized(_ q: WeightQuantization, pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
-        var out = self
-        func convert(_ m: WeightMatrix) -> WeightMatrix {
+        var buffers: [OwnedBytes] = []
+        let out = mapMatrices(all: q.all) { m in
             guard let format = q.format.stored(columns: m.columns), !m.element.isBlockQuantized else { return m }
             let element = format.element
             let rowBytes = element.rowBytes(m.columns)
             let bytes = OwnedBytes(m.rows * rowBytes)
-            storage.append(bytes)
+            buffers.append(bytes)
             let target = bytes.pointer
             pool.parallelFor((m.rows + 63) / 64) { chunk in
                 let row = UnsafeMutablePointer<Float>.allocate(capacity: m.columns)
@@ -70,28 +110,41 @@ extension DecoderWeights {
             }
             return WeightMatrix(element: element, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
         }
-        func convert(_ f: FeedForwardWeights) -> FeedForwardWeights {
-            FeedForwardWeights(gate: convert(f.gate), up: convert(f.up), down: convert(f.down))
-        }
-        for i in out.layers.indices {
-            switch out.layers[i].feedForward {
-            case .dense(let f):
-                if q.all { out.layers[i].feedForward = .dense(convert(f)) }
-            case .mixtureOfExperts(var m):
-                m.experts = m.experts.map(convert)
-                if q.all, let shared = m.sharedExpert { m.sharedExpert = convert(shared) }
-                out.layers[i].feedForward = .mixtureOfExperts(m)
-            }
-            if q.all {
-                let a = out.layers[i].attention
-                out.layers[i].attention.query = convert(a.query)
-                out.layers[i].attention.key = convert(a.key)
-                out.layers[i].attention.value = convert(a.value)
-                out.layers[i].attention.output = convert(a.output)
-            }
-        }
-        // A tied output head is the embedding, which stays as stored (as `switchyard quantize` keeps it).
-        if q.all && out.lmHead.data != out.embedding.data { out.lmHead = convert(out.lmHead) }
+        storage += buffers
         return out
     }
+
+    /// Q8_0 and Q4_0 matrices (rows of whole groups of 128) regrouped for the integer kernels
+    /// (GroupedBlocks). Converted weights are regrouped in place; weights read from the files go to
+    /// new buffers in `storage`, and the file pages they were read from are released, so resident
+    /// memory does not hold both layouts.
+    func regrouped(pool: ThreadPool, storage: inout [OwnedBytes], fileBacked: Bool) -> DecoderWeights {
+        var buffers: [OwnedBytes] = []
+        let owned = storage
+        let out = mapMatrices(all: true) { m in
+            guard GroupedBlocks.grouped(m.element) != nil, m.columns % GroupedBlocks.groupValues == 0 else { return m }
+            let bytes = m.rows * m.rowBytes
+            if let buffer = owned.first(where: { $0.contains(m.data) }) {
+                return GroupedBlocks.regroup(m, into: buffer.pointer + (m.data - UnsafeRawPointer(buffer.pointer)), pool: pool)
+            }
+            let buffer = OwnedBytes(bytes)
+            buffers.append(buffer)
+            let grouped = GroupedBlocks.regroup(m, into: buffer.pointer, pool: pool)
+            if fileBacked { dropPages(m.data, bytes) }
+            return grouped
+        }
+        storage += buffers
+        return out
+    }
+}
+
+/// Drops the pages of a file-mapped range from this process (they are re-read if touched again),
+/// so weights that were copied elsewhere (another tier, a regrouped layout) stop counting against
+/// host RAM.
+public func dropPages(_ pointer: UnsafeRawPointer, _ bytes: Int) {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let start = (Int(bitPattern: pointer) + page - 1) / page * page
+    let end = (Int(bitPattern: pointer) + bytes) / page * page
+    guard end > start else { return }
+    _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, Int32(MADV_DONTNEED))
 }

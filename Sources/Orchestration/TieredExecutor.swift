@@ -895,16 +895,6 @@ extension Duration {
     }
 }
 
-/// Drops the pages of a file-mapped range from this process (they are re-read if touched again),
-/// so weights that moved to another tier stop counting against host RAM.
-func dropPages(_ pointer: UnsafeRawPointer, _ bytes: Int) {
-    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-    let start = (Int(bitPattern: pointer) + page - 1) / page * page
-    let end = (Int(bitPattern: pointer) + bytes) / page * page
-    guard end > start else { return }
-    _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, Int32(MADV_DONTNEED))
-}
-
 /// A disk read failing after the files were validated (the file changed or the drive failed): the
 /// forward pass cannot go on, so say what happened and stop, without a crash trace.
 func fail(_ error: OrchestrationError) -> Never {

@@ -112,7 +112,8 @@ struct ModelOptions: ParsableArguments {
             device = TieredDevice(cpu: CPUDevice(pool: pool, precision: activations), accelerator: accelerator)
             emulated = accelerator
         }
-        let loaded = try Model(directory: directory, device: device, pool: pool, randomWeights: randomWeights, quantization: quantization)
+        let loaded = try Model(directory: directory, device: device, pool: pool, randomWeights: randomWeights, quantization: quantization,
+                               regroup: !(tiered && ramBudget != nil))
         if tiered {
             var options = TierOptions()
             options.ramBudget = try ramBudget.map(parseByteSize)

@@ -25,6 +25,16 @@ void sy_rows_q4_0_q8(const void *rows, long row_bytes, int nrows, int blocks, co
 void sy_rows_q4_k_q8(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
                      const float *xs, int stride, int tokens, float *out, long out_stride);
 
+// Grouped rows (Kernels' WeightElement.q8_0x4 / .q4_0x4, regrouped at load from GGUF's blocks):
+// groups of 4 blocks (128 values), each the 4 blocks' float16 scales (8 bytes) then, for Q4_0, the
+// 4 blocks' 16 nibble bytes as stored (64 bytes), for Q8_0, the 4 blocks' first 16 values then
+// their last 16, each value xor 0x80 (128 bytes). Activations in the same order, [tokens][stride]
+// int8 (`x`, stride = columns), with per lane (16 per group: lane 4k + j covers block k's elements
+// 4j..4j+3 and 16+4j..16+4j+3) the block's scale (`dx`) and -K x the lane's sum of values (`corr`,
+// K = 8 for Q4_0, 128 for Q8_0), both [tokens][stride / 8]. Up to four tokens; `q4` picks the format.
+void sy_rows_grouped_q8(const void *rows, long row_bytes, int nrows, int groups, int q4, const int8_t *x, const float *dx,
+                        const int32_t *corr, int stride, int tokens, float *out, long out_stride);
+
 // Which instruction set the dot products use: 2 = AVX512-VNNI, 1 = AVX2, 0 = portable C.
 int sy_quantized_dot_level(void);
 // Caps every kernel family at `level` from now on (a level at or above the CPU's best lifts the

@@ -1,0 +1,229 @@
+#include "KernelsC.h"
+#include "levels.h"
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+// Grouped Q8_0 and Q4_0 rows (see KernelsC.h) against grouped int8 activations. A group is 4
+// blocks of 32 = 128 values; its 16 int32 lanes are lane L = 4k + j of block k: the products of the
+// block's elements 4j..4j+3 and 16+4j..16+4j+3. Because every lane lies in one block, the whole
+// group's products go through one vector of integer sums, one conversion and one multiply-add
+// with (weight scale x activation scale) per lane, instead of one per block; the float16 scales sit
+// together at the group's head, widened four at a time.
+//
+// The integer lanes are exact whatever the instructions, so every level gives the same floats:
+// acc[L] = fma(float(lane sum L), dw[k] * dx[k], acc[L]) over the groups in order, then
+// ((a[i] + a[i+8]) for i < 8) summed as ((b0 + b4) + (b1 + b5)) + ((b2 + b6) + (b3 + b7)).
+// Kernels' groupedDotReference is the Swift twin, and tests hold the C to it bit for bit.
+
+static inline float reduce16(const float a[16]) {
+    float b[8];
+    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
+    return ((b[0] + b[4]) + (b[1] + b[5])) + ((b[2] + b[6]) + (b[3] + b[7]));
+}
+
+static inline float half_value(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, magnitude = (uint32_t)(h & 0x7FFF) << 13, bits;
+    if ((h & 0x7C00) == 0x7C00) {
+        bits = sign | 0x7F800000 | (magnitude & 0x007FFFFF);
+    } else {
+        float f;
+        memcpy(&f, &magnitude, 4);
+        f *= 0x1p112f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+static void grouped_portable(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx, int stride, int tokens,
+                             float *out) {
+    const int group_bytes = q4 ? 72 : 136;
+    for (int t = 0; t < tokens; t++) {
+        float acc[16] = {0};
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *group = row + (long)g * group_bytes;
+            const int8_t *xg = x + (long)t * stride + 128 * g;
+            for (int lane = 0; lane < 16; lane++) {
+                const int k = lane / 4, j = lane % 4;
+                int32_t sum = 0;
+                for (int i = 0; i < 4; i++) {
+                    const int e = 16 * k + 4 * j + i; // byte in the group's first (and second) halves
+                    int w0, w1;
+                    if (q4) {
+                        w0 = (group[8 + e] & 0x0F) - 8;
+                        w1 = (group[8 + e] >> 4) - 8;
+                    } else {
+                        w0 = (int8_t)(group[8 + e] ^ 0x80);
+                        w1 = (int8_t)(group[8 + 64 + e] ^ 0x80);
+                    }
+                    sum += w0 * xg[e] + w1 * xg[64 + e];
+                }
+                uint16_t h;
+                memcpy(&h, group + 2 * k, 2);
+                const float s = half_value(h) * dx[(long)t * (stride / 8) + 16 * g + lane];
+                acc[lane] = __builtin_fmaf((float)sum, s, acc[lane]);
+            }
+        }
+        out[t] = reduce16(acc);
+    }
+}
+
+#if defined(__x86_64__)
+
+// One group's integer lane sums for AVX2, as two halves of 8 lanes (blocks 0-1, blocks 2-3).
+// Q4_0: nibbles are unsigned (0..15), so maddubs cannot saturate (two products and two more from
+// the other half stay below 2^13) and the activations' -8 x (sum of the lane's values), `corr`,
+// restores the signed weights. Q8_0: xor 0x80 gives the signed values back; |w| x (x with w's
+// sign) keeps maddubs below 2^15, and each half is widened to int32 before they add.
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline __m256i lanes_avx2(const uint8_t *group, int q4, int half, const int8_t *xg, const int32_t *corr) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + 32 * half));
+    __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * half));
+    if (q4) {
+        const __m256i nibble = _mm256_set1_epi8(0x0F);
+        __m256i raw = _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half));
+        __m256i lo = _mm256_and_si256(raw, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);
+        __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
+        return _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), _mm256_loadu_si256((const __m256i *)(corr + 8 * half)));
+    }
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half)), flip);
+    __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(group + 72 + 32 * half)), flip);
+    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
+    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones);
+    return _mm256_add_epi32(p0, p1);
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static inline float reduce_ymm(__m256 lo, __m256 hi) {
+    float a[16];
+    _mm256_storeu_ps(a, lo);
+    _mm256_storeu_ps(a + 8, hi);
+    return reduce16(a);
+}
+
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void grouped_avx2_n(const uint8_t *row, int groups, const int q4, const int8_t *x, const float *dx,
+                                  const int32_t *corr, int stride, const int tokens, float *out) {
+    const int group_bytes = q4 ? 72 : 136;
+    const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    __m256 lo[4], hi[4];
+    for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *group = row + (long)g * group_bytes;
+        __builtin_prefetch(group + SY_PREFETCH_DISTANCE);
+        if (!q4) __builtin_prefetch(group + SY_PREFETCH_DISTANCE + 64);
+        __m256 d = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group)));
+        __m256 d0 = _mm256_permutevar8x32_ps(d, first), d1 = _mm256_permutevar8x32_ps(d, second);
+        for (int t = 0; t < tokens; t++) {
+            const long at = (long)t * (stride / 8) + 16 * g;
+            const int8_t *xg = x + (long)t * stride + 128 * g;
+            __m256 f0 = _mm256_cvtepi32_ps(lanes_avx2(group, q4, 0, xg, corr + at));
+            __m256 f1 = _mm256_cvtepi32_ps(lanes_avx2(group, q4, 1, xg, corr + at));
+            lo[t] = _mm256_fmadd_ps(f0, _mm256_mul_ps(d0, _mm256_loadu_ps(dx + at)), lo[t]);
+            hi[t] = _mm256_fmadd_ps(f1, _mm256_mul_ps(d1, _mm256_loadu_ps(dx + at + 8)), hi[t]);
+        }
+    }
+    for (int t = 0; t < tokens; t++) out[t] = reduce_ymm(lo[t], hi[t]);
+}
+
+// AVX512-VNNI: dpbusd takes unsigned weights, so Q8_0's are stored xor 0x80 (value + 128) and
+// Q4_0's nibbles as they are; each token's lane sums start from `corr`, -128 or -8 times the sum of
+// the lane's activations, which makes them the signed weights' sums exactly.
+__attribute__((target("avx512vnni,avx512bw,avx512f,avx2,fma,f16c"), always_inline))
+static inline void grouped_vnni_n(const uint8_t *row, int groups, const int q4, const int8_t *x, const float *dx,
+                                  const int32_t *corr, int stride, const int tokens, float *out) {
+    const int group_bytes = q4 ? 72 : 136;
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *group = row + (long)g * group_bytes;
+        __builtin_prefetch(group + SY_PREFETCH_DISTANCE);
+        if (!q4) __builtin_prefetch(group + SY_PREFETCH_DISTANCE + 64);
+        __m512 d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group))));
+        __m512i w0, w1;
+        if (q4) {
+            __m512i raw = _mm512_loadu_si512((const void *)(group + 8));
+            w0 = _mm512_and_si512(raw, nibble);
+            w1 = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+        } else {
+            w0 = _mm512_loadu_si512((const void *)(group + 8));
+            w1 = _mm512_loadu_si512((const void *)(group + 72));
+        }
+#define SY_GROUPED_TOKEN(T, ACC)                                                                   \
+        if (tokens > T) {                                                                          \
+            const long at = (long)T * (stride / 8) + 16 * g;                                       \
+            const int8_t *xg = x + (long)T * stride + 128 * g;                                     \
+            __m512i s = _mm512_loadu_si512((const void *)(corr + at));                             \
+            s = _mm512_dpbusd_epi32(s, w0, _mm512_loadu_si512((const void *)xg));                  \
+            s = _mm512_dpbusd_epi32(s, w1, _mm512_loadu_si512((const void *)(xg + 64)));           \
+            ACC = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_loadu_ps(dx + at)), ACC); \
+        }
+        SY_GROUPED_TOKEN(0, acc0)
+        SY_GROUPED_TOKEN(1, acc1)
+        SY_GROUPED_TOKEN(2, acc2)
+        SY_GROUPED_TOKEN(3, acc3)
+#undef SY_GROUPED_TOKEN
+    }
+    float a[16];
+    _mm512_storeu_ps(a, acc0);
+    out[0] = reduce16(a);
+    if (tokens > 1) { _mm512_storeu_ps(a, acc1); out[1] = reduce16(a); }
+    if (tokens > 2) { _mm512_storeu_ps(a, acc2); out[2] = reduce16(a); }
+    if (tokens > 3) { _mm512_storeu_ps(a, acc3); out[3] = reduce16(a); }
+}
+
+#define SY_INSTANTIATE_GROUPED(NAME, KERNEL, TARGET)                                               \
+    __attribute__((target(TARGET)))                                                                \
+    static void NAME(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx,     \
+                     const int32_t *corr, int stride, int tokens, float *out) {                    \
+        if (q4) {                                                                                  \
+            switch (tokens) {                                                                      \
+            case 1: KERNEL(row, groups, 1, x, dx, corr, stride, 1, out); break;                    \
+            case 2: KERNEL(row, groups, 1, x, dx, corr, stride, 2, out); break;                    \
+            case 3: KERNEL(row, groups, 1, x, dx, corr, stride, 3, out); break;                    \
+            default: KERNEL(row, groups, 1, x, dx, corr, stride, 4, out); break;                   \
+            }                                                                                      \
+        } else {                                                                                   \
+            switch (tokens) {                                                                      \
+            case 1: KERNEL(row, groups, 0, x, dx, corr, stride, 1, out); break;                    \
+            case 2: KERNEL(row, groups, 0, x, dx, corr, stride, 2, out); break;                    \
+            case 3: KERNEL(row, groups, 0, x, dx, corr, stride, 3, out); break;                    \
+            default: KERNEL(row, groups, 0, x, dx, corr, stride, 4, out); break;                   \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+SY_INSTANTIATE_GROUPED(grouped_avx2, grouped_avx2_n, "avx2,fma,f16c")
+SY_INSTANTIATE_GROUPED(grouped_vnni, grouped_vnni_n, "avx512vnni,avx512bw,avx512f,avx2,fma,f16c")
+
+#endif
+
+void sy_rows_grouped_q8(const void *base, long row_bytes, int nrows, int groups, int q4, const int8_t *x, const float *dx,
+                        const int32_t *corr, int stride, int tokens, float *out, long out_stride) {
+    float sums[4];
+    const int level = sy_integer_level_in_force();
+    for (int r = 0; r < nrows; r++) {
+        const uint8_t *row = (const uint8_t *)base + r * row_bytes;
+#if defined(__x86_64__)
+        if (level == 2) {
+            grouped_vnni(row, groups, q4, x, dx, corr, stride, tokens, sums);
+        } else if (level == 1) {
+            grouped_avx2(row, groups, q4, x, dx, corr, stride, tokens, sums);
+        } else {
+            grouped_portable(row, groups, q4, x, dx, stride, tokens, sums);
+        }
+#else
+        (void)level; (void)corr;
+        grouped_portable(row, groups, q4, x, dx, stride, tokens, sums);
+#endif
+        for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
+    }
+}

@@ -1,0 +1,82 @@
+import Testing
+@testable import Kernels
+
+@Suite("grouped Q8_0 and Q4_0 integer kernels", .serialized)
+struct GroupedDotTests {
+    // Rows of 1, 3 and 5 groups, row counts that are not multiples of anything, token counts around
+    // the 4-token register block.
+    @Test(arguments: [(WeightElement.q8_0, 7, 128, 1), (.q8_0, 19, 384, 3), (.q8_0, 5, 640, 6), (.q4_0, 7, 128, 1), (.q4_0, 33, 384, 4),
+                      (.q4_0, 5, 640, 9)])
+    func groupedKernelIsItsTwin(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
+        for level in [0, 1, 2, nil] {
+            forceQuantizedDotLevel(level)
+            check(element, rows: rows, columns: columns, tokens: tokens)
+        }
+    }
+
+    /// Float16 scales below 2^-14, which the kernels widen four at a time.
+    @Test(arguments: [WeightElement.q8_0, .q4_0])
+    func subnormalScales(element: WeightElement) {
+        for level in [0, 1, 2, nil] {
+            forceQuantizedDotLevel(level)
+            check(element, rows: 5, columns: 256, tokens: 2, scale: 1e-4)
+        }
+    }
+
+    func check(_ element: WeightElement, rows: Int, columns: Int, tokens: Int, scale: Float = 1) {
+        let pool = ThreadPool(threads: 3)
+        let bytes = quantized(element, randomFloats(rows * columns, seed: UInt64(rows * 5 + columns)).map { $0 * scale })
+        let input = randomFloats(tokens * columns, seed: 23)
+        var grouped = [UInt8](repeating: 0, count: bytes.count), inPlace = bytes
+        bytes.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
+            let g = grouped.withUnsafeMutableBytes { GroupedBlocks.regroup(m, into: $0.baseAddress!, pool: pool) }
+            #expect(g.element == GroupedBlocks.grouped(element) && g.rowBytes == m.rowBytes)
+            // Regrouping in place (weights converted at load) writes the same bytes.
+            inPlace.withUnsafeMutableBytes { target in
+                _ = GroupedBlocks.regroup(WeightMatrix(element: element, rows: rows, columns: columns, data: target.baseAddress!), into: target.baseAddress!,
+                                          pool: pool)
+            }
+            // Compared by hand: a failing == on arrays makes the test library print both.
+            #expect(inPlace.indices.allSatisfy { inPlace[$0] == grouped[$0] })
+            grouped.withUnsafeBytes { groupedRaw in
+                let gm = WeightMatrix(element: g.element, rows: rows, columns: columns, data: groupedRaw.baseAddress!)
+                // The same values, moved.
+                var moved = 0
+                for r in 0..<rows { for c in 0..<columns where gm.value(r, c).bitPattern != m.value(r, c).bitPattern { moved += 1 } }
+                #expect(moved == 0, "\(moved) values changed")
+                let reference = matmulReference(m, input: input, tokens: tokens)
+                var exact = [Float](repeating: .nan, count: tokens * rows), integer = exact
+                input.withUnsafeBufferPointer { x in
+                    exact.withUnsafeMutableBufferPointer { o in
+                        matmul(gm, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                    }
+                    integer.withUnsafeMutableBufferPointer { o in
+                        matmul(gm, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool,
+                               precision: .int8)
+                    }
+                }
+                // The twin's activations: quantised per block, then arranged in groups.
+                var xq = [Int8](repeating: 0, count: tokens * columns), xd = [Float](repeating: 0, count: tokens * columns / 32)
+                var values = xq, scales = [Float](repeating: 0, count: tokens * columns / 8), corrections = [Int32](repeating: 0, count: tokens * columns / 8)
+                input.withUnsafeBufferPointer { x in
+                    QuantizedActivations.quantize(x.baseAddress!, inputStride: columns, columns: columns, tokens: tokens, values: &xq, scales: &xd)
+                }
+                GroupedActivations.arrange(values: xq, scales: xd, columns: columns, tokens: tokens, q4: element == .q4_0, into: &values, scales: &scales,
+                                           corrections: &corrections)
+                for r in 0..<rows {
+                    let twin = groupedDotReference(gm.element, groupedRaw.baseAddress! + r * gm.rowBytes, columns: columns, values: values, scales: scales,
+                                                   tokens: tokens)
+                    for t in 0..<tokens {
+                        let i = t * rows + r
+                        #expect(integer[i].bitPattern == twin[t].bitPattern, "\(element) row \(r) token \(t) (\(quantizedDotInstructions)): \(integer[i]) vs twin \(twin[t])")
+                        #expect(abs(exact[i] - reference[i]) <= 1e-5 * Float(columns) * scale)
+                        var magnitude: Float = 0
+                        for c in 0..<columns { magnitude += abs(m.value(r, c) * input[t * columns + c]) }
+                        #expect(abs(integer[i] - reference[i]) <= 0.01 * magnitude + 1e-9)
+                    }
+                }
+            }
+        }
+    }
+}
