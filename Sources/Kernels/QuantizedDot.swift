@@ -71,23 +71,43 @@ public struct QuantizedActivations {
     public static func quantize(_ input: UnsafePointer<Float>, inputStride: Int, columns: Int, tokens: Int,
                                 values: UnsafeMutablePointer<Int8>, scales: UnsafeMutablePointer<Float>) {
         let blocks = columns / 32
+        let magnitude = SIMD16<UInt32>(repeating: 0x7FFF_FFFF)
         for t in 0..<tokens {
             let x = input + t * inputStride
             for b in 0..<blocks {
-                let v = x + b * 32
-                var amax = SIMD8<Float>()
-                for k in 0..<4 {
-                    let lane = UnsafeRawPointer(v + 8 * k).loadUnaligned(as: SIMD8<Float>.self)
-                    amax = pointwiseMax(amax, pointwiseMax(lane, -lane))
-                }
-                let m = max(max(max(amax[0], amax[1]), max(amax[2], amax[3])), max(max(amax[4], amax[5]), max(amax[6], amax[7])))
+                let v = UnsafeRawPointer(x + b * 32)
+                let v0 = v.loadUnaligned(as: SIMD16<Float>.self), v1 = v.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+                // |x| by clearing the sign bit; compare-and-select rather than the generic
+                // pointwiseMax, which is a call per use across modules.
+                let a0 = unsafeBitCast(unsafeBitCast(v0, to: SIMD16<UInt32>.self) & magnitude, to: SIMD16<Float>.self)
+                let a1 = unsafeBitCast(unsafeBitCast(v1, to: SIMD16<UInt32>.self) & magnitude, to: SIMD16<Float>.self)
+                let a16 = a0.replacing(with: a1, where: a1 .> a0)
+                let a8 = a16.lowHalf.replacing(with: a16.highHalf, where: a16.highHalf .> a16.lowHalf)
+                let a4 = a8.lowHalf.replacing(with: a8.highHalf, where: a8.highHalf .> a8.lowHalf)
+                let m = max(max(a4[0], a4[1]), max(a4[2], a4[3]))
                 let d = m / 127
                 let id: Float = d != 0 ? 1 / d : 0
                 scales[t * blocks + b] = d
-                let out = values + t * columns + b * 32
-                for j in 0..<32 { out[j] = Int8((v[j] * id).rounded(.toNearestOrAwayFromZero)) }
+                let out = UnsafeMutableRawPointer(values + t * columns + b * 32)
+                out.storeBytes(of: roundedToInt8(v0 * id), as: SIMD16<Int8>.self)
+                out.storeBytes(of: roundedToInt8(v1 * id), toByteOffset: 16, as: SIMD16<Int8>.self)
             }
         }
+    }
+
+    /// Rounds half away from zero (C's roundf, as ggml's reference quantiser) lane by lane, for
+    /// |x| < 2^22, without the generic float-to-integer conversions (a call per lane): adding and
+    /// subtracting 1.5 x 2^23 rounds to nearest even, exact ties then step away from zero, and the
+    /// integer is read from the low bits of r + 1.5 x 2^23.
+    @inlinable @inline(__always)
+    static func roundedToInt8(_ x: SIMD16<Float>) -> SIMD16<Int8> {
+        let magic = SIMD16<Float>(repeating: 12_582_912)
+        let even = (x + magic) - magic
+        let dropped = x - even
+        var r = even.replacing(with: even + 1, where: dropped .== 0.5 .& (x .> 0))
+        r = r.replacing(with: r - 1, where: dropped .== -0.5 .& (x .< 0))
+        let ints = unsafeBitCast(r + magic, to: SIMD16<Int32>.self) &- 0x4B40_0000
+        return SIMD16<Int8>(truncatingIfNeeded: ints)
     }
 
     /// Each block's scale times the sum of its int8 values, [tokens][columns / 32]: what Q4_K's

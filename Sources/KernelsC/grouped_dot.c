@@ -117,8 +117,8 @@ static inline void grouped_avx2_n(const uint8_t *row, int groups, const int q4, 
     for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_ps();
     for (int g = 0; g < groups; g++) {
         const uint8_t *group = row + (long)g * group_bytes;
-        __builtin_prefetch(group + SY_PREFETCH_DISTANCE);
-        if (!q4) __builtin_prefetch(group + SY_PREFETCH_DISTANCE + 64);
+        __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE);
+        if (!q4) __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + 64);
         __m256 d = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group)));
         __m256 d0 = _mm256_permutevar8x32_ps(d, first), d1 = _mm256_permutevar8x32_ps(d, second);
         for (int t = 0; t < tokens; t++) {
@@ -145,8 +145,8 @@ static inline void grouped_vnni_n(const uint8_t *row, int groups, const int q4, 
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
     for (int g = 0; g < groups; g++) {
         const uint8_t *group = row + (long)g * group_bytes;
-        __builtin_prefetch(group + SY_PREFETCH_DISTANCE);
-        if (!q4) __builtin_prefetch(group + SY_PREFETCH_DISTANCE + 64);
+        __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE);
+        if (!q4) __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + 64);
         __m512 d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group))));
         __m512i w0, w1;
         if (q4) {

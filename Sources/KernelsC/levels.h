@@ -11,4 +11,10 @@ int sy_integer_level_in_force(void);
 #define SY_PREFETCH_DISTANCE 2048
 #endif
 
+#ifndef SY_GROUPED_PREFETCH_DISTANCE
+// The grouped kernels get through a cache line in fewer cycles, so they prefetch further ahead:
+// 8 KiB measured best of 2-16 KiB (Q4_0 tg128 109 -> 117 tok/s here).
+#define SY_GROUPED_PREFETCH_DISTANCE 8192
+#endif
+
 #endif

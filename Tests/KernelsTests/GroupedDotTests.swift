@@ -80,3 +80,50 @@ struct GroupedDotTests {
         }
     }
 }
+
+@Suite("activations quantised per block")
+struct QuantizedActivationTests {
+    /// The vector rounding is C's roundf on every value that matters: exact ties, the floats just
+    /// either side of them, the largest float below a half, and ordinary values.
+    @Test func roundingIsHalfAwayFromZero() {
+        var values: [Float] = [0, -0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 127, -127, 0.49999997, -0.49999997]
+        for k in -127...127 {
+            let tie = Float(k) + 0.5
+            values += [tie, tie.nextUp, tie.nextDown, Float(k), Float(k).nextUp, Float(k).nextDown]
+        }
+        values += randomFloats(4096, seed: 5).map { $0 * 127 }
+        values = values.filter { abs($0) <= 127.49 }
+        while values.count % 16 != 0 { values.append(0) }
+        var wrong: [Float] = []
+        for start in stride(from: 0, to: values.count, by: 16) {
+            var x = SIMD16<Float>()
+            for i in 0..<16 { x[i] = values[start + i] }
+            let r = QuantizedActivations.roundedToInt8(x)
+            for i in 0..<16 where Int(r[i]) != Int(x[i].rounded(.toNearestOrAwayFromZero)) { wrong.append(x[i]) }
+        }
+        #expect(wrong.isEmpty, "rounded wrongly: \(wrong.prefix(8))")
+    }
+
+    /// Scales are max |x| / 127 per block and values x / scale rounded half away from zero.
+    @Test func blocksAreQuantisedByDefinition() {
+        let columns = 96, tokens = 3
+        var input = randomFloats(tokens * columns, seed: 41)
+        input[5] = -3  // a negative extreme
+        for c in 64..<96 { input[columns + c] = 0 }  // an all-zero block
+        var values = [Int8](repeating: 0, count: tokens * columns), scales = [Float](repeating: 0, count: tokens * columns / 32)
+        QuantizedActivations.quantize(input, inputStride: columns, columns: columns, tokens: tokens, values: &values, scales: &scales)
+        var mismatches = 0
+        for t in 0..<tokens {
+            for b in 0..<(columns / 32) {
+                let block = input[(t * columns + 32 * b)..<(t * columns + 32 * b + 32)]
+                let d = block.map(abs).max()! / 127
+                if scales[t * columns / 32 + b] != d { mismatches += 1 }
+                let id: Float = d != 0 ? 1 / d : 0
+                for (j, x) in block.enumerated() where values[t * columns + 32 * b + j] != Int8((x * id).rounded(.toNearestOrAwayFromZero)) {
+                    mismatches += 1
+                }
+            }
+        }
+        #expect(mismatches == 0)
+    }
+}
