@@ -252,8 +252,9 @@ public func matmul(
     let element = weight.element
     let base = weight.data
     let rowBytes = weight.rowBytes
-    // Chunks of rows small enough to balance, large enough to amortise the claim.
-    let rowsPerItem = max(8, min(256, rows / (pool.threadCount * 8) + 1))
+    // Chunks of rows small enough to balance, large enough to amortise the claim, and at most
+    // 512 KiB of weights, which stay in the core's L2 while every token passes over them.
+    let rowsPerItem = max(8, min(256, (512 << 10) / max(1, rowBytes), rows / (pool.threadCount * 8) + 1))
     let items = (rows + rowsPerItem - 1) / rowsPerItem
     // Each item takes a block of rows; each weight row is read once per four tokens.
     @inline(__always) func rowBlocks(_ dot: (_ row: UnsafeRawPointer, _ t0: Int, _ count: Int) -> SIMD4<Float>) {
@@ -363,9 +364,10 @@ public func matmul(
             let perm = UnsafePointer(permuted.baseAddress!)
             if n % 32 == 0 && sy_bf16_level() > 0 {
                 // The C twin of dotRowBF16 (bit for bit), which can prefetch the weight stream.
-                rowGroups { start, count, t0, t in
-                    sy_rows_bf16_f32(base + start * rowBytes, rowBytes, Int32(count), Int32(n / 32), perm + t0 * n, Int32(n), t,
-                                     output + t0 * outputStride + start, outputStride)
+                pool.parallelFor(items) { item in
+                    let start = item * rowsPerItem
+                    sy_rows_bf16_f32(base + start * rowBytes, rowBytes, Int32(min(rows, start + rowsPerItem) - start), Int32(n / 32), perm,
+                                     Int32(n), Int32(tokens), output + start, outputStride)
                 }
                 return
             }

@@ -293,8 +293,10 @@ struct QuantizedDotTests {
 @Suite("bf16 C kernel", .serialized)
 struct BF16KernelTests {
     /// The C bf16 kernel (AVX2, AVX-512) is its Swift twin (level 0 runs the Swift kernel) bit for
-    /// bit, on awkward row counts and token counts around the 4-token block.
-    @Test(arguments: [(7, 32, 1), (19, 96, 3), (33, 1024, 4), (5, 160, 9)])
+    /// bit, on awkward row counts and token counts around the 4-token block and the AVX-512 tile
+    /// of 4 rows x 5 tokens (with rows and tokens left over); and a token's result is the same
+    /// whatever tokens share the product (batch invariance: the tile is the one-token kernel's sum).
+    @Test(arguments: [(7, 32, 1), (19, 96, 3), (33, 1024, 4), (5, 160, 9), (37, 96, 12), (64, 256, 20)])
     func cKernelIsItsSwiftTwin(rows: Int, columns: Int, tokens: Int) {
         let pool = ThreadPool(threads: 3)
         let weights = randomFloats(rows * columns, seed: UInt64(rows * 13 + columns)).map(bf16Bits)
@@ -319,6 +321,22 @@ struct BF16KernelTests {
             let first = c.indices.first { c[$0].bitPattern != swift[$0].bitPattern }
             #expect(first == nil, "level \(level): first difference at \(first ?? -1)")
         }
+        // Each token alone, at the best level.
+        let together = run(nil)
+        var alone = [Float](repeating: .nan, count: tokens * rows)
+        weights.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
+            input.withUnsafeBufferPointer { x in
+                alone.withUnsafeMutableBufferPointer { o in
+                    for t in 0..<tokens {
+                        matmul(m, input: x.baseAddress! + t * columns, inputStride: columns, output: o.baseAddress! + t * rows, outputStride: rows,
+                               tokens: 1, pool: pool)
+                    }
+                }
+            }
+        }
+        let differs = together.indices.first { together[$0].bitPattern != alone[$0].bitPattern }
+        #expect(differs == nil, "batched vs alone: first difference at \(differs ?? -1)")
     }
 }
 

@@ -42,7 +42,8 @@ int sy_quantized_dot_level(void);
 void sy_force_quantized_dot_level(int level);
 
 // bf16 rows against float32 activations permuted per block of 32 (even-indexed values, then odd),
-// [tokens][stride], `blocks` = columns / 32, up to four tokens: the twin of Kernels' dotRowBF16,
+// [tokens][stride], `blocks` = columns / 32, any number of tokens (in tiles of 4 rows x 6 tokens
+// where AVX-512 is present): each result is that of Kernels' dotRowBF16 for its row and token,
 // bit for bit, with software prefetch. Level 2 = AVX-512F, 1 = AVX2+FMA, 0 = none (use Swift's);
 // sy_force_quantized_dot_level caps it too, for tests.
 int sy_bf16_level(void);
