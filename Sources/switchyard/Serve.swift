@@ -31,6 +31,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("queue-limit"), help: "Requests that may wait; beyond it the server answers 429.")
     var queueLimit: Int = 64
 
+    @Option(name: .customLong("prefill-chunk"), help: "Prompt tokens one step may take, all prompts together: bounds the pause a long prompt puts between other streams' tokens.")
+    var prefillChunk: Int = 128
+
     @Option(name: .customLong("kv-cache-size"), help: "KV cache memory for all sequences together, e.g. 2GiB (default: max-sequences full contexts).")
     var kvCacheSize: String?
 
@@ -40,6 +43,7 @@ struct Serve: AsyncParsableCommand {
     func validate() throws {
         if maxSequences < 1 { throw ValidationError("--max-sequences must be at least 1") }
         if queueLimit < 0 { throw ValidationError("--queue-limit must not be negative") }
+        if prefillChunk < 1 { throw ValidationError("--prefill-chunk must be at least 1") }
         if port < 0 || port > 65535 { throw ValidationError("--port must be 0...65535") }
     }
 
@@ -58,7 +62,7 @@ struct Serve: AsyncParsableCommand {
         let chat = try? ChatTemplateConfiguration(directory: model.directory)
         let context = min(contextLength ?? 4096, model.config.maxPositions)
         let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: maxSequences, contextLength: context,
-                                       queueLimit: queueLimit, kvBudgetBytes: kvBytes)
+                                       queueLimit: queueLimit, kvBudgetBytes: kvBytes, prefillChunk: prefillChunk)
         let name = servedModelName ?? String(model.directory.split(separator: "/").last ?? "model")
         var configuration = ServerConfiguration(modelName: name)
         configuration.host = host

@@ -119,7 +119,7 @@ func cancelRunning() async throws {
 
 @Test("a long prompt does not stall a stream that is already generating")
 func prefillInterleavesWithDecode() async throws {
-    let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 512)
+    let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 512, prefillChunk: 64)
     defer { scheduler.shutdown() }
     var greedy = SamplingParameters()
     greedy.temperature = 0
