@@ -235,7 +235,7 @@ func permuteForBF16(_ input: UnsafePointer<Float>, inputStride: Int, columns: In
 
 /// output[t, r] = sum_c weight[r, c] * input[t, c] for t in 0..<tokens (that is, input x weightᵀ,
 /// PyTorch's `F.linear`). Rows are split across the pool; each weight row is read once per four
-/// tokens.
+/// tokens (five in the AVX-512 bf16 tile).
 ///
 /// - Parameters:
 ///   - input: [tokens, inputStride] with the first `weight.columns` values of each row used.
@@ -247,39 +247,100 @@ public func matmul(
     output: UnsafeMutablePointer<Float>, outputStride: Int,
     tokens: Int, pool: ThreadPool, precision: ActivationPrecision = .f32
 ) {
-    let rows = weight.rows
-    let n = weight.columns
-    let element = weight.element
-    let base = weight.data
-    let rowBytes = weight.rowBytes
-    // Chunks of rows small enough to balance, large enough to amortise the claim, and at most
-    // 512 KiB of weights, which stay in the core's L2 while every token passes over them.
-    let rowsPerItem = max(8, min(256, (512 << 10) / max(1, rowBytes), rows / (pool.threadCount * 8) + 1))
-    let items = (rows + rowsPerItem - 1) / rowsPerItem
+    matmulProducts(RowItems(weight, output, nil, nil, threads: pool.threadCount), input: input, inputStride: inputStride,
+                   outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
+}
+
+/// Two products of the same input (an MLP's gate and up projections) in one parallel region: the
+/// activations are prepared (permuted or quantised) once, and one region's start and tail are paid
+/// instead of two. Each output is exactly what `matmul` writes. The matrices must have the same
+/// columns; matrices of different elements run one after the other.
+@inlinable
+public func matmul(
+    _ first: WeightMatrix, _ second: WeightMatrix,
+    input: UnsafePointer<Float>, inputStride: Int,
+    outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int,
+    tokens: Int, pool: ThreadPool, precision: ActivationPrecision = .f32
+) {
+    precondition(first.columns == second.columns, "a fused pair of products takes one input width")
+    guard first.element == second.element else {
+        matmul(first, input: input, inputStride: inputStride, output: outputs.0, outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
+        matmul(second, input: input, inputStride: inputStride, output: outputs.1, outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
+        return
+    }
+    matmulProducts(RowItems(first, outputs.0, second, outputs.1, threads: pool.threadCount), input: input, inputStride: inputStride,
+                   outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
+}
+
+/// The work items of one or two products: blocks of rows small enough to balance, large enough to
+/// amortise the claim, and at most 512 KiB of weights, which stay in the core's L2 while every
+/// token passes over them.
+@usableFromInline
+struct RowItems {
+    @usableFromInline let first: WeightMatrix, second: WeightMatrix?
+    @usableFromInline let firstOutput: UnsafeMutablePointer<Float>, secondOutput: UnsafeMutablePointer<Float>?
+    @usableFromInline let firstPerItem: Int, secondPerItem: Int, firstItems: Int, count: Int
+
+    @inlinable
+    init(_ first: WeightMatrix, _ firstOutput: UnsafeMutablePointer<Float>, _ second: WeightMatrix?, _ secondOutput: UnsafeMutablePointer<Float>?,
+         threads: Int) {
+        func perItem(_ m: WeightMatrix) -> Int { max(8, min(256, (512 << 10) / max(1, m.rowBytes), m.rows / (threads * 8) + 1)) }
+        self.first = first
+        self.second = second
+        self.firstOutput = firstOutput
+        self.secondOutput = secondOutput
+        firstPerItem = perItem(first)
+        secondPerItem = second.map(perItem) ?? 1
+        firstItems = (first.rows + firstPerItem - 1) / firstPerItem
+        let secondRows = second?.rows ?? 0, secondPerItem = self.secondPerItem
+        count = firstItems + (secondRows + secondPerItem - 1) / secondPerItem
+    }
+
+    /// Item `i`: its matrix, its first row, its row count, and that matrix's output.
+    @inlinable @inline(__always)
+    func item(_ i: Int) -> (matrix: WeightMatrix, start: Int, count: Int, output: UnsafeMutablePointer<Float>) {
+        if i < firstItems {
+            let start = i * firstPerItem
+            return (first, start, min(first.rows, start + firstPerItem) - start, firstOutput)
+        }
+        let start = (i - firstItems) * secondPerItem
+        return (second!, start, min(second!.rows, start + secondPerItem) - start, secondOutput!)
+    }
+}
+
+@inlinable
+func matmulProducts(
+    _ products: RowItems, input: UnsafePointer<Float>, inputStride: Int, outputStride: Int,
+    tokens: Int, pool: ThreadPool, precision: ActivationPrecision
+) {
+    let n = products.first.columns
+    let element = products.first.element
+    let rowBytes = products.first.rowBytes
     // Each item takes a block of rows; each weight row is read once per four tokens.
     @inline(__always) func rowBlocks(_ dot: (_ row: UnsafeRawPointer, _ t0: Int, _ count: Int) -> SIMD4<Float>) {
-        pool.parallelFor(items) { item in
-            let start = item * rowsPerItem
-            let end = min(rows, start + rowsPerItem)
+        pool.parallelFor(products.count) { i in
+            let (matrix, start, rows, output) = products.item(i)
             var t0 = 0
             while t0 < tokens {
                 let count = min(4, tokens - t0)
-                for r in start..<end {
-                    let s = dot(base + r * rowBytes, t0, count)
+                for r in start..<(start + rows) {
+                    let s = dot(matrix.data + r * rowBytes, t0, count)
                     for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
                 }
                 t0 += 4
             }
         }
     }
-    // The C kernels take a block of rows and up to four tokens per call (the row loop is in C).
-    @inline(__always) func rowGroups(_ call: (_ start: Int, _ count: Int, _ t0: Int, _ tokens: Int32) -> Void) {
-        pool.parallelFor(items) { item in
-            let start = item * rowsPerItem
-            let count = min(rows, start + rowsPerItem) - start
+    // The C kernels take a block of rows (its first row's address, the row count, the output at its
+    // first row) and up to four tokens per call (the row loop is in C).
+    @inline(__always) func rowGroups(
+        _ call: (_ rows: UnsafeRawPointer, _ count: Int, _ output: UnsafeMutablePointer<Float>, _ t0: Int, _ tokens: Int32) -> Void
+    ) {
+        pool.parallelFor(products.count) { i in
+            let (matrix, start, rows, output) = products.item(i)
             var t0 = 0
             while t0 < tokens {
-                call(start, count, t0, Int32(min(4, tokens - t0)))
+                call(matrix.data + start * rowBytes, rows, output + t0 * outputStride + start, t0, Int32(min(4, tokens - t0)))
                 t0 += 4
             }
         }
@@ -297,8 +358,7 @@ public func matmul(
                 if element == .q4_k {
                     QuantizedActivations.blockSums(values: xq, scales: xd, columns: n, tokens: tokens, into: xs)
                 }
-                rowGroups { start, count, t0, t in
-                    let rowsAt = base + start * rowBytes, out = output + t0 * outputStride + start
+                rowGroups { rowsAt, count, out, t0, t in
                     switch element {
                     case .q4_k:
                         sy_rows_q4_k_q8(rowsAt, rowBytes, Int32(count), Int32(n / Q4_K.blockValues), xq + t0 * n, xd + t0 * blocks,
@@ -321,9 +381,9 @@ public func matmul(
                     GroupedActivations.arrange(values: xq, scales: xd, columns: n, tokens: tokens, q4: q4, into: x, scales: dx,
                                                corrections: corrections.baseAddress!)
                     let corr = UnsafePointer(corrections.baseAddress!)
-                    rowGroups { start, count, t0, t in
-                        sy_rows_grouped_q8(base + start * rowBytes, rowBytes, Int32(count), Int32(n / 128), q4 ? 1 : 0, x + t0 * n, dx + t0 * lanes,
-                                           corr + t0 * lanes, Int32(n), t, output + t0 * outputStride + start, outputStride)
+                    rowGroups { rowsAt, count, out, t0, t in
+                        sy_rows_grouped_q8(rowsAt, rowBytes, Int32(count), Int32(n / 128), q4 ? 1 : 0, x + t0 * n, dx + t0 * lanes,
+                                           corr + t0 * lanes, Int32(n), t, out, outputStride)
                     }
                 }
             }
@@ -364,10 +424,10 @@ public func matmul(
             let perm = UnsafePointer(permuted.baseAddress!)
             if n % 32 == 0 && sy_bf16_level() > 0 {
                 // The C twin of dotRowBF16 (bit for bit), which can prefetch the weight stream.
-                pool.parallelFor(items) { item in
-                    let start = item * rowsPerItem
-                    sy_rows_bf16_f32(base + start * rowBytes, rowBytes, Int32(min(rows, start + rowsPerItem) - start), Int32(n / 32), perm,
-                                     Int32(n), Int32(tokens), output + start, outputStride)
+                pool.parallelFor(products.count) { i in
+                    let (matrix, start, rows, output) = products.item(i)
+                    sy_rows_bf16_f32(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), perm, Int32(n), Int32(tokens),
+                                     output + start, outputStride)
                 }
                 return
             }

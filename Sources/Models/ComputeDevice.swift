@@ -11,6 +11,21 @@ public protocol ComputeDevice: AnyObject, Sendable {
     func linear(
         _ weight: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
         output: UnsafeMutablePointer<Float>, outputStride: Int, tokens: Int)
+    /// Two products of one input (an MLP's gate and up projections), each exactly what `linear`
+    /// gives; a device may run them together.
+    func linear(
+        _ first: WeightMatrix, _ second: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int, tokens: Int)
+}
+
+extension ComputeDevice {
+    public func linear(
+        _ first: WeightMatrix, _ second: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int, tokens: Int
+    ) {
+        linear(first, input: input, inputStride: inputStride, output: outputs.0, outputStride: outputStride, tokens: tokens)
+        linear(second, input: input, inputStride: inputStride, output: outputs.1, outputStride: outputStride, tokens: tokens)
+    }
 }
 
 public final class CPUDevice: ComputeDevice {
@@ -33,6 +48,15 @@ public final class CPUDevice: ComputeDevice {
         output: UnsafeMutablePointer<Float>, outputStride: Int, tokens: Int
     ) {
         matmul(weight, input: input, inputStride: inputStride, output: output, outputStride: outputStride, tokens: tokens, pool: pool,
+               precision: precision)
+    }
+
+    /// One parallel region for both, over one prepared input.
+    public func linear(
+        _ first: WeightMatrix, _ second: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int, tokens: Int
+    ) {
+        matmul(first, second, input: input, inputStride: inputStride, outputs: outputs, outputStride: outputStride, tokens: tokens, pool: pool,
                precision: precision)
     }
 }

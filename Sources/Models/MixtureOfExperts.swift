@@ -67,8 +67,8 @@ public func feedForward(
     gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>, pool: ThreadPool, precision: ActivationPrecision
 ) {
     let hidden = w.down.rows, inner = w.intermediateSize
-    matmul(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens, pool: pool, precision: precision)
-    matmul(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens, pool: pool, precision: precision)
+    // Gate and up in one parallel region over the same prepared input.
+    matmul(w.gate, w.up, input: input, inputStride: hidden, outputs: (gate, up), outputStride: inner, tokens: tokens, pool: pool, precision: precision)
     for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
     matmul(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens, pool: pool, precision: precision)
 }
@@ -79,8 +79,7 @@ extension Model {
         let hidden = config.hiddenSize
         let inner = w.intermediateSize
         let gate = scratch.gate.pointer, up = scratch.up.pointer
-        device.linear(w.gate, input: input, inputStride: hidden, output: gate, outputStride: inner, tokens: tokens)
-        device.linear(w.up, input: input, inputStride: hidden, output: up, outputStride: inner, tokens: tokens)
+        device.linear(w.gate, w.up, input: input, inputStride: hidden, outputs: (gate, up), outputStride: inner, tokens: tokens)
         for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
         device.linear(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens)
     }

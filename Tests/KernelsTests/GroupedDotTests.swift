@@ -127,3 +127,65 @@ struct QuantizedActivationTests {
         #expect(mismatches == 0)
     }
 }
+
+@Suite("fused pairs of products")
+struct FusedPairTests {
+    /// Gate and up in one region give exactly the two products run alone, for every kind of weight
+    /// and both activation precisions, with row counts that split into different items.
+    @Test(arguments: [WeightElement.f32, .bf16, .q8_0, .q4_0, .q8_0x4, .q4_0x4])
+    func pairIsTwoProducts(element: WeightElement) {
+        let pool = ThreadPool(threads: 3)
+        let columns = 256, tokens = 7, rows = (37, 300)
+        func matrix(_ rows: Int, seed: UInt64) -> [UInt8] {
+            let w = randomFloats(rows * columns, seed: seed)
+            switch element {
+            case .f32: return w.withUnsafeBytes { Array($0) }
+            case .bf16: return w.map(bf16Bits).withUnsafeBytes { Array($0) }
+            case .q8_0, .q4_0: return quantized(element, w)
+            default:
+                let source = GroupedBlocks.grouped(.q8_0) == element ? WeightElement.q8_0 : .q4_0
+                let bytes = quantized(source, w)
+                var out = [UInt8](repeating: 0, count: bytes.count)
+                bytes.withUnsafeBytes { raw in
+                    out.withUnsafeMutableBytes { target in
+                        _ = GroupedBlocks.regroup(WeightMatrix(element: source, rows: rows, columns: columns, data: raw.baseAddress!), into: target.baseAddress!, pool: pool)
+                    }
+                }
+                return out
+            }
+        }
+        let a = matrix(rows.0, seed: 1), b = matrix(rows.1, seed: 2)
+        let input = randomFloats(tokens * columns, seed: 3)
+        let stride = max(rows.0, rows.1)
+        for precision in ActivationPrecision.allCases {
+            var pair0 = [Float](repeating: .nan, count: tokens * stride), pair1 = pair0, alone0 = pair0, alone1 = pair0
+            a.withUnsafeBytes { ra in
+                b.withUnsafeBytes { rb in
+                    let ma = WeightMatrix(element: element, rows: rows.0, columns: columns, data: ra.baseAddress!)
+                    let mb = WeightMatrix(element: element, rows: rows.1, columns: columns, data: rb.baseAddress!)
+                    input.withUnsafeBufferPointer { x in
+                        pair0.withUnsafeMutableBufferPointer { o0 in
+                            pair1.withUnsafeMutableBufferPointer { o1 in
+                                matmul(ma, mb, input: x.baseAddress!, inputStride: columns, outputs: (o0.baseAddress!, o1.baseAddress!), outputStride: stride,
+                                       tokens: tokens, pool: pool, precision: precision)
+                            }
+                        }
+                        alone0.withUnsafeMutableBufferPointer { o in
+                            matmul(ma, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: stride, tokens: tokens, pool: pool,
+                                   precision: precision)
+                        }
+                        alone1.withUnsafeMutableBufferPointer { o in
+                            matmul(mb, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: stride, tokens: tokens, pool: pool,
+                                   precision: precision)
+                        }
+                    }
+                }
+            }
+            let first = pair0.indices.first { pair0[$0].bitPattern != alone0[$0].bitPattern }
+            let second = pair1.indices.first { pair1[$0].bitPattern != alone1[$0].bitPattern }
+            #expect(first == nil && second == nil, "\(element) \(precision): first differences at \(first ?? -1), \(second ?? -1)")
+            // Something was written (not two untouched buffers agreeing).
+            #expect(!pair1[(tokens - 1) * stride + rows.1 - 1].isNaN)
+        }
+    }
+}
