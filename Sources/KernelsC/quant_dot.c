@@ -530,6 +530,11 @@ static void bf16_tile(const uint8_t *row, long row_bytes, int blocks, const floa
     SY_ZERO4(0) SY_ZERO4(1) SY_ZERO4(2) SY_ZERO4(3) SY_ZERO4(4)
 #undef SY_ZERO4
     for (int k = 0; k < blocks; k++) {
+        // Batched decode streams these rows from memory (prefill finds them in L2).
+        __builtin_prefetch(r0 + 64 * k + SY_PREFETCH_DISTANCE);
+        __builtin_prefetch(r1 + 64 * k + SY_PREFETCH_DISTANCE);
+        __builtin_prefetch(r2 + 64 * k + SY_PREFETCH_DISTANCE);
+        __builtin_prefetch(r3 + 64 * k + SY_PREFETCH_DISTANCE);
         __m512i raw0 = _mm512_loadu_si512((const void *)(r0 + 64 * k)), raw1 = _mm512_loadu_si512((const void *)(r1 + 64 * k));
         __m512i raw2 = _mm512_loadu_si512((const void *)(r2 + 64 * k)), raw3 = _mm512_loadu_si512((const void *)(r3 + 64 * k));
         __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(raw0, 16)), w1 = _mm512_castsi512_ps(_mm512_slli_epi32(raw1, 16));
