@@ -565,6 +565,12 @@ static void bf16_tile(const uint8_t *row, long row_bytes, int blocks, const floa
 #undef SY_STORE4
 }
 
+static int tile_from = SY_TILE_TOKENS;
+
+void sy_set_bf16_tile_from(int tokens) { tile_from = tokens < SY_TILE_TOKENS ? SY_TILE_TOKENS : tokens; }
+
+int sy_bf16_tile_from(void) { return tile_from; }
+
 void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
                       long out_stride) {
     const int level = sy_bf16_level();
@@ -573,7 +579,7 @@ void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, c
     int t0 = 0;
     // Whole tiles of five tokens: every weight row of the block is read from cache once per five
     // tokens (the caller keeps a block of rows small enough for the core's L2).
-    if (level == 2) {
+    if (level == 2 && tokens >= tile_from) {
         for (; t0 + SY_TILE_TOKENS <= tokens; t0 += SY_TILE_TOKENS) {
             int r = 0;
             for (; r + 4 <= nrows; r += 4)
@@ -600,6 +606,10 @@ void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, c
 #else
 
 int sy_bf16_level(void) { return 0; }
+
+void sy_set_bf16_tile_from(int tokens) { (void)tokens; }
+
+int sy_bf16_tile_from(void) { return 0; }
 
 void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
                       long out_stride) {

@@ -23,6 +23,18 @@ public final class Model: @unchecked Sendable {
     /// The memory of converted weights.
     let quantizedStorage: [OwnedBytes]
 
+    /// A routed expert (or, in a dense model, the first layer's MLP): the shape and element of the
+    /// products that dominate the forward pass.
+    public var sampleExpert: FeedForwardWeights? {
+        for layer in weights.layers {
+            switch layer.feedForward {
+            case .mixtureOfExperts(let m): if let e = m.experts.first { return e }
+            case .dense(let f): return f
+            }
+        }
+        return nil
+    }
+
     /// The safetensors files behind the weights; nil for random weights.
     public var checkpoint: Checkpoint? { (tensors as? CheckpointTensors)?.checkpoint }
 

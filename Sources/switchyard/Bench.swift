@@ -109,6 +109,7 @@ struct Bench: ParsableCommand {
                 summary += "; tg reaches \(fixed(100 * tg.mean / roofline, 0))% of it"
             }
             writeOut(summary + "\n")
+            if let choice = measuredKernelChoice.withLock({ $0 }) { writeOut(choice.summary + "\n") }
         }
     }
 

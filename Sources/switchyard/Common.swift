@@ -1,4 +1,5 @@
 import ArgumentParser
+import Synchronization
 import Logging
 import ChatTemplates
 import CUDA
@@ -130,10 +131,21 @@ struct ModelOptions: ParsableArguments {
             let executor = try TieredExecutor(model: loaded, accelerator: emulated, options: options)
             logger.debug("placement: \(executor.placement.json.serialized()); costs: \(executor.costs.json.serialized())")
         }
+        // The bf16 kernel for each token count, measured on an expert of this model's shape (small
+        // models, whose products fit the caches, keep the default).
+        if let expert = loaded.sampleExpert, expert.gate.element == .bf16, expert.gate.rows * expert.gate.rowBytes >= 1 << 20, KernelChoice.tileAvailable {
+            let choice = KernelChoice.measure(rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
+            choice.apply()
+            logger.debug("\(choice.summary)")
+            measuredKernelChoice.withLock { $0 = choice }
+        }
         logger.debug("loaded \(loaded.config.modelType) from \(directory) in \(ContinuousClock.now - started)")
         return loaded
     }
 }
+
+/// The kernel choice measured at load, for `bench` to report.
+let measuredKernelChoice = Mutex<KernelChoice?>(nil)
 
 /// Diagnostics on stderr; SWITCHYARD_LOG_LEVEL=debug (or info, trace...) shows more.
 let logger: Logger = {

@@ -189,3 +189,27 @@ struct FusedPairTests {
         }
     }
 }
+
+@Suite("kernel choice")
+struct KernelChoiceTests {
+    /// The table covers 5...12 tokens with real times, its verdict follows from them, and applying
+    /// it sets the threshold products use (which changes no result: the tile is batch-invariant).
+    @Test func measuredTableDecides() {
+        let choice = KernelChoice.measure(rows: 64, columns: 256, repetitions: 1, pool: ThreadPool(threads: 2))
+        guard KernelChoice.tileAvailable else {
+            #expect(choice.tokenCounts.isEmpty && choice.tileFrom == nil)
+            return
+        }
+        #expect(choice.tokenCounts == Array(5...12))
+        #expect(choice.rowKernelSeconds.allSatisfy { $0 > 0 } && choice.tileSeconds.allSatisfy { $0 > 0 })
+        if let from = choice.tileFrom {
+            for (i, n) in choice.tokenCounts.enumerated() where n >= from { #expect(choice.tileSeconds[i] <= choice.rowKernelSeconds[i]) }
+        }
+        let saved = KernelChoice.current
+        defer { KernelChoice(tokenCounts: [], rowKernelSeconds: [], tileSeconds: [], tileFrom: saved).apply() }
+        KernelChoice(tokenCounts: [], rowKernelSeconds: [], tileSeconds: [], tileFrom: 9).apply()
+        #expect(KernelChoice.current == 9)
+        KernelChoice(tokenCounts: [], rowKernelSeconds: [], tileSeconds: [], tileFrom: 2).apply()
+        #expect(KernelChoice.current == 5, "never below the tile's own five tokens")
+    }
+}

@@ -49,5 +49,10 @@ void sy_force_quantized_dot_level(int level);
 int sy_bf16_level(void);
 void sy_rows_bf16_f32(const void *rows, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
                       long out_stride);
+// From how many tokens a product uses the AVX-512 tile (at least its 5 tokens; below, the one-row
+// kernel in groups of four): Kernels' KernelChoice measures it. The results are the same bits
+// either way.
+void sy_set_bf16_tile_from(int tokens);
+int sy_bf16_tile_from(void);
 
 #endif
