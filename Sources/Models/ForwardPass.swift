@@ -124,8 +124,7 @@ extension Model {
         let qW = c.queryWidth, kvW = c.keyValueWidth
         let q = s.query.pointer, k = s.key.pointer, v = s.value.pointer
         device.linear(a.query, input: input, inputStride: H, output: q, outputStride: qW, tokens: T)
-        device.linear(a.key, input: input, inputStride: H, output: k, outputStride: kvW, tokens: T)
-        device.linear(a.value, input: input, inputStride: H, output: v, outputStride: kvW, tokens: T)
+        device.linear(a.key, a.value, input: input, inputStride: H, outputs: (k, v), outputStride: kvW, tokens: T)
         for t in 0..<T {
             if let b = a.queryBias { for i in 0..<qW { q[t * qW + i] += b[i] } }
             if let b = a.keyBias { for i in 0..<kvW { k[t * kvW + i] += b[i] } }
