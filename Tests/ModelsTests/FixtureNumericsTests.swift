@@ -216,11 +216,9 @@ struct QuantizedFixtureTests {
 /// random weights, against the float32 pass over the values its quantised matrices hold.
 @Suite("Quantised weights on a wider random Mixtral")
 struct WideQuantizedModelTests {
-    @Test(arguments: WeightQuantization.Format.allCases)
-    func matchesTheDequantisedValues(format: WeightQuantization.Format) throws {
-        let directory = "/tmp/switchyard-wide-test-\(getpid())-\(format)"
+    /// A folder with the wide Mixtral's config.json (hidden 256, 4 experts of 512).
+    static func makeFolder(_ directory: String) throws {
         mkdir(directory, 0o755)
-        defer { _ = unlink(directory + "/config.json"); rmdir(directory) }
         let config = """
             {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 300, "hidden_size": 256,
              "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -232,6 +230,18 @@ struct WideQuantizedModelTests {
             fwrite(bytes.baseAddress, 1, bytes.count, file)
             fclose(file)
         }
+    }
+
+    static func removeFolder(_ directory: String) {
+        for name in ["config.json", "model.safetensors"] { _ = unlink(directory + "/" + name) }
+        rmdir(directory)
+    }
+
+    @Test(arguments: WeightQuantization.Format.allCases)
+    func matchesTheDequantisedValues(format: WeightQuantization.Format) throws {
+        let directory = "/tmp/switchyard-wide-test-\(getpid())-\(format)"
+        try Self.makeFolder(directory)
+        defer { Self.removeFolder(directory) }
         // Q4_K converts the experts; Q8_0 and Q4_0 every matrix, so attention and the output head
         // run grouped too.
         let all = format != .q4_k
@@ -277,6 +287,36 @@ struct WideQuantizedModelTests {
             #expect(difference <= 1e-4, "grouped vs ungrouped: \(difference)")
             #expect(integer.tokens == ungrouped.tokens)
         }
+    }
+
+    /// A quantised folder (`switchyard quantize`) regroups from its mapped file into one buffer and
+    /// releases the file's pages; converting at load regroups in place. Same values, same kernels:
+    /// the same logits, bit for bit.
+    @Test(arguments: [WeightQuantization.Format.q8_0, .q4_0])
+    func storedFolderRegroupsAsConvertingAtLoad(format: WeightQuantization.Format) throws {
+        let source = "/tmp/switchyard-wide-stored-\(getpid())-\(format)", out = source + "-q"
+        try Self.makeFolder(source)
+        defer { Self.removeFolder(source); Self.removeFolder(out) }
+        let pool = ThreadPool(threads: 2)
+        // The random weights written as the folder's checkpoint.
+        let random = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool, randomWeights: true)
+        let entries = random.tensors.allTensors.map { t in
+            SafeTensorsWriter.Entry(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: t.byteCount) { target in
+                target.copyMemory(from: t.data, byteCount: t.byteCount)
+            }
+        }
+        try SafeTensorsWriter.write(entries, metadata: [:], to: source + "/model.safetensors")
+        _ = try QuantizedCheckpoint.write(from: source, to: out, format: format, all: true, pool: pool)
+        let device = CPUDevice(pool: pool, precision: .int8)
+        let stored = try Model(directory: out, device: device, pool: pool)
+        let converted = try Model(directory: source, device: device, pool: pool, quantization: WeightQuantization(format: format, all: true))
+        let grouped = GroupedBlocks.grouped(format.element)
+        #expect(stored.weights.lmHead.element == grouped && stored.weights.layers[0].attention.value.element == grouped)
+        let prompt = [1, 17, 250, 42, 7, 99]
+        let a = try stored.makeSession(contextLength: 16).forward(prompt, allLogits: true)
+        let b = try converted.makeSession(contextLength: 16).forward(prompt, allLogits: true)
+        let first = a.indices.first { a[$0].bitPattern != b[$0].bitPattern }
+        #expect(a.count == b.count && first == nil, "first difference at \(first ?? -1)")
     }
 }
 
