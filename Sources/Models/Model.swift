@@ -20,7 +20,7 @@ public final class Model: @unchecked Sendable {
     public let pool: ThreadPool
     /// How weights were converted at load, if they were.
     public let quantization: WeightQuantization?
-    /// The memory of converted weights.
+    /// The memory of converted, regrouped or copied weights.
     let quantizedStorage: [OwnedBytes]
 
     /// A routed expert (or, in a dense model, the first layer's MLP): the shape and element of the
@@ -51,9 +51,11 @@ public final class Model: @unchecked Sendable {
     /// - Parameter regroup: with int8 activations on `device`, regroup Q8_0 and Q4_0 weights for
     ///   the integer kernels (GroupedBlocks); false keeps them as stored (the disk tier reads
     ///   experts from the files, so it needs the stored layout).
+    /// - Parameter hugePages: copy the weights read from the files into memory of 2 MiB pages and
+    ///   release the files' pages (`--no-mmap`); by default weights used as stored stay mapped.
     public init(
         directory: String, device: ComputeDevice, pool: ThreadPool, randomWeights: Bool = false,
-        quantization: WeightQuantization? = nil, regroup: Bool = true
+        quantization: WeightQuantization? = nil, regroup: Bool = true, hugePages: Bool = false
     ) throws(ModelError) {
         self.directory = directory
         config = try Model.readConfig(directory: directory)
@@ -71,6 +73,9 @@ public final class Model: @unchecked Sendable {
         var weights = quantization.map { bound.quantized($0, pool: pool, storage: &storage) } ?? bound
         if regroup && device.precision == .int8 {
             weights = weights.regrouped(pool: pool, storage: &storage, fileBacked: tensors is CheckpointTensors)
+        }
+        if hugePages && tensors is CheckpointTensors {
+            weights = weights.copiedToHugePages(pool: pool, storage: &storage)
         }
         self.weights = weights
         quantizedStorage = storage

@@ -154,6 +154,36 @@ extension DecoderWeights {
     }
 }
 
+extension DecoderWeights {
+    /// Every matrix read from the files (all but the embedding and the routers) copied into one
+    /// buffer of transparent huge pages, the file's pages released: decode streams each weight once
+    /// per token, and 4 KiB pages cost a page walk every 4 KiB of it.
+    func copiedToHugePages(pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
+        let owned = storage
+        func fromFile(_ m: WeightMatrix) -> Bool { !owned.contains(where: { $0.contains(m.data) }) }
+        var total = 0
+        _ = mapMatrices(all: true) { m in
+            if fromFile(m) { total += (m.rows * m.rowBytes + 63) / 64 * 64 }
+            return m
+        }
+        guard total > 0 else { return self }
+        let buffer = OwnedBytes(total)
+        storage.append(buffer)
+        var offset = 0
+        return mapMatrices(all: true) { m in
+            guard fromFile(m) else { return m }
+            let bytes = m.rows * m.rowBytes, target = buffer.pointer + offset
+            offset += (bytes + 63) / 64 * 64
+            let chunk = 1 << 20
+            pool.parallelFor((bytes + chunk - 1) / chunk) { i in
+                (target + i * chunk).copyMemory(from: m.data + i * chunk, byteCount: min(chunk, bytes - i * chunk))
+            }
+            dropPages(m.data, bytes)
+            return WeightMatrix(element: m.element, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
+        }
+    }
+}
+
 /// Drops the pages of a file-mapped range from this process (they are re-read if touched again),
 /// so weights that were copied elsewhere (another tier, a regrouped layout) stop counting against
 /// host RAM.

@@ -317,6 +317,15 @@ struct WideQuantizedModelTests {
         let b = try converted.makeSession(contextLength: 16).forward(prompt, allLogits: true)
         let first = a.indices.first { a[$0].bitPattern != b[$0].bitPattern }
         #expect(a.count == b.count && first == nil, "first difference at \(first ?? -1)")
+        // --no-mmap: the bf16 weights copied into huge pages compute the same bits as mapped.
+        let mapped = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool)
+        let copied = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool, hugePages: true)
+        #expect(copied.quantizedStorage.count == 1 && mapped.quantizedStorage.isEmpty)
+        #expect(copied.weights.layers[1].attention.query.data != mapped.weights.layers[1].attention.query.data)
+        let c = try copied.makeSession(contextLength: 16).forward(prompt, allLogits: true)
+        let m = try mapped.makeSession(contextLength: 16).forward(prompt, allLogits: true)
+        let firstCopied = c.indices.first { c[$0].bitPattern != m[$0].bitPattern }
+        #expect(c.count == m.count && firstCopied == nil, "copied vs mapped: first difference at \(firstCopied ?? -1)")
     }
 }
 
