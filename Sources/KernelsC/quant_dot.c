@@ -583,8 +583,8 @@ void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, c
         for (; t0 + SY_TILE_TOKENS <= tokens; t0 += SY_TILE_TOKENS) {
             int r = 0;
             for (; r + 4 <= nrows; r += 4)
-                bf16_tile((const uint8_t *)base + r * row_bytes, row_bytes, blocks, x + (long)t0 * stride, stride,
-                              out + t0 * out_stride + r, out_stride);
+                bf16_tile((const uint8_t *)base + r * row_bytes, row_bytes, blocks, x + (long)t0 * stride, stride, out + t0 * out_stride + r,
+                          out_stride);
             for (; r < nrows; r++) {
                 for (int t = t0; t < t0 + SY_TILE_TOKENS; t += 4) {
                     const int count = t0 + SY_TILE_TOKENS - t < 4 ? t0 + SY_TILE_TOKENS - t : 4;
