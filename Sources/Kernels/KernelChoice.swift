@@ -76,9 +76,9 @@ public struct KernelChoice: Sendable {
         return choice
     }
 
-    /// Makes products use this choice from now on (the tile never, when it never won).
+    /// Makes products use this choice from now on (the tile never, when it never won; without
+    /// AVX-512 the threshold is kept but no tile runs).
     public func apply() {
-        guard KernelChoice.tileAvailable else { return }
         sy_set_bf16_tile_from(Int32(tileFrom ?? Int(Int32.max)))
     }
 

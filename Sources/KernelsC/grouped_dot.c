@@ -24,22 +24,6 @@ static inline float reduce16(const float a[16]) {
     return ((b[0] + b[4]) + (b[1] + b[5])) + ((b[2] + b[6]) + (b[3] + b[7]));
 }
 
-static inline float half_value(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, magnitude = (uint32_t)(h & 0x7FFF) << 13, bits;
-    if ((h & 0x7C00) == 0x7C00) {
-        bits = sign | 0x7F800000 | (magnitude & 0x007FFFFF);
-    } else {
-        float f;
-        memcpy(&f, &magnitude, 4);
-        f *= 0x1p112f;
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float out;
-    memcpy(&out, &bits, 4);
-    return out;
-}
-
 static void grouped_portable(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx, int stride, int tokens,
                              float *out) {
     const int group_bytes = q4 ? 72 : 136;
@@ -65,7 +49,7 @@ static void grouped_portable(const uint8_t *row, int groups, int q4, const int8_
                 }
                 uint16_t h;
                 memcpy(&h, group + 2 * k, 2);
-                const float s = half_value(h) * dx[(long)t * (stride / 8) + 16 * g + lane];
+                const float s = sy_half(h) * dx[(long)t * (stride / 8) + 16 * g + lane];
                 acc[lane] = __builtin_fmaf((float)sum, s, acc[lane]);
             }
         }

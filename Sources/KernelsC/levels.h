@@ -5,6 +5,31 @@
 // 0 = portable C): shared by the kernel files, not part of the module's interface.
 int sy_integer_level_in_force(void);
 
+#include <stdint.h>
+#include <string.h>
+
+// IEEE binary16 to binary32, exact (subnormals included), without the F16C instruction: clang
+// compiles _cvtsh_ss (and every spelling of vcvtph2ps on one value) to a vpinsrw into whatever
+// register is at hand, often an accumulator, which chained every block to the previous block's
+// multiply-add and halved the kernels' speed. Shifting the exponent and mantissa into a float and
+// multiplying by 2^112 rebiases normal and subnormal halves exactly; infinities and NaNs keep their
+// bits.
+static inline float sy_half(uint16_t h) {
+    uint32_t magnitude = (uint32_t)(h & 0x7FFF) << 13, sign = (uint32_t)(h & 0x8000) << 16, bits;
+    if ((h & 0x7C00) == 0x7C00) {
+        bits = sign | 0x7F800000 | (magnitude & 0x007FFFFF);
+    } else {
+        float f;
+        memcpy(&f, &magnitude, 4);
+        f *= 0x1p112f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
 #ifndef SY_PREFETCH_DISTANCE
 // Weights stream from memory once per token: the hardware prefetcher alone left the decode kernels
 // waiting on their loads (1.2x slower on two cores here); 2 KiB ahead measured best of 0.25-4 KiB.

@@ -7,30 +7,6 @@
 #include <immintrin.h>
 #endif
 
-static inline float half_to_float(uint16_t h) {
-    // IEEE binary16 to binary32, exact (subnormals included).
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exponent = (h >> 10) & 0x1F;
-    uint32_t mantissa = h & 0x3FF;
-    uint32_t bits;
-    if (exponent == 0) {
-        if (mantissa == 0) {
-            bits = sign;
-        } else {
-            int e = -1;
-            do { e++; mantissa <<= 1; } while ((mantissa & 0x400) == 0);
-            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mantissa & 0x3FF) << 13);
-        }
-    } else if (exponent == 31) {
-        bits = sign | 0x7F800000 | (mantissa << 13);
-    } else {
-        bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 static int forced = -1;
 
 static inline float reduce8(const float a[8]) {
@@ -58,9 +34,9 @@ static void q4k_portable(const uint8_t *row, int superblocks, const int8_t *xq, 
             const uint8_t *block = row + b * 144;
             uint16_t h;
             memcpy(&h, block, 2);
-            float d = half_to_float(h);
+            float d = sy_half(h);
             memcpy(&h, block + 2, 2);
-            float dmin = half_to_float(h);
+            float dmin = sy_half(h);
             uint8_t sc[8], mn[8];
             q4k_scales(block + 4, sc, mn);
             for (int j = 0; j < 8; j++) {
@@ -99,7 +75,7 @@ static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *x
                 memcpy(w, block + 2, 32);
             }
             const int8_t *x = xq + t * stride + b * 32;
-            float d = half_to_float(h) * xd[t * (stride / 32) + b];
+            float d = sy_half(h) * xd[t * (stride / 32) + b];
             for (int lane = 0; lane < 8; lane++) {
                 int32_t s = 0;
                 for (int k = 0; k < 4; k++) s += (int32_t)w[4 * lane + k] * (int32_t)x[4 * lane + k];
@@ -112,27 +88,11 @@ static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *x
 
 #if defined(__x86_64__)
 
-// float16 to float32, exact, without the F16C instruction: clang compiles _cvtsh_ss (and every
-// spelling of vcvtph2ps on one value) to a vpinsrw into whatever register is at hand, often the
-// accumulator, which chained every block to the previous block's multiply-add and halved the
-// kernels' speed. Shifting the exponent and mantissa into a float and multiplying by 2^112 rebiases
-// normal and subnormal halves exactly; infinities and NaNs keep their bits.
+// A block's float16 scale, exact (levels.h says why not F16C).
 static inline float half_exact(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
-    uint32_t magnitude = (uint32_t)(h & 0x7FFF) << 13, sign = (uint32_t)(h & 0x8000) << 16, bits;
-    if ((h & 0x7C00) == 0x7C00) {
-        bits = sign | 0x7F800000 | (magnitude & 0x007FFFFF);
-    } else {
-        float f;
-        memcpy(&f, &magnitude, 4);
-        f *= 0x1p112f;
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float out;
-    memcpy(&out, &bits, 4);
-    return out;
+    return sy_half(h);
 }
 
 __attribute__((target("avx2,fma,f16c")))
