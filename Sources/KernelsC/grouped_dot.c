@@ -15,14 +15,8 @@
 //
 // The integer lanes are exact whatever the instructions, so every level gives the same floats:
 // acc[L] = fma(float(lane sum L), dw[k] * dx[k], acc[L]) over the groups in order, then
-// ((a[i] + a[i+8]) for i < 8) summed as ((b0 + b4) + (b1 + b5)) + ((b2 + b6) + (b3 + b7)).
+// sy_reduce16 of the lanes.
 // Kernels' groupedDotReference is the Swift twin, and tests hold the C to it bit for bit.
-
-static inline float reduce16(const float a[16]) {
-    float b[8];
-    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
-    return ((b[0] + b[4]) + (b[1] + b[5])) + ((b[2] + b[6]) + (b[3] + b[7]));
-}
 
 static void grouped_portable(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx, int stride, int tokens,
                              float *out) {
@@ -53,7 +47,7 @@ static void grouped_portable(const uint8_t *row, int groups, int q4, const int8_
                 acc[lane] = __builtin_fmaf((float)sum, s, acc[lane]);
             }
         }
-        out[t] = reduce16(acc);
+        out[t] = sy_reduce16(acc);
     }
 }
 
@@ -89,7 +83,7 @@ static inline float reduce_ymm(__m256 lo, __m256 hi) {
     float a[16];
     _mm256_storeu_ps(a, lo);
     _mm256_storeu_ps(a + 8, hi);
-    return reduce16(a);
+    return sy_reduce16(a);
 }
 
 __attribute__((target("avx2,fma,f16c"), always_inline))
@@ -158,10 +152,10 @@ static inline void grouped_vnni_n(const uint8_t *row, int groups, const int q4, 
     }
     float a[16];
     _mm512_storeu_ps(a, acc0);
-    out[0] = reduce16(a);
-    if (tokens > 1) { _mm512_storeu_ps(a, acc1); out[1] = reduce16(a); }
-    if (tokens > 2) { _mm512_storeu_ps(a, acc2); out[2] = reduce16(a); }
-    if (tokens > 3) { _mm512_storeu_ps(a, acc3); out[3] = reduce16(a); }
+    out[0] = sy_reduce16(a);
+    if (tokens > 1) { _mm512_storeu_ps(a, acc1); out[1] = sy_reduce16(a); }
+    if (tokens > 2) { _mm512_storeu_ps(a, acc2); out[2] = sy_reduce16(a); }
+    if (tokens > 3) { _mm512_storeu_ps(a, acc3); out[3] = sy_reduce16(a); }
 }
 
 #define SY_INSTANTIATE_GROUPED(NAME, KERNEL, TARGET)                                               \

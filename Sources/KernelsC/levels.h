@@ -30,6 +30,15 @@ static inline float sy_half(uint16_t h) {
     return out;
 }
 
+// The sum of 16 lanes in the kernels' fixed order: lanes i + i+8, then i + i+4, then
+// (0 + 1) + (2 + 3); the Swift twins sum in the same order.
+static inline float sy_reduce16(const float a[16]) {
+    float b[8], c[4];
+    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++) c[i] = b[i] + b[i + 4];
+    return (c[0] + c[1]) + (c[2] + c[3]);
+}
+
 #ifndef SY_PREFETCH_DISTANCE
 // Weights stream from memory once per token: the hardware prefetcher alone left the decode kernels
 // waiting on their loads (1.2x slower on two cores here); 2 KiB ahead measured best of 0.25-4 KiB.

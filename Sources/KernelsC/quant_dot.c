@@ -360,7 +360,7 @@ void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblock
 
 #if defined(__x86_64__)
 
-__attribute__((target("avx2,fma"), always_inline))
+__attribute__((target("avx2,fma")))
 static inline float bf16_reduce16(__m256 lo, __m256 hi) {
     __m256 a = _mm256_add_ps(lo, hi);
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -400,15 +400,7 @@ static inline void bf16_avx2_n(const uint8_t *row, int blocks, const float *x, i
     if (tokens > 3) out[3] = bf16_reduce16(lo3, hi3);
 }
 
-// bf16_reduce16's order on 16 stored lanes: (i + i+8), then (i + i+4), then (0 + 1) + (2 + 3).
-static float bf16_lanes_sum(const float a[16]) {
-    float b[8], c[4];
-    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
-    for (int i = 0; i < 4; i++) c[i] = b[i] + b[i + 4];
-    return (c[0] + c[1]) + (c[2] + c[3]);
-}
-
-__attribute__((target("avx512f,avx2,fma"), always_inline))
+__attribute__((target("avx512f,avx2,fma")))
 static inline float bf16_reduce512(__m512 v) {
     return bf16_reduce16(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
@@ -521,7 +513,7 @@ static void bf16_tile(const uint8_t *row, long row_bytes, int blocks, const floa
     _mm512_storeu_ps(lanes[4 * T + 2], a2##T); _mm512_storeu_ps(lanes[4 * T + 3], a3##T);
     SY_STORE4(0) SY_STORE4(1) SY_STORE4(2) SY_STORE4(3) SY_STORE4(4)
     for (int t = 0; t < 5; t++)
-        for (int r = 0; r < 4; r++) out[t * out_stride + r] = bf16_lanes_sum(lanes[4 * t + r]);
+        for (int r = 0; r < 4; r++) out[t * out_stride + r] = sy_reduce16(lanes[4 * t + r]);
 #undef SY_STORE4
 }
 

@@ -124,46 +124,46 @@ extension DecoderWeights {
 
     /// Q8_0 and Q4_0 matrices (rows of whole groups of 128) regrouped for the integer kernels
     /// (GroupedBlocks). Converted weights are regrouped in place; weights read from the files go to
-    /// new buffers in `storage`, and the file pages they were read from are released, so resident
-    /// memory does not hold both layouts.
+    /// one new buffer (see `rewrittenIntoOneBuffer`).
     func regrouped(pool: ThreadPool, storage: inout [OwnedBytes], fileBacked: Bool) -> DecoderWeights {
-        let owned = storage
         func regroupable(_ m: WeightMatrix) -> Bool { GroupedBlocks.grouped(m.element) != nil && m.columns % GroupedBlocks.groupValues == 0 }
-        // Weights read from the files go to one buffer (its pages can be huge; an expert alone is
-        // just under 2 MiB in Q4_0 at hidden 1024).
-        var total = 0
-        _ = mapMatrices(all: true) { m in
-            if regroupable(m) && !owned.contains(where: { $0.contains(m.data) }) { total += (m.rows * m.rowBytes + 63) / 64 * 64 }
-            return m
-        }
-        let buffer = total > 0 ? OwnedBytes(total) : nil
-        var offset = 0
-        let out = mapMatrices(all: true) { m in
-            guard regroupable(m) else { return m }
-            if let converted = owned.first(where: { $0.contains(m.data) }) {
-                return GroupedBlocks.regroup(m, into: converted.pointer + (m.data - UnsafeRawPointer(converted.pointer)), pool: pool)
-            }
-            let bytes = m.rows * m.rowBytes
-            let grouped = GroupedBlocks.regroup(m, into: buffer!.pointer + offset, pool: pool)
-            offset += (bytes + 63) / 64 * 64
-            if fileBacked { dropPages(m.data, bytes) }
-            return grouped
-        }
-        if let buffer { storage.append(buffer) }
-        return out
-    }
-}
-
-extension DecoderWeights {
-    /// Every matrix read from the files (all but the embedding and the routers) copied into one
-    /// buffer of transparent huge pages, the file's pages released: decode streams each weight once
-    /// per token, and 4 KiB pages cost a page walk every 4 KiB of it.
-    func copiedToHugePages(pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
         let owned = storage
-        func fromFile(_ m: WeightMatrix) -> Bool { !owned.contains(where: { $0.contains(m.data) }) }
+        let inPlace = mapMatrices(all: true) { m in
+            guard regroupable(m), let converted = owned.first(where: { $0.contains(m.data) }) else { return m }
+            return GroupedBlocks.regroup(m, into: converted.pointer + (m.data - UnsafeRawPointer(converted.pointer)), pool: pool)
+        }
+        return inPlace.rewrittenIntoOneBuffer(storage: &storage, releaseFilePages: fileBacked, takes: regroupable) { m, target in
+            GroupedBlocks.regroup(m, into: target, pool: pool)
+        }
+    }
+
+    /// Every matrix read from the files (all but the embedding and the routers) copied into one
+    /// buffer of transparent huge pages (`--no-mmap`): decode streams each weight once per token,
+    /// and 4 KiB pages cost a page walk every 4 KiB of it.
+    func copiedToHugePages(pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
+        rewrittenIntoOneBuffer(storage: &storage, releaseFilePages: true, takes: { _ in true }) { m, target in
+            let bytes = m.rows * m.rowBytes, chunk = 1 << 20
+            pool.parallelFor((bytes + chunk - 1) / chunk) { i in
+                (target + i * chunk).copyMemory(from: m.data + i * chunk, byteCount: min(chunk, bytes - i * chunk))
+            }
+            return WeightMatrix(element: m.element, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
+        }
+    }
+
+    /// These weights with every matrix not already in `storage` that `takes` picks rewritten by
+    /// `rewrite` into one new buffer, appended to `storage`: one buffer, so its pages can be huge
+    /// (a Q4_0 expert at hidden 1024 is just under 2 MiB alone). The files' pages of the rewritten
+    /// matrices are released, so resident memory does not hold both.
+    private func rewrittenIntoOneBuffer(
+        storage: inout [OwnedBytes], releaseFilePages: Bool, takes: (WeightMatrix) -> Bool,
+        _ rewrite: (WeightMatrix, UnsafeMutableRawPointer) -> WeightMatrix
+    ) -> DecoderWeights {
+        let owned = storage
+        func picked(_ m: WeightMatrix) -> Bool { takes(m) && !owned.contains(where: { $0.contains(m.data) }) }
+        func slot(_ m: WeightMatrix) -> Int { (m.rows * m.rowBytes + 63) / 64 * 64 }
         var total = 0
         _ = mapMatrices(all: true) { m in
-            if fromFile(m) { total += (m.rows * m.rowBytes + 63) / 64 * 64 }
+            if picked(m) { total += slot(m) }
             return m
         }
         guard total > 0 else { return self }
@@ -171,15 +171,11 @@ extension DecoderWeights {
         storage.append(buffer)
         var offset = 0
         return mapMatrices(all: true) { m in
-            guard fromFile(m) else { return m }
-            let bytes = m.rows * m.rowBytes, target = buffer.pointer + offset
-            offset += (bytes + 63) / 64 * 64
-            let chunk = 1 << 20
-            pool.parallelFor((bytes + chunk - 1) / chunk) { i in
-                (target + i * chunk).copyMemory(from: m.data + i * chunk, byteCount: min(chunk, bytes - i * chunk))
-            }
-            dropPages(m.data, bytes)
-            return WeightMatrix(element: m.element, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(target))
+            guard picked(m) else { return m }
+            let out = rewrite(m, buffer.pointer + offset)
+            offset += slot(m)
+            if releaseFilePages { dropPages(m.data, m.rows * m.rowBytes) }
+            return out
         }
     }
 }
