@@ -22,6 +22,8 @@ public final class Model: @unchecked Sendable {
     public let quantization: WeightQuantization?
     /// The memory of converted, regrouped or copied weights.
     let quantizedStorage: [OwnedBytes]
+    /// How each safetensors file came to be mapped, with `.mappedInHugePages`; empty otherwise.
+    public private(set) var hugePageResidency: [HugePageResidency] = []
 
     /// A routed expert (or, in a dense model, the first layer's MLP): the shape and element of the
     /// products that dominate the forward pass.
@@ -38,6 +40,17 @@ public final class Model: @unchecked Sendable {
     /// The safetensors files behind the weights; nil for random weights.
     public var checkpoint: Checkpoint? { (tensors as? CheckpointTensors)?.checkpoint }
 
+    /// How the weights used as stored (not converted) are held in memory.
+    public enum WeightResidency: Sendable {
+        /// In the files' mappings, read when first used: the tiers read experts on demand.
+        case mapped
+        /// In the files' mappings, read in at load and mapped with 2 MiB pages where the kernel can
+        /// (`MappedFile.holdInHugePages`): for a model held wholly in memory.
+        case mappedInHugePages
+        /// Copied out of the mappings into anonymous 2 MiB pages, the files' pages released (`--no-mmap`).
+        case copied
+    }
+
     public static var supportedModelTypes: [String] { Architectures.supportedModelTypes }
 
     /// - Parameter randomWeights: ignore the folder's weights (it needs only config.json) and use
@@ -51,22 +64,28 @@ public final class Model: @unchecked Sendable {
     /// - Parameter regroup: with int8 activations on `device`, regroup Q8_0 and Q4_0 weights for
     ///   the integer kernels (GroupedBlocks); false keeps them as stored (the disk tier reads
     ///   experts from the files, so it needs the stored layout).
-    /// - Parameter hugePages: copy the weights read from the files into memory of 2 MiB pages and
-    ///   release the files' pages (`--no-mmap`); by default weights used as stored stay mapped.
+    /// - Parameter residency: how the weights read from the files are held (mapped and read when
+    ///   first used by default).
     public init(
         directory: String, device: ComputeDevice, pool: ThreadPool, randomWeights: Bool = false,
-        quantization: WeightQuantization? = nil, regroup: Bool = true, hugePages: Bool = false
+        quantization: WeightQuantization? = nil, regroup: Bool = true, residency: WeightResidency = .mapped
     ) throws(ModelError) {
         self.directory = directory
         config = try Model.readConfig(directory: directory)
         if randomWeights {
             tensors = RandomTensors(config: config, dtype: try Model.storedDType(directory: directory), pool: pool)
         } else {
+            let checkpoint: Checkpoint
             do {
-                tensors = CheckpointTensors(try Checkpoint(directory: directory))
+                checkpoint = try Checkpoint(directory: directory)
             } catch {
                 throw ModelError(error.description)
             }
+            if residency == .mappedInHugePages {
+                // Before any copy below, so converting and regrouping read through the huge pages too.
+                hugePageResidency = checkpoint.files.map { $0.mapping.holdInHugePages() }
+            }
+            tensors = CheckpointTensors(checkpoint)
         }
         let bound = try DecoderWeights.bind(config, from: tensors)
         var storage: [OwnedBytes] = []
@@ -74,7 +93,7 @@ public final class Model: @unchecked Sendable {
         if regroup && device.precision == .int8 {
             weights = weights.regrouped(pool: pool, storage: &storage, fileBacked: tensors is CheckpointTensors)
         }
-        if hugePages && tensors is CheckpointTensors {
+        if residency == .copied && tensors is CheckpointTensors {
             weights = weights.copiedToHugePages(pool: pool, storage: &storage)
         }
         self.weights = weights

@@ -110,6 +110,10 @@ struct Bench: ParsableCommand {
             }
             writeOut(summary + "\n")
             if let choice = measuredKernelChoice.withLock({ $0 }) { writeOut(choice.summary + "\n") }
+            if !model.hugePageResidency.isEmpty {
+                let huge = model.hugePageResidency.reduce(0) { $0 + $1.hugeBytes }, total = model.hugePageResidency.reduce(0) { $0 + $1.bytes }
+                writeOut("weight files mapped in 2 MiB pages: \(bytes(huge)) of \(bytes(total))\n")
+            }
         }
     }
 

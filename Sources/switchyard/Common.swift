@@ -58,8 +58,11 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("random-weights"), help: "Use random weights of the right shapes and dtype instead of the folder's (which then needs only config.json): for benchmarks.")
     var randomWeights = false
 
-    @Flag(name: .customLong("no-mmap"), help: "Copy the weights out of the memory-mapped files into memory of 2 MiB pages (transparent huge pages) and release the files' pages: decode reads each weight once per token, and 4 KiB pages cost a page walk every 4 KiB (bf16 decode about 5-10% faster here). Resident memory is the same; the files' page cache is no longer shared with other processes. Not with --gpu-memory or --ram-budget.")
+    @Flag(name: .customLong("no-mmap"), help: "Copy the weights out of the memory-mapped files into anonymous memory of 2 MiB pages and release the files' pages. By default the mappings themselves use 2 MiB pages where the file system allows it (see --no-huge-pages); this is for those that do not. Resident memory is the same; the files' page cache is no longer shared with other processes. Not with --gpu-memory or --ram-budget.")
     var noMmap = false
+
+    @Flag(name: .customLong("no-huge-pages"), help: "Map the weight files as their page cache holds them. By default a model held wholly in memory is read in at load and mapped with 2 MiB pages where the kernel can (decode reads every weight once per token; 4 KiB pages cost a page walk every 4 KiB): a file cached in 4 KiB pages is dropped from the cache and read again once to get them.")
+    var noHugePages = false
 
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
@@ -120,7 +123,11 @@ struct ModelOptions: ParsableArguments {
             emulated = accelerator
         }
         let loaded = try Model(directory: directory, device: device, pool: pool, randomWeights: randomWeights, quantization: quantization,
-                               regroup: !(tiered && ramBudget != nil), hugePages: noMmap)
+                               regroup: !(tiered && ramBudget != nil),
+                               residency: noMmap ? .copied : tiered || noHugePages ? .mapped : .mappedInHugePages)
+        for (file, residency) in zip(loaded.checkpoint?.files ?? [], loaded.hugePageResidency) {
+            logger.debug("\(file.path): \(residency.hugeBytes >> 20) of \(residency.bytes >> 20) MiB mapped in 2 MiB pages\(residency.reread ? " (its page cache was read again to get them)" : "")")
+        }
         if tiered {
             var options = TierOptions()
             options.ramBudget = try ramBudget.map(parseByteSize)

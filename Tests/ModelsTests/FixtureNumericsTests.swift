@@ -319,7 +319,7 @@ struct WideQuantizedModelTests {
         #expect(a.count == b.count && first == nil, "first difference at \(first ?? -1)")
         // --no-mmap: the bf16 weights copied into huge pages compute the same bits as mapped.
         let mapped = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool)
-        let copied = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool, hugePages: true)
+        let copied = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool, residency: .copied)
         #expect(copied.quantizedStorage.count == 1 && mapped.quantizedStorage.isEmpty)
         #expect(copied.weights.layers[1].attention.query.data != mapped.weights.layers[1].attention.query.data)
         let c = try copied.makeSession(contextLength: 16).forward(prompt, allLogits: true)
