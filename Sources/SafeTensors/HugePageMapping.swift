@@ -32,59 +32,52 @@ extension MappedFile {
     ///
     /// Linux maps a file with 2 MiB pages only where its page cache holds 2 MiB folios, which it
     /// creates when a mapping asks for huge pages (`MADV_HUGEPAGE`) and the file system supports
-    /// large folios (ext4 from Linux 6.16, xfs, tmpfs...). A file that was read before through 4 KiB
-    /// pages stays cached in them, so when one 2 MiB piece of the file comes back as a huge page
-    /// after dropping it from the cache, the whole file's cache is dropped and read again, once.
-    /// Pages other processes map are not dropped; nothing is lost either way, since the file is
-    /// read-only here.
+    /// large folios (ext4 from Linux 6.16, xfs, tmpfs...). A file read before through 4 KiB pages
+    /// stays cached in them. So when less than 90% of the file comes in 2 MiB pages, and the file
+    /// system can give them (some piece already came huge, or one 2 MiB piece does after dropping it
+    /// from the cache), the file's cache is dropped and the file read again, once. Pages other
+    /// processes map are not dropped; nothing is lost either way, since the file is read-only.
     public func holdInHugePages() -> HugePageResidency {
         var residency = HugePageResidency(bytes: size, hugeBytes: 0, reread: false)
         #if os(Linux)
         let huge = Self.hugePageBytes
         let mutableBase = UnsafeMutableRawPointer(mutating: base)
         guard size >= 2 * huge, madvise(mutableBase, size, MADV_HUGEPAGE) == 0 else { return residency }
+        Self.populate(mutableBase, size)
+        residency.hugeBytes = Self.hugeMappedBytes(in: base, size)
+        let firstWhole = (Int(bitPattern: base) + huge - 1) / huge * huge, lastWhole = (Int(bitPattern: base) + size) / huge * huge
+        guard residency.hugeBytes < (lastWhole - firstWhole) / 10 * 9 else { return residency }
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { return residency }
         defer { close(fd) }
-        // The probe: the last whole 2 MiB piece of the file, in a mapping of its own.
-        let probeOffset = (size / huge - 1) * huge
-        switch probeHugePage(fd: fd, offset: probeOffset) {
-        case .alreadyHuge, .impossible:
-            break
-        case .hugeAfterReread:
-            _ = madvise(mutableBase, size, MADV_DONTNEED)
-            _ = posix_fadvise(fd, 0, off_t(size), POSIX_FADV_DONTNEED)
-            residency.reread = true
-        }
+        guard residency.hugeBytes > 0 || probeHugePage(fd: fd, offset: (size / huge - 1) * huge) else { return residency }
+        // The cache lets go only of pages no one maps.
+        _ = madvise(mutableBase, size, MADV_DONTNEED)
+        _ = posix_fadvise(fd, 0, off_t(size), POSIX_FADV_DONTNEED)
         Self.populate(mutableBase, size)
         residency.hugeBytes = Self.hugeMappedBytes(in: base, size)
+        residency.reread = true
         #endif
         return residency
     }
 
     #if os(Linux)
-    enum HugePageProbe { case alreadyHuge, hugeAfterReread, impossible }
-
-    /// Maps 2 MiB of the file at `offset` at a 2 MiB boundary and asks whether it comes as one huge
-    /// page, first as cached, then after dropping those bytes from the page cache.
-    private func probeHugePage(fd: Int32, offset: Int) -> HugePageProbe {
+    /// Whether 2 MiB of the file at `offset` (a multiple of 2 MiB), dropped from the page cache and
+    /// mapped again at a 2 MiB boundary, comes back as one huge page.
+    private func probeHugePage(fd: Int32, offset: Int) -> Bool {
         let huge = Self.hugePageBytes
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + offset), huge, MADV_DONTNEED)
+        _ = posix_fadvise(fd, off_t(offset), off_t(huge), POSIX_FADV_DONTNEED)
         // Reserve twice the span so a 2 MiB-aligned address lies inside it.
         guard let reserved = mmap(nil, 2 * huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), reserved != MAP_FAILED else {
-            return .impossible
+            return false
         }
         defer { munmap(reserved, 2 * huge) }
         let aligned = UnsafeMutableRawPointer(bitPattern: (Int(bitPattern: reserved) + huge - 1) / huge * huge)!
         guard let probe = mmap(aligned, huge, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, off_t(offset)), probe != MAP_FAILED,
-              madvise(probe, huge, MADV_HUGEPAGE) == 0 else { return .impossible }
+              madvise(probe, huge, MADV_HUGEPAGE) == 0 else { return false }
         Self.populate(probe, huge)
-        if Self.hugeMappedBytes(in: probe, huge) == huge { return .alreadyHuge }
-        // Unmapped pages are the only ones the cache lets go of; the main mapping has touched at
-        // most the header, which lies before the last piece.
-        _ = madvise(probe, huge, MADV_DONTNEED)
-        _ = posix_fadvise(fd, off_t(offset), off_t(huge), POSIX_FADV_DONTNEED)
-        Self.populate(probe, huge)
-        return Self.hugeMappedBytes(in: probe, huge) == huge ? .hugeAfterReread : .impossible
+        return Self.hugeMappedBytes(in: probe, huge) == huge
     }
 
     /// Faults the range in (MADV_POPULATE_READ, Linux 5.14; touching every page before that).
