@@ -5,21 +5,22 @@ import Glibc
 import Darwin
 #endif
 
-/// Which bf16 kernel a product runs for how many tokens, from costs measured on this machine (the
-/// CPU form of EPS-MoE's kernel selection): one token is a matrix-vector product (the one-row
-/// kernel), a few tokens the one-row kernel four tokens at a time, and from `tileFrom` tokens on
-/// the AVX-512 tile of 4 rows x 5 tokens. Both give the same bits for every token, so the choice
-/// is only about speed.
+/// How a bf16 product takes its tokens, from costs measured on this machine (the CPU form of
+/// EPS-MoE's kernel selection). On AVX-512 it runs tiles of 4 rows by up to 5 tokens: one token is
+/// a matrix-vector product, a few tokens one pass over the rows, and more tokens several passes,
+/// of 4 tokens (the one-row kernel's width, which takes the rows left over) or, from
+/// `fiveTokenPassesFrom` tokens on, of 5 (fewer passes, but 20 accumulators where 4 tokens keep 16).
+/// Every way gives the same bits for every token, so the choice is only about speed.
 public struct KernelChoice: Sendable {
-    /// Token counts measured, and the seconds of one product of the sample matrix at each with
-    /// either kernel.
+    /// Token counts measured, and the seconds of one product of the sample matrix at each in
+    /// passes of 4 or of 5 tokens.
     public var tokenCounts: [Int] = []
-    public var rowKernelSeconds: [Double] = []
-    public var tileSeconds: [Double] = []
-    /// The fewest tokens from which the tile was faster at every count measured; nil: never.
-    public var tileFrom: Int?
+    public var fourTokenPassSeconds: [Double] = []
+    public var fiveTokenPassSeconds: [Double] = []
+    /// The fewest tokens from which passes of 5 were faster at every count measured; nil: never.
+    public var fiveTokenPassesFrom: Int?
 
-    /// Whether this machine has the tile (AVX-512).
+    /// Whether this machine has the tiles (AVX-512).
     public static var tileAvailable: Bool { sy_bf16_level() == 2 }
 
     /// The threshold in force.
@@ -47,8 +48,8 @@ public struct KernelChoice: Sendable {
         var next = 0
         let saved = current
         defer { sy_set_bf16_tile_from(Int32(saved)) }
-        func seconds(_ tokens: Int, tileFrom: Int) -> Double {
-            sy_set_bf16_tile_from(Int32(tileFrom))
+        func seconds(_ tokens: Int, fiveTokenPassesFrom: Int) -> Double {
+            sy_set_bf16_tile_from(Int32(fiveTokenPassesFrom))
             var best = Double.infinity
             for _ in 0..<repetitions {
                 let matrix = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: weights + next * rows * columns)
@@ -60,35 +61,35 @@ public struct KernelChoice: Sendable {
             }
             return best
         }
-        for _ in 0..<copies { _ = seconds(1, tileFrom: Int(Int32.max)) }  // page the copies in
+        for _ in 0..<copies { _ = seconds(1, fiveTokenPassesFrom: Int(Int32.max)) }  // page the copies in
         for tokens in 5...maxTokens {
             choice.tokenCounts.append(tokens)
-            choice.rowKernelSeconds.append(seconds(tokens, tileFrom: Int(Int32.max)))
-            choice.tileSeconds.append(seconds(tokens, tileFrom: 1))
+            choice.fourTokenPassSeconds.append(seconds(tokens, fiveTokenPassesFrom: Int(Int32.max)))
+            choice.fiveTokenPassSeconds.append(seconds(tokens, fiveTokenPassesFrom: 1))
         }
-        // The smallest count from which the tile wins at every larger count measured.
+        // The smallest count from which passes of 5 win at every larger count measured.
         var from: Int?
         for i in choice.tokenCounts.indices.reversed() {
-            guard choice.tileSeconds[i] <= choice.rowKernelSeconds[i] else { break }
+            guard choice.fiveTokenPassSeconds[i] <= choice.fourTokenPassSeconds[i] else { break }
             from = choice.tokenCounts[i]
         }
-        choice.tileFrom = from
+        choice.fiveTokenPassesFrom = from
         return choice
     }
 
-    /// Makes products use this choice from now on (the tile never, when it never won; without
+    /// Makes products use this choice from now on (passes of 4 always, when 5 never won; without
     /// AVX-512 the threshold is kept but no tile runs).
     public func apply() {
-        sy_set_bf16_tile_from(Int32(tileFrom ?? Int(Int32.max)))
+        sy_set_bf16_tile_from(Int32(fiveTokenPassesFrom ?? Int(Int32.max)))
     }
 
     /// One line for logs and the bench report.
     public var summary: String {
-        guard !tokenCounts.isEmpty else { return "bf16 kernel choice: one-row kernel (no AVX-512 tile on this CPU)" }
+        guard !tokenCounts.isEmpty else { return "bf16 kernel choice: the one-row kernel, 4 tokens a pass (no AVX-512 tiles on this CPU)" }
         let pairs = tokenCounts.indices.map { i in
-            "\(tokenCounts[i]): \(Int((rowKernelSeconds[i] * 1e6).rounded())) / \(Int((tileSeconds[i] * 1e6).rounded())) µs"
+            "\(tokenCounts[i]): \(Int((fourTokenPassSeconds[i] * 1e6).rounded())) / \(Int((fiveTokenPassSeconds[i] * 1e6).rounded())) µs"
         }
-        let verdict = tileFrom.map { "tile from \($0) tokens" } ?? "one-row kernel at every count"
-        return "bf16 kernel choice (tokens: one-row / tile, an expert-sized product): \(pairs.joined(separator: ", ")); \(verdict)"
+        let verdict = fiveTokenPassesFrom.map { "5 a pass from \($0) tokens" } ?? "4 a pass at every count"
+        return "bf16 kernel choice (tokens: 4 / 5 tokens a pass, an expert-sized product): \(pairs.joined(separator: ", ")); \(verdict)"
     }
 }

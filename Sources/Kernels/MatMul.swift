@@ -235,7 +235,7 @@ func permuteForBF16(_ input: UnsafePointer<Float>, inputStride: Int, columns: In
 
 /// output[t, r] = sum_c weight[r, c] * input[t, c] for t in 0..<tokens (that is, input x weightᵀ,
 /// PyTorch's `F.linear`). Rows are split across the pool; each weight row is read once per four
-/// tokens (five in the AVX-512 bf16 tile).
+/// tokens (up to five in the AVX-512 bf16 tiles).
 ///
 /// - Parameters:
 ///   - input: [tokens, inputStride] with the first `weight.columns` values of each row used.

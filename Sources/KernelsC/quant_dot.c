@@ -464,17 +464,20 @@ int sy_bf16_level(void) {
 }
 
 #define SY_TILE_TOKENS 5
-// Prefill and batched decode: a tile of 4 rows x 5 tokens, 20 accumulators, each taking exactly
-// the operations of bf16_avx512_n's accumulator for that row and token (the even product, then the
-// odd one, per block; the same final sum), so a token's result does not depend on the tokens it
-// shares a product with. One row and four tokens make four chains of dependent multiply-adds, which
-// the multiply-add latency holds to half the machine's rate; 20 independent chains are not, and each
-// weight vector loaded serves five tokens, each activation vector four rows. 20 accumulators, 4 rows
-// and their 4 widened halves, 1 activation vector and the mask fit the 32 registers; with 4 x 6
-// clang spilled the accumulators. Single thread, weights in L2: 19 multiply-adds a cycle of 32,
+// A tile of 4 rows x up to 5 tokens, one accumulator per row and token, each taking exactly the
+// operations of bf16_avx512_n's accumulator for that row and token (the even product, then the odd
+// one, per block; the same final sum), so a token's result does not depend on the tokens it shares
+// a product with, nor on whether its row went through a tile. One row makes one chain of dependent
+// multiply-adds per token, which the multiply-add latency holds to a fraction of the machine's
+// rate (decode and batched decode then cannot keep enough loads in flight to reach the memory's
+// bandwidth); four rows make four independent chains per token. Each weight vector loaded serves
+// every token, each activation vector four rows. At 5 tokens: 20 accumulators, 4 rows and their 4
+// widened halves, 1 activation vector and the mask fit the 32 registers; with 4 x 6 clang spilled
+// the accumulators. Single thread, weights in L2, 5 tokens: 19 multiply-adds a cycle of 32,
 // against 12 for the one-row kernel.
-__attribute__((target("avx512f,avx2,fma")))
-static void bf16_tile(const uint8_t *row, long row_bytes, int blocks, const float *x, int stride, float *out, long out_stride) {
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void bf16_tile_n(const uint8_t *row, long row_bytes, int blocks, const float *x, int stride, const int tokens, float *out,
+                               long out_stride) {
     const __m512i mask = _mm512_set1_epi32((int)0xFFFF0000u);
     const uint8_t *r0 = row, *r1 = row + row_bytes, *r2 = row + 2 * row_bytes, *r3 = row + 3 * row_bytes;
     const float *x0 = x, *x1 = x + stride, *x2 = x + 2 * (long)stride, *x3 = x + 3 * (long)stride, *x4 = x + 4 * (long)stride;
@@ -482,39 +485,53 @@ static void bf16_tile(const uint8_t *row, long row_bytes, int blocks, const floa
     SY_ZERO4(0) SY_ZERO4(1) SY_ZERO4(2) SY_ZERO4(3) SY_ZERO4(4)
 #undef SY_ZERO4
     for (int k = 0; k < blocks; k++) {
-        // Batched decode streams these rows from memory (prefill finds them in L2).
-        __builtin_prefetch(r0 + 64 * k + SY_PREFETCH_DISTANCE);
-        __builtin_prefetch(r1 + 64 * k + SY_PREFETCH_DISTANCE);
-        __builtin_prefetch(r2 + 64 * k + SY_PREFETCH_DISTANCE);
-        __builtin_prefetch(r3 + 64 * k + SY_PREFETCH_DISTANCE);
+        // Decode streams these rows from memory (prefill finds them in L2): fetch the next tile's
+        // rows, one tile ahead. A fixed distance past each row would land in the row below it,
+        // which this tile is reading already when rows are short (2 KiB: gate and up).
+        __builtin_prefetch(r0 + 64 * k + 4 * row_bytes);
+        __builtin_prefetch(r1 + 64 * k + 4 * row_bytes);
+        __builtin_prefetch(r2 + 64 * k + 4 * row_bytes);
+        __builtin_prefetch(r3 + 64 * k + 4 * row_bytes);
         __m512i raw0 = _mm512_loadu_si512((const void *)(r0 + 64 * k)), raw1 = _mm512_loadu_si512((const void *)(r1 + 64 * k));
         __m512i raw2 = _mm512_loadu_si512((const void *)(r2 + 64 * k)), raw3 = _mm512_loadu_si512((const void *)(r3 + 64 * k));
         __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(raw0, 16)), w1 = _mm512_castsi512_ps(_mm512_slli_epi32(raw1, 16));
         __m512 w2 = _mm512_castsi512_ps(_mm512_slli_epi32(raw2, 16)), w3 = _mm512_castsi512_ps(_mm512_slli_epi32(raw3, 16));
-#define SY_FMA4(T, XV)                                                                             \
-        {                                                                                          \
-            __m512 v = XV;                                                                         \
+#define SY_FMA4(T, XP)                                                                             \
+        if (tokens > T) {                                                                          \
+            __m512 v = _mm512_loadu_ps(XP);                                                        \
             a0##T = _mm512_fmadd_ps(w0, v, a0##T); a1##T = _mm512_fmadd_ps(w1, v, a1##T);          \
             a2##T = _mm512_fmadd_ps(w2, v, a2##T); a3##T = _mm512_fmadd_ps(w3, v, a3##T);          \
         }
-        SY_FMA4(0, _mm512_loadu_ps(x0 + 32 * k)) SY_FMA4(1, _mm512_loadu_ps(x1 + 32 * k)) SY_FMA4(2, _mm512_loadu_ps(x2 + 32 * k))
-        SY_FMA4(3, _mm512_loadu_ps(x3 + 32 * k)) SY_FMA4(4, _mm512_loadu_ps(x4 + 32 * k))
+        SY_FMA4(0, x0 + 32 * k) SY_FMA4(1, x1 + 32 * k) SY_FMA4(2, x2 + 32 * k) SY_FMA4(3, x3 + 32 * k) SY_FMA4(4, x4 + 32 * k)
         w0 = _mm512_castsi512_ps(_mm512_and_si512(raw0, mask)); w1 = _mm512_castsi512_ps(_mm512_and_si512(raw1, mask));
         w2 = _mm512_castsi512_ps(_mm512_and_si512(raw2, mask)); w3 = _mm512_castsi512_ps(_mm512_and_si512(raw3, mask));
-        SY_FMA4(0, _mm512_loadu_ps(x0 + 32 * k + 16)) SY_FMA4(1, _mm512_loadu_ps(x1 + 32 * k + 16)) SY_FMA4(2, _mm512_loadu_ps(x2 + 32 * k + 16))
-        SY_FMA4(3, _mm512_loadu_ps(x3 + 32 * k + 16)) SY_FMA4(4, _mm512_loadu_ps(x4 + 32 * k + 16))
+        SY_FMA4(0, x0 + 32 * k + 16) SY_FMA4(1, x1 + 32 * k + 16) SY_FMA4(2, x2 + 32 * k + 16) SY_FMA4(3, x3 + 32 * k + 16)
+        SY_FMA4(4, x4 + 32 * k + 16)
 #undef SY_FMA4
     }
     // Out of registers first: with the reductions inlined here, clang kept the accumulators on
     // the stack through the whole loop.
     float lanes[20][16];
 #define SY_STORE4(T)                                                                               \
-    _mm512_storeu_ps(lanes[4 * T + 0], a0##T); _mm512_storeu_ps(lanes[4 * T + 1], a1##T);          \
-    _mm512_storeu_ps(lanes[4 * T + 2], a2##T); _mm512_storeu_ps(lanes[4 * T + 3], a3##T);
+    if (tokens > T) {                                                                              \
+        _mm512_storeu_ps(lanes[4 * T + 0], a0##T); _mm512_storeu_ps(lanes[4 * T + 1], a1##T);      \
+        _mm512_storeu_ps(lanes[4 * T + 2], a2##T); _mm512_storeu_ps(lanes[4 * T + 3], a3##T);      \
+    }
     SY_STORE4(0) SY_STORE4(1) SY_STORE4(2) SY_STORE4(3) SY_STORE4(4)
-    for (int t = 0; t < 5; t++)
-        for (int r = 0; r < 4; r++) out[t * out_stride + r] = sy_reduce16(lanes[4 * t + r]);
 #undef SY_STORE4
+    for (int t = 0; t < tokens; t++)
+        for (int r = 0; r < 4; r++) out[t * out_stride + r] = sy_reduce16(lanes[4 * t + r]);
+}
+
+__attribute__((target("avx512f,avx2,fma")))
+static void bf16_tile(const uint8_t *row, long row_bytes, int blocks, const float *x, int stride, int tokens, float *out, long out_stride) {
+    switch (tokens) {
+    case 1: bf16_tile_n(row, row_bytes, blocks, x, stride, 1, out, out_stride); break;
+    case 2: bf16_tile_n(row, row_bytes, blocks, x, stride, 2, out, out_stride); break;
+    case 3: bf16_tile_n(row, row_bytes, blocks, x, stride, 3, out, out_stride); break;
+    case 4: bf16_tile_n(row, row_bytes, blocks, x, stride, 4, out, out_stride); break;
+    default: bf16_tile_n(row, row_bytes, blocks, x, stride, 5, out, out_stride); break;
+    }
 }
 
 static int tile_from = SY_TILE_TOKENS;
@@ -527,30 +544,24 @@ void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, c
                       long out_stride) {
     const int level = sy_bf16_level();
     void (*kernel)(const uint8_t *, int, const float *, int, int, float *) = level == 2 ? bf16_avx512 : bf16_avx2;
+    // Tokens per pass over the rows: below `tile_from` a pass takes 4 tokens (the one-row kernel's
+    // most) and reads the rows from memory once per 4 tokens; from it on, 5 (the caller keeps a
+    // block of rows small enough for the core's L2, where the later passes find them).
+    const int step = level == 2 && tokens >= tile_from ? SY_TILE_TOKENS : 4;
     float sums[4];
-    int t0 = 0;
-    // Whole tiles of five tokens: every weight row of the block is read from cache once per five
-    // tokens (the caller keeps a block of rows small enough for the core's L2).
-    if (level == 2 && tokens >= tile_from) {
-        for (; t0 + SY_TILE_TOKENS <= tokens; t0 += SY_TILE_TOKENS) {
-            int r = 0;
+    for (int t0 = 0; t0 < tokens; t0 += step) {
+        const int count = tokens - t0 < step ? tokens - t0 : step;
+        int r = 0;
+        if (level == 2)
             for (; r + 4 <= nrows; r += 4)
-                bf16_tile((const uint8_t *)base + r * row_bytes, row_bytes, blocks, x + (long)t0 * stride, stride, out + t0 * out_stride + r,
+                bf16_tile((const uint8_t *)base + r * row_bytes, row_bytes, blocks, x + (long)t0 * stride, stride, count, out + t0 * out_stride + r,
                           out_stride);
-            for (; r < nrows; r++) {
-                for (int t = t0; t < t0 + SY_TILE_TOKENS; t += 4) {
-                    const int count = t0 + SY_TILE_TOKENS - t < 4 ? t0 + SY_TILE_TOKENS - t : 4;
-                    kernel((const uint8_t *)base + r * row_bytes, blocks, x + (long)t * stride, stride, count, sums);
-                    for (int i = 0; i < count; i++) out[(t + i) * out_stride + r] = sums[i];
-                }
+        for (; r < nrows; r++) {
+            for (int t = t0; t < t0 + count; t += 4) {
+                const int n = t0 + count - t < 4 ? t0 + count - t : 4;
+                kernel((const uint8_t *)base + r * row_bytes, blocks, x + (long)t * stride, stride, n, sums);
+                for (int i = 0; i < n; i++) out[(t + i) * out_stride + r] = sums[i];
             }
-        }
-    }
-    for (; t0 < tokens; t0 += 4) {
-        const int count = tokens - t0 < 4 ? tokens - t0 : 4;
-        for (int r = 0; r < nrows; r++) {
-            kernel((const uint8_t *)base + r * row_bytes, blocks, x + (long)t0 * stride, stride, count, sums);
-            for (int t = 0; t < count; t++) out[(t0 + t) * out_stride + r] = sums[t];
         }
     }
 }

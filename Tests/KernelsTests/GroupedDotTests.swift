@@ -193,25 +193,25 @@ struct FusedPairTests {
 @Suite("kernel choice")
 struct KernelChoiceTests {
     /// The table covers 5...12 tokens with real times, its verdict follows from them, and applying
-    /// it sets the threshold products use (which changes no result: the tile is batch-invariant).
+    /// it sets the threshold products use (which changes no result: the tiles are batch-invariant).
     @Test func measuredTableDecides() {
         let choice = KernelChoice.measure(rows: 64, columns: 256, repetitions: 1, pool: ThreadPool(threads: 2))
-        // Without the tile (no AVX-512, or another suite capping the level just then) nothing is
+        // Without the tiles (no AVX-512, or another suite capping the level just then) nothing is
         // measured.
         if choice.tokenCounts.isEmpty {
-            #expect(choice.tileFrom == nil)
+            #expect(choice.fiveTokenPassesFrom == nil)
         } else {
             #expect(choice.tokenCounts == Array(5...12))
-            #expect(choice.rowKernelSeconds.allSatisfy { $0 > 0 } && choice.tileSeconds.allSatisfy { $0 > 0 })
-            if let from = choice.tileFrom {
-                for (i, n) in choice.tokenCounts.enumerated() where n >= from { #expect(choice.tileSeconds[i] <= choice.rowKernelSeconds[i]) }
+            #expect(choice.fourTokenPassSeconds.allSatisfy { $0 > 0 } && choice.fiveTokenPassSeconds.allSatisfy { $0 > 0 })
+            if let from = choice.fiveTokenPassesFrom {
+                for (i, n) in choice.tokenCounts.enumerated() where n >= from { #expect(choice.fiveTokenPassSeconds[i] <= choice.fourTokenPassSeconds[i]) }
             }
         }
         let saved = KernelChoice.current
-        defer { KernelChoice(tokenCounts: [], rowKernelSeconds: [], tileSeconds: [], tileFrom: saved).apply() }
-        KernelChoice(tokenCounts: [], rowKernelSeconds: [], tileSeconds: [], tileFrom: 9).apply()
+        defer { KernelChoice(tokenCounts: [], fourTokenPassSeconds: [], fiveTokenPassSeconds: [], fiveTokenPassesFrom: saved).apply() }
+        KernelChoice(tokenCounts: [], fourTokenPassSeconds: [], fiveTokenPassSeconds: [], fiveTokenPassesFrom: 9).apply()
         #expect(KernelChoice.current == 9)
-        KernelChoice(tokenCounts: [], rowKernelSeconds: [], tileSeconds: [], tileFrom: 2).apply()
-        #expect(KernelChoice.current == 5, "never below the tile's own five tokens")
+        KernelChoice(tokenCounts: [], fourTokenPassSeconds: [], fiveTokenPassSeconds: [], fiveTokenPassesFrom: 2).apply()
+        #expect(KernelChoice.current == 5, "never below five tokens")
     }
 }

@@ -293,9 +293,9 @@ struct QuantizedDotTests {
 @Suite("bf16 C kernel", .serialized)
 struct BF16KernelTests {
     /// The C bf16 kernel (AVX2, AVX-512) is its Swift twin (level 0 runs the Swift kernel) bit for
-    /// bit, on awkward row counts and token counts around the 4-token block and the AVX-512 tile
-    /// of 4 rows x 5 tokens (with rows and tokens left over); and a token's result is the same
-    /// whatever tokens share the product (batch invariance: the tile is the one-token kernel's sum).
+    /// bit, on awkward row counts and token counts around the 4-token block and the AVX-512 tiles
+    /// of 4 rows x 1-5 tokens (with rows and tokens left over); and a token's result is the same
+    /// whatever tokens share the product (batch invariance: a tile is the one-token kernel's sum).
     @Test(arguments: [(7, 32, 1), (19, 96, 3), (33, 1024, 4), (5, 160, 9), (37, 96, 12), (64, 256, 20)])
     func cKernelIsItsSwiftTwin(rows: Int, columns: Int, tokens: Int) {
         let pool = ThreadPool(threads: 3)

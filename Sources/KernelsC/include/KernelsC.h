@@ -42,16 +42,15 @@ int sy_quantized_dot_level(void);
 void sy_force_quantized_dot_level(int level);
 
 // bf16 rows against float32 activations permuted per block of 32 (even-indexed values, then odd),
-// [tokens][stride], `blocks` = columns / 32, any number of tokens (in tiles of 4 rows x 6 tokens
-// where AVX-512 is present): each result is that of Kernels' dotRowBF16 for its row and token,
+// [tokens][stride], `blocks` = columns / 32, any number of tokens (in tiles of 4 rows x up to 5
+// tokens where AVX-512 is present): each result is that of Kernels' dotRowBF16 for its row and token,
 // bit for bit, with software prefetch. Level 2 = AVX-512F, 1 = AVX2+FMA, 0 = none (use Swift's);
 // sy_force_quantized_dot_level caps it too, for tests.
 int sy_bf16_level(void);
 void sy_rows_bf16_f32(const void *rows, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
                       long out_stride);
-// From how many tokens a product uses the AVX-512 tile (at least its 5 tokens; below, the one-row
-// kernel in groups of four): Kernels' KernelChoice measures it. The results are the same bits
-// either way.
+// From how many tokens a product takes them 5 a pass through the AVX-512 tiles (at least 5;
+// below, 4 a pass): Kernels' KernelChoice measures it. The results are the same bits either way.
 void sy_set_bf16_tile_from(int tokens);
 int sy_bf16_tile_from(void);
 
