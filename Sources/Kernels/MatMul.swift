@@ -284,7 +284,8 @@ struct RowItems {
     @inlinable
     init(_ first: WeightMatrix, _ firstOutput: UnsafeMutablePointer<Float>, _ second: WeightMatrix?, _ secondOutput: UnsafeMutablePointer<Float>?,
          threads: Int) {
-        func perItem(_ m: WeightMatrix) -> Int { max(8, min(256, (512 << 10) / max(1, m.rowBytes), m.rows / (threads * 8) + 1)) }
+        // A multiple of 4 rows, so the AVX-512 bf16 tiles (4 rows) take every row of an item.
+        func perItem(_ m: WeightMatrix) -> Int { (max(8, min(256, (512 << 10) / max(1, m.rowBytes), m.rows / (threads * 8) + 1)) + 3) / 4 * 4 }
         self.first = first
         self.second = second
         self.firstOutput = firstOutput
