@@ -22,7 +22,8 @@ public final class Model: @unchecked Sendable {
     public let quantization: WeightQuantization?
     /// The memory of converted, regrouped or copied weights.
     let quantizedStorage: [OwnedBytes]
-    /// How each safetensors file came to be mapped, with `.mappedInHugePages`; empty otherwise.
+    /// How each safetensors file came to be mapped, with `.mappedInHugePages`; empty otherwise (and
+    /// when stored Q8_0/Q4_0 weights are regrouped for int8 activations: they are copied out).
     public private(set) var hugePageResidency: [HugePageResidency] = []
 
     /// A routed expert (or, in a dense model, the first layer's MLP): the shape and element of the
@@ -81,8 +82,12 @@ public final class Model: @unchecked Sendable {
             } catch {
                 throw ModelError(error.description)
             }
-            if residency == .mappedInHugePages {
-                // Before any copy below, so converting and regrouping read through the huge pages too.
+            // Quantised weights regrouped below are copied out and their file pages released as
+            // they go; reading the whole file in first would hold both at once.
+            let regroupsStored = regroup && device.precision == .int8
+                && checkpoint.files.contains { $0.metadata.keys.contains { $0.hasPrefix(quantizationMetadataKey("")) } }
+            if residency == .mappedInHugePages && !regroupsStored {
+                // Before converting at load, so the weights kept as stored are read in 2 MiB pages.
                 hugePageResidency = checkpoint.files.map { $0.mapping.holdInHugePages() }
             }
             tensors = CheckpointTensors(checkpoint)
