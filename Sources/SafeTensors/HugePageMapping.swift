@@ -32,11 +32,12 @@ extension MappedFile {
     ///
     /// Linux maps a file with 2 MiB pages only where its page cache holds 2 MiB folios, which it
     /// creates when a mapping asks for huge pages (`MADV_HUGEPAGE`) and the file system supports
-    /// large folios (ext4 from Linux 6.16, xfs, tmpfs...). A file read before through 4 KiB pages
-    /// stays cached in them. So when less than 90% of the file comes in 2 MiB pages, and the file
-    /// system can give them (some piece already came huge, or one 2 MiB piece does after dropping it
-    /// from the cache), the file's cache is dropped and the file read again, once. Pages other
-    /// processes map are not dropped; nothing is lost either way, since the file is read-only.
+    /// large folios (ext4 from Linux 6.16, xfs; tmpfs mounted with huge=). A file read before
+    /// through 4 KiB pages stays cached in them. So when less than 90% of the file comes in 2 MiB
+    /// pages, and the file system can give them (some piece already came huge, or one 2 MiB piece
+    /// does after dropping it from the cache), the file's cache is dropped and the file read again,
+    /// once. Pages other processes map are not dropped; nothing is lost either way, since the file
+    /// is read-only.
     public func holdInHugePages() -> HugePageResidency {
         var residency = HugePageResidency(bytes: size, hugeBytes: 0, reread: false)
         #if os(Linux)
