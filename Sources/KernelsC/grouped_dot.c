@@ -162,20 +162,17 @@ static inline void grouped_vnni_n(const uint8_t *row, int groups, const int q4, 
     __attribute__((target(TARGET)))                                                                \
     static void NAME(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx,     \
                      const int32_t *corr, int stride, int tokens, float *out) {                    \
-        if (q4) {                                                                                  \
-            switch (tokens) {                                                                      \
-            case 1: KERNEL(row, groups, 1, x, dx, corr, stride, 1, out); break;                    \
-            case 2: KERNEL(row, groups, 1, x, dx, corr, stride, 2, out); break;                    \
-            case 3: KERNEL(row, groups, 1, x, dx, corr, stride, 3, out); break;                    \
-            default: KERNEL(row, groups, 1, x, dx, corr, stride, 4, out); break;                   \
-            }                                                                                      \
-        } else {                                                                                   \
-            switch (tokens) {                                                                      \
-            case 1: KERNEL(row, groups, 0, x, dx, corr, stride, 1, out); break;                    \
-            case 2: KERNEL(row, groups, 0, x, dx, corr, stride, 2, out); break;                    \
-            case 3: KERNEL(row, groups, 0, x, dx, corr, stride, 3, out); break;                    \
-            default: KERNEL(row, groups, 0, x, dx, corr, stride, 4, out); break;                   \
-            }                                                                                      \
+        /* Both the format and the token count become constants in each copy of the kernel. */    \
+        const int tokens_block = tokens < 4 ? tokens : 4;                                          \
+        switch (4 * (q4 != 0) + tokens_block - 1) {                                                \
+        case 0: KERNEL(row, groups, 0, x, dx, corr, stride, 1, out); break;                        \
+        case 1: KERNEL(row, groups, 0, x, dx, corr, stride, 2, out); break;                        \
+        case 2: KERNEL(row, groups, 0, x, dx, corr, stride, 3, out); break;                        \
+        case 3: KERNEL(row, groups, 0, x, dx, corr, stride, 4, out); break;                        \
+        case 4: KERNEL(row, groups, 1, x, dx, corr, stride, 1, out); break;                        \
+        case 5: KERNEL(row, groups, 1, x, dx, corr, stride, 2, out); break;                        \
+        case 6: KERNEL(row, groups, 1, x, dx, corr, stride, 3, out); break;                        \
+        default: KERNEL(row, groups, 1, x, dx, corr, stride, 4, out); break;                       \
         }                                                                                          \
     }
 

@@ -32,19 +32,7 @@ struct KernelTests {
             case .bf16: bytes = weights.map(bf16Bits).withUnsafeBytes { Array($0) }
             case .q8_0, .q4_0, .q4_k, .q8_0x4, .q4_0x4: continue  // their own suites
             }
-            bytes.withUnsafeBytes { raw in
-                let w = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
-                let expected = matmulReference(w, input: input, tokens: tokens)
-                var out = [Float](repeating: .nan, count: tokens * rows)
-                input.withUnsafeBufferPointer { x in
-                    out.withUnsafeMutableBufferPointer { o in
-                        matmul(w, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
-                    }
-                }
-                for i in 0..<out.count {
-                    #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "\(element) [\(i)]: \(out[i]) vs \(expected[i])")
-                }
-            }
+            expectProductMatchesReference(element, rows: rows, columns: columns, bytes: bytes, input: input, tokens: tokens, pool: pool)
         }
     }
 
@@ -172,6 +160,15 @@ func checkFloatPath(_ element: WeightElement, rows: Int, columns: Int, tokens: I
     let weights = randomFloats(rows * columns, seed: seed)
     let bytes = quantized(element, weights)
     let input = randomFloats(tokens * columns, seed: seed &+ 1)
+    expectProductMatchesReference(element, rows: rows, columns: columns, bytes: bytes, input: input, tokens: tokens, pool: pool)
+    return (weights, bytes)
+}
+
+/// `matmul` over a matrix's stored bytes equals the plain reference over the values they hold,
+/// to float32 rounding.
+func expectProductMatchesReference(
+    _ element: WeightElement, rows: Int, columns: Int, bytes: [UInt8], input: [Float], tokens: Int, pool: ThreadPool
+) {
     bytes.withUnsafeBytes { raw in
         let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
         let expected = matmulReference(m, input: input, tokens: tokens)
@@ -183,7 +180,6 @@ func checkFloatPath(_ element: WeightElement, rows: Int, columns: Int, tokens: I
         }
         for i in out.indices { #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "\(element) [\(i)] \(out[i]) vs \(expected[i])") }
     }
-    return (weights, bytes)
 }
 
 @Suite("Q8_0")
