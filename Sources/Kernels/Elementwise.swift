@@ -69,13 +69,50 @@ public func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
     for i in 0..<n { x[i] *= inv }
 }
 
-/// gate[i] = silu(gate[i]) * up[i], SiLU(x) = x / (1 + e^-x).
+/// gate[i] = silu(gate[i]) * up[i], SiLU(x) = x / (1 + e^-x), 16 at a time with `exp16`: decode
+/// ran libm's expf once per value of every expert's 3584 on one core while the other waited
+/// (2% of Q8_0 decode).
 @inlinable
 public func siluMultiply(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, _ n: Int) {
-    for i in 0..<n {
+    let rg = UnsafeMutableRawPointer(gate), ru = UnsafeRawPointer(up)
+    let one = Vector16(repeating: 1)
+    var i = 0
+    while i + 16 <= n {
+        let g = rg.loadUnaligned(fromByteOffset: i * 4, as: Vector16.self)
+        let u = ru.loadUnaligned(fromByteOffset: i * 4, as: Vector16.self)
+        rg.storeBytes(of: g / (one + exp16(-g)) * u, toByteOffset: i * 4, as: Vector16.self)
+        i += 16
+    }
+    while i < n {
         let g = gate[i]
         gate[i] = g / (1 + expf(-g)) * up[i]
+        i += 1
     }
+}
+
+/// e^x for 16 floats, within 1 ulp of the exact value (0.88 at worst in the tests) over [-87.3, 88.3]; inputs beyond are clamped there
+/// (e^x below 1.2e-38 or above 2.1e38; NaN stays NaN). Cody-Waite reduction x = n·ln2 + r,
+/// |r| <= ln2/2, Cephes' degree-6 polynomial for e^r, then 2^n put in the exponent field.
+@inlinable @inline(__always)
+public func exp16(_ x: Vector16) -> Vector16 {
+    let high = Vector16(repeating: 88.3), low = Vector16(repeating: -87.3)
+    var v = x.replacing(with: high, where: x .> high)
+    v = v.replacing(with: low, where: v .< low)
+    // Round to nearest by the 1.5·2^23 trick: the sum's low mantissa bits are n.
+    let magic = Vector16(repeating: 12_582_912)
+    let shifted = v * Vector16(repeating: 1.442_695_04) + magic
+    let n = shifted - magic
+    var r = v - n * Vector16(repeating: 0.693_359_375)
+    r = r - n * Vector16(repeating: -2.121_944_4e-4)
+    var p = Vector16(repeating: 1.987_569_15e-4)
+    p = p * r + Vector16(repeating: 1.398_199_95e-3)
+    p = p * r + Vector16(repeating: 8.333_451_9e-3)
+    p = p * r + Vector16(repeating: 4.166_579_59e-2)
+    p = p * r + Vector16(repeating: 1.666_666_55e-1)
+    p = p * r + Vector16(repeating: 5.000_000_12e-1)
+    p = p * (r * r) + r + Vector16(repeating: 1)
+    let exponent = (unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+    return p * unsafeBitCast(exponent, to: Vector16.self)
 }
 
 /// Rotary position embedding in the "rotate half" layout (what transformers uses for every

@@ -10,13 +10,17 @@ import Synchronization
 /// Decode runs hundreds of small parallel regions per token, so the cost of starting one matters:
 /// workers spin on a generation counter (up to `spinNanoseconds`) before sleeping on a condition variable, which
 /// makes a region cost about a tenth of a microsecond when the cores are free (see DESIGN.md).
-/// Work is split into `count` items that threads claim from a shared counter, so uneven items
-/// balance themselves.
+/// Work is split into `count` items. Each thread first claims, in order, the items of its own
+/// share (thread t: t·count/threads up to the next thread's), so its weight rows form one stream
+/// that the prefetchers follow across items; then it claims what is left of the others' shares,
+/// so uneven items and a late thread still balance.
 public final class ThreadPool: @unchecked Sendable {
     public let threadCount: Int
 
     private let generation = Atomic<Int>(0)
-    private let nextItem = Atomic<Int>(0)
+    /// One claim counter per thread's share, each on its own cache line.
+    private let cursors: UnsafeMutablePointer<Atomic<Int>>
+    private static let cursorStride = 8
     private let pending = Atomic<Int>(0)
     private var itemCount = 0
     private var job: ((Int) -> Void)?
@@ -55,6 +59,8 @@ public final class ThreadPool: @unchecked Sendable {
     /// - Parameter threads: total threads including the caller, which takes part in every region.
     public init(threads: Int) {
         threadCount = max(1, threads)
+        cursors = .allocate(capacity: threadCount * Self.cursorStride)
+        for i in 0..<(threadCount * Self.cursorStride) { (cursors + i).initialize(to: Atomic<Int>(0)) }
         pthread_mutex_init(&mutex, nil)
         pthread_cond_init(&wake, nil)
         for index in 1..<threadCount {
@@ -62,7 +68,7 @@ public final class ThreadPool: @unchecked Sendable {
             var thread = pthread_t()
             let result = pthread_create(&thread, nil, { raw in
                 let context = Unmanaged<WorkerContext>.fromOpaque(raw!).takeRetainedValue()
-                context.pool.workerLoop()
+                context.pool.workerLoop(index: context.index)
                 return nil
             }, context.toOpaque())
             precondition(result == 0, "cannot start kernel thread: error \(result)")
@@ -77,6 +83,8 @@ public final class ThreadPool: @unchecked Sendable {
         pthread_cond_broadcast(&wake)
         pthread_mutex_unlock(&mutex)
         for thread in threads { pthread_join(thread, nil) }
+        cursors.deinitialize(count: threadCount * Self.cursorStride)
+        cursors.deallocate()
         pthread_cond_destroy(&wake)
         pthread_mutex_destroy(&mutex)
     }
@@ -100,24 +108,32 @@ public final class ThreadPool: @unchecked Sendable {
             withoutActuallyEscaping(body) { escaping in
                 itemCount = count
                 job = escaping
-                nextItem.store(0, ordering: .relaxed)
+                for t in 0..<threadCount { cursors[t * Self.cursorStride].store(rangeStart(t, count), ordering: .relaxed) }
                 pending.store(threadCount - 1, ordering: .relaxed)
                 pthread_mutex_lock(&mutex)
                 generation.add(1, ordering: .releasing)
                 if sleepers > 0 { pthread_cond_broadcast(&wake) }
                 pthread_mutex_unlock(&mutex)
-                runItems(escaping)
+                runItems(escaping, thread: 0)
                 while pending.load(ordering: .acquiring) > 0 { spinPause() }
                 job = nil
             }
         }
     }
 
-    private func runItems(_ body: (Int) -> Void) {
-        while true {
-            let i = nextItem.add(1, ordering: .relaxed).oldValue
-            if i >= itemCount { return }
-            body(i)
+    @inline(__always)
+    private func rangeStart(_ thread: Int, _ count: Int) -> Int { thread * count / threadCount }
+
+    private func runItems(_ body: (Int) -> Void, thread: Int) {
+        let count = itemCount
+        for k in 0..<threadCount {
+            let t = (thread + k) % threadCount
+            let end = rangeStart(t + 1, count)
+            while true {
+                let i = cursors[t * Self.cursorStride].add(1, ordering: .relaxed).oldValue
+                if i >= end { break }
+                body(i)
+            }
         }
     }
 
@@ -128,7 +144,7 @@ public final class ThreadPool: @unchecked Sendable {
     /// core only while regions keep coming; an idle pool sleeps.
     static let spinNanoseconds: UInt64 = 2_000_000
 
-    private func workerLoop() {
+    private func workerLoop(index: Int) {
         var seen = 0
         while true {
             var spins = 0
@@ -161,7 +177,7 @@ public final class ThreadPool: @unchecked Sendable {
             let stop = shuttingDown
             pthread_mutex_unlock(&mutex)
             if stop { return }
-            if let body = job { runItems(body) }
+            if let body = job { runItems(body, thread: index) }
             pending.subtract(1, ordering: .releasing)
         }
     }

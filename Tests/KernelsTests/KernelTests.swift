@@ -15,6 +15,9 @@ func randomFloats(_ n: Int, seed: UInt64) -> [Float] {
 
 func bf16Bits(_ x: Float) -> UInt16 { UInt16(x.bitPattern >> 16) }
 
+/// libm's exp in Double: the exact value to within far less than a float ulp.
+func exactExp(_ x: Double) -> Double { exp(x) }
+
 @Suite("kernels against plain references")
 struct KernelTests {
     // Sizes that are not multiples of the vector width (16) or the unroll (32), and token counts
@@ -58,6 +61,45 @@ struct KernelTests {
         var x: [Float] = [0, 0, 1000, 1000]
         softmax(&x, 4)
         #expect(x == [0, 0, 0.5, 0.5], "large logits do not overflow")
+    }
+
+    /// Within 1 ulp of the exact value over the whole unclamped range (a dense sweep plus the
+    /// ends and zero), clamped beyond it, NaN kept.
+    @Test func exp16IsWithinOneUlp() {
+        var inputs: [Float] = [-87.3, 88.3, 0, -0, 1, -1, 0.5 * 0.693_147_2, -0.5 * 0.693_147_2]
+        var x: Float = -87.3
+        while x < 88.3 { inputs.append(x); x += 0.000_731 * max(1, abs(x)) }
+        while inputs.count % 16 != 0 { inputs.append(0) }
+        var worst = 0.0
+        for start in stride(from: 0, to: inputs.count, by: 16) {
+            var v = Vector16()
+            for i in 0..<16 { v[i] = inputs[start + i] }
+            let e = exp16(v)
+            for i in 0..<16 {
+                let exact = exactExp(Double(v[i]))
+                let ulp = Double(Float(exact).ulp)
+                worst = max(worst, abs(Double(e[i]) - exact) / ulp)
+            }
+        }
+        #expect(worst <= 1, "worst error \(worst) ulp")
+        var edges = Vector16(repeating: 0)
+        edges[0] = 200; edges[1] = -200; edges[2] = .nan; edges[3] = .infinity; edges[4] = -.infinity
+        let e = exp16(edges)
+        #expect(e[0] == exp16(Vector16(repeating: 88.3))[0] && e[0].isFinite && e[0] > 2e38)
+        #expect(e[1] == exp16(Vector16(repeating: -87.3))[0] && e[1] > 0 && e[1] < 1.3e-38)
+        #expect(e[2].isNaN && e[3] == e[0] && e[4] == e[1])
+    }
+
+    /// The vector body and the scalar tail (37 = 2 x 16 + 5) against SiLU(g) x u in Double.
+    @Test func siluMultiplyMatchesItsDefinition() {
+        let n = 37
+        var gate = randomFloats(n, seed: 3).map { $0 * 12 }, up = randomFloats(n, seed: 4)
+        gate[0] = 95; gate[1] = -95; gate[2] = 0
+        let expected = (0..<n).map { i in Double(gate[i]) / (1 + exactExp(-Double(gate[i]))) * Double(up[i]) }
+        siluMultiply(&gate, up, n)
+        for i in 0..<n {
+            #expect(abs(Double(gate[i]) - expected[i]) <= 4e-7 * abs(expected[i]) + 1e-30, "element \(i): \(gate[i]) vs \(expected[i])")
+        }
     }
 
     @Test func rotaryRotatesPairsHalfApart() {
