@@ -378,9 +378,13 @@ func matmulProducts(
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * (blocks + lanes))) { scales in
                 withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(1, tokens * lanes)) { corrections in
                     let xq = values.baseAddress!, x = xq + tokens * n, xd = scales.baseAddress!, dx = xd + tokens * blocks
-                    QuantizedActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens, values: xq, scales: xd)
-                    GroupedActivations.arrange(values: xq, scales: xd, columns: n, tokens: tokens, q4: q4, into: x, scales: dx,
-                                               corrections: corrections.baseAddress!)
+                    // One AVX-512 pass in C where it can (this ran on one core while the others
+                    // waited: 2% of Q8_0 decode); its Swift twin, two passes, elsewhere.
+                    if sy_quantize_grouped(input, inputStride, Int32(n), Int32(tokens), q4 ? 1 : 0, x, dx, corrections.baseAddress!) == 0 {
+                        QuantizedActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens, values: xq, scales: xd)
+                        GroupedActivations.arrange(values: xq, scales: xd, columns: n, tokens: tokens, q4: q4, into: x, scales: dx,
+                                                   corrections: corrections.baseAddress!)
+                    }
                     let corr = UnsafePointer(corrections.baseAddress!)
                     rowGroups { rowsAt, count, out, t0, t in
                         sy_rows_grouped_q8(rowsAt, rowBytes, Int32(count), Int32(n / 128), q4 ? 1 : 0, x + t0 * n, dx + t0 * lanes,

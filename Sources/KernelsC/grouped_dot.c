@@ -250,6 +250,65 @@ SY_INSTANTIATE_GROUPED(grouped_vnni, grouped_vnni_n, "avx512vnni,avx512bw,avx512
 
 #endif
 
+#if defined(__x86_64__)
+// Round half away from zero: nearest-even, then exact ties (x - even = ±0.5) step away from zero,
+// as QuantizedActivations.roundedToInt8 does.
+__attribute__((target("avx512f,avx512bw"), always_inline))
+static inline __m512i rounded_epi32(__m512 x) {
+    const __m512 even = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 dropped = _mm512_sub_ps(x, even);
+    const __m512 zero = _mm512_setzero_ps();
+    __mmask16 up = _mm512_cmp_ps_mask(dropped, _mm512_set1_ps(0.5f), _CMP_EQ_OQ) & _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ);
+    __mmask16 down = _mm512_cmp_ps_mask(dropped, _mm512_set1_ps(-0.5f), _CMP_EQ_OQ) & _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
+    __m512 r = _mm512_mask_add_ps(even, up, even, _mm512_set1_ps(1.0f));
+    r = _mm512_mask_sub_ps(r, down, r, _mm512_set1_ps(1.0f));
+    return _mm512_cvtps_epi32(r);
+}
+
+__attribute__((target("avx512f,avx512bw")))
+static void quantize_grouped_avx512(const float *input, long input_stride, int columns, int tokens, int q4, int8_t *values,
+                                    float *scales, int32_t *corrections) {
+    const int32_t k = q4 ? -8 : -128;
+    const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+    for (int t = 0; t < tokens; t++) {
+        const float *x = input + (long)t * input_stride;
+        for (int b = 0; b < columns / 32; b++) {
+            const int g = b / 4, block = b % 4;
+            const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+            const __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v0), magnitude));
+            const __m512 a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v1), magnitude));
+            const float m = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+            const float d = m / 127;
+            const float id = d != 0 ? 1 / d : 0;
+            const __m512i q0 = rounded_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+            const __m512i q1 = rounded_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+            int8_t *target = values + (long)t * columns + 128 * g + 16 * block;
+            _mm_storeu_si128((__m128i *)target, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(target + 64), _mm512_cvtepi32_epi8(q1));
+            int32_t sums[16];
+            _mm512_storeu_si512((void *)sums, _mm512_add_epi32(q0, q1));
+            const long lanes = (long)t * (columns / 8) + 16 * g + 4 * block;
+            for (int j = 0; j < 4; j++) {
+                scales[lanes + j] = d;
+                corrections[lanes + j] = k * (sums[4 * j] + sums[4 * j + 1] + sums[4 * j + 2] + sums[4 * j + 3]);
+            }
+        }
+    }
+}
+#endif
+
+int sy_quantize_grouped(const float *input, long input_stride, int columns, int tokens, int q4, int8_t *values, float *scales,
+                        int32_t *corrections) {
+#if defined(__x86_64__)
+    if (sy_integer_level_in_force() == 2) {
+        quantize_grouped_avx512(input, input_stride, columns, tokens, q4, values, scales, corrections);
+        return 1;
+    }
+#endif
+    (void)input; (void)input_stride; (void)columns; (void)tokens; (void)q4; (void)values; (void)scales; (void)corrections;
+    return 0;
+}
+
 void sy_rows_grouped_q8(const void *base, long row_bytes, int nrows, int groups, int q4, const int8_t *x, const float *dx,
                         const int32_t *corr, int stride, int tokens, float *out, long out_stride) {
     float sums[4];

@@ -1,5 +1,6 @@
 import Testing
 @testable import Kernels
+import KernelsC
 
 @Suite("grouped Q8_0 and Q4_0 integer kernels", .serialized)
 struct GroupedDotTests {
@@ -21,6 +22,30 @@ struct GroupedDotTests {
             forceQuantizedDotLevel(level)
             check(element, rows: 5, columns: 256, tokens: 2, scale: 1e-4)
         }
+    }
+
+    /// The C pass (where AVX-512 is present) writes what the Swift twin writes, bit for bit: on
+    /// random values, exact rounding ties once scaled (a block whose largest value is 127), zero
+    /// blocks, and rows read with a stride wider than they are.
+    @Test(arguments: [false, true])
+    func cQuantiserIsItsTwin(q4: Bool) {
+        let columns = 384, tokens = 3, stride = 400
+        var input = randomFloats(tokens * stride, seed: q4 ? 8 : 9).map { $0 * 37 }
+        for i in 0..<32 { input[i] = i == 0 ? 127 : Float(i) - 15.5 }   // scale 1: every x.5 is a tie
+        for i in 32..<64 { input[i] = 0 }
+        let lanes = tokens * columns / 8
+        var twin = ([Int8](repeating: 0, count: tokens * columns), [Float](repeating: 0, count: lanes), [Int32](repeating: 0, count: lanes))
+        var xq = [Int8](repeating: 0, count: tokens * columns), xd = [Float](repeating: 0, count: tokens * columns / 32)
+        QuantizedActivations.quantize(input, inputStride: stride, columns: columns, tokens: tokens, values: &xq, scales: &xd)
+        GroupedActivations.arrange(values: xq, scales: xd, columns: columns, tokens: tokens, q4: q4, into: &twin.0, scales: &twin.1, corrections: &twin.2)
+        var c = ([Int8](repeating: 0, count: tokens * columns), [Float](repeating: 0, count: lanes), [Int32](repeating: 0, count: lanes))
+        forceQuantizedDotLevel(nil)
+        let done = sy_quantize_grouped(input, stride, Int32(columns), Int32(tokens), q4 ? 1 : 0, &c.0, &c.1, &c.2)
+        guard done != 0 else { return }   // no AVX-512 here: only the twin runs
+        #expect(c.0.indices.allSatisfy { c.0[$0] == twin.0[$0] })
+        #expect(c.1.indices.allSatisfy { c.1[$0].bitPattern == twin.1[$0].bitPattern })
+        #expect(c.2.indices.allSatisfy { c.2[$0] == twin.2[$0] })
+        #expect(twin.0[0...15].contains(-15) && twin.0[64...79].contains(16), "ties (-14.5, 15.5) rounded away from zero")
     }
 
     func check(_ element: WeightElement, rows: Int, columns: Int, tokens: Int, scale: Float = 1) {

@@ -35,6 +35,13 @@ void sy_rows_q4_k_q8(const void *rows, long row_bytes, int nrows, int superblock
 void sy_rows_grouped_q8(const void *rows, long row_bytes, int nrows, int groups, int q4, const int8_t *x, const float *dx,
                         const int32_t *corr, int stride, int tokens, float *out, long out_stride);
 
+// Quantises `tokens` rows of float activations (`input_stride` apart, `columns` a multiple of
+// 128) per block of 32 and writes them in sy_rows_grouped_q8's layout: what Kernels'
+// QuantizedActivations.quantize then GroupedActivations.arrange write, bit for bit, in one pass.
+// Returns 0 (writing nothing) where AVX-512 is absent or capped: the caller uses the Swift twin.
+int sy_quantize_grouped(const float *input, long input_stride, int columns, int tokens, int q4, int8_t *values, float *scales,
+                        int32_t *corrections);
+
 // Which instruction set the dot products use: 2 = AVX512-VNNI, 1 = AVX2, 0 = portable C.
 int sy_quantized_dot_level(void);
 // Caps every kernel family at `level` from now on (a level at or above the CPU's best lifts the
