@@ -90,9 +90,10 @@ public func siluMultiply(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointe
     }
 }
 
-/// e^x for 16 floats, within 1 ulp of the exact value (0.88 at worst in the tests) over [-87.3, 88.3]; inputs beyond are clamped there
-/// (e^x below 1.2e-38 or above 2.1e38; NaN stays NaN). Cody-Waite reduction x = n·ln2 + r,
-/// |r| <= ln2/2, Cephes' degree-6 polynomial for e^r, then 2^n put in the exponent field.
+/// e^x for 16 floats, within 1 ulp of the exact value (0.88 at worst in the tests) over
+/// [-87.3, 88.3]; inputs beyond are clamped there (e^x below 1.2e-38 or above 2.1e38; NaN stays
+/// NaN). Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r,
+/// then 2^n put in the exponent field.
 @inlinable @inline(__always)
 public func exp16(_ x: Vector16) -> Vector16 {
     let high = Vector16(repeating: 88.3), low = Vector16(repeating: -87.3)

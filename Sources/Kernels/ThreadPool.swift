@@ -8,8 +8,9 @@ import Synchronization
 /// A persistent pool of worker threads for kernels.
 ///
 /// Decode runs hundreds of small parallel regions per token, so the cost of starting one matters:
-/// workers spin on a generation counter (up to `spinNanoseconds`) before sleeping on a condition variable, which
-/// makes a region cost about a tenth of a microsecond when the cores are free (see DESIGN.md).
+/// workers spin on a generation counter (for up to `spinNanoseconds`) before sleeping on a condition
+/// variable, which makes a region cost about a tenth of a microsecond when the cores are free (see
+/// DESIGN.md).
 /// Work is split into `count` items. Each thread first claims, in order, the items of its own
 /// share (thread t: t·count/threads up to the next thread's), so its weight rows form one stream
 /// that the prefetchers follow across items; then it claims what is left of the others' shares,
