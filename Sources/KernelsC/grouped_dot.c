@@ -95,8 +95,10 @@ static inline void grouped_avx2_n(const uint8_t *row, int groups, const int q4, 
     for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_ps();
     for (int g = 0; g < groups; g++) {
         const uint8_t *group = row + (long)g * group_bytes;
+        // Every line the group spans, as the VNNI tiles do.
         __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE);
         if (!q4) __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + 64);
+        __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + group_bytes - 1);
         __m256 d = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group)));
         __m256 d0 = _mm256_permutevar8x32_ps(d, first), d1 = _mm256_permutevar8x32_ps(d, second);
         for (int t = 0; t < tokens; t++) {
@@ -114,57 +116,14 @@ static inline void grouped_avx2_n(const uint8_t *row, int groups, const int q4, 
 // AVX512-VNNI: dpbusd takes unsigned weights, so Q8_0's are stored xor 0x80 (value + 128) and
 // Q4_0's nibbles as they are; each token's lane sums start from `corr`, -128 or -8 times the sum of
 // the lane's activations, which makes them the signed weights' sums exactly.
-__attribute__((target("avx512vnni,avx512bw,avx512f,avx2,fma,f16c"), always_inline))
-static inline void grouped_vnni_n(const uint8_t *row, int groups, const int q4, const int8_t *x, const float *dx,
-                                  const int32_t *corr, int stride, const int tokens, float *out) {
-    const int group_bytes = q4 ? 72 : 136;
-    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const __m512i nibble = _mm512_set1_epi8(0x0F);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-    for (int g = 0; g < groups; g++) {
-        const uint8_t *group = row + (long)g * group_bytes;
-        __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE);
-        if (!q4) __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + 64);
-        __m512 d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group))));
-        __m512i w0, w1;
-        if (q4) {
-            __m512i raw = _mm512_loadu_si512((const void *)(group + 8));
-            w0 = _mm512_and_si512(raw, nibble);
-            w1 = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
-        } else {
-            w0 = _mm512_loadu_si512((const void *)(group + 8));
-            w1 = _mm512_loadu_si512((const void *)(group + 72));
-        }
-#define SY_GROUPED_TOKEN(T, ACC)                                                                   \
-        if (tokens > T) {                                                                          \
-            const long at = (long)T * (stride / 8) + 16 * g;                                       \
-            const int8_t *xg = x + (long)T * stride + 128 * g;                                     \
-            __m512i s = _mm512_loadu_si512((const void *)(corr + at));                             \
-            s = _mm512_dpbusd_epi32(s, w0, _mm512_loadu_si512((const void *)xg));                  \
-            s = _mm512_dpbusd_epi32(s, w1, _mm512_loadu_si512((const void *)(xg + 64)));           \
-            ACC = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_loadu_ps(dx + at)), ACC); \
-        }
-        SY_GROUPED_TOKEN(0, acc0)
-        SY_GROUPED_TOKEN(1, acc1)
-        SY_GROUPED_TOKEN(2, acc2)
-        SY_GROUPED_TOKEN(3, acc3)
-#undef SY_GROUPED_TOKEN
-    }
-    float a[16];
-    _mm512_storeu_ps(a, acc0);
-    out[0] = sy_reduce16(a);
-    if (tokens > 1) { _mm512_storeu_ps(a, acc1); out[1] = sy_reduce16(a); }
-    if (tokens > 2) { _mm512_storeu_ps(a, acc2); out[2] = sy_reduce16(a); }
-    if (tokens > 3) { _mm512_storeu_ps(a, acc3); out[3] = sy_reduce16(a); }
-}
-
-// Four rows at a time: each row's accumulators see exactly grouped_vnni_n's operations, so the
-// bits are the same, but each token's activations are loaded once for four rows, and the core
-// streams four rows at once, prefetching the next tile's rows as the bf16 tiles do.
+//
+// Tiles of 4 rows (1 for rows left over): each token's activations are loaded once per tile, and
+// the core streams the tile's rows at once, prefetching the next tile's as the bf16 tiles do. Each
+// row's accumulator sees the same operations whatever the tile, so the bits do not depend on it.
 __attribute__((target("avx512vnni,avx512bw,avx512f,avx2,fma,f16c"), always_inline))
 static inline void grouped_vnni_tile_n(const uint8_t *row, long row_bytes, int groups, const int q4, const int8_t *x,
-                                       const float *dx, const int32_t *corr, int stride, const int tokens, float *out,
-                                       long out_stride) {
+                                       const float *dx, const int32_t *corr, int stride, const int rows, const int tokens,
+                                       float *out, long out_stride) {
     const int group_bytes = q4 ? 72 : 136;
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const __m512i nibble = _mm512_set1_epi8(0x0F);
@@ -174,13 +133,13 @@ static inline void grouped_vnni_tile_n(const uint8_t *row, long row_bytes, int g
     for (int g = 0; g < groups; g++) {
         __m512 d[4];
         __m512i w0[4], w1[4];
-        for (int r = 0; r < 4; r++) {
+        for (int r = 0; r < rows; r++) {
             const uint8_t *group = row + r * row_bytes + (long)g * group_bytes;
             // Every line the next tile's group spans (136 or 72 bytes: up to 3 or 2 lines); with
             // only its first one or two, one line a row in 17 (Q8_0) or 9 (Q4_0) went unfetched.
-            __builtin_prefetch(group + 4 * row_bytes);
-            if (!q4) __builtin_prefetch(group + 4 * row_bytes + 64);
-            __builtin_prefetch(group + 4 * row_bytes + group_bytes - 1);
+            __builtin_prefetch(group + rows * row_bytes);
+            if (!q4) __builtin_prefetch(group + rows * row_bytes + 64);
+            __builtin_prefetch(group + rows * row_bytes + group_bytes - 1);
             d[r] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group))));
             if (q4) {
                 __m512i raw = _mm512_loadu_si512((const void *)(group + 8));
@@ -197,7 +156,7 @@ static inline void grouped_vnni_tile_n(const uint8_t *row, long row_bytes, int g
             const __m512i c = _mm512_loadu_si512((const void *)(corr + at));
             const __m512i x0 = _mm512_loadu_si512((const void *)xg), x1 = _mm512_loadu_si512((const void *)(xg + 64));
             const __m512 scale = _mm512_loadu_ps(dx + at);
-            for (int r = 0; r < 4; r++) {
+            for (int r = 0; r < rows; r++) {
                 __m512i s = _mm512_dpbusd_epi32(c, w0[r], x0);
                 s = _mm512_dpbusd_epi32(s, w1[r], x1);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d[r], scale), acc[r][t]);
@@ -205,27 +164,35 @@ static inline void grouped_vnni_tile_n(const uint8_t *row, long row_bytes, int g
         }
     }
     float lanes[4][4][16];
-    for (int r = 0; r < 4; r++)
+    for (int r = 0; r < rows; r++)
         for (int t = 0; t < tokens; t++) _mm512_storeu_ps(lanes[r][t], acc[r][t]);
     for (int t = 0; t < tokens; t++)
-        for (int r = 0; r < 4; r++) out[t * out_stride + r] = sy_reduce16(lanes[r][t]);
+        for (int r = 0; r < rows; r++) out[t * out_stride + r] = sy_reduce16(lanes[r][t]);
 }
+
+// The tile's row count, format and token count become constants in each copy.
+#define SY_TILE_CASES(ROWS)                                                                        \
+    switch (4 * (q4 != 0) + (tokens < 4 ? tokens : 4) - 1) {                                       \
+    case 0: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, ROWS, 1, out, out_stride); break; \
+    case 1: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, ROWS, 2, out, out_stride); break; \
+    case 2: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, ROWS, 3, out, out_stride); break; \
+    case 3: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, ROWS, 4, out, out_stride); break; \
+    case 4: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, ROWS, 1, out, out_stride); break; \
+    case 5: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, ROWS, 2, out, out_stride); break; \
+    case 6: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, ROWS, 3, out, out_stride); break; \
+    default: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, ROWS, 4, out, out_stride); break; \
+    }
 
 __attribute__((target("avx512vnni,avx512bw,avx512f,avx2,fma,f16c")))
 static void grouped_vnni_tile(const uint8_t *row, long row_bytes, int groups, int q4, const int8_t *x, const float *dx,
-                              const int32_t *corr, int stride, int tokens, float *out, long out_stride) {
-    const int tokens_block = tokens < 4 ? tokens : 4;
-    switch (4 * (q4 != 0) + tokens_block - 1) {
-    case 0: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, 1, out, out_stride); break;
-    case 1: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, 2, out, out_stride); break;
-    case 2: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, 3, out, out_stride); break;
-    case 3: grouped_vnni_tile_n(row, row_bytes, groups, 0, x, dx, corr, stride, 4, out, out_stride); break;
-    case 4: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, 1, out, out_stride); break;
-    case 5: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, 2, out, out_stride); break;
-    case 6: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, 3, out, out_stride); break;
-    default: grouped_vnni_tile_n(row, row_bytes, groups, 1, x, dx, corr, stride, 4, out, out_stride); break;
+                              const int32_t *corr, int stride, int rows, int tokens, float *out, long out_stride) {
+    if (rows == 4) {
+        SY_TILE_CASES(4)
+    } else {
+        SY_TILE_CASES(1)
     }
 }
+#undef SY_TILE_CASES
 
 #define SY_INSTANTIATE_GROUPED(NAME, KERNEL, TARGET)                                               \
     __attribute__((target(TARGET)))                                                                \
@@ -246,7 +213,6 @@ static void grouped_vnni_tile(const uint8_t *row, long row_bytes, int groups, in
     }
 
 SY_INSTANTIATE_GROUPED(grouped_avx2, grouped_avx2_n, "avx2,fma,f16c")
-SY_INSTANTIATE_GROUPED(grouped_vnni, grouped_vnni_n, "avx512vnni,avx512bw,avx512f,avx2,fma,f16c")
 
 #endif
 
@@ -315,16 +281,20 @@ void sy_rows_grouped_q8(const void *base, long row_bytes, int nrows, int groups,
     const int level = sy_integer_level_in_force();
     int r = 0;
 #if defined(__x86_64__)
-    if (level == 2)
-        for (; r + 4 <= nrows; r += 4)
-            grouped_vnni_tile((const uint8_t *)base + r * row_bytes, row_bytes, groups, q4, x, dx, corr, stride, tokens, out + r, out_stride);
+    if (level == 2) {
+        while (r < nrows) {
+            const int tile = nrows - r >= 4 ? 4 : 1;
+            grouped_vnni_tile((const uint8_t *)base + r * row_bytes, row_bytes, groups, q4, x, dx, corr, stride, tile, tokens, out + r,
+                              out_stride);
+            r += tile;
+        }
+        return;
+    }
 #endif
     for (; r < nrows; r++) {
         const uint8_t *row = (const uint8_t *)base + r * row_bytes;
 #if defined(__x86_64__)
-        if (level == 2) {
-            grouped_vnni(row, groups, q4, x, dx, corr, stride, tokens, sums);
-        } else if (level == 1) {
+        if (level == 1) {
             grouped_avx2(row, groups, q4, x, dx, corr, stride, tokens, sums);
         } else {
             grouped_portable(row, groups, q4, x, dx, stride, tokens, sums);
