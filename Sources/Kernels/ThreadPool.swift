@@ -60,6 +60,7 @@ public final class ThreadPool: @unchecked Sendable {
     /// - Parameter threads: total threads including the caller, which takes part in every region.
     public init(threads: Int) {
         threadCount = max(1, threads)
+        Self.liveThreads.add(threadCount, ordering: .relaxed)
         cursors = .allocate(capacity: threadCount * Self.cursorStride)
         for i in 0..<(threadCount * Self.cursorStride) { (cursors + i).initialize(to: Atomic<Int>(0)) }
         pthread_mutex_init(&mutex, nil)
@@ -84,6 +85,7 @@ public final class ThreadPool: @unchecked Sendable {
         pthread_cond_broadcast(&wake)
         pthread_mutex_unlock(&mutex)
         for thread in threads { pthread_join(thread, nil) }
+        Self.liveThreads.subtract(threadCount, ordering: .relaxed)
         cursors.deinitialize(count: threadCount * Self.cursorStride)
         cursors.deallocate()
         pthread_cond_destroy(&wake)
@@ -142,8 +144,15 @@ public final class ThreadPool: @unchecked Sendable {
     /// microseconds between regions (attention, routing, quantising activations); a worker that
     /// slept through one came back through a futex wake-up, which on this 2-core VM cost 7% of
     /// Q8_0 decode (20,000 spins, about 20 µs: 82 tok/s; 1-2 ms: 88). Spinning that long costs a
-    /// core only while regions keep coming; an idle pool sleeps.
-    static let spinNanoseconds: UInt64 = 2_000_000
+    /// core only while regions keep coming; an idle pool sleeps. With more threads than cores a
+    /// spinning worker would take a core from one with work, so when the process's pools have
+    /// more threads in all than it has cores, workers spin 20 µs.
+    var spinNanoseconds: UInt64 {
+        Self.liveThreads.load(ordering: .relaxed) <= Self.cores ? 2_000_000 : 20_000
+    }
+    /// Threads of every pool alive in the process, callers included.
+    private static let liveThreads = Atomic<Int>(0)
+    private static let cores = availableCores
 
     private func workerLoop(index: Int) {
         var seen = 0
@@ -157,7 +166,7 @@ public final class ThreadPool: @unchecked Sendable {
                 if spins & 255 == 0 {
                     let now = monotonicNanoseconds()
                     if spinStart == 0 { spinStart = now }
-                    if now - spinStart > Self.spinNanoseconds {
+                    if now - spinStart > spinNanoseconds {
                         pthread_mutex_lock(&mutex)
                         current = generation.load(ordering: .acquiring)
                         while current == seen {
