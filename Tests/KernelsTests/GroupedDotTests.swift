@@ -39,9 +39,8 @@ struct GroupedDotTests {
         QuantizedActivations.quantize(input, inputStride: stride, columns: columns, tokens: tokens, values: &xq, scales: &xd)
         GroupedActivations.arrange(values: xq, scales: xd, columns: columns, tokens: tokens, q4: q4, into: &twin.0, scales: &twin.1, corrections: &twin.2)
         var c = ([Int8](repeating: 0, count: tokens * columns), [Float](repeating: 0, count: lanes), [Int32](repeating: 0, count: lanes))
-        forceQuantizedDotLevel(nil)
         let done = sy_quantize_grouped(input, stride, Int32(columns), Int32(tokens), q4 ? 1 : 0, &c.0, &c.1, &c.2)
-        guard done != 0 else { return }   // no AVX-512 here: only the twin runs
+        guard done != 0 else { return }   // no AVX-512 here, or a suite capped the level: only the twin runs
         #expect(c.0.indices.allSatisfy { c.0[$0] == twin.0[$0] })
         #expect(c.1.indices.allSatisfy { c.1[$0].bitPattern == twin.1[$0].bitPattern })
         #expect(c.2.indices.allSatisfy { c.2[$0] == twin.2[$0] })

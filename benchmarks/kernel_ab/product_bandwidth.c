@@ -1,8 +1,8 @@
 // Bandwidth of expert-shaped products through two versions of one C kernel, linked in as A_... and
 // B_... by run.sh. The matrix (rows x columns) has 24 copies, so every product reads its weights
 // from memory as a routed expert does. The two versions alternate 20 times per token count (1-6),
-// so both see the same noise, and each one's best is printed. Rows are split between the threads
-// in items as Kernels' RowItems does.
+// so both see the same noise, and each one's best is printed. Each thread takes its half of the
+// rows in items sized as Kernels' RowItems sizes them, as the thread pool's shares do.
 //
 // Usage: product_bandwidth bf16|q8_0|q4_0 THREADS [ROWS COLUMNS]   (1 or 2 threads; 3584 x 1024 by
 // default). bf16 runs sy_rows_bf16_f32; q8_0 and q4_0 run sy_rows_grouped_q8 on grouped rows with
@@ -16,7 +16,6 @@
 #include <sys/mman.h>
 #include <time.h>
 
-typedef void (*bf16_fn)(const void *, long, int, int, const float *, int, int, float *, long);
 typedef void (*grouped_fn)(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *,
                            long);
 void A_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long);
