@@ -194,29 +194,22 @@ static void grouped_vnni_tile(const uint8_t *row, long row_bytes, int groups, in
 }
 #undef SY_TILE_CASES
 
-#define SY_INSTANTIATE_GROUPED(NAME, KERNEL, TARGET)                                               \
-    __attribute__((target(TARGET)))                                                                \
-    static void NAME(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx,     \
-                     const int32_t *corr, int stride, int tokens, float *out) {                    \
-        /* Both the format and the token count become constants in each copy of the kernel. */    \
-        const int tokens_block = tokens < 4 ? tokens : 4;                                          \
-        switch (4 * (q4 != 0) + tokens_block - 1) {                                                \
-        case 0: KERNEL(row, groups, 0, x, dx, corr, stride, 1, out); break;                        \
-        case 1: KERNEL(row, groups, 0, x, dx, corr, stride, 2, out); break;                        \
-        case 2: KERNEL(row, groups, 0, x, dx, corr, stride, 3, out); break;                        \
-        case 3: KERNEL(row, groups, 0, x, dx, corr, stride, 4, out); break;                        \
-        case 4: KERNEL(row, groups, 1, x, dx, corr, stride, 1, out); break;                        \
-        case 5: KERNEL(row, groups, 1, x, dx, corr, stride, 2, out); break;                        \
-        case 6: KERNEL(row, groups, 1, x, dx, corr, stride, 3, out); break;                        \
-        default: KERNEL(row, groups, 1, x, dx, corr, stride, 4, out); break;                       \
-        }                                                                                          \
+// Both the format and the token count become constants in each copy of the kernel.
+__attribute__((target("avx2,fma,f16c")))
+static void grouped_avx2(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx, const int32_t *corr,
+                         int stride, int tokens, float *out) {
+    switch (4 * (q4 != 0) + (tokens < 4 ? tokens : 4) - 1) {
+    case 0: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 1, out); break;
+    case 1: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 2, out); break;
+    case 2: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 3, out); break;
+    case 3: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 4, out); break;
+    case 4: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 1, out); break;
+    case 5: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 2, out); break;
+    case 6: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 3, out); break;
+    default: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 4, out); break;
     }
+}
 
-SY_INSTANTIATE_GROUPED(grouped_avx2, grouped_avx2_n, "avx2,fma,f16c")
-
-#endif
-
-#if defined(__x86_64__)
 // Round half away from zero: nearest-even, then exact ties (x - even = ±0.5) step away from zero,
 // as QuantizedActivations.roundedToInt8 does.
 __attribute__((target("avx512f,avx512bw"), always_inline))
