@@ -29,38 +29,44 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
+        // The C library, whole-file reads, byte sizes, durations, completions and serial queues:
+        // what every other module would otherwise copy.
+        .target(name: "SwitchyardSupport"),
         // A JSON reader/writer that keeps numbers exact, reports paths in errors, and is fast on
         // multi-megabyte tokenizer.json files.
-        .target(name: "SwitchyardJSON", swiftSettings: tuned),
+        .target(name: "SwitchyardJSON", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
+        // Memory-mapped weight files of any format: huge-page mapping, O_DIRECT reads of byte
+        // ranges for the disk tier, releasing pages.
+        .target(name: "WeightFiles", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
         // Memory-mapped safetensors files and sharded checkpoints; validates every header.
-        .target(name: "SafeTensors", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
+        .target(name: "SafeTensors", dependencies: ["SwitchyardJSON", "WeightFiles", "SwitchyardSupport"], swiftSettings: tuned),
         // CPU numeric kernels (matrix products over bf16/f16/f32 weights, norms, RoPE, softmax) and
         // the persistent thread pool they run on.
-        .target(name: "Kernels", dependencies: ["KernelsC"], swiftSettings: tuned),
+        .target(name: "Kernels", dependencies: ["KernelsC", "SwitchyardSupport"], swiftSettings: tuned),
         // Integer dot-product micro-kernels that need instructions Swift cannot spell (AVX2
         // maddubs, AVX512-VNNI dpbusd), chosen at run time; each has a Swift twin in Kernels.
         .target(name: "KernelsC", cSettings: [.unsafeFlags(["-O3"])]),
         // NumPy .npy arrays: the logits contract with transformers.
-        .target(name: "NPY"),
+        .target(name: "NPY", dependencies: ["SwitchyardSupport"]),
         // Hugging Face tokenizer.json.
-        .target(name: "Tokenizers", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
+        .target(name: "Tokenizers", dependencies: ["SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
         // CUDA, loaded at run time (dlopen): the driver, NVRTC, and the kernels as embedded source.
-        .target(name: "CUDA", swiftSettings: tuned),
+        .target(name: "CUDA", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
         // Chat templates: a Jinja interpreter as transformers' apply_chat_template renders them.
-        .target(name: "ChatTemplates", dependencies: ["SwitchyardJSON"], swiftSettings: tuned),
+        .target(name: "ChatTemplates", dependencies: ["SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
         // Model configuration, architecture definitions, weight binding, device boundary, KV cache,
         // and the forward pass.
-        .target(name: "Models", dependencies: ["SwitchyardJSON", "SafeTensors", "Kernels"], swiftSettings: tuned),
+        .target(name: "Models", dependencies: ["SwitchyardJSON", "SafeTensors", "WeightFiles", "Kernels", "SwitchyardSupport"], swiftSettings: tuned),
         // Tiers and devices: the emulated accelerator, the disk tier under a RAM budget, measured
         // costs, the per-layer expert scheduler, expert caches and prefetch, traces.
-        .target(name: "Orchestration", dependencies: ["Models", "Kernels", "SafeTensors", "SwitchyardJSON"], swiftSettings: tuned),
+        .target(name: "Orchestration", dependencies: ["Models", "Kernels", "SafeTensors", "WeightFiles", "SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
         // Sampling, stop strings, streaming text, the generation loop.
-        .target(name: "Generation", dependencies: ["Models", "Tokenizers", "Kernels"], swiftSettings: tuned),
+        .target(name: "Generation", dependencies: ["Models", "Tokenizers", "SwitchyardSupport"], swiftSettings: tuned),
         // Continuous batching: a scheduler thread running every admitted sequence in shared steps.
-        .target(name: "Batching", dependencies: ["Models", "Generation", "Tokenizers", "Kernels"], swiftSettings: tuned),
+        .target(name: "Batching", dependencies: ["Models", "Generation", "Tokenizers", "Kernels", "SwitchyardSupport"], swiftSettings: tuned),
         // The OpenAI-compatible HTTP server over the batch scheduler.
         .target(name: "Server", dependencies: [
-            "Batching", "ChatTemplates", "Tokenizers", "Models", "Generation", "SwitchyardJSON",
+            "Batching", "ChatTemplates", "Tokenizers", "Generation", "SwitchyardJSON", "SwitchyardSupport",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -68,23 +74,28 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Models", "Orchestration", "Generation", "Tokenizers", "ChatTemplates", "SafeTensors", "SwitchyardJSON", "NPY", "CUDA", "Server",
+                "Models", "Orchestration", "Generation", "Batching", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON", "SwitchyardSupport", "NPY", "CUDA", "Server",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: tuned),
 
-        .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON"]),
-        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "SwitchyardJSON"], swiftSettings: tuned),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"]),
-        .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
-        .testTarget(name: "BatchingTests", dependencies: ["Batching", "Generation", "Models", "Tokenizers"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON"]),
-        .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON"]),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY"]),
-        .testTarget(name: "OrchestrationTests", dependencies: ["Orchestration", "Models", "Kernels", "NPY", "SwitchyardJSON"]),
-        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON"]),
+        // What the test targets share: the repository's paths, transformers' reference logits,
+        // error measures.
+        .target(name: "SwitchyardTestSupport", dependencies: ["NPY", "SwitchyardJSON", "SwitchyardSupport"], path: "Tests/SwitchyardTestSupport"),
+        .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "SwitchyardSupportTests", dependencies: ["SwitchyardSupport"]),
+        .testTarget(name: "WeightFilesTests", dependencies: ["WeightFiles", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"], swiftSettings: tuned),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "CUDATests", dependencies: ["CUDA", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "BatchingTests", dependencies: ["Batching", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "OrchestrationTests", dependencies: ["Orchestration", "Models", "Kernels", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,13 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Generation
 import Kernels
 import Models
 import Synchronization
 import Tokenizers
+import SwitchyardSupport
 
 /// One completion to run: tokens in, sampling settings, limits.
 public struct CompletionRequest: Sendable {

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// The GPU kernels, as CUDA C compiled by NVRTC for the GPU present at first use. They mirror the
 /// CPU kernels (Kernels module) operation for operation: float32 activations and accumulation,

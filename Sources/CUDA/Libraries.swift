@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// A CUDA library that could not be loaded, or a CUDA call that failed. One line, saying what.
 public struct CUDAError: Error, CustomStringConvertible, Sendable {

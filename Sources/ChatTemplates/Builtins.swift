@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 extension Renderer {
     func keyword(_ keywords: [(String, Value)], _ name: String) -> Value? { keywords.first { $0.0 == name }?.1 }

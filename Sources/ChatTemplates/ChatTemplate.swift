@@ -1,9 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// A chat template: Jinja source as transformers' `apply_chat_template` renders it (trim_blocks and
 /// lstrip_blocks on, the `loopcontrols` extension, `raise_exception` and `strftime_now`, its

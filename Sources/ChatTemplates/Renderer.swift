@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// Control flow out of a loop body.
 private enum LoopSignal { case none, breakLoop, continueLoop }

@@ -1,5 +1,6 @@
 import Kernels
 import Models
+import SwitchyardSupport
 import Tokenizers
 
 public struct GenerationOptions: Sendable {
@@ -80,7 +81,7 @@ public struct Generator {
         let clock = ContinuousClock()
         let promptStart = clock.now
         var logits = try session.forward(Array(promptTokens[reusable...]))
-        let promptSeconds = seconds(clock.now - promptStart)
+        let promptSeconds = (clock.now - promptStart).seconds
         let decodeStart = clock.now
         while generated.count < options.maxTokens {
             let token = sampler.sample(logits: logits, history: history)
@@ -98,6 +99,6 @@ public struct Generator {
         }
         return GenerationResult(
             promptTokens: promptTokens, tokens: generated, text: text, finishReason: finish,
-            promptSeconds: promptSeconds, generationSeconds: seconds(clock.now - decodeStart))
+            promptSeconds: promptSeconds, generationSeconds: (clock.now - decodeStart).seconds)
     }
 }

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// How the next token is chosen. Defaults are llama.cpp's.
 public struct SamplingParameters: Sendable, Equatable {

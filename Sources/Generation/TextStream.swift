@@ -1,3 +1,4 @@
+import SwitchyardSupport
 import Tokenizers
 
 /// Turns a growing list of token ids into text pieces for streaming.

@@ -1,9 +1,5 @@
 import KernelsC
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// How a bf16 product takes its tokens, from costs measured on this machine (the CPU form of
 /// EPS-MoE's kernel selection). On AVX-512 it runs tiles of 4 rows by up to 5 tokens: one token is
@@ -56,8 +52,7 @@ public struct KernelChoice: Sendable {
                 next = (next + 1) % copies
                 let start = ContinuousClock.now
                 matmul(matrix, input: input, inputStride: columns, output: output, outputStride: rows, tokens: tokens, pool: pool)
-                let (s, attoseconds) = (ContinuousClock.now - start).components
-                best = min(best, Double(s) + Double(attoseconds) * 1e-18)
+                best = min(best, (ContinuousClock.now - start).seconds)
             }
             return best
         }

@@ -1,9 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Synchronization
+import SwitchyardSupport
 
 /// A persistent pool of worker threads for kernels.
 ///
@@ -236,12 +232,8 @@ public func measureReadBandwidth(bytes: Int = 512 << 20, repetitions: Int = 3, p
             }
             sums[item] = horizontalSum((a + b) + (c + d))
         }
-        best = max(best, Double(items * chunk * 4) / seconds(clock.now - start))
+        best = max(best, Double(items * chunk * 4) / (clock.now - start).seconds)
     }
     return best
 }
 
-/// A duration in seconds.
-public func seconds(_ d: Duration) -> Double {
-    Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-}

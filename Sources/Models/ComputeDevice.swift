@@ -1,4 +1,5 @@
 import Kernels
+import SwitchyardSupport
 
 /// Where matrix products run. The forward pass hands every weight product to a device; the CPU
 /// device runs them on the kernel thread pool. The planner and the accelerator backends (emulated,

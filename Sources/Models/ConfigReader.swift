@@ -1,4 +1,5 @@
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// A problem with a model folder, its configuration or its weights. The message names the file and
 /// the key or tensor at fault.

@@ -1,4 +1,5 @@
 import Kernels
+import SwitchyardSupport
 
 extension Model {
     /// Weight bytes one decoded token reads at batch 1: everything every token touches (attention,

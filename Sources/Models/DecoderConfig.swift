@@ -1,4 +1,5 @@
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// How the router's top-k weights are computed and combined. One description serves every MoE
 /// architecture; the architecture files only choose the values.

@@ -1,5 +1,6 @@
 import Kernels
 import SafeTensors
+import SwitchyardSupport
 
 /// A SwiGLU feed-forward network: down(silu(gate(x)) * up(x)).
 public struct FeedForwardWeights: Sendable {

@@ -1,4 +1,5 @@
 import Kernels
+import SwitchyardSupport
 
 /// Where one token of a forward step goes: its sequence's KV cache and its position there.
 struct TokenSlot {

@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// Keys and values of the positions a sequence has seen, per layer. The forward pass writes the
 /// rows of new positions and reads all earlier rows; where the rows live (one slab, pages, another
 /// device or host) is the cache's business.

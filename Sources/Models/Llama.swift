@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// Llama and Mistral: the plain decoder (RMSNorm, RoPE, GQA, SwiGLU MLP).
 enum LlamaFamily: ArchitectureFamily {
     static let modelTypes = ["llama", "mistral"]

@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// Mixtral: Llama-style attention, and every layer a sparse MoE whose router takes a softmax,
 /// keeps the top k and always renormalises them.
 enum MixtralFamily: ArchitectureFamily {

@@ -1,4 +1,5 @@
 import Kernels
+import SwitchyardSupport
 
 /// The experts a token is routed to, with their mixing weights.
 public struct Routing: Sendable, Equatable {
@@ -144,8 +145,3 @@ extension Model {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

@@ -1,6 +1,8 @@
 import Kernels
 import SafeTensors
 import SwitchyardJSON
+import SwitchyardSupport
+import WeightFiles
 
 /// A loaded model: its configuration, its weights bound by name, and the device it computes on.
 /// Immutable and shareable; each sequence runs in its own `Session`.
@@ -151,7 +153,7 @@ public final class Model: @unchecked Sendable {
 
 public func readJSON(_ path: String) throws(ModelError) -> JSONValue {
     let bytes: [UInt8]
-    do { bytes = try readWholeFile(path) } catch { throw ModelError(error.description) }
+    do { bytes = try readFileBytes(path) } catch { throw ModelError(error.description) }
     do { return try JSONValue.parse(bytes) } catch { throw ModelError("\(path): malformed JSON: \(error)") }
 }
 

@@ -1,5 +1,6 @@
 import Kernels
 import SafeTensors
+import SwitchyardSupport
 
 /// Sizes a user wants before running a model: parameters, active parameters, memory.
 public struct ModelInfo: Sendable {

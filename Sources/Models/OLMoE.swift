@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// OLMoE: RMSNorm over the whole query and key projections, optional q/k/v clipping, and a router
 /// whose top-k weights are not renormalised unless `norm_topk_prob` says so.
 enum OLMoEFamily: ArchitectureFamily {

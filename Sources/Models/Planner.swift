@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// What a machine can do, for planning: memory sizes and the rates that bound inference.
 public struct HardwareProfile: Sendable, Equatable {
     public var name: String

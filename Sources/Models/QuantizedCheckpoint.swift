@@ -1,10 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Kernels
 import SafeTensors
+import SwitchyardSupport
 
 /// `switchyard quantize`: a model folder rewritten with its matrices in a GGUF block format, so the
 /// conversion `--quantize` does at every load is paid once. The weights go to one model.safetensors;
@@ -27,7 +23,7 @@ public enum QuantizedCheckpoint {
         let checkpoint: Checkpoint
         do { checkpoint = try Checkpoint(directory: directory) } catch { throw ModelError(error.description) }
         guard mkdir(output, 0o755) == 0 || errno == EEXIST else {
-            throw ModelError("\(output): cannot create the folder: \(String(cString: strerror(errno)))")
+            throw ModelError("\(output): cannot create the folder: \(errorText())")
         }
         guard realPath(output) != realPath(directory) else { throw ModelError("\(output): the output must be another folder than the model's") }
         for file in checkpoint.files {
@@ -82,7 +78,7 @@ public enum QuantizedCheckpoint {
                 let path = directory + "/" + name
                 guard fileExists(path) else { continue }
                 do {
-                    let bytes = try readWholeFile(path)
+                    let bytes = try readFileBytes(path)
                     guard let out = fopen(output + "/" + name, "wb") else { throw CheckpointError("cannot write") }
                     _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, out) }
                     fclose(out)

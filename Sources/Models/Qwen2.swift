@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// Qwen2 and Qwen2-MoE: q/k/v projections with bias (read from the checkpoint), optional sliding
 /// windows; the MoE variant adds a sigmoid-gated shared expert and dense `mlp_only_layers`.
 enum Qwen2Family: ArchitectureFamily {

@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// Qwen3 and Qwen3-MoE: RMSNorm on each query and key head before RoPE, head_dim independent of
 /// the hidden size; the MoE variant has no shared expert.
 enum Qwen3Family: ArchitectureFamily {

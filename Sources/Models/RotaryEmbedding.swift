@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// Rotary position embedding parameters, normalised from either config form: transformers 5's
 /// `rope_parameters` object, or the older top-level `rope_theta` plus `rope_scaling`.

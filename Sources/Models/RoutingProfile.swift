@@ -1,4 +1,5 @@
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// How often each (layer, expert) is chosen, and which experts follow which from one MoE layer to
 /// the next: what the planner uses to keep the most popular experts in fast memory and what the

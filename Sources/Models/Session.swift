@@ -1,4 +1,5 @@
 import Kernels
+import SwitchyardSupport
 
 /// One sequence being run through a model: its KV cache and work memory. Not thread-safe: one
 /// caller at a time (the kernels inside a call are parallel).

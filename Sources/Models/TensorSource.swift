@@ -1,5 +1,6 @@
 import Kernels
 import SafeTensors
+import SwitchyardSupport
 
 /// Where a model's tensors come from: a checkpoint on disk, or random values (`--random-weights`)
 /// for benchmarking models whose files cannot be had.

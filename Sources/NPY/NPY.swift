@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// NumPy .npy files of little-endian float32 in C order: what `switchyard logits` writes and the
 /// references the tests read.

@@ -1,11 +1,7 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Kernels
 import Models
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// What the scheduler predicts with, measured on this machine for this model's expert shape (never
 /// constants): one expert's time on each device for a range of token counts, and the rate of each
@@ -95,7 +91,7 @@ public struct CostModel: Sendable, Equatable {
             let text = String(decoding: bytes, as: UTF8.self)
             if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
                let colon = line.firstIndex(of: ":") {
-                name = line[line.index(after: colon)...].trimmingCharacters(in: " \t")
+                name = line[line.index(after: colon)...].trimmed()
             }
         }
         return "\(name), \(ThreadPool.availableCores) cores"
@@ -127,11 +123,5 @@ public struct CostModel: Sendable, Equatable {
         fputs(json.serialized() + "\n", handle)
         fclose(handle)
         rename(temporary, file)
-    }
-}
-
-extension Substring {
-    func trimmingCharacters(in set: String) -> String {
-        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
     }
 }

@@ -1,11 +1,7 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Kernels
 import Models
 import Synchronization
+import SwitchyardSupport
 
 /// An accelerator emulated on the host, for tests and development until a GPU backend runs models:
 /// it has its own memory pool with a hard budget, its own kernel threads and a kernel stream, and a
@@ -103,41 +99,6 @@ public final class TieredDevice: ComputeDevice {
                    precision: self.precision)
         }.wait()
     }
-}
-
-/// 1536 → "1.5 KiB"; for messages and tables.
-public func formatBytes(_ bytes: Int) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var value = Double(bytes), unit = 0
-    while value >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
-    if unit == 0 { return "\(bytes) B" }
-    let rounded = (value * 10).rounded() / 10
-    return "\(rounded) \(units[unit])"
-}
-
-/// "512MiB", "20GB", "1.5 GiB", "4096" → bytes (KB, MB, GB, TB are decimal; KiB, MiB, GiB, TiB and
-/// K, M, G, T binary).
-public func parseByteSize(_ text: String) throws(OrchestrationError) -> Int {
-    let trimmed = text.filter { $0 != " " && $0 != "_" }
-    let number = trimmed.prefix { $0.isNumber || $0 == "." }
-    let unit = trimmed.dropFirst(number.count).lowercased()
-    let scale: Double
-    switch unit {
-    case "", "b": scale = 1
-    case "kb": scale = 1e3
-    case "mb": scale = 1e6
-    case "gb": scale = 1e9
-    case "tb": scale = 1e12
-    case "k", "kib": scale = 1024
-    case "m", "mib": scale = 1024 * 1024
-    case "g", "gib": scale = 1024 * 1024 * 1024
-    case "t", "tib": scale = 1024 * 1024 * 1024 * 1024
-    default: throw OrchestrationError("'\(text)' is not a size (examples: 512MiB, 20GB, 1.5GiB)")
-    }
-    guard let value = Double(number), value >= 0, value * scale < 9e18 else {
-        throw OrchestrationError("'\(text)' is not a size (examples: 512MiB, 20GB, 1.5GiB)")
-    }
-    return Int(value * scale)
 }
 
 public struct OrchestrationError: Error, CustomStringConvertible, Sendable {

@@ -1,4 +1,5 @@
 import Models
+import SwitchyardSupport
 
 /// One routed expert of one layer.
 public struct ExpertKey: Hashable, Sendable, Comparable {
@@ -126,8 +127,3 @@ final class ExpertCache {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

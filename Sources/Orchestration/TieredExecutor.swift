@@ -1,12 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Kernels
 import Models
 import SafeTensors
+import WeightFiles
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// How the experts that are not resident on the accelerator are handled.
 public enum ExpertPolicy: String, Sendable, CaseIterable {
@@ -188,7 +185,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     public let costs: CostModel
     public let accelerator: EmulatedAccelerator?
     unowned let model: Model
-    let reader: WeightFileReader?
+    let reader: DirectReader?
     var homes: [[ExpertHome]]
     let acceleratorCache: ExpertCache?
     let ramCache: ExpertCache?
@@ -258,7 +255,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             guard let checkpoint = model.checkpoint else {
                 throw OrchestrationError("--ram-budget reads experts from the model files, so it cannot be combined with --random-weights")
             }
-            reader = try WeightFileReader(checkpoint: checkpoint)
+            do { reader = try DirectReader(files: checkpoint.files.map(\.mapping)) } catch { throw OrchestrationError(error.description) }
         } else {
             reader = nil
         }
@@ -401,7 +398,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         copiedAtLoad = accelerator?.bytesCopied ?? 0
         if let path = options.tracePath {
             guard let file = fopen(path, "w") else {
-                throw OrchestrationError("\(path): cannot write the trace: \(String(cString: strerror(errno)))")
+                throw OrchestrationError("\(path): cannot write the trace: \(errorText())")
             }
             trace = file
         }
@@ -627,14 +624,14 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         let layout = TieredExecutor.spanOffsets(ranges.map(\.bytes))
         // The matrices' positions inside the slot depend on their alignment in the file, known
         // before the read: the weights can be described now and filled by the disk queue.
-        let a = WeightFileReader.alignment
+        let a = DirectReader.alignment
         var shapes = sampleShapes(key)
         for (i, r) in ranges.enumerated() { shapes[i] = shapes[i].moved(to: pointer + layout[i] + (r.offset - r.offset / a * a)) }
         let ready = Completion(parts: ranges.count)
         for (i, r) in ranges.enumerated() {
             nextDiskQueue = (nextDiskQueue + 1) % diskQueues.count
             diskQueues[nextDiskQueue].submit(after: after) {
-                do throws(OrchestrationError) { _ = try reader.read(file: r.file, offset: r.offset, bytes: r.bytes, into: pointer + layout[i]) } catch { fail(error) }
+                do throws(WeightFileError) { _ = try reader.read(file: r.file, offset: r.offset, bytes: r.bytes, into: pointer + layout[i]) } catch { fail(OrchestrationError(error.description)) }
                 ready.signal()
             }
         }
@@ -668,7 +665,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         var matrices: [WeightMatrix] = []
         for (i, r) in ranges.enumerated() {
             let start: Int
-            do throws(OrchestrationError) { start = try reader!.read(file: r.file, offset: r.offset, bytes: r.bytes, into: buffer! + layout[i]) } catch { fail(error) }
+            do throws(WeightFileError) { start = try reader!.read(file: r.file, offset: r.offset, bytes: r.bytes, into: buffer! + layout[i]) } catch { fail(OrchestrationError(error.description)) }
             matrices.append(sampleShapes(key)[i].moved(to: buffer! + layout[i] + start))
         }
         return FeedForwardWeights(gate: matrices[0], up: matrices[1], down: matrices[2])
@@ -777,7 +774,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         var offsets: [Int] = [], at = 0
         for b in bytes {
             offsets.append(at)
-            at += WeightFileReader.span(b)
+            at += DirectReader.span(b)
         }
         return offsets + [at]
     }
@@ -787,7 +784,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
 
     static func allocateAligned(_ bytes: Int) -> UnsafeMutableRawPointer {
         var raw: UnsafeMutableRawPointer?
-        precondition(posix_memalign(&raw, WeightFileReader.alignment, bytes) == 0, "cannot allocate \(bytes) bytes")
+        precondition(posix_memalign(&raw, DirectReader.alignment, bytes) == 0, "cannot allocate \(bytes) bytes")
         return raw!
     }
 
@@ -796,7 +793,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     /// The cost table for this machine and expert shape: from the cache, or measured now.
     static func calibrate(
         model: Model, sample: FeedForwardWeights, expertBytes: Int, accelerator: EmulatedAccelerator?,
-        reader: WeightFileReader?, layers: [[FeedForwardWeights]], options: TierOptions
+        reader: DirectReader?, layers: [[FeedForwardWeights]], options: TierOptions
     ) throws(OrchestrationError) -> CostModel {
         let hidden = model.config.hiddenSize, inner = sample.intermediateSize
         let key = "\(CostModel.machineDescription); cpu threads \(model.pool.threadCount); accelerator \(accelerator.map { "emulated, \(String($0.pool.threadCount)) threads" } ?? "none"); disk \(reader != nil ? "yes" : "no"); expert \(hidden)x\(inner) \(sample.gate.element), activations \(model.device.precision.rawValue)"
@@ -822,7 +819,10 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                     guard let place = reader.location(of: m.data, bytes: bytes) else {
                         throw OrchestrationError("an expert's weights are not in the model files")
                     }
-                    let start = try reader.read(file: place.file, offset: place.offset, bytes: bytes, into: buffer + layout[i])
+                    let start: Int
+                    do { start = try reader.read(file: place.file, offset: place.offset, bytes: bytes, into: buffer + layout[i]) } catch {
+                        throw OrchestrationError(error.description)
+                    }
                     if p == picks.count - 1 { matrices.append(m.moved(to: buffer + layout[i] + start)) }
                 }
                 seconds += (ContinuousClock.now - started).seconds
@@ -885,13 +885,6 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
 extension WeightMatrix {
     func moved(to data: UnsafeRawPointer) -> WeightMatrix {
         WeightMatrix(element: element, rows: rows, columns: columns, data: data)
-    }
-}
-
-extension Duration {
-    var seconds: Double {
-        let (s, attoseconds) = components
-        return Double(s) + Double(attoseconds) * 1e-18
     }
 }
 

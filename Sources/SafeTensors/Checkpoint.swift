@@ -1,9 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// The weights of a Hugging Face model folder, addressed by tensor name: one `model.safetensors`,
 /// or shards listed by `model.safetensors.index.json`. Every file is mapped and validated when the
@@ -20,7 +16,8 @@ public final class Checkpoint: @unchecked Sendable {
         var files: [SafeTensorsFile] = []
         var index: [String: TensorView] = [:]
         if fileExists(indexPath) {
-            let bytes = try readWholeFile(indexPath)
+            let bytes: [UInt8]
+            do { bytes = try readFileBytes(indexPath) } catch { throw CheckpointError(error.description) }
             let json: JSONValue
             do { json = try JSONValue.parse(bytes) } catch {
                 throw CheckpointError("\(indexPath): malformed JSON: \(error)")
@@ -65,16 +62,5 @@ public final class Checkpoint: @unchecked Sendable {
         return t
     }
 
-
     public var allTensors: [TensorView] { Array(index.values) }
-}
-
-public func fileExists(_ path: String) -> Bool {
-    var info = stat()
-    return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
-}
-
-/// Reads a whole (small) file: configs, indexes, tokenizers.
-public func readWholeFile(_ path: String) throws(CheckpointError) -> [UInt8] {
-    do { return try readFileBytes(path) } catch { throw CheckpointError(error.description) }
 }

@@ -1,3 +1,4 @@
+import SwitchyardSupport
 /// Element types a safetensors header may name. Only the floating-point types the engine computes
 /// with (`bf16`, `f16`, `f32`) are usable as weights; the others are known so that a header that
 /// names them is validated (sizes checked) and then refused with a clear message.

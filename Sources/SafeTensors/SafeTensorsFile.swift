@@ -1,52 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import SwitchyardJSON
+import SwitchyardSupport
+import WeightFiles
 
 /// Anything wrong with a checkpoint's files. The message names the file and, where there is one,
 /// the tensor.
 public struct CheckpointError: Error, CustomStringConvertible, Sendable {
     public var description: String
     public init(_ description: String) { self.description = description }
-}
-
-/// A read-only memory mapping of a whole file. Weights are used in place from the mapping: the
-/// kernels read bf16/f16/f32 directly, so nothing is copied.
-public final class MappedFile: @unchecked Sendable {
-    public let path: String
-    public let base: UnsafeRawPointer
-    public let size: Int
-
-    public init(path: String) throws(CheckpointError) {
-        self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw CheckpointError("cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw CheckpointError("cannot stat \(path): \(String(cString: strerror(errno)))") }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw CheckpointError("\(path) is not a regular file") }
-        size = Int(info.st_size)
-        if size == 0 {
-            // mmap refuses empty files; a one-byte private buffer keeps `base` valid and validation
-            // reports the file as truncated.
-            base = UnsafeRawPointer(UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 16))
-            return
-        }
-        guard let mapped = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
-            throw CheckpointError("cannot map \(path): \(String(cString: strerror(errno)))")
-        }
-        base = UnsafeRawPointer(mapped)
-    }
-
-    deinit {
-        if size == 0 {
-            UnsafeMutableRawPointer(mutating: base).deallocate()
-        } else {
-            munmap(UnsafeMutableRawPointer(mutating: base), size)
-        }
-    }
 }
 
 /// One tensor in a safetensors file: its type, shape and bytes (inside the file's mapping).
@@ -90,7 +50,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public var path: String { mapping.path }
 
     public convenience init(path: String) throws(CheckpointError) {
-        try self.init(mapping: MappedFile(path: path))
+        let mapping: MappedFile
+        do { mapping = try MappedFile(path: path) } catch { throw CheckpointError(error.description) }
+        try self.init(mapping: mapping)
     }
 
     public init(mapping: MappedFile) throws(CheckpointError) {

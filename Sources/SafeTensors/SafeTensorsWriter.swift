@@ -1,9 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// Writes a safetensors file tensor by tensor, so a checkpoint larger than memory can be rewritten:
 /// the header is computed from the sizes first, then each tensor's bytes are produced and written in
@@ -46,7 +42,7 @@ public enum SafeTensorsWriter {
         while text.count % 8 != 0 { text.append(0x20) }
         let temporary = path + ".partial"
         guard let file = fopen(temporary, "wb") else {
-            throw CheckpointError("\(path): cannot write: \(String(cString: strerror(errno)))")
+            throw CheckpointError("\(path): cannot write: \(errorText())")
         }
         var ok = true
         var length = UInt64(text.count).littleEndian
@@ -60,7 +56,7 @@ public enum SafeTensorsWriter {
         }
         ok = fclose(file) == 0 && ok
         guard ok, rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = errorText()
             unlink(temporary)
             throw CheckpointError("\(path): writing failed: \(reason)")
         }

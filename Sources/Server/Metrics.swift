@@ -1,8 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Batching
 import Synchronization
+import SwitchyardSupport
 
 /// Counters, gauges and histograms in Prometheus' text format.
 final class Metrics: Sendable {
@@ -33,8 +31,8 @@ final class Metrics: Sendable {
 
     func request(_ endpoint: String, status: Int) { state.withLock { $0.requests["\(endpoint),\(status)", default: 0] += 1 } }
     func disconnected() { state.withLock { $0.disconnects += 1 } }
-    func firstToken(_ d: Duration) { state.withLock { $0.firstToken.observe(seconds(d)) } }
-    func interToken(_ d: Duration) { state.withLock { $0.interToken.observe(seconds(d)) } }
+    func firstToken(_ d: Duration) { state.withLock { $0.firstToken.observe((d).seconds) } }
+    func interToken(_ d: Duration) { state.withLock { $0.interToken.observe((d).seconds) } }
 
     func tokens(prompt: Int, completion: Int) {
         let now = monotonic()
@@ -76,7 +74,6 @@ final class Metrics: Sendable {
         return out
     }
 
-    private func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
 
     private func monotonic() -> Double {
         var t = timespec()

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Batching
 import ChatTemplates
 import Generation
@@ -11,6 +8,7 @@ import ServiceLifecycle
 import Synchronization
 import SwitchyardJSON
 import Tokenizers
+import SwitchyardSupport
 
 public struct ServerConfiguration: Sendable {
     public var host = "127.0.0.1"

@@ -1,10 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Synchronization
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// A token the tokenizer matches in raw text before anything else (special tokens such as `<s>`,
 /// and tokens added after training).

@@ -3,6 +3,7 @@ import Generation
 import Kernels
 import Models
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// `switchyard bench`: llama-bench's measurements for Switchyard.
 struct Bench: ParsableCommand {
@@ -34,7 +35,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let batches = try batch.split(separator: ",").map { part -> Int in
-                guard let b = Int(part.trimmingSpaces), b >= 1 else { throw InputError("--batch: '\(part)' is not a positive integer") }
+                guard let b = Int(part.trimmed(" ")), b >= 1 else { throw InputError("--batch: '\(part)' is not a positive integer") }
                 return b
             }
             let model = try modelOptions.loadModel(kvPositions: max(promptTokens, (batches.max() ?? 1) * (generatedTokens + 1)))
@@ -50,7 +51,7 @@ struct Bench: ParsableCommand {
                     let session = model.makeSession(contextLength: promptTokens)
                     let start = ContinuousClock.now
                     _ = try session.forward(tokens)
-                    return Double(promptTokens) / seconds(ContinuousClock.now - start)
+                    return Double(promptTokens) / (ContinuousClock.now - start).seconds
                 }
                 results.append(("pp\(promptTokens)", mean(speeds), stddev(speeds)))
             }
@@ -72,7 +73,7 @@ struct Bench: ParsableCommand {
                             }
                             next = (0..<b).map { argmax(Array(logits[($0 * vocab)..<(($0 + 1) * vocab)])) }
                         }
-                        return Double(b * generatedTokens) / seconds(ContinuousClock.now - start)
+                        return Double(b * generatedTokens) / (ContinuousClock.now - start).seconds
                     }
                     results.append((b == 1 ? "tg\(generatedTokens)" : "tg\(generatedTokens)@b\(b)", mean(speeds), stddev(speeds)))
                 }
@@ -101,10 +102,10 @@ struct Bench: ParsableCommand {
             }
             writeOut("| model | size | params | threads | precision | test | t/s |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n")
             for r in results {
-                writeOut("| \(model.config.modelType) | \(bytes(info.weightBytes)) | \(count(info.totalParameters)) | \(threads) | \(modelOptions.precision) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
+                writeOut("| \(model.config.modelType) | \(formatBytes(info.weightBytes, digits: 2)) | \(formatCount(info.totalParameters)) | \(threads) | \(modelOptions.precision) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
             }
             let roofline = bandwidth / Double(bytesPerToken)
-            var summary = "\nweights read per decoded token: \(bytes(bytesPerToken)); measured read bandwidth: \(fixed(bandwidth / 1e9, 1)) GB/s; decode roofline: \(fixed(roofline, 1)) tok/s"
+            var summary = "\nweights read per decoded token: \(formatBytes(bytesPerToken, digits: 2)); measured read bandwidth: \(fixed(bandwidth / 1e9, 1)) GB/s; decode roofline: \(fixed(roofline, 1)) tok/s"
             if let tg = results.first(where: { $0.test == "tg\(generatedTokens)" }) {
                 summary += "; tg reaches \(fixed(100 * tg.mean / roofline, 0))% of it"
             }
@@ -112,7 +113,7 @@ struct Bench: ParsableCommand {
             if let choice = measuredKernelChoice.withLock({ $0 }) { writeOut(choice.summary + "\n") }
             if !model.hugePageResidency.isEmpty {
                 let huge = model.hugePageResidency.reduce(0) { $0 + $1.hugeBytes }, total = model.hugePageResidency.reduce(0) { $0 + $1.bytes }
-                writeOut("weight files mapped in 2 MiB pages: \(bytes(huge)) of \(bytes(total))\n")
+                writeOut("weight files mapped in 2 MiB pages: \(formatBytes(huge, digits: 2)) of \(formatBytes(total, digits: 2))\n")
             }
         }
     }
@@ -130,8 +131,4 @@ func stddev(_ v: [Double]) -> Double {
     guard v.count > 1 else { return 0 }
     let m = mean(v)
     return (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count - 1)).squareRoot()
-}
-
-extension Substring {
-    var trimmingSpaces: String { String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }
 }

@@ -3,6 +3,7 @@ import ChatTemplates
 import Generation
 import Models
 import SwitchyardJSON
+import SwitchyardSupport
 import Tokenizers
 
 /// `switchyard template`: render a conversation with a model's chat template.

@@ -7,9 +7,7 @@ import Kernels
 import Models
 import Orchestration
 import Tokenizers
-#if canImport(Glibc)
-import Glibc
-#endif
+import SwitchyardSupport
 
 /// Options every command that loads a model shares.
 struct ModelOptions: ParsableArguments {

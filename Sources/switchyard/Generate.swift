@@ -3,6 +3,7 @@ import Generation
 import Models
 import Orchestration
 import SwitchyardJSON
+import SwitchyardSupport
 import Tokenizers
 
 struct Generate: ParsableCommand {
@@ -76,18 +77,6 @@ struct Generate: ParsableCommand {
             }
         }
     }
-}
-
-/// A number with `digits` decimals.
-func fixed(_ value: Double, _ digits: Int) -> String {
-    guard value.isFinite else { return "\(value)" }
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let rounded = (abs(value) * scale).rounded()
-    let whole = Int(rounded / scale)
-    var fraction = String(Int(rounded.truncatingRemainder(dividingBy: scale)))
-    while fraction.count < digits { fraction = "0" + fraction }
-    return (value < 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + fraction : "")
 }
 
 /// Sampling flags shared by `generate` and `chat`, with llama.cpp's defaults.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Models
 import SwitchyardJSON
+import SwitchyardSupport
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -57,29 +58,13 @@ struct Info: ParsableCommand {
                 lines.append("experts           \(moe.expertCount) per MoE layer, \(moe.expertsPerToken) per token, \(moeLayers) of \(c.layerCount) layers sparse\(moe.sharedExpertIntermediateSize != nil ? ", shared expert" : "")")
             }
             lines += [
-                "parameters        \(count(info.totalParameters)) total, \(count(info.activeParameters)) active per token\(info.expertParameters > 0 ? ", \(count(info.expertParameters)) in experts" : "")",
-                "dtypes            " + info.dtypes.map { "\($0.dtype): \($0.tensors) tensors, \(bytes($0.bytes))" }.joined(separator: "; "),
-                "weights           \(bytes(info.weightBytes)) (memory-mapped)",
-                "KV cache (f32)    \(bytes(info.kvCacheBytesPerToken)) per token, \(bytes(kv)) at \(context) tokens",
-                "memory needed     \(bytes(info.weightBytes + kv)) at \(context) tokens",
+                "parameters        \(formatCount(info.totalParameters)) total, \(formatCount(info.activeParameters)) active per token\(info.expertParameters > 0 ? ", \(formatCount(info.expertParameters)) in experts" : "")",
+                "dtypes            " + info.dtypes.map { "\($0.dtype): \($0.tensors) tensors, \(formatBytes($0.bytes, digits: 2))" }.joined(separator: "; "),
+                "weights           \(formatBytes(info.weightBytes, digits: 2)) (memory-mapped)",
+                "KV cache (f32)    \(formatBytes(info.kvCacheBytesPerToken, digits: 2)) per token, \(formatBytes(kv, digits: 2)) at \(context) tokens",
+                "memory needed     \(formatBytes(info.weightBytes + kv, digits: 2)) at \(context) tokens",
             ]
             writeOut(lines.joined(separator: "\n") + "\n")
         }
     }
-}
-
-func count(_ n: Int) -> String {
-    let v = Double(n)
-    if v >= 1e9 { return fixed(v / 1e9, 2) + " B" }
-    if v >= 1e6 { return fixed(v / 1e6, 2) + " M" }
-    if v >= 1e3 { return fixed(v / 1e3, 1) + " K" }
-    return "\(n)"
-}
-
-func bytes(_ n: Int) -> String {
-    let v = Double(n)
-    if v >= 1_073_741_824 { return fixed(v / 1_073_741_824, 2) + " GiB" }
-    if v >= 1_048_576 { return fixed(v / 1_048_576, 2) + " MiB" }
-    if v >= 1024 { return fixed(v / 1024, 1) + " KiB" }
-    return "\(n) B"
 }

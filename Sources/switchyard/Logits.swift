@@ -1,6 +1,7 @@
 import ArgumentParser
 import Models
 import NPY
+import SwitchyardSupport
 
 struct Logits: ParsableCommand {
     static let configuration = CommandConfiguration(

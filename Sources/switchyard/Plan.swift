@@ -4,9 +4,7 @@ import Models
 import Orchestration
 import SafeTensors
 import SwitchyardJSON
-#if canImport(Glibc)
-import Glibc
-#endif
+import SwitchyardSupport
 
 /// `switchyard plan`: where a model's weights would live and how fast it would run, from
 /// config.json alone (a user can plan before downloading a 90 GB model).
@@ -71,7 +69,7 @@ struct PlanCommand: ParsableCommand {
                 return
             }
             writeOut("hardware: \(machine.name) — \(machine.description)\n")
-            writeOut("budgets: GPU \(bytes(gpu)), RAM \(bytes(ram)); weights \(dtype); \(popularity == nil ? "experts placed uniformly (no --profile)" : "experts placed by popularity from \(profile!)")\n\n")
+            writeOut("budgets: GPU \(formatBytes(gpu, digits: 2)), RAM \(formatBytes(ram, digits: 2)); weights \(dtype); \(popularity == nil ? "experts placed uniformly (no --profile)" : "experts placed by popularity from \(profile!)")\n\n")
             writeOut("| group | size | tier |\n| --- | ---: | --- |\n")
             var dense: [Plan.Tier: (count: Int, bytes: Int)] = [:]
             for g in plan.groups {
@@ -79,13 +77,13 @@ struct PlanCommand: ParsableCommand {
                     dense[g.tier, default: (0, 0)].count += 1
                     dense[g.tier, default: (0, 0)].bytes += g.bytes
                 } else {
-                    writeOut("| \(g.name) | \(bytes(g.bytes)) | \(g.tier.rawValue) |\n")
+                    writeOut("| \(g.name) | \(formatBytes(g.bytes, digits: 2)) | \(g.tier.rawValue) |\n")
                 }
             }
             for (tier, d) in dense.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-                writeOut("| per-layer attention, routers, dense/shared MLPs (\(d.count) groups) | \(bytes(d.bytes)) | \(tier.rawValue) |\n")
+                writeOut("| per-layer attention, routers, dense/shared MLPs (\(d.count) groups) | \(formatBytes(d.bytes, digits: 2)) | \(tier.rawValue) |\n")
             }
-            writeOut("\nmemory: " + Plan.Tier.allCases.map { "\($0.rawValue) \(bytes(plan.bytesPerTier[$0] ?? 0))" }.joined(separator: ", "))
+            writeOut("\nmemory: " + Plan.Tier.allCases.map { "\($0.rawValue) \(formatBytes(plan.bytesPerTier[$0] ?? 0, digits: 2))" }.joined(separator: ", "))
             writeOut("; experts: " + Plan.Tier.allCases.map { "\(plan.expertsPerTier[$0] ?? 0) on \($0.rawValue)" }.joined(separator: ", ") + " of \(plan.expertCount)\n")
             writeOut("predicted decode: \(fixed(plan.decodeOverlapped, 1)) tok/s with CPU, GPU and copies overlapped (\(fixed(plan.decodeSummed, 1)) if summed)\n")
             writeOut("predicted prefill (\(plan.prefillTokens) tokens): \(fixed(plan.prefillOverlapped, 0)) tok/s\n")
@@ -113,7 +111,7 @@ struct PlanCommand: ParsableCommand {
                     matmul(m, input: xp.baseAddress!, inputStride: columns, output: yp.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
                 }
             }
-            best = max(best, Double(2 * rows * columns * tokens) / seconds(ContinuousClock.now - start))
+            best = max(best, Double(2 * rows * columns * tokens) / (ContinuousClock.now - start).seconds)
         }
         return HardwareProfile(
             name: "local", description: "this machine, measured: \(fixed(bandwidth / 1e9, 1)) GB/s read, \(fixed(best / 1e9, 0)) GFLOP/s; no GPU",
@@ -124,7 +122,7 @@ struct PlanCommand: ParsableCommand {
 
 /// MemAvailable from /proc/meminfo, in bytes.
 func availableMemory() -> Int {
-    guard let bytes = try? readWholeFile("/proc/meminfo") else { return 8 << 30 }
+    guard let bytes = try? readFileBytes("/proc/meminfo") else { return 8 << 30 }
     for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("MemAvailable:") {
         if let kb = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) { return kb * 1024 }
     }

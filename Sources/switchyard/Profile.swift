@@ -4,6 +4,7 @@ import Generation
 import Models
 import SwitchyardJSON
 import Tokenizers
+import SwitchyardSupport
 
 /// `switchyard profile`: which experts real prompts use.
 struct Profile: ParsableCommand {
@@ -66,6 +67,3 @@ struct Profile: ParsableCommand {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Kernels
 import Models
+import SwitchyardSupport
 
 /// `switchyard quantize`: convert a model folder's matrices to a GGUF block format once, instead of
 /// at every load.

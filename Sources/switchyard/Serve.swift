@@ -4,6 +4,7 @@ import ChatTemplates
 import Models
 import Orchestration
 import Server
+import SwitchyardSupport
 import Tokenizers
 
 /// `switchyard serve`: the OpenAI-compatible HTTP server.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import SafeTensors
 import SwitchyardJSON
+import SwitchyardSupport
 import Tokenizers
 
 struct Tokenize: ParsableCommand {
@@ -27,7 +28,7 @@ struct Tokenize: ParsableCommand {
             let tokenizer = try Tokenizer(directory: modelDirectory(model))
             let input: String
             if let file {
-                let bytes = try readWholeFile(file)
+                let bytes = try readFileBytes(file)
                 guard let s = String(validating: bytes, as: UTF8.self) else {
                     throw InputError("\(file): not valid UTF-8 text")
                 }

@@ -3,13 +3,8 @@ import Testing
 import Generation
 import Models
 import Tokenizers
-
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
+import SwitchyardSupport
+import SwitchyardTestSupport
 let demo = repositoryRoot + "/models/switchyard-kjv-moe"
 let model = try! Model(directory: demo, threads: 2)
 let tokenizer = try! Tokenizer(directory: demo)

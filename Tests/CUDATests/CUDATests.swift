@@ -1,8 +1,7 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 @testable import CUDA
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 /// NVRTC comes from the nvidia-cuda-nvrtc wheel; without it these tests say so and stop.
 let compiler: NVRTC? = {

@@ -1,13 +1,8 @@
 import Testing
 import SwitchyardJSON
 @testable import ChatTemplates
-
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
+import SwitchyardSupport
+import SwitchyardTestSupport
 let vectors = try! JSONValue.parse(try! readFileBytes(repositoryRoot + "/fixtures/chat-templates/vectors.json"))
 
 struct TemplateCase: Sendable, CustomTestStringConvertible {

@@ -5,6 +5,8 @@ import SwitchyardJSON
 @testable import Generation
 import Models
 import Tokenizers
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 /// The bundled demo model agrees with transformers as the fixtures do, and its greedy output is
 /// readable text rather than a repeated token.
@@ -17,7 +19,7 @@ struct DemoModelTests {
         let reference = try readJSON(referenceDirectory + "/reference.json")
         let prompt = reference["prompt_tokens"]!.arrayValue!.map { $0.intValue! }
         let greedy = reference["greedy_tokens"]!.arrayValue!.map { $0.intValue! }
-        let (expected, shape) = try NPY.decode(try readWholeFile(referenceDirectory + "/prompt_logits.npy"))
+        let (expected, shape) = try NPY.decode(try readFileBytes(referenceDirectory + "/prompt_logits.npy"))
         let model = try Model(directory: directory, threads: 2)
         let tokenizer = try Tokenizer(directory: directory)
         #expect(tokenizer.encode(reference["prompt"]!.stringValue!) == prompt)

@@ -1,17 +1,9 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 @testable import Generation
 import Models
 import Tokenizers
-
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
+import SwitchyardSupport
+import SwitchyardTestSupport
 let mixtralPath = repositoryRoot + "/fixtures/models/mixtral"
 let tokenizer = try! Tokenizer(directory: mixtralPath)
 

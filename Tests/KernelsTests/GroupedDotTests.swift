@@ -1,6 +1,8 @@
 import Testing
 @testable import Kernels
 import KernelsC
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 @Suite("grouped Q8_0 and Q4_0 integer kernels", .serialized)
 struct GroupedDotTests {

@@ -1,9 +1,8 @@
 import Testing
 import SwitchyardJSON
-#if canImport(Glibc)
-import Glibc
-#endif
 @testable import Kernels
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 func randomFloats(_ n: Int, seed: UInt64) -> [Float] {
     var state = seed

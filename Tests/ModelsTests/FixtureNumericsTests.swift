@@ -1,54 +1,15 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 import Kernels
 import NPY
 import SafeTensors
 import SwitchyardJSON
 @testable import Models
-
-/// The repository root, found from this file's path (tests run from any directory).
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
-func fixturePath(_ arch: String) -> String { repositoryRoot + "/fixtures/models/" + arch }
-
-struct Reference {
-    let promptTokens: [Int]
-    let greedyTokens: [Int]
-    let logits: [Float]
-    let vocab: Int
-
-    init(_ arch: String) throws {
-        let ref = fixturePath(arch) + "/reference"
-        let json = try readJSON(ref + "/reference.json")
-        promptTokens = json["prompt_tokens"]!.arrayValue!.map { $0.intValue! }
-        greedyTokens = json["greedy_tokens"]!.arrayValue!.map { $0.intValue! }
-        let (values, shape) = try NPY.decode(try readWholeFile(ref + "/prompt_logits.npy"))
-        logits = values
-        vocab = shape[1]
-    }
-}
-
-func relativeError(_ a: ArraySlice<Float>, _ b: ArraySlice<Float>) -> Double {
-    var diff = 0.0, norm = 0.0
-    for (x, y) in zip(a, b) {
-        diff += Double(x - y) * Double(x - y)
-        norm += Double(y) * Double(y)
-    }
-    // A reference of all zeros (a zero embedding row) makes the relative error 0/0: use the absolute one.
-    return norm == 0 ? diff.squareRoot() : (diff / norm).squareRoot()
-}
-
-let architectures = ["llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 @Suite("Fixture models match transformers in float32")
 struct FixtureNumericsTests {
-    @Test("prompt logits, all positions in one pass", arguments: architectures)
+    @Test("prompt logits, all positions in one pass", arguments: allArchitectures)
     func promptLogits(arch: String) throws {
         let reference = try Reference(arch)
         let model = try Model(directory: fixturePath(arch), threads: 2)
@@ -62,7 +23,7 @@ struct FixtureNumericsTests {
         }
     }
 
-    @Test("prompt logits, one token at a time through the KV cache", arguments: architectures)
+    @Test("prompt logits, one token at a time through the KV cache", arguments: allArchitectures)
     func incrementalLogits(arch: String) throws {
         let reference = try Reference(arch)
         let model = try Model(directory: fixturePath(arch), threads: 1)
@@ -75,7 +36,7 @@ struct FixtureNumericsTests {
         }
     }
 
-    @Test("greedy continuation is transformers' token for token", arguments: architectures)
+    @Test("greedy continuation is transformers' token for token", arguments: allArchitectures)
     func greedyTokens(arch: String) throws {
         let reference = try Reference(arch)
         let model = try Model(directory: fixturePath(arch), threads: 2)
@@ -189,7 +150,7 @@ struct QuantizedFixtureTests {
                          quantization: WeightQuantization(format: format, all: !moe))
     }
 
-    @Test("Q8_0, Q4_0 and Q4_K (Q4_0 at hidden 32) against the float32 pass over the same quantised values", arguments: architectures)
+    @Test("Q8_0, Q4_0 and Q4_K (Q4_0 at hidden 32) against the float32 pass over the same quantised values", arguments: allArchitectures)
     func quantizedRuns(arch: String) throws {
         let reference = try Reference(arch)
         for format in WeightQuantization.Format.allCases {

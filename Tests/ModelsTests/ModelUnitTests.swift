@@ -1,11 +1,10 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 import Kernels
 import SafeTensors
 import SwitchyardJSON
 @testable import Models
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 func config(_ json: JSONValue) throws -> DecoderConfig {
     try Architectures.decoderConfig(json, file: "config.json")
@@ -219,7 +218,7 @@ struct BadModelFolderTests {
 
 @Suite("random weights")
 struct RandomWeightsTests {
-    @Test("the same tensors, shapes and dtypes as the checkpoint transformers saved", arguments: architectures)
+    @Test("the same tensors, shapes and dtypes as the checkpoint transformers saved", arguments: allArchitectures)
     func sameTensorsAsTransformers(arch: String) throws {
         let saved = try Model(directory: fixturePath(arch), threads: 1)
         let random = try Model(directory: fixturePath(arch), threads: 1, randomWeights: true)

@@ -1,25 +1,11 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 import Kernels
 @testable import Models
 @testable import Orchestration
+import SwitchyardSupport
+import SwitchyardTestSupport
 
-/// The repository root, found from this file's path (tests run from any directory).
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
 
-func fixturePath(_ arch: String) -> String { repositoryRoot + "/fixtures/models/" + arch }
-
-/// A fresh cost-table cache per test process, so tests measure rather than trust another run's table.
-let costDirectory = "/tmp/switchyard-tests-costs-\(getpid())"
-
-let allArchitectures = ["llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
-let moeArchitectures = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
 
 /// A prompt's logits at every position, then 8 greedy tokens one at a time through the KV cache.
 func run(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
@@ -62,14 +48,6 @@ func tiered(_ arch: String, accelerator acceleratorMemory: Int? = nil, _ configu
     configure(&options, always, slot)
     return try make(options)
 }
-
-/// Index of the first value whose bits differ (a failing == on large arrays makes the test
-/// library compute a diff for minutes).
-func firstDifference(_ a: [Float], _ b: [Float]) -> Int? {
-    guard a.count == b.count else { return min(a.count, b.count) }
-    return a.indices.first { a[$0].bitPattern != b[$0].bitPattern }
-}
-
 func firstExpert(_ model: Model) -> FeedForwardWeights? {
     for layer in model.weights.layers {
         if case .mixtureOfExperts(let m) = layer.feedForward { return m.experts[0] }

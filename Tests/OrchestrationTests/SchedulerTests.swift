@@ -1,8 +1,7 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 @testable import Orchestration
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 /// A machine where the CPU takes 1 ms per token, the accelerator 0.1 ms plus 0.2 ms per expert,
 /// a copy 5 ms and a disk read 20 ms.
@@ -80,16 +79,6 @@ struct SchedulerTests {
         syntheticCosts.save(directory: directory)
         #expect(CostModel.load(key: "synthetic", directory: directory) == syntheticCosts)
         #expect(CostModel.load(key: "another machine", directory: directory) == nil)
-    }
-
-    @Test func sizes() throws {
-        #expect(try parseByteSize("512MiB") == 512 << 20)
-        #expect(try parseByteSize("20GB") == 20_000_000_000)
-        #expect(try parseByteSize("1.5 GiB") == 3 << 29)
-        #expect(try parseByteSize("4096") == 4096)
-        #expect(try parseByteSize("2G") == 2 << 30)
-        #expect(throws: OrchestrationError.self) { try parseByteSize("lots") }
-        #expect(throws: OrchestrationError.self) { try parseByteSize("12 parsecs") }
     }
 }
 

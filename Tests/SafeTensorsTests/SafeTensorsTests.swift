@@ -1,8 +1,7 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 @testable import SafeTensors
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 /// Writes a safetensors file from a header text and a data section, byte for byte as given.
 func writeSafetensors(_ header: String, data: [UInt8], padTo8: Bool = true, declaredLength: UInt64? = nil) -> String {

@@ -5,13 +5,8 @@ import ChatTemplates
 import Models
 import SwitchyardJSON
 import Tokenizers
-
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
+import SwitchyardSupport
+import SwitchyardTestSupport
 let demo = repositoryRoot + "/models/switchyard-kjv-moe"
 let model = try! Model(directory: demo, threads: 1)
 let tokenizer = try! Tokenizer(directory: demo)

@@ -1,5 +1,7 @@
 import Testing
 @testable import SwitchyardJSON
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 @Suite struct JSONTests {
     @Test func parsesNestedValuesExactly() throws {

@@ -1,13 +1,8 @@
 import Testing
 import SwitchyardJSON
 @testable import Tokenizers
-
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
+import SwitchyardSupport
+import SwitchyardTestSupport
 let tokenizerFixtures = repositoryRoot + "/fixtures/tokenizers"
 
 func loadJSON(_ path: String) -> JSONValue { try! JSONValue.parse(try! readFile(path)) }

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import SwitchyardSupport
 
 /// What `MappedFile.holdInHugePages()` achieved.
 public struct HugePageResidency: Sendable, Equatable {
@@ -96,7 +92,7 @@ extension MappedFile {
     /// The bytes of [start, start + count) that the kernel maps with 2 MiB pages, from
     /// /proc/self/smaps (0 where it cannot be read).
     static func hugeMappedBytes(in start: UnsafeRawPointer, _ count: Int) -> Int {
-        guard let text = try? readWholeFile("/proc/self/smaps") else { return 0 }
+        guard let text = try? readFileBytes("/proc/self/smaps") else { return 0 }
         return hugeMappedBytes(smaps: String(decoding: text, as: UTF8.self), start: Int(bitPattern: start), end: Int(bitPattern: start) + count)
     }
     #endif

@@ -1,8 +1,7 @@
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
-@testable import SafeTensors
+@testable import WeightFiles
+import SwitchyardSupport
+import SwitchyardTestSupport
 
 @Suite("weight files in huge pages")
 struct HugePageMappingTests {
@@ -45,7 +44,7 @@ struct HugePageMappingTests {
         #expect(residency.bytes == count)
         #expect(residency.hugeBytes % (2 << 20) == 0 && residency.hugeBytes <= count)
         #expect(bytes.withUnsafeBytes { memcmp($0.baseAddress!, mapping.base, count) } == 0)
-        if let modes = try? readWholeFile("/sys/kernel/mm/transparent_hugepage/enabled"),
+        if let modes = try? readFileBytes("/sys/kernel/mm/transparent_hugepage/enabled"),
            String(decoding: modes, as: UTF8.self).contains("[never]") {
             #expect(residency.hugeBytes == 0)
         }

@@ -1,23 +1,19 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-import SafeTensors
+import SwitchyardSupport
 import Synchronization
 
-/// Reads byte ranges of a checkpoint's files into memory the caller owns, bypassing the page cache
-/// (O_DIRECT) so that weights kept on the disk tier never become resident behind the RAM budget's
-/// back. Where O_DIRECT is refused (tmpfs, some network file systems) it reads normally and then
-/// tells the kernel to drop those pages.
 #if os(Linux) && arch(x86_64)
 private let O_DIRECT: Int32 = 0o40000
 #elseif os(Linux)
 private let O_DIRECT: Int32 = 0o200000  // arm64 and most others
 #endif
 
-final class WeightFileReader: @unchecked Sendable {
-    static let alignment = 4096
+/// Reads byte ranges of mapped weight files into memory the caller owns, bypassing the page cache
+/// (O_DIRECT) so that weights kept on the disk tier never become resident behind the RAM budget's
+/// back. Where O_DIRECT is refused (tmpfs, some network file systems) it reads normally and then
+/// tells the kernel to drop those pages. It reads any format's files: it needs only each file's
+/// path and mapping.
+public final class DirectReader: @unchecked Sendable {
+    public static let alignment = 4096
 
     private struct File {
         let path: String
@@ -30,9 +26,9 @@ final class WeightFileReader: @unchecked Sendable {
     private let files: [File]
     private let read = Atomic<Int>(0)
 
-    init(checkpoint: Checkpoint) throws(OrchestrationError) {
+    public init(files mappings: [MappedFile]) throws(WeightFileError) {
         var files: [File] = []
-        for file in checkpoint.files {
+        for file in mappings {
             let path = file.path
             var direct = true
             #if os(Linux)
@@ -45,8 +41,11 @@ final class WeightFileReader: @unchecked Sendable {
             direct = false
             let fd = open(path, O_RDONLY)
             #endif
-            guard fd >= 0 else { throw OrchestrationError("\(path): cannot open for reading weights from disk: \(String(cString: strerror(errno)))") }
-            files.append(File(path: path, mapped: file.mapping.base, size: file.mapping.size, descriptor: fd, direct: direct))
+            guard fd >= 0 else {
+                for f in files { close(f.descriptor) }
+                throw WeightFileError("\(path): cannot open for reading weights from disk: \(errorText())")
+            }
+            files.append(File(path: path, mapped: file.base, size: file.size, descriptor: fd, direct: direct))
         }
         self.files = files
     }
@@ -54,11 +53,11 @@ final class WeightFileReader: @unchecked Sendable {
     deinit { for f in files { close(f.descriptor) } }
 
     /// Bytes read from disk so far.
-    var bytesRead: Int { read.load(ordering: .relaxed) }
+    public var bytesRead: Int { read.load(ordering: .relaxed) }
 
-    /// The file and offset behind `bytes` bytes at `pointer` in a checkpoint mapping, if they are
+    /// The file and offset behind `bytes` bytes at `pointer` in one of the mappings, if they are
     /// one file's.
-    func location(of pointer: UnsafeRawPointer, bytes: Int) -> (file: Int, offset: Int)? {
+    public func location(of pointer: UnsafeRawPointer, bytes: Int) -> (file: Int, offset: Int)? {
         for (i, f) in files.enumerated() where pointer >= f.mapped && pointer + bytes <= f.mapped + f.size {
             return (i, pointer - f.mapped)
         }
@@ -66,13 +65,13 @@ final class WeightFileReader: @unchecked Sendable {
     }
 
     /// Space to give `read` for `bytes` bytes at any offset: the aligned span around them.
-    static func span(_ bytes: Int) -> Int { (bytes + 2 * alignment - 1) / alignment * alignment + alignment }
+    public static func span(_ bytes: Int) -> Int { (bytes + 2 * alignment - 1) / alignment * alignment + alignment }
 
     /// Reads `bytes` bytes at `offset` of file `file` into `buffer` (aligned to 4096, at least
     /// `span(bytes)` long) and returns where in `buffer` they start.
-    func read(file: Int, offset: Int, bytes: Int, into buffer: UnsafeMutableRawPointer) throws(OrchestrationError) -> Int {
+    public func read(file: Int, offset: Int, bytes: Int, into buffer: UnsafeMutableRawPointer) throws(WeightFileError) -> Int {
         let f = files[file]
-        let a = WeightFileReader.alignment
+        let a = DirectReader.alignment
         let start = offset / a * a
         let end = min((offset + bytes + a - 1) / a * a, (f.size + a - 1) / a * a)
         var done = 0
@@ -80,14 +79,14 @@ final class WeightFileReader: @unchecked Sendable {
             let n = pread(f.descriptor, buffer + done, end - start - done, off_t(start + done))
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
-                let reason = n == 0 ? "the file ended" : String(cString: strerror(errno))
-                throw OrchestrationError("\(f.path): reading \(bytes) bytes at offset \(offset) failed: \(reason)")
+                let reason = n == 0 ? "the file ended" : errorText()
+                throw WeightFileError("\(f.path): reading \(bytes) bytes at offset \(offset) failed: \(reason)")
             }
             done += n
             if start + done >= f.size { break }
         }
         guard start + done >= offset + bytes else {
-            throw OrchestrationError("\(f.path): reading \(bytes) bytes at offset \(offset) failed: the file ended")
+            throw WeightFileError("\(f.path): reading \(bytes) bytes at offset \(offset) failed: the file ended")
         }
         #if os(Linux)
         if !f.direct { _ = posix_fadvise(f.descriptor, off_t(start), off_t(end - start), POSIX_FADV_DONTNEED) }
