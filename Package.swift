@@ -18,8 +18,13 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "switchyard", targets: ["switchyard"]),
+        .library(name: "Engine", targets: ["Engine"]),
         .library(name: "Models", targets: ["Models"]),
+        .library(name: "Runtime", targets: ["Runtime"]),
+        .library(name: "Orchestration", targets: ["Orchestration"]),
         .library(name: "Generation", targets: ["Generation"]),
+        .library(name: "Batching", targets: ["Batching"]),
+        .library(name: "Server", targets: ["Server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -29,6 +34,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
+        // --- Support and formats: leaves that know nothing of models.
         // The C library, whole-file reads, byte sizes, durations, completions and serial queues:
         // what every other module would otherwise copy.
         .target(name: "SwitchyardSupport"),
@@ -38,32 +44,57 @@ let package = Package(
         // Memory-mapped weight files of any format: huge-page mapping, O_DIRECT reads of byte
         // ranges for the disk tier, releasing pages.
         .target(name: "WeightFiles", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
-        // Memory-mapped safetensors files and sharded checkpoints; validates every header.
+        // Safetensors files and sharded checkpoints; validates every header.
         .target(name: "SafeTensors", dependencies: ["SwitchyardJSON", "WeightFiles", "SwitchyardSupport"], swiftSettings: tuned),
-        // CPU numeric kernels (matrix products over bf16/f16/f32 weights, norms, RoPE, softmax) and
-        // the persistent thread pool they run on.
-        .target(name: "Kernels", dependencies: ["KernelsC", "SwitchyardSupport"], swiftSettings: tuned),
-        // Integer dot-product micro-kernels that need instructions Swift cannot spell (AVX2
-        // maddubs, AVX512-VNNI dpbusd), chosen at run time; each has a Swift twin in Kernels.
-        .target(name: "KernelsC", cSettings: [.unsafeFlags(["-O3"])]),
         // NumPy .npy arrays: the logits contract with transformers.
         .target(name: "NPY", dependencies: ["SwitchyardSupport"]),
         // Hugging Face tokenizer.json.
         .target(name: "Tokenizers", dependencies: ["SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
-        // CUDA, loaded at run time (dlopen): the driver, NVRTC, and the kernels as embedded source.
-        .target(name: "CUDA", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
         // Chat templates: a Jinja interpreter as transformers' apply_chat_template renders them.
         .target(name: "ChatTemplates", dependencies: ["SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
-        // Model configuration, architecture definitions, weight binding, device boundary, KV cache,
-        // and the forward pass.
-        .target(name: "Models", dependencies: ["SwitchyardJSON", "SafeTensors", "WeightFiles", "Kernels", "SwitchyardSupport"], swiftSettings: tuned),
-        // Tiers and devices: the emulated accelerator, the disk tier under a RAM budget, measured
-        // costs, the per-layer expert scheduler, expert caches and prefetch, traces.
-        .target(name: "Orchestration", dependencies: ["Models", "Kernels", "SafeTensors", "WeightFiles", "SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
-        // Sampling, stop strings, streaming text, the generation loop.
+
+        // --- Compute.
+        // Integer and bf16 micro-kernels that need instructions Swift cannot spell (AVX2 maddubs,
+        // AVX512-VNNI dpbusd, prefetch), chosen at run time; each has a Swift twin in Kernels.
+        .target(name: "KernelsC", cSettings: [.unsafeFlags(["-O3"])]),
+        // CPU numeric kernels (matrix products over bf16/f16/f32/Q8_0/Q4_0/Q4_K weights, norms, RoPE,
+        // softmax, attention) and the persistent thread pool they run on.
+        .target(name: "Kernels", dependencies: ["KernelsC", "SwitchyardSupport"], swiftSettings: tuned),
+        // The device vocabulary, apart from any model: compute devices and the CPU device, the
+        // Accelerator protocol, the expert and attention seams, the KV cache protocol and its host
+        // implementation, tiers.
+        .target(name: "Runtime", dependencies: ["Kernels", "SwitchyardSupport"], swiftSettings: tuned),
+
+        // --- Backends: modules that conform to Runtime's contracts.
+        // An accelerator emulated on the host (its own memory, streams and copy engine).
+        .target(name: "EmulatedBackend", dependencies: ["Runtime", "Kernels", "SwitchyardSupport"],
+                path: "Sources/Backends/EmulatedBackend", swiftSettings: tuned),
+        // CUDA, loaded at run time (dlopen): the driver, NVRTC, and the kernels as embedded source.
+        .target(name: "CUDA", dependencies: ["SwitchyardSupport"], path: "Sources/Backends/CUDA", swiftSettings: tuned),
+        // The CUDA device behind Runtime's contracts (to be filled on a GPU; it probes for now).
+        .target(name: "CUDABackend", dependencies: ["CUDA", "Runtime"], path: "Sources/Backends/CUDABackend", swiftSettings: tuned),
+
+        // --- The model, its placement, the engine.
+        // Model definitions: configs, one file per architecture family, layers (attention variants,
+        // routing, MoE), weights bound by logical name, loading from a format-neutral source, the
+        // forward pass and sessions.
+        .target(name: "Models", dependencies: ["Runtime", "Kernels", "SwitchyardJSON", "SafeTensors", "WeightFiles", "SwitchyardSupport"],
+                swiftSettings: tuned),
+        // Tiers: one placement for `plan` and execution, the per-layer makespan scheduler, expert
+        // caches and prefetch, measured costs, traces, routing profiles.
+        .target(name: "Orchestration", dependencies: ["Models", "Runtime", "Kernels", "WeightFiles", "SwitchyardJSON", "SwitchyardSupport"],
+                swiftSettings: tuned),
+        // The composition root: an engine (model, devices, tiers, kernel choice) from typed options,
+        // for the CLI, the server and the tests alike.
+        .target(name: "Engine", dependencies: [
+            "Models", "Orchestration", "Runtime", "Kernels", "EmulatedBackend", "CUDABackend", "SwitchyardJSON", "SwitchyardSupport",
+        ], swiftSettings: tuned),
+
+        // --- Surfaces.
+        // Sampling, stop strings, streaming text, the one decode loop.
         .target(name: "Generation", dependencies: ["Models", "Tokenizers", "SwitchyardSupport"], swiftSettings: tuned),
-        // Continuous batching: a scheduler thread running every admitted sequence in shared steps.
-        .target(name: "Batching", dependencies: ["Models", "Generation", "Tokenizers", "Kernels", "SwitchyardSupport"], swiftSettings: tuned),
+        // Continuous batching: a pure step planner, the model runner and the output processor.
+        .target(name: "Batching", dependencies: ["Models", "Runtime", "Generation", "Tokenizers", "SwitchyardSupport"], swiftSettings: tuned),
         // The OpenAI-compatible HTTP server over the batch scheduler.
         .target(name: "Server", dependencies: [
             "Batching", "ChatTemplates", "Tokenizers", "Generation", "SwitchyardJSON", "SwitchyardSupport",
@@ -71,10 +102,12 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
         ], swiftSettings: tuned),
+        // The command-line tool: parses flags, calls the engine and the server, prints.
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Models", "Orchestration", "Generation", "Batching", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON", "SwitchyardSupport", "NPY", "CUDA", "Server",
+                "Engine", "Models", "Orchestration", "Generation", "Batching", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
+                "SwitchyardSupport", "NPY", "Server",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -83,19 +116,33 @@ let package = Package(
         // What the test targets share: the repository's paths, transformers' reference logits,
         // error measures.
         .target(name: "SwitchyardTestSupport", dependencies: ["NPY", "SwitchyardJSON", "SwitchyardSupport"], path: "Tests/SwitchyardTestSupport"),
-        .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "SwitchyardSupportTests", dependencies: ["SwitchyardSupport"]),
         .testTarget(name: "WeightFilesTests", dependencies: ["WeightFiles", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "SwitchyardSupport", "SwitchyardTestSupport"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"], swiftSettings: tuned),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "KernelsC", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"],
+                    swiftSettings: tuned),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Kernels", "SwitchyardSupport"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "CUDATests", dependencies: ["CUDA", "SwitchyardSupport", "SwitchyardTestSupport"]),
-        .testTarget(name: "BatchingTests", dependencies: ["Batching", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY", "SwitchyardSupport", "SwitchyardTestSupport"]),
-        .testTarget(name: "OrchestrationTests", dependencies: ["Orchestration", "Models", "Kernels", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
-        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Models", "Tokenizers", "NPY", "SafeTensors", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "ModelsTests", dependencies: [
+            "Models", "Runtime", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY", "SwitchyardSupport", "SwitchyardTestSupport",
+        ]),
+        .testTarget(name: "OrchestrationTests", dependencies: [
+            "Orchestration", "Engine", "Models", "Runtime", "EmulatedBackend", "Kernels", "SwitchyardJSON", "SwitchyardSupport",
+            "SwitchyardTestSupport",
+        ]),
+        .testTarget(name: "BackendConformanceTests", dependencies: [
+            "Runtime", "EmulatedBackend", "CUDABackend", "Engine", "Models", "Kernels", "SwitchyardSupport", "SwitchyardTestSupport",
+        ], swiftSettings: tuned),
+        .testTarget(name: "GenerationTests", dependencies: [
+            "Generation", "Models", "Tokenizers", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
+        ]),
+        .testTarget(name: "BatchingTests", dependencies: ["Batching", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "ServerTests", dependencies: [
+            "Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

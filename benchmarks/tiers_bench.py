@@ -5,7 +5,7 @@
    scheduled policy (expert cache, prefetch, parallel reads) against the naive one (fixed
    placement, each missing expert read when needed, no cache, no prefetch): decode tok/s, peak
    resident memory against the budget, disk bytes read per token, cache and prediction hit rates.
-2. Emulated accelerator with --gpu-memory 30% of the model: the scheduler against always-run-on-
+2. Emulated accelerator with --accelerator-memory 30% of the model: the scheduler against always-run-on-
    CPU and always-copy, prompt and decode tok/s, predicted against measured expert time.
 
     swift build -c release && python3 benchmarks/make_bench_model.py
@@ -118,14 +118,14 @@ def main():
 
     if not args.skip_accelerator:
         budget = int(size * 0.30)
-        configs = [(p, ["--accelerator", "emulated", "--gpu-memory", str(budget), "--accelerator-threads", "1",
+        configs = [(p, ["--accelerator", "emulated", "--accelerator-memory", str(budget), "--accelerator-threads", "1",
                         "--expert-policy", p] + profile)
                    for p in ("scheduled", "cpu", "copy")]
         results = {c[0]: [] for c in configs}
         for _ in range(args.repeats):
             for policy, extra in configs:
                 results[policy].append(run(args.model, args.accelerator_cpu_threads, args.tokens, extra, LONG_PROMPT))
-        print(f"Emulated accelerator (1 thread), --gpu-memory {budget / 1e6:.0f} MB (30%), CPU -t {args.accelerator_cpu_threads}:\n")
+        print(f"Emulated accelerator (1 thread), --accelerator-memory {budget / 1e6:.0f} MB (30%), CPU -t {args.accelerator_cpu_threads}:\n")
         print("| policy | prompt tok/s | decode tok/s | expert runs cpu/accelerator | copied MB/token | predicted s | measured s | pinned/cache slots |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for policy, _ in configs:

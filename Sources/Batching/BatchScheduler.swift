@@ -1,5 +1,5 @@
 import Generation
-import Kernels
+import Runtime
 import Models
 import Synchronization
 import Tokenizers
@@ -45,11 +45,12 @@ public struct SchedulerError: Error, CustomStringConvertible, Sendable {
 
 /// Continuous batching: every step admits waiting sequences (as many as `maxSequences` and the KV
 /// memory budget allow), runs prefill chunks of admitted prompts (up to `prefillChunk` tokens in
-/// all, oldest first), and one batched decode step
-/// for every sequence that is generating, in which each expert's weights are read once for all of
-/// them. Finished or cancelled sequences leave at once and free their KV cache. Each sequence
-/// samples with its own settings and seed, and a batched step computes exactly what a solo one does,
-/// so a request's text never depends on what else is running.
+/// all, oldest first), and one batched decode step for every sequence that is generating, in which
+/// each expert's weights are read once for all of them. Finished or cancelled sequences leave at
+/// once and free their KV cache. Each sequence samples with its own settings and seed, and a
+/// batched step computes exactly what a solo one does, so a request's text never depends on what
+/// else is running. Which tokens run is decided by `StepPlanner`; the model runs the step here;
+/// each sequence's `DecodeLoop` turns its logits into events.
 public final class BatchScheduler: @unchecked Sendable {
     public let model: Model
     public let tokenizer: Tokenizer
@@ -59,9 +60,9 @@ public final class BatchScheduler: @unchecked Sendable {
     /// KV cache memory all running sequences may use together.
     public let kvBudgetBytes: Int
     /// Prompt tokens a step may take (all prompts together): the longest pause a prefill puts
-    /// between another stream's tokens (128 tokens of bench-mixtral-800m: about half a second on
-    /// two cores).
+    /// between another stream's tokens.
     public let prefillChunk: Int
+    var limits: StepPlanner.Limits { StepPlanner.Limits(maxSequences: maxSequences, prefillChunk: prefillChunk, kvBudgetBytes: kvBudgetBytes) }
 
     public struct Stats: Sendable {
         public var queued = 0
@@ -79,21 +80,20 @@ public final class BatchScheduler: @unchecked Sendable {
         var session: Session?
         var prefilled = 0
         var pending: Int?          // sampled, not yet run through the model
-        var generated: [Int] = []
-        var sampler: Sampler
-        var detokenizer: IncrementalDetokenizer
-        var stops: StopStringFilter
-        var kvBytes = 0
+        var loop: DecodeLoop
+        let kvBytes: Int
         var cancelled = false
         var finished = false
-        init(id: Int, request: CompletionRequest, tokenizer: Tokenizer, continuation: AsyncStream<CompletionEvent>.Continuation) {
+        init(id: Int, request: CompletionRequest, tokenizer: Tokenizer, eos: Set<Int>, kvBytes: Int,
+             continuation: AsyncStream<CompletionEvent>.Continuation) {
             self.id = id
             self.request = request
             self.continuation = continuation
-            sampler = Sampler(request.sampling)
-            detokenizer = IncrementalDetokenizer(tokenizer: tokenizer, promptTokens: request.promptTokens)
-            stops = StopStringFilter(request.stopStrings)
+            self.kvBytes = kvBytes
+            loop = DecodeLoop(sampling: request.sampling, tokenizer: tokenizer, promptTokens: request.promptTokens,
+                              stopStrings: request.stopStrings, eos: eos, maxTokens: request.maxTokens)
         }
+        var isDone: Bool { finished || cancelled }
     }
 
     private struct Shared {
@@ -110,6 +110,8 @@ public final class BatchScheduler: @unchecked Sendable {
     private var thread = pthread_t()
     private let workspace = Workspace()
     private let eos: Set<Int>
+    /// KV bytes per position: the model's cache layout says.
+    let kvBytesPerPosition: Int
 
     public init(model: Model, tokenizer: Tokenizer, maxSequences: Int = 8, contextLength: Int? = nil,
                 queueLimit: Int = 64, kvBudgetBytes: Int? = nil, prefillChunk: Int = 128) {
@@ -119,20 +121,24 @@ public final class BatchScheduler: @unchecked Sendable {
         self.maxSequences = max(1, maxSequences)
         self.contextLength = min(contextLength ?? model.config.maxPositions, model.config.maxPositions)
         self.queueLimit = queueLimit
-        let perToken = model.config.layerCount * 2 * model.config.keyValueWidth * MemoryLayout<Float>.size
-        self.kvBudgetBytes = kvBudgetBytes ?? perToken * self.contextLength * self.maxSequences
+        kvBytesPerPosition = model.attention.cache.layout.bytesPerPosition
+        self.kvBudgetBytes = kvBudgetBytes ?? model.attention.cache.layout.bytes(positions: self.contextLength * self.maxSequences)
         eos = Set(model.config.eosTokenIDs)
         pthread_mutex_init(&wakeMutex, nil)
         pthread_cond_init(&wake, nil)
         let context = Unmanaged.passRetained(self)
-        pthread_create(&thread, nil, { raw in
+        let started = pthread_create(&thread, nil, { raw in
             let scheduler = Unmanaged<BatchScheduler>.fromOpaque(raw!).takeRetainedValue()
             scheduler.loop()
             return nil
         }, context.toOpaque())
+        precondition(started == 0, "cannot start the scheduler thread: error \(started)")
     }
 
-    var kvBytesPerToken: Int { model.config.layerCount * 2 * model.config.keyValueWidth * MemoryLayout<Float>.size }
+    deinit {
+        pthread_cond_destroy(&wake)
+        pthread_mutex_destroy(&wakeMutex)
+    }
 
     public var stats: Stats { shared.withLock { $0.stats } }
 
@@ -142,6 +148,7 @@ public final class BatchScheduler: @unchecked Sendable {
             throw SchedulerError(kind: .tooLong, description: "the prompt has \(request.promptTokens.count) tokens; the context length is \(contextLength)")
         }
         let (stream, continuation) = AsyncStream<CompletionEvent>.makeStream()
+        let positions = StepPlanner.positions(promptLength: request.promptTokens.count, maxTokens: request.maxTokens, contextLength: contextLength)
         let id: Int = try shared.withLock { (s: inout Shared) throws(SchedulerError) -> Int in
             guard !s.stopping else { throw SchedulerError(kind: .shuttingDown, description: "the server is shutting down") }
             guard s.queue.count < queueLimit else {
@@ -149,7 +156,8 @@ public final class BatchScheduler: @unchecked Sendable {
             }
             let id = s.nextID
             s.nextID += 1
-            s.queue.append(Sequence(id: id, request: request, tokenizer: tokenizer, continuation: continuation))
+            s.queue.append(Sequence(id: id, request: request, tokenizer: tokenizer, eos: eos, kvBytes: positions * kvBytesPerPosition,
+                                    continuation: continuation))
             s.stats.queued = s.queue.count
             return id
         }
@@ -182,27 +190,26 @@ public final class BatchScheduler: @unchecked Sendable {
         var running: [Sequence] = []
         while true {
             let (stopping, admitted, cancelled) = shared.withLock { s -> (Bool, [Sequence], Set<Int>) in
-                var admitted: [Sequence] = []
-                var kv = s.stats.kvBytes
-                while !s.stopping, running.count + admitted.count < maxSequences, let next = s.queue.first {
-                    let need = min(contextLength, next.request.promptTokens.count + next.request.maxTokens + 1) * kvBytesPerToken
-                    if kv + need > kvBudgetBytes && !(running.isEmpty && admitted.isEmpty) { break }  // wait for memory
-                    kv += need
-                    next.kvBytes = need
-                    admitted.append(s.queue.removeFirst())
-                }
+                let count = s.stopping ? 0 : StepPlanner.admit(waitingBytes: s.queue.map(\.kvBytes), running: running.count,
+                                                               kvInUse: s.stats.kvBytes, limits: limits)
+                let admitted = Array(s.queue.prefix(count))
+                s.queue.removeFirst(count)
                 let cancelled = s.cancelled
                 s.cancelled.removeAll()
                 // Queued requests that were cancelled never start.
                 for id in cancelled { if let i = s.queue.firstIndex(where: { $0.id == id }) { s.queue.remove(at: i).continuation.finish() } }
-                s.stats.kvBytes = kv
+                s.stats.kvBytes += admitted.reduce(0) { $0 + $1.kvBytes }
                 s.stats.queued = s.queue.count
                 s.stats.running = running.count + admitted.count
                 return (s.stopping, admitted, cancelled)
             }
             for seq in admitted {
-                seq.session = model.makeSession(contextLength: seq.kvBytes / kvBytesPerToken)
                 running.append(seq)
+                do {
+                    seq.session = try model.makeSession(contextLength: seq.kvBytes / kvBytesPerPosition)
+                } catch {
+                    finish(seq, .failed(error.description))
+                }
             }
             for seq in running where cancelled.contains(seq.id) { seq.cancelled = true }
             if stopping {
@@ -212,8 +219,10 @@ public final class BatchScheduler: @unchecked Sendable {
                 return
             }
             running.removeAll { seq in
-                if seq.cancelled { release(seq); seq.continuation.finish(); return true }
-                return false
+                guard seq.isDone else { return false }
+                release(seq)
+                if seq.cancelled { seq.continuation.finish() }
+                return true
             }
             shared.withLock { $0.stats.running = running.count }
             if running.isEmpty {
@@ -227,22 +236,23 @@ public final class BatchScheduler: @unchecked Sendable {
         }
     }
 
-    /// One forward pass: a prefill chunk of the oldest admitted prompt together with the next
-    /// token of every sequence that is generating.
+    /// One forward pass: the planner's prompt chunks and decode tokens, then each member's decode
+    /// loop over its logits. A failed step fails its members only.
     private func step(_ running: inout [Sequence]) {
+        let plan = StepPlanner.plan(
+            running.map { StepPlanner.Running(id: $0.id, promptLength: $0.request.promptTokens.count, prefilled: $0.prefilled,
+                                              decoding: $0.pending != nil) },
+            limits: limits)
+        let byID = Dictionary(uniqueKeysWithValues: running.map { ($0.id, $0) })
         var parts: [(session: Session, tokens: [Int])] = []
         var members: [Sequence] = []
-        // Prompts in arrival order, up to `prefillChunk` tokens in all: several short prompts start
-        // together, a long one goes in chunks between decode steps.
-        var budget = prefillChunk
-        for seq in running where budget > 0 && seq.prefilled < seq.request.promptTokens.count {
-            let prompt = seq.request.promptTokens
-            let end = min(prompt.count, seq.prefilled + budget)
-            parts.append((seq.session!, Array(prompt[seq.prefilled..<end])))
+        for (id, range) in plan.prefill {
+            let seq = byID[id]!
+            parts.append((seq.session!, Array(seq.request.promptTokens[range])))
             members.append(seq)
-            budget -= end - seq.prefilled
         }
-        for seq in running where seq.pending != nil && !seq.isDone {
+        for id in plan.decode {
+            let seq = byID[id]!
             parts.append((seq.session!, [seq.pending!]))
             members.append(seq)
         }
@@ -251,7 +261,7 @@ public final class BatchScheduler: @unchecked Sendable {
                 let logits = try model.forwardStep(parts, workspace: workspace)
                 let vocab = model.config.vocabularySize
                 for (i, seq) in members.enumerated() {
-                    let row = logits[(i * vocab)..<((i + 1) * vocab)]
+                    let row = Array(logits[(i * vocab)..<((i + 1) * vocab)])
                     if seq.pending != nil {
                         seq.pending = nil
                         sample(seq, row)
@@ -272,27 +282,26 @@ public final class BatchScheduler: @unchecked Sendable {
         shared.withLock { $0.stats.running = running.count }
     }
 
-    private func sample(_ seq: Sequence, _ logits: ArraySlice<Float>) {
-        let values = Array(logits)
-        let token = seq.sampler.sample(logits: values, history: seq.request.promptTokens + seq.generated, generatedCount: seq.generated.count)
-        seq.generated.append(token)
-        var logprobs: [TokenLogprob] = []
-        if let top = seq.request.topLogprobs { logprobs = [logprob(values, token, top: top)] }
-        shared.withLock { $0.stats.completionTokens += 1 }
-        if eos.contains(token) {
-            finish(seq, .finished(.stop, promptTokens: seq.request.promptTokens.count, completionTokens: seq.generated.count))
+    /// The sequence's decode loop over the logits of its last position; events for the client.
+    private func sample(_ seq: Sequence, _ logits: [Float]) {
+        if seq.loop.isEmpty {
+            finish(seq, .finished(.length, promptTokens: seq.request.promptTokens.count, completionTokens: 0))
             return
         }
-        let text = seq.stops.push(seq.detokenizer.append(token))
-        if !text.isEmpty || !logprobs.isEmpty { seq.continuation.yield(.text(text, tokens: [token], logprobs: logprobs)) }
-        if seq.stops.stopped {
-            finish(seq, .finished(.stop, promptTokens: seq.request.promptTokens.count, completionTokens: seq.generated.count))
-        } else if seq.generated.count >= seq.request.maxTokens || seq.session!.position + 1 >= seq.session!.capacity {
-            let tail = seq.stops.push(seq.detokenizer.flush()) + seq.stops.finish()
-            if !tail.isEmpty { seq.continuation.yield(.text(tail, tokens: [], logprobs: [])) }
-            finish(seq, .finished(.length, promptTokens: seq.request.promptTokens.count, completionTokens: seq.generated.count))
+        let session = seq.session!
+        let step = seq.loop.next(logits: logits, contextFull: session.position >= session.capacity)
+        var logprobs: [TokenLogprob] = []
+        if let top = seq.request.topLogprobs { logprobs = [logprob(logits, step.token, top: top)] }
+        shared.withLock { $0.stats.completionTokens += 1 }
+        // An end-of-sequence token is not part of the text, nor of the streamed tokens.
+        let isEOS = step.finish == .stop && eos.contains(step.token)
+        if !step.text.isEmpty || (!logprobs.isEmpty && !isEOS) {
+            seq.continuation.yield(.text(step.text, tokens: isEOS ? [] : [step.token], logprobs: isEOS ? [] : logprobs))
+        }
+        if let reason = step.finish {
+            finish(seq, .finished(reason, promptTokens: seq.request.promptTokens.count, completionTokens: seq.loop.generated.count))
         } else {
-            seq.pending = token
+            seq.pending = step.token
         }
     }
 
@@ -315,8 +324,4 @@ public final class BatchScheduler: @unchecked Sendable {
         seq.session = nil  // frees the KV cache now
         shared.withLock { $0.stats.kvBytes -= seq.kvBytes }
     }
-}
-
-extension BatchScheduler.Sequence {
-    var isDone: Bool { finished || cancelled }
 }

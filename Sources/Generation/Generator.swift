@@ -1,4 +1,3 @@
-import Kernels
 import Models
 import SwitchyardSupport
 import Tokenizers
@@ -38,12 +37,13 @@ public struct GenerationResult: Sendable {
     }
 }
 
-/// Runs the loop prompt → logits → sample → feed back, streaming text as it becomes final.
+/// Runs one sequence: the prompt through the model, then the decode loop, streaming text as it
+/// becomes final.
 public struct Generator {
     public let model: Model
-    public let tokenizer: Tokenizer
+    public let tokenizer: Tokenizer?
 
-    public init(model: Model, tokenizer: Tokenizer) {
+    public init(model: Model, tokenizer: Tokenizer?) {
         self.model = model
         self.tokenizer = tokenizer
     }
@@ -51,27 +51,25 @@ public struct Generator {
     /// - Parameters:
     ///   - session: a session to continue (a chat): the part of the prompt it has already processed
     ///     is kept in its KV cache and only the rest is run. A new session by default.
+    ///   - workspace: work memory to use instead of the session's (to observe routing).
     ///   - onText: receives each piece of final text, in order.
     public func generate(
         promptTokens: [Int], options: GenerationOptions, contextLength: Int? = nil, session existing: Session? = nil,
-        onText: (String) -> Void = { _ in }
+        workspace: Workspace? = nil, onText: (String) -> Void = { _ in }
     ) throws(ModelError) -> GenerationResult {
         guard !promptTokens.isEmpty else { throw ModelError("the prompt is empty (no tokens)") }
-        let session = existing ?? model.makeSession(contextLength: contextLength)
+        let session: Session
+        if let existing { session = existing } else { session = try model.makeSession(contextLength: contextLength) }
         // Keep the longest cached prefix, but run at least one token to get logits.
         let reusable = min(zip(session.tokens, promptTokens).prefix { $0 == $1 }.count, promptTokens.count - 1)
         session.rewind(to: reusable)
         guard promptTokens.count < session.capacity else {
             throw ModelError("the prompt has \(promptTokens.count) tokens; the context length is \(session.capacity)")
         }
-        let eos = Set(options.ignoreEOS ? [] : model.config.eosTokenIDs)
-        var sampler = Sampler(options.sampling)
-        var detokenizer = IncrementalDetokenizer(tokenizer: tokenizer, promptTokens: promptTokens)
-        var stops = StopStringFilter(options.stopStrings)
-        var history = promptTokens
-        var generated: [Int] = []
+        var loop = DecodeLoop(
+            sampling: options.sampling, tokenizer: tokenizer, promptTokens: promptTokens, stopStrings: options.stopStrings,
+            eos: Set(options.ignoreEOS ? [] : model.config.eosTokenIDs), maxTokens: options.maxTokens)
         var text = ""
-        var finish = FinishReason.length
         func emit(_ piece: String) {
             guard !piece.isEmpty else { return }
             text += piece
@@ -80,25 +78,21 @@ public struct Generator {
 
         let clock = ContinuousClock()
         let promptStart = clock.now
-        var logits = try session.forward(Array(promptTokens[reusable...]))
+        var logits = try session.forward(Array(promptTokens[reusable...]), workspace: workspace)
         let promptSeconds = (clock.now - promptStart).seconds
         let decodeStart = clock.now
-        while generated.count < options.maxTokens {
-            let token = sampler.sample(logits: logits, history: history)
-            generated.append(token)
-            history.append(token)
-            if eos.contains(token) { finish = .stop; break }
-            emit(stops.push(detokenizer.append(token)))
-            if stops.stopped { finish = .stop; break }
-            if generated.count == options.maxTokens || session.position >= session.capacity { break }
-            logits = try session.forward([token])
-        }
-        if !stops.stopped {
-            emit(stops.push(detokenizer.flush()))
-            emit(stops.finish())
+        var finish = FinishReason.length
+        while !loop.isEmpty {
+            let step = loop.next(logits: logits, contextFull: session.position >= session.capacity)
+            emit(step.text)
+            if let reason = step.finish {
+                finish = reason
+                break
+            }
+            logits = try session.forward([step.token], workspace: workspace)
         }
         return GenerationResult(
-            promptTokens: promptTokens, tokens: generated, text: text, finishReason: finish,
+            promptTokens: promptTokens, tokens: loop.generated, text: text, finishReason: finish,
             promptSeconds: promptSeconds, generationSeconds: (clock.now - decodeStart).seconds)
     }
 }

@@ -19,9 +19,6 @@ public struct KernelChoice: Sendable {
     /// Whether this machine has the tiles (AVX-512).
     public static var tileAvailable: Bool { sy_bf16_level() == 2 }
 
-    /// The threshold in force.
-    public static var current: Int { Int(sy_bf16_tile_from()) }
-
     /// Times a product of a bf16 expert-sized matrix (`rows` x `columns`, read from memory, as a
     /// routed expert is) at 5...12 tokens with each kernel, best of `repetitions`.
     public static func measure(rows: Int = 3584, columns: Int = 1024, repetitions: Int = 3, pool: ThreadPool) -> KernelChoice {
@@ -42,16 +39,15 @@ public struct KernelChoice: Sendable {
         }
         for i in 0..<(maxTokens * columns) { input[i] = Float(i % 7) * 0.125 - 0.375 }
         var next = 0
-        let saved = current
-        defer { sy_set_bf16_tile_from(Int32(saved)) }
         func seconds(_ tokens: Int, fiveTokenPassesFrom: Int) -> Double {
-            sy_set_bf16_tile_from(Int32(fiveTokenPassesFrom))
+            let tuning = KernelTuning(bf16FiveTokenPassesFrom: fiveTokenPassesFrom)
             var best = Double.infinity
             for _ in 0..<repetitions {
                 let matrix = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: weights + next * rows * columns)
                 next = (next + 1) % copies
                 let start = ContinuousClock.now
-                matmul(matrix, input: input, inputStride: columns, output: output, outputStride: rows, tokens: tokens, pool: pool)
+                matmul(matrix, input: input, inputStride: columns, output: output, outputStride: rows, tokens: tokens, pool: pool,
+                       tuning: tuning)
                 best = min(best, (ContinuousClock.now - start).seconds)
             }
             return best
@@ -72,10 +68,10 @@ public struct KernelChoice: Sendable {
         return choice
     }
 
-    /// Makes products use this choice from now on (passes of 4 always, when 5 never won; without
-    /// AVX-512 the threshold is kept but no tile runs).
-    public func apply() {
-        sy_set_bf16_tile_from(Int32(fiveTokenPassesFrom ?? Int(Int32.max)))
+    /// The tuning that makes products use this choice (passes of 4 always when 5 never won; without
+    /// AVX-512 no tile runs whatever the threshold).
+    public var tuning: KernelTuning {
+        KernelTuning(bf16FiveTokenPassesFrom: fiveTokenPassesFrom ?? Int.max)
     }
 
     /// One line for logs and the bench report.

@@ -1,96 +1,4 @@
 import KernelsC
-/// How a weight matrix's elements are stored. Weights are widened exactly to f32 as they are read
-/// (bf16 by a shift, f16 by the hardware conversion, Q8_0 as its int8 values times the block's
-/// scale), unless a product with block-quantised weights runs with int8 activations.
-public enum WeightElement: Sendable, Equatable {
-    case f32, f16, bf16
-    /// GGUF's Q8_0: blocks of 32 values, a float16 scale then 32 int8.
-    case q8_0
-    /// GGUF's Q4_0: blocks of 32 values, a float16 scale then 16 bytes of 4-bit values.
-    case q4_0
-    /// GGUF's Q4_K: super-blocks of 256 values with 6-bit scales and mins per 32, 4-bit values.
-    case q4_k
-    /// Q8_0 and Q4_0 regrouped at load for the integer kernels: groups of 4 blocks with their
-    /// scales together (see GroupedBlocks); the same bytes per row as GGUF's.
-    case q8_0x4, q4_0x4
-
-    /// Whether rows are in blocks (columns must be a multiple of `blockValues`).
-    @inlinable public var isBlockQuantized: Bool { blockValues > 1 }
-
-    /// Values per block: 32 for Q8_0 and Q4_0, 256 for Q4_K, 1 for plain floats.
-    @inlinable public var blockValues: Int {
-        switch self {
-        case .f32, .f16, .bf16: return 1
-        case .q8_0, .q4_0: return 32
-        case .q4_k: return Q4_K.blockValues
-        case .q8_0x4, .q4_0x4: return GroupedBlocks.groupValues
-        }
-    }
-
-    /// Elements in a stored row of `rowBytes` bytes: the inverse of `rowBytes(_:)`.
-    @inlinable public func columns(rowBytes: Int) -> Int {
-        rowBytes / self.rowBytes(blockValues) * blockValues
-    }
-
-    /// Bytes of a row of `columns` elements (a multiple of `blockValues`).
-    @inlinable public func rowBytes(_ columns: Int) -> Int {
-        switch self {
-        case .f32: return columns * 4
-        case .f16, .bf16: return columns * 2
-        case .q8_0: return columns / 32 * Q8_0.blockBytes
-        case .q4_0: return columns / 32 * Q4_0.blockBytes
-        case .q4_k: return columns / Q4_K.blockValues * Q4_K.blockBytes
-        case .q8_0x4, .q4_0x4: return columns / 128 * GroupedBlocks.groupBytes(q4: self == .q4_0x4)
-        }
-    }
-}
-
-/// What the activations of a product with block-quantised weights are: float32 (exact: the
-/// weights are widened), or int8 quantised per block of 32 for integer dot products (llama.cpp's
-/// way, faster, within about 1e-2 relative). Other weights always use float32.
-public enum ActivationPrecision: String, Sendable, CaseIterable {
-    case f32
-    case int8
-}
-
-/// A read-only row-major matrix in memory it does not own (usually a memory-mapped file).
-public struct WeightMatrix: @unchecked Sendable {
-    public let element: WeightElement
-    /// Output features: one row per output element.
-    public let rows: Int
-    /// Input features: the length of each row.
-    public let columns: Int
-    public let data: UnsafeRawPointer
-
-    public init(element: WeightElement, rows: Int, columns: Int, data: UnsafeRawPointer) {
-        self.element = element
-        self.rows = rows
-        self.columns = columns
-        self.data = data
-    }
-
-    @inlinable public var rowBytes: Int { element.rowBytes(columns) }
-
-    /// A block of consecutive rows, for weights that are several matrices stacked.
-    @inlinable public func rows(_ range: Range<Int>) -> WeightMatrix {
-        WeightMatrix(element: element, rows: range.count, columns: columns, data: data + range.lowerBound * rowBytes)
-    }
-
-    /// Element (r, c) widened to f32; for tests and slow paths.
-    public func value(_ r: Int, _ c: Int) -> Float {
-        let offset = r * columns + c
-        switch element {
-        case .f32: return data.load(fromByteOffset: offset * 4, as: Float.self)
-        case .f16: return Float(data.load(fromByteOffset: offset * 2, as: Float16.self))
-        case .bf16: return Float(bitPattern: UInt32(data.load(fromByteOffset: offset * 2, as: UInt16.self)) << 16)
-        case .q8_0: return Q8_0.value(data + r * rowBytes, c)
-        case .q4_0: return Q4_0.value(data + r * rowBytes, c)
-        case .q4_k: return Q4_K.value(data + r * rowBytes, c)
-        case .q8_0x4, .q4_0x4: return GroupedBlocks.value(data + r * rowBytes, c, q4: element == .q4_0x4)
-        }
-    }
-}
-
 public typealias Vector16 = SIMD16<Float>
 
 @inlinable @inline(__always)
@@ -245,10 +153,10 @@ public func matmul(
     _ weight: WeightMatrix,
     input: UnsafePointer<Float>, inputStride: Int,
     output: UnsafeMutablePointer<Float>, outputStride: Int,
-    tokens: Int, pool: ThreadPool, precision: ActivationPrecision = .f32
+    tokens: Int, pool: ThreadPool, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default
 ) {
     matmulProducts(RowItems(weight, output, nil, nil, threads: pool.threadCount), input: input, inputStride: inputStride,
-                   outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
+                   outputStride: outputStride, tokens: tokens, pool: pool, precision: precision, tuning: tuning)
 }
 
 /// Two products of the same input (an MLP's gate and up projections) in one parallel region: the
@@ -260,16 +168,18 @@ public func matmul(
     _ first: WeightMatrix, _ second: WeightMatrix,
     input: UnsafePointer<Float>, inputStride: Int,
     outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int,
-    tokens: Int, pool: ThreadPool, precision: ActivationPrecision = .f32
+    tokens: Int, pool: ThreadPool, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default
 ) {
     precondition(first.columns == second.columns, "a fused pair of products takes one input width")
     guard first.element == second.element else {
-        matmul(first, input: input, inputStride: inputStride, output: outputs.0, outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
-        matmul(second, input: input, inputStride: inputStride, output: outputs.1, outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
+        matmul(first, input: input, inputStride: inputStride, output: outputs.0, outputStride: outputStride, tokens: tokens, pool: pool,
+               precision: precision, tuning: tuning)
+        matmul(second, input: input, inputStride: inputStride, output: outputs.1, outputStride: outputStride, tokens: tokens, pool: pool,
+               precision: precision, tuning: tuning)
         return
     }
     matmulProducts(RowItems(first, outputs.0, second, outputs.1, threads: pool.threadCount), input: input, inputStride: inputStride,
-                   outputStride: outputStride, tokens: tokens, pool: pool, precision: precision)
+                   outputStride: outputStride, tokens: tokens, pool: pool, precision: precision, tuning: tuning)
 }
 
 /// The work items of one or two products: blocks of rows small enough to balance, large enough to
@@ -312,7 +222,7 @@ struct RowItems {
 @inlinable
 func matmulProducts(
     _ products: RowItems, input: UnsafePointer<Float>, inputStride: Int, outputStride: Int,
-    tokens: Int, pool: ThreadPool, precision: ActivationPrecision
+    tokens: Int, pool: ThreadPool, precision: ActivationPrecision, tuning: KernelTuning
 ) {
     let n = products.first.columns
     let element = products.first.element
@@ -432,7 +342,7 @@ func matmulProducts(
                 pool.parallelFor(products.count) { i in
                     let (matrix, start, rows, output) = products.item(i)
                     sy_rows_bf16_f32(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), perm, Int32(n), Int32(tokens),
-                                     output + start, outputStride)
+                                     output + start, outputStride, Int32(clamping: tuning.bf16FiveTokenPassesFrom))
                 }
                 return
             }

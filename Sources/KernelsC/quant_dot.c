@@ -534,20 +534,14 @@ static void bf16_tile(const uint8_t *row, long row_bytes, int blocks, const floa
     }
 }
 
-static int tile_from = SY_TILE_TOKENS;
-
-void sy_set_bf16_tile_from(int tokens) { tile_from = tokens < SY_TILE_TOKENS ? SY_TILE_TOKENS : tokens; }
-
-int sy_bf16_tile_from(void) { return tile_from; }
-
 void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
-                      long out_stride) {
+                      long out_stride, int tile_from) {
     const int level = sy_bf16_level();
     void (*kernel)(const uint8_t *, int, const float *, int, int, float *) = level == 2 ? bf16_avx512 : bf16_avx2;
     // Tokens per pass over the rows: below `tile_from` a pass takes 4 tokens (the one-row kernel's
     // most) and reads the rows from memory once per 4 tokens; from it on, 5 (the caller keeps a
     // block of rows small enough for the core's L2, where the later passes find them).
-    const int step = level == 2 && tokens >= tile_from ? SY_TILE_TOKENS : 4;
+    const int step = level == 2 && tokens >= tile_from && tokens >= SY_TILE_TOKENS ? SY_TILE_TOKENS : 4;
     float sums[4];
     for (int t0 = 0; t0 < tokens; t0 += step) {
         const int count = tokens - t0 < step ? tokens - t0 : step;
@@ -570,12 +564,9 @@ void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, c
 
 int sy_bf16_level(void) { return 0; }
 
-void sy_set_bf16_tile_from(int tokens) { (void)tokens; }
-
-int sy_bf16_tile_from(void) { return 0; }
-
 void sy_rows_bf16_f32(const void *base, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
-                      long out_stride) {
+                      long out_stride, int tile_from) {
+    (void)tile_from;
     (void)base; (void)row_bytes; (void)nrows; (void)blocks; (void)x; (void)stride; (void)tokens; (void)out; (void)out_stride;
 }
 

@@ -1,4 +1,5 @@
 import Kernels
+import Runtime
 import SwitchyardSupport
 
 extension Model {
@@ -6,20 +7,19 @@ extension Model {
     /// routers, shared experts, dense MLPs, the output head, one embedding row), plus top-k experts
     /// in each MoE layer. Norms and biases are small and not counted.
     public var weightBytesPerToken: Int {
-        func bytes(_ m: WeightMatrix) -> Int { m.rows * m.rowBytes }
-        var total = weights.lmHead.rows * weights.lmHead.rowBytes + weights.embedding.rowBytes
+        func bytes(_ m: WeightMatrix) -> Int { m.byteCount }
+        var total = weights.lmHead.byteCount + weights.embedding.rowBytes
         for (layer, kind) in zip(weights.layers, config.feedForward) {
-            let a = layer.attention
-            total += bytes(a.query) + bytes(a.key) + bytes(a.value) + bytes(a.output)
+            total += layer.attention.matrices.reduce(0) { $0 + bytes($1) }
             switch layer.feedForward {
             case .dense(let f):
-                total += bytes(f.gate) + bytes(f.up) + bytes(f.down)
+                total += f.byteCount
             case .mixtureOfExperts(let m):
                 total += bytes(m.router)
                 if let e = m.experts.first {
-                    total += (kind.moe?.expertsPerToken ?? 0) * (bytes(e.gate) + bytes(e.up) + bytes(e.down))
+                    total += (kind.moe?.expertsPerToken ?? 0) * e.byteCount
                 }
-                if let s = m.sharedExpert { total += bytes(s.gate) + bytes(s.up) + bytes(s.down) }
+                if let s = m.sharedExpert { total += s.byteCount }
                 if let g = m.sharedExpertGate { total += bytes(g) }
             }
         }

@@ -1,5 +1,5 @@
 import Kernels
-import SafeTensors
+import Runtime
 import SwitchyardSupport
 
 /// Sizes a user wants before running a model: parameters, active parameters, memory.
@@ -14,27 +14,21 @@ public struct ModelInfo: Sendable {
     /// float32 keys and values, all layers.
     public var kvCacheBytesPerToken: Int
 
-    /// Values a tensor holds: a quantised one stores its last dimension in bytes.
-    static func values(_ t: TensorView, _ source: TensorSource) -> Int {
-        guard let format = source.storedQuantization(of: t.name), let last = t.shape.last, last > 0 else { return t.elementCount }
-        return t.elementCount / last * format.element.columns(rowBytes: last)
-    }
-
     public init(_ model: Model) {
         let c = model.config
         var total = 0, bytes = 0
         var byType: [String: (Int, Int)] = [:]
         for t in model.tensors.allTensors {
-            total += Self.values(t, model.tensors)
+            total += t.elementCount
             bytes += t.byteCount
-            let key = t.dtype.rawValue.lowercased()
+            let key = t.typeName.lowercased()
             byType[key, default: (0, 0)].0 += 1
             byType[key, default: (0, 0)].1 += t.byteCount
         }
         if c.tieWordEmbeddings, model.tensors.contains("lm_head.weight"),
             let head = model.tensors.allTensors.first(where: { $0.name == "lm_head.weight" }) {
             // A stored copy of a tied head is not a parameter of its own.
-            total -= Self.values(head, model.tensors)
+            total -= head.elementCount
         }
         var experts = 0, inactive = 0
         for (layer, kind) in zip(model.weights.layers, c.feedForward) {
@@ -49,6 +43,6 @@ public struct ModelInfo: Sendable {
         activeParameters = total - inactive
         weightBytes = bytes
         dtypes = byType.map { ($0.key, $0.value.0, $0.value.1) }.sorted { $0.bytes > $1.bytes }
-        kvCacheBytesPerToken = c.layerCount * 2 * c.keyValueWidth * MemoryLayout<Float>.size
+        kvCacheBytesPerToken = c.kvLayout.bytesPerPosition
     }
 }

@@ -1,39 +1,44 @@
 import Kernels
+import Runtime
 import SwitchyardSupport
 
-/// One sequence being run through a model: its KV cache and work memory. Not thread-safe: one
-/// caller at a time (the kernels inside a call are parallel).
+/// One sequence being run through a model: its place in the model's KV cache and its work memory.
+/// Not thread-safe: one caller at a time (the kernels inside a call are parallel). Its cache
+/// memory is released when it goes away.
 public final class Session {
     public let model: Model
-    public let cache: ContiguousKVCache
+    /// The sequence in `model.attention.cache`.
+    public let sequence: SequenceID
     /// Work memory for this sequence's forward passes.
     public let workspace = Workspace()
     /// Longest run of tokens pushed through the layers at once. Longer inputs are split, which
     /// bounds the attention score memory (chunk x heads x context) and changes no result.
     public var chunkSize = 64
+    private var cache: any KVCache { model.attention.cache }
 
-    init(model: Model, capacity: Int) {
+    init(model: Model, capacity: Int) throws(ModelError) {
         self.model = model
-        let c = model.config
-        cache = ContiguousKVCache(layers: c.layerCount, rowWidth: c.keyValueWidth, capacity: capacity)
+        do { sequence = try model.attention.cache.reserve(capacity: capacity) } catch { throw ModelError(error.description) }
     }
+
+    deinit { cache.free(sequence) }
 
     /// The tokens processed so far, one per cached position.
     public private(set) var tokens: [Int] = []
 
     /// Positions processed so far.
-    public var position: Int { cache.length }
-    public var capacity: Int { cache.capacity }
+    public var position: Int { cache.length(of: sequence) }
+    public var capacity: Int { cache.capacity(of: sequence) }
 
     /// Records tokens that a shared step processed for this session.
     func appendProcessed(_ new: [Int]) {
-        cache.advance(by: new.count)
+        cache.advance(sequence, by: new.count)
         tokens += new
     }
 
     /// Forgets every position from `count` on, keeping the cache of the prefix.
     public func rewind(to count: Int) {
-        cache.truncate(to: count)
+        cache.truncate(sequence, to: count)
         tokens.removeSubrange(min(count, tokens.count)...)
     }
 
@@ -43,13 +48,7 @@ public final class Session {
     public func forward(_ tokens: [Int], allLogits: Bool = false, workspace external: Workspace? = nil) throws(ModelError) -> [Float] {
         let workspace = external ?? self.workspace
         let c = model.config
-        guard !tokens.isEmpty else { throw ModelError("no tokens to run") }
-        for t in tokens where t < 0 || t >= c.vocabularySize {
-            throw ModelError("token id \(t) is outside the vocabulary (0..<\(c.vocabularySize))")
-        }
-        guard cache.length + tokens.count <= cache.capacity else {
-            throw ModelError("\(cache.length + tokens.count) tokens exceed the context length of \(cache.capacity)")
-        }
+        try model.validate(tokens, at: position, capacity: capacity)
         let vocab = c.vocabularySize
         var logits = [Float](repeating: 0, count: (allLogits ? tokens.count : 1) * vocab)
         var start = 0
@@ -57,21 +56,20 @@ public final class Session {
             let end = min(tokens.count, start + chunkSize)
             let chunk = Array(tokens[start..<end])
             let isLast = end == tokens.count
-            let first = cache.length
-            let slots = chunk.indices.map { TokenSlot(cache: cache, position: first + $0) }
-            logits.withUnsafeMutableBufferPointer { out in
+            let first = position
+            let slots = chunk.indices.map { TokenSlot(sequence: sequence, position: first + $0) }
+            try logits.withUnsafeMutableBufferPointer { (out) throws(ModelError) in
                 if allLogits {
-                    model.run(chunk, slots: slots, workspace: workspace, logits: out.baseAddress! + start * vocab, logitRows: Array(chunk.indices))
+                    try model.run(chunk, slots: slots, workspace: workspace, logits: out.baseAddress! + start * vocab, logitRows: Array(chunk.indices))
                 } else if isLast {
-                    model.run(chunk, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: [chunk.count - 1])
+                    try model.run(chunk, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: [chunk.count - 1])
                 } else {
-                    model.run(chunk, slots: slots, workspace: workspace, logits: nil, logitRows: [])
+                    try model.run(chunk, slots: slots, workspace: workspace, logits: nil, logitRows: [])
                 }
             }
-            cache.advance(by: chunk.count)
+            appendProcessed(chunk)
             start = end
         }
-        self.tokens += tokens
         return logits
     }
 }

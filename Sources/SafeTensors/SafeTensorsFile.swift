@@ -20,7 +20,7 @@ public struct TensorView: @unchecked Sendable {
     /// Which file the bytes live in, for error messages and placement decisions.
     public let file: String
     /// Keeps the mapping alive as long as a view of it exists.
-    let owner: AnyObject?
+    public let owner: AnyObject?
 
     public init(name: String, dtype: DType, shape: [Int], data: UnsafeRawPointer, byteCount: Int, file: String, owner: AnyObject?) {
         self.name = name

@@ -38,17 +38,20 @@ struct Bench: ParsableCommand {
                 guard let b = Int(part.trimmed(" ")), b >= 1 else { throw InputError("--batch: '\(part)' is not a positive integer") }
                 return b
             }
-            let model = try modelOptions.loadModel(kvPositions: max(promptTokens, (batches.max() ?? 1) * (generatedTokens + 1)))
+            let engine = try modelOptions.loadEngine(kvPositions: max(promptTokens, (batches.max() ?? 1) * (generatedTokens + 1)))
+            let model = engine.model
             let vocab = model.config.vocabularySize
             var random = RandomGenerator(seed: 42)
             // Random ordinary tokens, as llama-bench uses (the first ids are special in most vocabularies).
             func randomTokens(_ count: Int) -> [Int] { (0..<count).map { _ in 3 + Int(random.next() % UInt64(vocab - 3)) } }
             var results: [(test: String, mean: Double, stddev: Double)] = []
+            var greedy = SamplingParameters()
+            greedy.temperature = 0
 
             if promptTokens > 0 {
                 let tokens = randomTokens(promptTokens)
                 let speeds = try measure { () throws -> Double in
-                    let session = model.makeSession(contextLength: promptTokens)
+                    let session = try model.makeSession(contextLength: promptTokens)
                     let start = ContinuousClock.now
                     _ = try session.forward(tokens)
                     return Double(promptTokens) / (ContinuousClock.now - start).seconds
@@ -60,10 +63,14 @@ struct Bench: ParsableCommand {
                     let starts = randomTokens(b)
                     let workspace = Workspace()
                     let speeds = try measure { () throws -> Double in
-                        let sessions = (0..<b).map { _ in model.makeSession(contextLength: generatedTokens + 1) }
+                        let sessions = try (0..<b).map { _ in try model.makeSession(contextLength: generatedTokens + 1) }
+                        // Greedy decode loops that ignore end-of-sequence tokens, as llama-bench generates.
+                        var loops = (0..<b).map { i in
+                            DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [starts[i]], eos: [], maxTokens: generatedTokens + 1)
+                        }
                         var logits: [Float] = []
                         for (s, t) in zip(sessions, starts) { logits += try s.forward([t]) }
-                        var next = (0..<b).map { argmax(Array(logits[($0 * vocab)..<(($0 + 1) * vocab)])) }
+                        var next = loops.indices.map { loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
                         let start = ContinuousClock.now
                         for _ in 0..<generatedTokens {
                             if b == 1 {
@@ -71,7 +78,7 @@ struct Bench: ParsableCommand {
                             } else {
                                 logits = try model.forwardBatch(sessions, next, workspace: workspace)
                             }
-                            next = (0..<b).map { argmax(Array(logits[($0 * vocab)..<(($0 + 1) * vocab)])) }
+                            next = loops.indices.map { loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
                         }
                         return Double(b * generatedTokens) / (ContinuousClock.now - start).seconds
                     }
@@ -90,7 +97,7 @@ struct Bench: ParsableCommand {
                     o["tokens_per_second"] = .double(r.mean)
                     o["stddev"] = .double(r.stddev)
                     o["threads"] = .int(threads)
-                    o["precision"] = .string(modelOptions.precision)
+                    o["precision"] = .string(modelOptions.precision.rawValue)
                     if r.test.hasPrefix("tg") {
                         o["weight_bytes_per_token"] = .int(bytesPerToken)
                         o["bandwidth_bytes_per_second"] = .double(bandwidth)
@@ -102,7 +109,7 @@ struct Bench: ParsableCommand {
             }
             writeOut("| model | size | params | threads | precision | test | t/s |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n")
             for r in results {
-                writeOut("| \(model.config.modelType) | \(formatBytes(info.weightBytes, digits: 2)) | \(formatCount(info.totalParameters)) | \(threads) | \(modelOptions.precision) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
+                writeOut("| \(model.config.modelType) | \(formatBytes(info.weightBytes, digits: 2)) | \(formatCount(info.totalParameters)) | \(threads) | \(modelOptions.precision.rawValue) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
             }
             let roofline = bandwidth / Double(bytesPerToken)
             var summary = "\nweights read per decoded token: \(formatBytes(bytesPerToken, digits: 2)); measured read bandwidth: \(fixed(bandwidth / 1e9, 1)) GB/s; decode roofline: \(fixed(roofline, 1)) tok/s"
@@ -110,7 +117,7 @@ struct Bench: ParsableCommand {
                 summary += "; tg reaches \(fixed(100 * tg.mean / roofline, 0))% of it"
             }
             writeOut(summary + "\n")
-            if let choice = measuredKernelChoice.withLock({ $0 }) { writeOut(choice.summary + "\n") }
+            if let choice = engine.kernelChoice { writeOut(choice.summary + "\n") }
             if !model.hugePageResidency.isEmpty {
                 let huge = model.hugePageResidency.reduce(0) { $0 + $1.hugeBytes }, total = model.hugePageResidency.reduce(0) { $0 + $1.bytes }
                 writeOut("weight files mapped in 2 MiB pages: \(formatBytes(huge, digits: 2)) of \(formatBytes(total, digits: 2))\n")

@@ -71,11 +71,11 @@ struct Chat: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let model = try modelOptions.loadModel()
+            let model = try modelOptions.loadEngine().model
             let tokenizer = try Tokenizer(directory: model.directory)
             let chatConfiguration = try ChatTemplateConfiguration(directory: model.directory)
             let generator = Generator(model: model, tokenizer: tokenizer)
-            let session = model.makeSession(contextLength: contextLength)
+            let session = try model.makeSession(contextLength: contextLength)
             var options = GenerationOptions()
             options.maxTokens = maxTokens
             options.stopStrings = sampling.stop

@@ -1,15 +1,16 @@
 import ArgumentParser
-import Synchronization
+import Engine
 import Logging
-import ChatTemplates
-import CUDA
-import Kernels
 import Models
 import Orchestration
-import Tokenizers
 import SwitchyardSupport
 
-/// Options every command that loads a model shares.
+extension EngineOptions.Precision: ExpressibleByArgument {}
+extension EngineOptions.AcceleratorKind: ExpressibleByArgument {}
+extension ExpertPolicy: ExpressibleByArgument {}
+extension WeightQuantization.Format: ExpressibleByArgument {}
+
+/// Options every command that loads a model shares; `engineOptions` turns them into the engine's.
 struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "A Hugging Face model folder (config.json, safetensors, tokenizer.json); default: the bundled demo model.")
     var model: String?
@@ -17,23 +18,33 @@ struct ModelOptions: ParsableArguments {
     @Option(name: [.short, .long], help: "Kernel threads (default: the cores this process may use).")
     var threads: Int?
 
-    @Option(name: .long, help: "Activation precision: f32 (float32 activations and accumulation; weights widened exactly); int8 (products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products, AVX512-VNNI or AVX2 where present, as llama.cpp does: faster, about 1e-2 off); auto (the fastest path that keeps every fixture within 1e-2 of transformers with identical greedy tokens: f32 for now). bf16 is not available yet.")
-    var precision: String = "auto"
+    @Option(name: .long, help: ArgumentHelp(
+        "Activation precision: f32, int8 or auto.",
+        discussion: "f32: float32 activations and accumulation, weights widened exactly. int8: products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products (AVX512-VNNI or AVX2 where present), as llama.cpp does: faster, about 1e-2 off. auto: the fastest path that keeps every fixture within 1e-2 of transformers with identical greedy tokens (f32 for now)."))
+    var precision: EngineOptions.Precision = .auto
 
-    @Option(help: "Where to compute: cpu, emulated (a test accelerator on the host with its own memory, threads and copy engine; needs --gpu-memory), cuda (an NVIDIA GPU, through the driver loaded at run time), or auto (cuda when usable, else cpu).")
-    var accelerator: String = "cpu"
+    @Option(help: ArgumentHelp(
+        "Where the accelerator's work goes: cpu, emulated, cuda or auto.",
+        discussion: "emulated: a test accelerator on the host with its own memory, threads and copy engine (needs --accelerator-memory). cuda: an NVIDIA GPU through the driver loaded at run time. auto: cuda when usable, else cpu."))
+    var accelerator: EngineOptions.AcceleratorKind = .cpu
 
-    @Option(name: .customLong("gpu-memory"), help: "The accelerator's memory budget, e.g. 512MiB or 2GB: what every token touches goes there first, then the most popular experts, then an expert cache.")
-    var gpuMemory: String?
+    @Option(name: .customLong("accelerator-memory"), help: ArgumentHelp(
+        "The accelerator's memory budget, e.g. 512MiB or 2GB.",
+        discussion: "What every token touches goes there first, then the most popular experts, then an expert cache."))
+    var acceleratorMemory: String?
 
-    @Option(name: .customLong("accelerator-threads"), help: "Kernel threads of the emulated accelerator (default 1).")
+    @Option(name: .customLong("accelerator-threads"), help: "Kernel threads of the emulated accelerator.")
     var acceleratorThreads: Int = 1
 
-    @Option(name: .customLong("ram-budget"), help: "Host RAM for weights, KV cache and work memory, e.g. 800MiB: experts that do not fit are read from the model files when needed (O_DIRECT), through an expert cache with prefetch.")
+    @Option(name: .customLong("ram-budget"), help: ArgumentHelp(
+        "Host RAM for weights, KV cache and work memory, e.g. 800MiB.",
+        discussion: "Experts that do not fit are read from the model files when needed (O_DIRECT), through an expert cache with prefetch."))
     var ramBudget: String?
 
-    @Option(name: .customLong("expert-policy"), help: "With --gpu-memory or --ram-budget: scheduled (smallest makespan per layer, cache, prefetch), cpu (never copy experts to the accelerator), copy (always copy), naive (fixed placement, read missing experts when needed, no cache or prefetch).")
-    var expertPolicy: String = "scheduled"
+    @Option(name: .customLong("expert-policy"), help: ArgumentHelp(
+        "With --accelerator-memory or --ram-budget: scheduled, cpu, copy or naive.",
+        discussion: "scheduled: smallest makespan per layer, cache, prefetch. cpu: never copy experts to the accelerator. copy: always copy. naive: fixed placement, read missing experts when needed, no cache or prefetch."))
+    var expertPolicy: ExpertPolicy = .scheduled
 
     @Option(name: .customLong("profile"), help: "A routing profile from `switchyard profile`: the most popular experts are pinned in the fast tiers.")
     var routingProfile: String?
@@ -47,8 +58,8 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Write one JSON line per MoE layer per step: experts, token counts, where each ran, cache and prefetch hits, predicted and measured times.")
     var trace: String?
 
-    @Option(help: "Convert weights at load: none, q8_0, q4_0 or q4_k (GGUF's block formats; the routed experts unless --quantize-all).")
-    var quantize: String = "none"
+    @Option(help: "Convert weights at load to a GGUF block format: q8_0, q4_0 or q4_k (the routed experts unless --quantize-all).")
+    var quantize: WeightQuantization.Format?
 
     @Flag(name: .customLong("quantize-all"), help: "Quantise every matrix but the routers and the embedding.")
     var quantizeAll = false
@@ -56,107 +67,61 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("random-weights"), help: "Use random weights of the right shapes and dtype instead of the folder's (which then needs only config.json): for benchmarks.")
     var randomWeights = false
 
-    @Flag(name: .customLong("no-mmap"), help: "Copy the weights out of the memory-mapped files into anonymous memory of 2 MiB pages and release the files' pages. By default the mappings themselves use 2 MiB pages where the file system allows it (see --no-huge-pages); this is for those that do not. Resident memory is the same; the files' page cache is no longer shared with other processes. Not with --gpu-memory or --ram-budget.")
+    @Flag(name: .customLong("no-mmap"), help: ArgumentHelp(
+        "Copy the weights out of the memory-mapped files into anonymous 2 MiB pages.",
+        discussion: "The files' pages are released. By default the mappings themselves use 2 MiB pages where the file system allows it (see --no-huge-pages); this is for those that do not. Resident memory is the same; the files' page cache is no longer shared with other processes. Not with --accelerator-memory or --ram-budget."))
     var noMmap = false
 
-    @Flag(name: .customLong("no-huge-pages"), help: "Map the weight files as their page cache holds them. By default a model held wholly in memory is read in at load and mapped with 2 MiB pages where the kernel can (decode reads every weight once per token; 4 KiB pages cost a page walk every 4 KiB): a file cached in 4 KiB pages is dropped from the cache and read again once to get them.")
+    @Flag(name: .customLong("no-huge-pages"), help: ArgumentHelp(
+        "Map the weight files as their page cache holds them.",
+        discussion: "By default a model held wholly in memory is read in at load and mapped with 2 MiB pages where the kernel can (decode reads every weight once per token; 4 KiB pages cost a page walk every 4 KiB): a file cached in 4 KiB pages is dropped from the cache and read again once to get them."))
     var noHugePages = false
 
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-        guard ["f32", "int8", "auto"].contains(precision) else {
-            throw ValidationError("--precision \(precision) is not available; supported: f32, int8, auto")
-        }
-        guard quantize == "none" || WeightQuantization.Format(rawValue: quantize) != nil else {
-            throw ValidationError("--quantize must be none or \(WeightQuantization.Format.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard ["cpu", "emulated", "cuda", "auto"].contains(accelerator) else {
-            throw ValidationError("--accelerator must be cpu, emulated, cuda or auto")
-        }
-        if accelerator == "emulated" && gpuMemory == nil {
-            throw ValidationError("--accelerator emulated needs --gpu-memory (its memory budget, e.g. 512MiB)")
-        }
-        if noMmap && tiered {
-            throw ValidationError("--no-mmap copies the weights into host memory; the tiers (--gpu-memory, --ram-budget) place them themselves")
-        }
-        if gpuMemory != nil && accelerator != "emulated" {
-            throw ValidationError("--gpu-memory sizes an accelerator: use it with --accelerator emulated")
-        }
         if acceleratorThreads < 1 { throw ValidationError("--accelerator-threads must be at least 1") }
-        guard ExpertPolicy(rawValue: expertPolicy) != nil else {
-            throw ValidationError("--expert-policy must be one of \(ExpertPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        if quantizeAll && quantize == nil { throw ValidationError("--quantize-all needs --quantize") }
     }
 
-    /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
-    var tiered: Bool { gpuMemory != nil || ramBudget != nil }
-
+    /// The engine's options from the flags; sizes and files are checked here, with one-line errors.
     /// - Parameter kvPositions: KV cache positions the command may fill (all sequences together):
     ///   a RAM budget must hold them besides the weights.
-    func loadModel(kvPositions: Int? = nil) throws -> Model {
-        if accelerator != "cpu" && accelerator != "emulated" {
-            // The kernels compile (see the CUDA module) but the GPU execution path has not been
-            // proven on a GPU yet, so it is not offered as working even where a driver is present.
-            let problem: String
-            do {
-                let driver = try CUDADriver()
-                problem = "the CUDA backend cannot run models yet (\(driver.deviceCount) GPU(s) found)"
-            } catch {
-                problem = error.description
-            }
-            if accelerator == "cuda" { throw InputError(problem) }
-            printError("note: \(problem); running on the CPU")
+    func engineOptions(kvPositions: Int? = nil) throws -> EngineOptions {
+        var o = EngineOptions(model: try modelDirectory(model))
+        o.threads = threads
+        o.precision = precision
+        o.accelerator = accelerator
+        o.acceleratorMemory = try acceleratorMemory.map(parseByteSize)
+        o.acceleratorThreads = acceleratorThreads
+        o.ramBudget = try ramBudget.map(parseByteSize)
+        o.expertPolicy = expertPolicy
+        o.prefetch = !noPrefetch
+        o.recalibrate = recalibrate
+        o.tracePath = trace
+        o.quantization = quantize.map { WeightQuantization(format: $0, all: quantizeAll) }
+        o.randomWeights = randomWeights
+        o.residency = noMmap ? .copied : noHugePages ? .mapped : .hugePages
+        o.kvPositions = kvPositions
+        if let routingProfile {
+            o.popularity = try Engine.popularity(profile: routingProfile, config: try ModelFormats.open(o.model).readConfig())
         }
-        let started = ContinuousClock.now
-        let directory = try modelDirectory(model)
-        let quantization = WeightQuantization.Format(rawValue: quantize).map { WeightQuantization(format: $0, all: quantizeAll) }
-        let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
-        var emulated: EmulatedAccelerator?
-        // auto is f32: int8 activations miss the 1e-2 bound on the fixtures (1.3% to 8% there).
-        let activations: ActivationPrecision = precision == "int8" ? .int8 : .f32
-        var device: ComputeDevice = CPUDevice(pool: pool, precision: activations)
-        if let gpuMemory {
-            let accelerator = EmulatedAccelerator(memory: try parseByteSize(gpuMemory), threads: acceleratorThreads)
-            device = TieredDevice(cpu: CPUDevice(pool: pool, precision: activations), accelerator: accelerator)
-            emulated = accelerator
-        }
-        let loaded = try Model(directory: directory, device: device, pool: pool, randomWeights: randomWeights, quantization: quantization,
-                               regroup: !(tiered && ramBudget != nil),
-                               residency: noMmap ? .copied : tiered || noHugePages ? .mapped : .mappedInHugePages)
-        for (file, residency) in zip(loaded.checkpoint?.files ?? [], loaded.hugePageResidency) {
+        return o
+    }
+
+    /// Loads the engine, logging what it chose.
+    func loadEngine(kvPositions: Int? = nil) throws -> Engine {
+        let engine = try Engine.load(try engineOptions(kvPositions: kvPositions))
+        for note in engine.notes { printError("note: \(note)") }
+        let model = engine.model
+        for (file, residency) in zip(model.tensors.files, model.hugePageResidency) {
             logger.debug("\(file.path): \(residency.hugeBytes >> 20) of \(residency.bytes >> 20) MiB mapped in 2 MiB pages\(residency.reread ? " (its page cache was read again to get them)" : "")")
         }
-        if tiered {
-            var options = TierOptions()
-            options.ramBudget = try ramBudget.map(parseByteSize)
-            options.policy = ExpertPolicy(rawValue: expertPolicy)!
-            options.prefetch = !noPrefetch
-            options.recalibrate = recalibrate
-            options.tracePath = trace
-            let c = loaded.config
-            // The KV cache (one sequence of up to 4096 positions unless the command knows better) and
-            // work memory: the runtime, tokenizer and activations take about 40 MiB.
-            let positions = kvPositions ?? min(c.maxPositions, 4096)
-            options.reservedHostBytes = c.layerCount * 2 * c.keyValueWidth * positions * MemoryLayout<Float>.size + (48 << 20)
-            options.popularity = try routingProfile.map { try expertPopularity(profile: $0, config: c) }
-            let executor = try TieredExecutor(model: loaded, accelerator: emulated, options: options)
-            logger.debug("placement: \(executor.placement.json.serialized()); costs: \(executor.costs.json.serialized())")
-        }
-        // The bf16 kernel for each token count, measured on an expert of this model's shape (small
-        // models, whose products fit the caches, keep the default).
-        if let expert = loaded.sampleExpert, expert.gate.element == .bf16, expert.gate.rows * expert.gate.rowBytes >= 1 << 20, KernelChoice.tileAvailable {
-            let choice = KernelChoice.measure(rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
-            choice.apply()
-            logger.debug("\(choice.summary)")
-            measuredKernelChoice.withLock { $0 = choice }
-        }
-        logger.debug("loaded \(loaded.config.modelType) from \(directory) in \(ContinuousClock.now - started)")
-        return loaded
+        if let tiers = engine.tiers { logger.debug("placement: \(tiers.summary.json.serialized()); costs: \(tiers.costs.json.serialized())") }
+        if let choice = engine.kernelChoice { logger.debug("\(choice.summary)") }
+        logger.debug("loaded \(model.config.modelType) from \(model.directory) in \(fixed(engine.loadSeconds, 2)) s")
+        return engine
     }
 }
-
-/// The kernel choice measured at load, for `bench` to report.
-let measuredKernelChoice = Mutex<KernelChoice?>(nil)
 
 /// Diagnostics on stderr; SWITCHYARD_LOG_LEVEL=debug (or info, trace...) shows more.
 let logger: Logger = {
@@ -174,9 +139,6 @@ func reportingErrors(_ body: () throws -> Void) throws {
         throw error
     } catch let error as ExitCode {
         throw error
-    } catch let error as TemplateError {
-        printError("error: \(error)")
-        throw ExitCode(1)
     } catch {
         printError("error: \(error)")
         throw ExitCode(1)
@@ -248,13 +210,4 @@ func peakResidentBytes() -> Int {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return Int(usage.ru_maxrss) * 1024
-}
-
-/// [layer][expert] share of routed tokens from a `switchyard profile` file, checked against the model.
-func expertPopularity(profile path: String, config: DecoderConfig) throws -> [[Double]] {
-    let p = try RoutingProfile(json: readJSON(path), file: path)
-    guard p.modelType == config.modelType, p.counts.count == config.layerCount else {
-        throw InputError("\(path): a profile of a \(p.modelType) with \(p.counts.count) layers, not of this \(config.modelType)")
-    }
-    return p.counts.indices.map { p.shares(layer: $0) }
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Generation
 import Models
-import Orchestration
+import Engine
 import SwitchyardJSON
 import SwitchyardSupport
 import Tokenizers
@@ -44,7 +44,8 @@ struct Generate: ParsableCommand {
             let tokenizer = try Tokenizer(directory: try modelDirectory(modelOptions.model))
             let text = prompt ?? promptArgument ?? ""
             let promptTokens = tokenizer.encode(text)
-            let model = try modelOptions.loadModel(kvPositions: contextLength ?? promptTokens.count + maxTokens)
+            let engine = try modelOptions.loadEngine(kvPositions: contextLength ?? promptTokens.count + maxTokens)
+            let model = engine.model
             var options = GenerationOptions()
             options.maxTokens = maxTokens
             options.stopStrings = sampling.stop
@@ -65,7 +66,7 @@ struct Generate: ParsableCommand {
                     "tokens_per_second": .double(result.tokensPerSecond),
                     "peak_resident_bytes": .int(peakResidentBytes()),
                 ]
-                if let tiers = model.expertExecutor as? TieredExecutor, case .object(var o) = object {
+                if let tiers = engine.tiers, case .object(var o) = object {
                     o["tiers"] = tiers.report
                     object = .object(o)
                 }

@@ -18,8 +18,8 @@ struct Logits: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let ids = try parseTokenList(tokens)
-            let model = try modelOptions.loadModel()
-            let session = model.makeSession(contextLength: ids.count)
+            let model = try modelOptions.loadEngine().model
+            let session = try model.makeSession(contextLength: ids.count)
             let logits = try session.forward(ids, allLogits: true)
             try NPY.write(logits, shape: [ids.count, model.config.vocabularySize], to: out)
         }

@@ -1,25 +1,26 @@
 import ArgumentParser
-import Kernels
+import Engine
 import Models
 import Orchestration
-import SafeTensors
+import Runtime
 import SwitchyardJSON
 import SwitchyardSupport
 
 /// `switchyard plan`: where a model's weights would live and how fast it would run, from
-/// config.json alone (a user can plan before downloading a 90 GB model).
+/// config.json alone (a user can plan before downloading a 90 GB model), with the placement the
+/// executor makes for the same budgets.
 struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan",
-        abstract: "Place a model's tensors across GPU, RAM and disk under budgets and predict its speed, from config.json alone.")
+        abstract: "Place a model across accelerator, RAM and disk under budgets and predict its speed, from config.json alone.")
 
     @Option(help: "A folder with config.json (default: the bundled demo model).")
     var model: String?
 
-    @Option(name: .customLong("gpu-memory"), help: "Accelerator memory budget, e.g. 24GB or 512MiB (default: the hardware profile's; 0 without a GPU).")
-    var gpuMemory: String?
+    @Option(name: .customLong("accelerator-memory"), help: "Accelerator memory budget, e.g. 24GB or 512MiB (default: the hardware profile's; none without one).")
+    var acceleratorMemory: String?
 
-    @Option(name: .customLong("ram-budget"), help: "Host RAM budget (default: the hardware profile's, or available RAM for local).")
+    @Option(name: .customLong("ram-budget"), help: "Host RAM for weights, KV cache and work memory (default: the hardware profile's, or available RAM for local).")
     var ramBudget: String?
 
     @Option(help: "A hardware profile (\(HardwareProfile.known.map(\.name).joined(separator: ", "))) or local (measured here).")
@@ -28,39 +29,54 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "A routing profile from `switchyard profile`: popular experts go to fast memory first.")
     var profile: String?
 
-    @Option(name: .customLong("context-length"), help: "KV cache length to reserve (default: min(4096, the model's maximum)).")
+    @Option(name: .customLong("expert-policy"), help: "scheduled, cpu, copy or naive, as for the compute commands.")
+    var expertPolicy: ExpertPolicy = .scheduled
+
+    @Option(name: .customLong("context-length"), help: "KV cache positions the RAM budget must hold (default: min(4096, the model's maximum)).")
     var contextLength: Int?
 
     @Flag(help: "Print JSON.")
     var json = false
 
+    func validate() throws {
+        if let contextLength, contextLength < 1 { throw ValidationError("--context-length must be positive") }
+    }
+
     func run() throws {
         try reportingErrors {
-            let directory = try modelDirectory(model)
-            let config = try Model.readConfig(directory: directory)
-            let dtype = try Model.storedDType(directory: directory)
-            var machine: HardwareProfile
+            let source = try ModelFormats.open(try modelDirectory(model))
+            let config = try source.readConfig()
+            let element = try source.storedElement()
+            let machine: HardwareProfile
             if hardware == "local" {
-                machine = measureLocal()
+                machine = HardwareProfile.measureLocal()
             } else if let known = HardwareProfile.known.first(where: { $0.name == hardware }) {
                 machine = known
             } else {
                 throw InputError("unknown hardware profile '\(hardware)' (known: local, \(HardwareProfile.known.map(\.name).joined(separator: ", ")))")
             }
-            let gpu = try gpuMemory.map(parseByteSize) ?? machine.gpuMemory
+            let accelerator = try acceleratorMemory.map(parseByteSize) ?? (machine.gpuMemory > 0 ? machine.gpuMemory : nil)
             let ram = try ramBudget.map(parseByteSize) ?? machine.ramBytes
-            let popularity = try profile.map { try expertPopularity(profile: $0, config: config) }
+            let popularity = try profile.map { try Engine.popularity(profile: $0, config: config) }
             let context = contextLength ?? min(4096, config.maxPositions)
-            let plan = Planner.plan(config, weightBytes: dtype.byteSize, gpuBudget: gpu, ramBudget: ram, hardware: machine,
-                                    contextLength: context, popularity: popularity)
+            let plan = try Planner.plan(config, element: element, hardware: machine, acceleratorMemory: accelerator, ramBudget: ram,
+                                        contextLength: context, popularity: popularity, policy: expertPolicy)
+            let p = plan.placement
+            let experts: [String: Int] = [
+                "accelerator_pinned": p.experts(on: .accelerator).count, "accelerator_cache_slots": p.acceleratorCacheSlots,
+                "ram_pinned": p.experts(on: .ram).count, "ram_cache_slots": p.ramCacheSlots, "disk": p.experts(on: .disk).count,
+            ]
+            let tiers: [Tier] = [.accelerator, .ram, .disk]
             if json {
                 var o = JSONObject()
                 o["hardware"] = .string(machine.name)
-                o["gpu_budget_bytes"] = .int(gpu)
-                o["ram_budget_bytes"] = .int(ram)
-                o["groups"] = .array(plan.groups.map { ["name": .string($0.name), "bytes": .int($0.bytes), "tier": .string($0.tier.rawValue)] })
-                o["bytes_per_tier"] = .object(JSONObject(Plan.Tier.allCases.map { (key: $0.rawValue, value: .int(plan.bytesPerTier[$0] ?? 0)) }))
-                o["experts_per_tier"] = .object(JSONObject(Plan.Tier.allCases.map { (key: $0.rawValue, value: .int(plan.expertsPerTier[$0] ?? 0)) }))
+                o["accelerator_memory"] = accelerator.map { .int($0) } ?? .null
+                o["ram_budget"] = .int(ram)
+                o["bytes_per_tier"] = .object(JSONObject(tiers.map { (key: $0.rawValue, value: .int(plan.bytesPerTier[$0] ?? 0)) }))
+                o["experts"] = .object(JSONObject(experts.sorted { $0.key < $1.key }.map { (key: $0.key, value: .int($0.value)) }))
+                o["always_on_accelerator_bytes"] = .int(p.acceleratorTensorBytes)
+                o["always_on_host_bytes"] = .int(p.alwaysHostBytes)
+                o["reserved_host_bytes"] = .int(plan.reservedHostBytes)
                 o["decode_tokens_per_second"] = .double(plan.decodeOverlapped)
                 o["decode_tokens_per_second_summed"] = .double(plan.decodeSummed)
                 o["decode_tokens_per_second_fiddler"] = .double(plan.decodeFiddler)
@@ -68,64 +84,24 @@ struct PlanCommand: ParsableCommand {
                 writeOut(JSONValue.object(o).serialized() + "\n")
                 return
             }
+            let profileNote = popularity == nil ? "experts placed uniformly (no --profile)" : "experts placed by popularity from \(profile!)"
             writeOut("hardware: \(machine.name) — \(machine.description)\n")
-            writeOut("budgets: GPU \(formatBytes(gpu, digits: 2)), RAM \(formatBytes(ram, digits: 2)); weights \(dtype); \(popularity == nil ? "experts placed uniformly (no --profile)" : "experts placed by popularity from \(profile!)")\n\n")
-            writeOut("| group | size | tier |\n| --- | ---: | --- |\n")
-            var dense: [Plan.Tier: (count: Int, bytes: Int)] = [:]
-            for g in plan.groups {
-                if g.name.hasPrefix("layer ") {
-                    dense[g.tier, default: (0, 0)].count += 1
-                    dense[g.tier, default: (0, 0)].bytes += g.bytes
-                } else {
-                    writeOut("| \(g.name) | \(formatBytes(g.bytes, digits: 2)) | \(g.tier.rawValue) |\n")
-                }
+            writeOut("budgets: accelerator \(accelerator.map { formatBytes($0, digits: 2) } ?? "none"), RAM \(formatBytes(ram, digits: 2)); weights \(element); \(profileNote)\n\n")
+            let onAccelerator = zip(plan.footprint.always, p.alwaysOnAccelerator).filter { $0.1 }.count
+            writeOut("| what | size | where |\n| --- | ---: | --- |\n")
+            writeOut("| what every token touches: \(onAccelerator) of \(plan.footprint.always.count) tensors | \(formatBytes(p.acceleratorTensorBytes, digits: 2)) | accelerator |\n")
+            writeOut("| what every token touches: the rest (embedding, routers\(onAccelerator < plan.footprint.always.count - 1 ? ", what did not fit" : "")) | \(formatBytes(p.alwaysHostBytes, digits: 2)) | ram |\n")
+            writeOut("| KV cache (\(context) positions, f32) and work memory | \(formatBytes(plan.reservedHostBytes, digits: 2)) | ram |\n")
+            let expertSize = plan.footprint.expertBytes
+            for (label, count, tier) in [("experts pinned", experts["accelerator_pinned"]!, "accelerator"), ("expert cache slots", experts["accelerator_cache_slots"]!, "accelerator"),
+                                          ("experts pinned", experts["ram_pinned"]!, "ram"), ("expert cache slots", experts["ram_cache_slots"]!, "ram"),
+                                          ("experts", experts["disk"]!, "disk")] where count > 0 {
+                writeOut("| \(label) (\(count) x \(formatBytes(expertSize, digits: 2))) | \(formatBytes(count * expertSize, digits: 2)) | \(tier) |\n")
             }
-            for (tier, d) in dense.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-                writeOut("| per-layer attention, routers, dense/shared MLPs (\(d.count) groups) | \(formatBytes(d.bytes, digits: 2)) | \(tier.rawValue) |\n")
-            }
-            writeOut("\nmemory: " + Plan.Tier.allCases.map { "\($0.rawValue) \(formatBytes(plan.bytesPerTier[$0] ?? 0, digits: 2))" }.joined(separator: ", "))
-            writeOut("; experts: " + Plan.Tier.allCases.map { "\(plan.expertsPerTier[$0] ?? 0) on \($0.rawValue)" }.joined(separator: ", ") + " of \(plan.expertCount)\n")
-            writeOut("predicted decode: \(fixed(plan.decodeOverlapped, 1)) tok/s with CPU, GPU and copies overlapped (\(fixed(plan.decodeSummed, 1)) if summed)\n")
+            writeOut("\nmemory: " + tiers.map { "\($0.rawValue) \(formatBytes(plan.bytesPerTier[$0] ?? 0, digits: 2))" }.joined(separator: ", ") + "\n")
+            writeOut("predicted decode: \(fixed(plan.decodeOverlapped, 1)) tok/s with CPU, accelerator, copies and reads overlapped (\(fixed(plan.decodeSummed, 1)) if summed)\n")
             writeOut("predicted prefill (\(plan.prefillTokens) tokens): \(fixed(plan.prefillOverlapped, 0)) tok/s\n")
             writeOut("Fiddler's kernels on this placement: \(fixed(plan.decodeFiddler, 2)) tok/s decode; predicted gap \(fixed(plan.decodeOverlapped / plan.decodeFiddler, 1))x\n")
         }
     }
-
-    /// This machine: CPU read bandwidth and f32 throughput measured now, RAM from /proc/meminfo; no GPU.
-    func measureLocal() -> HardwareProfile {
-        let pool = ThreadPool.shared
-        let bandwidth = measureReadBandwidth(bytes: 256 << 20, pool: pool)
-        // Dense throughput: a 1024 x 1024 bf16 product over 64 tokens, best of 3.
-        let rows = 1024, columns = 1024, tokens = 64
-        let weights = UnsafeMutableRawPointer.allocate(byteCount: rows * columns * 2, alignment: 64)
-        defer { weights.deallocate() }
-        weights.initializeMemory(as: UInt16.self, repeating: 0x3F80, count: rows * columns)
-        let x = [Float](repeating: 0.5, count: tokens * columns)
-        var y = [Float](repeating: 0, count: tokens * rows)
-        let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: weights)
-        var best = 0.0
-        for _ in 0..<3 {
-            let start = ContinuousClock.now
-            x.withUnsafeBufferPointer { xp in
-                y.withUnsafeMutableBufferPointer { yp in
-                    matmul(m, input: xp.baseAddress!, inputStride: columns, output: yp.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
-                }
-            }
-            best = max(best, Double(2 * rows * columns * tokens) / (ContinuousClock.now - start).seconds)
-        }
-        return HardwareProfile(
-            name: "local", description: "this machine, measured: \(fixed(bandwidth / 1e9, 1)) GB/s read, \(fixed(best / 1e9, 0)) GFLOP/s; no GPU",
-            gpuMemory: 0, gpuBandwidth: 0, gpuFlops: 0, linkBandwidth: 0,
-            ramBytes: availableMemory(), cpuBandwidth: bandwidth, cpuFlops: best, diskBandwidth: 1.5e9)
-    }
 }
-
-/// MemAvailable from /proc/meminfo, in bytes.
-func availableMemory() -> Int {
-    guard let bytes = try? readFileBytes("/proc/meminfo") else { return 8 << 30 }
-    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("MemAvailable:") {
-        if let kb = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) { return kb * 1024 }
-    }
-    return 8 << 30
-}
-

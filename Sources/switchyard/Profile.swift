@@ -2,9 +2,10 @@ import ArgumentParser
 import ChatTemplates
 import Generation
 import Models
+import Orchestration
 import SwitchyardJSON
-import Tokenizers
 import SwitchyardSupport
+import Tokenizers
 
 /// `switchyard profile`: which experts real prompts use.
 struct Profile: ParsableCommand {
@@ -24,7 +25,7 @@ struct Profile: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let model = try modelOptions.loadModel()
+            let model = try modelOptions.loadEngine().model
             let tokenizer = try Tokenizer(directory: model.directory)
             let chat = try? ChatTemplateConfiguration(directory: model.directory)
             let lines = String(decoding: try readFileBytes(prompts), as: UTF8.self).split(separator: "\n").filter { !$0.allSatisfy(\.isWhitespace) }
@@ -44,13 +45,12 @@ struct Profile: ParsableCommand {
                 } else {
                     throw InputError("\(prompts) line \(number + 1): expected a string, {\"prompt\"} or {\"messages\"}")
                 }
-                let session = model.makeSession(contextLength: min(model.config.maxPositions, ids.count + maxTokens + 1))
-                var logits = try session.forward(ids, allLogits: false, workspace: workspace)
-                for _ in 0..<maxTokens {
-                    let next = argmax(logits)
-                    if model.config.eosTokenIDs.contains(next) { break }
-                    logits = try session.forward([next], allLogits: false, workspace: workspace)
-                }
+                // Greedy, to the model's end-of-sequence token or the limit, recording routing.
+                var options = GenerationOptions()
+                options.sampling.temperature = 0
+                options.maxTokens = maxTokens
+                _ = try Generator(model: model, tokenizer: nil).generate(
+                    promptTokens: ids, options: options, contextLength: min(model.config.maxPositions, ids.count + maxTokens + 1), workspace: workspace)
             }
             let profile = recorder.profile
             guard let file = fopen(out, "w") else { throw InputError("cannot write \(out)") }

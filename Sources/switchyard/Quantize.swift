@@ -13,7 +13,7 @@ struct Quantize: ParsableCommand {
     var model: String?
 
     @Option(help: "q8_0, q4_0 or q4_k (GGUF's block formats).")
-    var type: String
+    var type: WeightQuantization.Format
 
     @Flag(help: "Convert every matrix but the embedding and the routers, not only the routed experts.")
     var all = false
@@ -25,9 +25,7 @@ struct Quantize: ParsableCommand {
     var threads: Int?
 
     func validate() throws {
-        guard WeightQuantization.Format(rawValue: type) != nil else {
-            throw ValidationError("--type must be one of \(WeightQuantization.Format.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func run() throws {
@@ -35,9 +33,9 @@ struct Quantize: ParsableCommand {
             let directory = try modelDirectory(model)
             let started = ContinuousClock.now
             let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
-            let result = try QuantizedCheckpoint.write(from: directory, to: out, format: WeightQuantization.Format(rawValue: type)!,
+            let result = try QuantizedCheckpoint.write(from: directory, to: out, format: type,
                                                        all: all, pool: pool)
-            printError("\(out): \(result.converted) tensors in \(type), \(fixed(Double(result.bytes) / 1e6, 1)) MB of weights, in \(ContinuousClock.now - started)")
+            printError("\(out): \(result.converted) tensors in \(type.rawValue), \(fixed(Double(result.bytes) / 1e6, 1)) MB of weights, in \(ContinuousClock.now - started)")
         }
     }
 }

@@ -2,7 +2,6 @@ import ArgumentParser
 import Batching
 import ChatTemplates
 import Models
-import Orchestration
 import Server
 import SwitchyardSupport
 import Tokenizers
@@ -53,7 +52,7 @@ struct Serve: AsyncParsableCommand {
         let tokenizer: Tokenizer
         let kvBytes: Int?
         do {
-            model = try modelOptions.loadModel(kvPositions: maxSequences * (contextLength ?? 4096))
+            model = try modelOptions.loadEngine(kvPositions: maxSequences * (contextLength ?? 4096)).model
             tokenizer = try Tokenizer(directory: model.directory)
             kvBytes = try kvCacheSize.map(parseByteSize)
         } catch {

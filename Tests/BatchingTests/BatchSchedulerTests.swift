@@ -5,7 +5,7 @@ import Models
 import Tokenizers
 import SwitchyardSupport
 import SwitchyardTestSupport
-let demo = repositoryRoot + "/models/switchyard-kjv-moe"
+let demo = demoModelPath
 let model = try! Model(directory: demo, threads: 2)
 let tokenizer = try! Tokenizer(directory: demo)
 let prompts = ["In the beginning", "And the LORD said", "Blessed are the", "The king of Israel", "Once upon a time"]

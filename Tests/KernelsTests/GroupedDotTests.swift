@@ -218,8 +218,8 @@ struct FusedPairTests {
 
 @Suite("kernel choice")
 struct KernelChoiceTests {
-    /// The table covers 5...12 tokens with real times, its verdict follows from them, and applying
-    /// it sets the threshold products use (which changes no result: the tiles are batch-invariant).
+    /// The table covers 5...12 tokens with real times, and its verdict follows from them and is the
+    /// tuning products are given.
     @Test func measuredTableDecides() {
         let choice = KernelChoice.measure(rows: 64, columns: 256, repetitions: 1, pool: ThreadPool(threads: 2))
         // Without the tiles (no AVX-512, or another suite capping the level just then) nothing is
@@ -233,11 +233,29 @@ struct KernelChoiceTests {
                 for (i, n) in choice.tokenCounts.enumerated() where n >= from { #expect(choice.fiveTokenPassSeconds[i] <= choice.fourTokenPassSeconds[i]) }
             }
         }
-        let saved = KernelChoice.current
-        defer { KernelChoice(tokenCounts: [], fourTokenPassSeconds: [], fiveTokenPassSeconds: [], fiveTokenPassesFrom: saved).apply() }
-        KernelChoice(tokenCounts: [], fourTokenPassSeconds: [], fiveTokenPassSeconds: [], fiveTokenPassesFrom: 9).apply()
-        #expect(KernelChoice.current == 9)
-        KernelChoice(tokenCounts: [], fourTokenPassSeconds: [], fiveTokenPassSeconds: [], fiveTokenPassesFrom: 2).apply()
-        #expect(KernelChoice.current == 5, "never below five tokens")
+        // The verdict becomes a tuning value: the threshold when five won, passes of 4 otherwise.
+        #expect(choice.tuning.bf16FiveTokenPassesFrom == (choice.fiveTokenPassesFrom ?? Int.max))
+    }
+
+    /// Passes of 4 and of 5 tokens give the same bits, so the tuning is only about speed.
+    @Test(arguments: [1, 5, 7, 12])
+    func tuningChangesNoResult(tokens: Int) {
+        let rows = 40, columns = 256
+        var weights = [UInt16](repeating: 0, count: rows * columns)
+        for i in weights.indices { weights[i] = 0x3C00 | UInt16((i * 7919) % 1021 & 0x3FF) }
+        let input = (0..<(tokens * columns)).map { Float(($0 * 31) % 17) * 0.0625 - 0.5 }
+        func product(_ tuning: KernelTuning) -> [Float] {
+            var out = [Float](repeating: 0, count: tokens * rows)
+            weights.withUnsafeBytes { w in
+                let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: w.baseAddress!)
+                out.withUnsafeMutableBufferPointer { o in
+                    matmul(m, input: input, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens,
+                           pool: ThreadPool(threads: 2), tuning: tuning)
+                }
+            }
+            return out
+        }
+        let fours = product(KernelTuning(bf16FiveTokenPassesFrom: .max)), fives = product(KernelTuning(bf16FiveTokenPassesFrom: 5))
+        #expect(fours.map(\.bitPattern) == fives.map(\.bitPattern))
     }
 }

@@ -2,6 +2,7 @@ import Testing
 import Kernels
 import NPY
 import SafeTensors
+import Runtime
 import SwitchyardJSON
 @testable import Models
 import SwitchyardSupport
@@ -13,7 +14,7 @@ struct FixtureNumericsTests {
     func promptLogits(arch: String) throws {
         let reference = try Reference(arch)
         let model = try Model(directory: fixturePath(arch), threads: 2)
-        let session = model.makeSession(contextLength: 64)
+        let session = try model.makeSession(contextLength: 64)
         let logits = try session.forward(reference.promptTokens, allLogits: true)
         #expect(logits.count == reference.logits.count)
         let v = reference.vocab
@@ -27,7 +28,7 @@ struct FixtureNumericsTests {
     func incrementalLogits(arch: String) throws {
         let reference = try Reference(arch)
         let model = try Model(directory: fixturePath(arch), threads: 1)
-        let session = model.makeSession(contextLength: 64)
+        let session = try model.makeSession(contextLength: 64)
         let v = reference.vocab
         for (position, token) in reference.promptTokens.enumerated() {
             let logits = try session.forward([token])
@@ -40,7 +41,7 @@ struct FixtureNumericsTests {
     func greedyTokens(arch: String) throws {
         let reference = try Reference(arch)
         let model = try Model(directory: fixturePath(arch), threads: 2)
-        let session = model.makeSession(contextLength: 64)
+        let session = try model.makeSession(contextLength: 64)
         var logits = try session.forward(reference.promptTokens)
         var generated: [Int] = []
         for _ in reference.greedyTokens {
@@ -55,8 +56,8 @@ struct FixtureNumericsTests {
     func chunkingChangesNothing() throws {
         let reference = try Reference("qwen2_moe")
         let model = try Model(directory: fixturePath("qwen2_moe"), threads: 2)
-        let whole = model.makeSession(contextLength: 64)
-        let chunked = model.makeSession(contextLength: 64)
+        let whole = try model.makeSession(contextLength: 64)
+        let chunked = try model.makeSession(contextLength: 64)
         chunked.chunkSize = 3
         let a = try whole.forward(reference.promptTokens, allLogits: true)
         let b = try chunked.forward(reference.promptTokens, allLogits: true)
@@ -73,12 +74,12 @@ struct BatchedForwardTests {
         // Solo: each sequence alone, then one more token.
         var solo: [[Float]] = []
         for p in prompts {
-            let s = model.makeSession(contextLength: 32)
+            let s = try model.makeSession(contextLength: 32)
             _ = try s.forward(p)
             solo.append(try s.forward([777]))
         }
         // Batched: same prompts, then the extra token for all three in one step.
-        let sessions = prompts.map { _ in model.makeSession(contextLength: 32) }
+        let sessions = try prompts.map { _ in try model.makeSession(contextLength: 32) }
         for (s, p) in zip(sessions, prompts) { _ = try s.forward(p) }
         let batched = try model.forwardBatch(sessions, [777, 777, 777], workspace: Workspace())
         let v = model.config.vocabularySize
@@ -93,38 +94,24 @@ struct BatchedForwardTests {
 /// Every block-quantised matrix of `model` widened to float32, in memory `keep` owns: the oracle for
 /// quantised runs is the float32 forward pass (itself within 1e-6 of transformers) over exactly the
 /// values the quantised weights hold.
-func dequantize(_ model: Model, keep: inout [[Float]]) throws {
+func dequantize(_ model: Model, keep: inout [[Float]]) throws -> Model {
     var buffers: [[Float]] = []
-    try model.place({ (w: inout DecoderWeights) throws(ModelError) in
-        func widen(_ m: inout WeightMatrix) {
-            guard m.element.isBlockQuantized else { return }
-            var values = [Float](repeating: 0, count: m.rows * m.columns)
-            for r in 0..<m.rows { for c in 0..<m.columns { values[r * m.columns + c] = m.value(r, c) } }
-            buffers.append(values)
-            let pointer = buffers[buffers.count - 1].withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress!) }
-            m = WeightMatrix(element: .f32, rows: m.rows, columns: m.columns, data: pointer)
-        }
-        func widen(_ f: inout FeedForwardWeights) { widen(&f.gate); widen(&f.up); widen(&f.down) }
-        for l in w.layers.indices {
-            widen(&w.layers[l].attention.query); widen(&w.layers[l].attention.key)
-            widen(&w.layers[l].attention.value); widen(&w.layers[l].attention.output)
-            switch w.layers[l].feedForward {
-            case .dense(var f): widen(&f); w.layers[l].feedForward = .dense(f)
-            case .mixtureOfExperts(var m):
-                for e in m.experts.indices { widen(&m.experts[e]) }
-                if var s = m.sharedExpert { widen(&s); m.sharedExpert = s }
-                w.layers[l].feedForward = .mixtureOfExperts(m)
-            }
-        }
-        widen(&w.lmHead)
-    }, executor: nil)
+    let widened = model.weights.mapMatrices(all: true) { m in
+        guard m.element.isBlockQuantized else { return m }
+        var values = [Float](repeating: 0, count: m.rows * m.columns)
+        for r in 0..<m.rows { for c in 0..<m.columns { values[r * m.columns + c] = m.value(r, c) } }
+        buffers.append(values)
+        let pointer = buffers[buffers.count - 1].withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress!) }
+        return WeightMatrix(element: .f32, rows: m.rows, columns: m.columns, data: pointer)
+    }
     keep = buffers
+    return Model(model.loaded, device: model.device, pool: model.pool, weights: widened)
 }
 
 /// Logits of every prompt position, then 8 greedy tokens: what quantised runs are compared on.
 func logitsAndGreedyTokens(_ model: Model, _ prompt: [Int]) throws -> (logits: [Float], tokens: [Int]) {
     let logits = try model.makeSession(contextLength: 64).forward(prompt, allLogits: true)
-    let greedy = model.makeSession(contextLength: 64)
+    let greedy = try model.makeSession(contextLength: 64)
     var last = try greedy.forward(prompt)
     var tokens: [Int] = []
     for _ in 0..<8 {
@@ -155,8 +142,7 @@ struct QuantizedFixtureTests {
         let reference = try Reference(arch)
         for format in WeightQuantization.Format.allCases {
             var kept: [[Float]] = []
-            let oracleModel = try load(arch, format, .f32)
-            try dequantize(oracleModel, keep: &kept)
+            let oracleModel = try dequantize(try load(arch, format, .f32), keep: &kept)
             let oracle = try logitsAndGreedyTokens(oracleModel, reference.promptTokens)
             // Float activations: the quantised kernels widen the weights exactly.
             let exact = try logitsAndGreedyTokens(load(arch, format, .f32), reference.promptTokens)
@@ -221,8 +207,7 @@ struct WideQuantizedModelTests {
         let model = try load(.f32)
         #expect(experts(model, format.element) == 8, "every expert in \(format)")
         var kept: [[Float]] = []
-        let oracleModel = try load(.f32)
-        try dequantize(oracleModel, keep: &kept)
+        let oracleModel = try dequantize(try load(.f32), keep: &kept)
         let oracle = try logitsAndGreedyTokens(oracleModel, prompt)
         let exact = try logitsAndGreedyTokens(model, prompt)
         let worst = worstPositionError(exact.logits, oracle.logits, vocab: 300)
@@ -232,7 +217,7 @@ struct WideQuantizedModelTests {
         if let grouped = GroupedBlocks.grouped(format.element) {
             // int8 activations regroup Q8_0 and Q4_0 at load, every matrix of whole groups.
             #expect(experts(integerModel, grouped) == 8)
-            #expect(integerModel.weights.layers.allSatisfy { $0.attention.query.element == grouped && $0.attention.output.element == grouped })
+            #expect(integerModel.weights.layers.allSatisfy { $0.attention.matrices.allSatisfy { $0.element == grouped } })
             #expect(integerModel.weights.lmHead.element == grouped)
         }
         let integer = try logitsAndGreedyTokens(integerModel, prompt)
@@ -262,7 +247,7 @@ struct WideQuantizedModelTests {
         // The random weights written as the folder's checkpoint.
         let random = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool, randomWeights: true)
         let entries = random.tensors.allTensors.map { t in
-            SafeTensorsWriter.Entry(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: t.byteCount) { target in
+            SafeTensorsWriter.Entry(name: t.name, dtype: DType(rawValue: t.typeName)!, shape: t.shape, byteCount: t.byteCount) { target in
                 target.copyMemory(from: t.data, byteCount: t.byteCount)
             }
         }
@@ -272,7 +257,7 @@ struct WideQuantizedModelTests {
         let stored = try Model(directory: out, device: device, pool: pool)
         let converted = try Model(directory: source, device: device, pool: pool, quantization: WeightQuantization(format: format, all: true))
         let grouped = GroupedBlocks.grouped(format.element)
-        #expect(stored.weights.lmHead.element == grouped && stored.weights.layers[0].attention.value.element == grouped)
+        #expect(stored.weights.lmHead.element == grouped && stored.weights.layers[0].attention.matrices[2].element == grouped)
         let prompt = [1, 17, 250, 42, 7, 99]
         let a = try stored.makeSession(contextLength: 16).forward(prompt, allLogits: true)
         let b = try converted.makeSession(contextLength: 16).forward(prompt, allLogits: true)
@@ -281,8 +266,8 @@ struct WideQuantizedModelTests {
         // --no-mmap: the bf16 weights copied into huge pages compute the same bits as mapped.
         let mapped = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool)
         let copied = try Model(directory: source, device: CPUDevice(pool: pool), pool: pool, residency: .copied)
-        #expect(copied.quantizedStorage.count == 1 && mapped.quantizedStorage.isEmpty)
-        #expect(copied.weights.layers[1].attention.query.data != mapped.weights.layers[1].attention.query.data)
+        #expect(copied.loaded.storage.count == 1 && mapped.loaded.storage.isEmpty)
+        #expect(copied.weights.layers[1].attention.matrices[0].data != mapped.weights.layers[1].attention.matrices[0].data)
         let c = try copied.makeSession(contextLength: 16).forward(prompt, allLogits: true)
         let m = try mapped.makeSession(contextLength: 16).forward(prompt, allLogits: true)
         let firstCopied = c.indices.first { c[$0].bitPattern != m[$0].bitPattern }

@@ -1,16 +1,16 @@
 import Testing
+import Engine
 import Kernels
 @testable import Models
 @testable import Orchestration
+import Runtime
 import SwitchyardSupport
 import SwitchyardTestSupport
-
-
 
 /// A prompt's logits at every position, then 8 greedy tokens one at a time through the KV cache.
 func run(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
     let prompt = [1, 15, 302, 77, 9, 1000, 4, 250, 31, 8]
-    let session = model.makeSession(contextLength: 64)
+    let session = try model.makeSession(contextLength: 64)
     let logits = try session.forward(prompt, allLogits: true)
     let v = model.config.vocabularySize
     var last = Array(logits[(prompt.count - 1) * v..<prompt.count * v])
@@ -23,36 +23,35 @@ func run(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
     return (logits, tokens)
 }
 
-/// A model of `arch` with its experts run by a TieredExecutor configured by `configure`, which
-/// receives the bytes every token touches and one expert's RAM slot size, so budgets can be set in
-/// experts.
-func tiered(_ arch: String, accelerator acceleratorMemory: Int? = nil, _ configure: (inout TierOptions, _ always: Int, _ slot: Int) -> Void) throws -> (Model, TieredExecutor) {
-    let pool = ThreadPool(threads: 2)
-    func make(_ options: TierOptions) throws -> (Model, TieredExecutor) {
-        var accelerator: EmulatedAccelerator?
-        var device: ComputeDevice = CPUDevice(pool: pool)
-        if let acceleratorMemory {
-            let a = EmulatedAccelerator(memory: acceleratorMemory, threads: 1)
-            accelerator = a
-            device = TieredDevice(cpu: CPUDevice(pool: pool), accelerator: a)
-        }
-        let model = try Model(directory: fixturePath(arch), device: device, pool: pool)
-        return (model, try TieredExecutor(model: model, accelerator: accelerator, options: options))
-    }
-    // A throwaway placement with the same accelerator, to learn the sizes.
-    var options = TierOptions()
+/// KV positions the tiered test engines reserve RAM for.
+let testPositions = 64
+
+/// An engine for `arch` with its experts run across tiers, made the way every command makes one
+/// (`Engine.load`). `configure` receives the host bytes a RAM budget must hold besides experts
+/// (what every token touches, the KV cache and work memory) and one expert's RAM slot, so budgets
+/// can be set in experts.
+func tiered(_ arch: String, accelerator acceleratorMemory: Int? = nil,
+            _ configure: (inout EngineOptions, _ always: Int, _ slot: Int) -> Void) throws -> (Model, TieredExecutor) {
+    var options = EngineOptions(model: fixturePath(arch))
+    options.threads = 2
     options.costDirectory = costDirectory
-    let (probe, sizes) = try make(options)
-    let always = sizes.placement.ramAlwaysBytes
-    let slot = sizes.placement.expertBytes == 0 ? 0 : TieredExecutor.spanBytes(try #require(firstExpert(probe)))
-    configure(&options, always, slot)
-    return try make(options)
-}
-func firstExpert(_ model: Model) -> FeedForwardWeights? {
-    for layer in model.weights.layers {
-        if case .mixtureOfExperts(let m) = layer.feedForward { return m.experts[0] }
+    options.kvPositions = testPositions
+    options.tuneKernels = false
+    if let acceleratorMemory {
+        options.accelerator = .emulated
+        options.acceleratorMemory = acceleratorMemory
+    } else {
+        // A RAM budget so large it holds everything: a throwaway placement to learn the sizes.
+        options.ramBudget = 1 << 40
     }
-    return nil
+    let probe = try Engine.load(options)
+    let tiers = try #require(probe.tiers)
+    let always = tiers.placement.alwaysHostBytes + tiers.options.reservedHostBytes
+    let slot = tiers.footprint.expertBytes == 0 ? 0 : ExpertPlacement.ramSlotBytes(tiers.footprint.expertMatrixBytes)
+    if acceleratorMemory == nil { options.ramBudget = nil }
+    configure(&options, always, slot)
+    let engine = try Engine.load(options)
+    return (engine.model, try #require(engine.tiers))
 }
 
 func modelBytes(_ arch: String) throws -> Int {
@@ -82,8 +81,8 @@ struct PlacementInvarianceTests {
         for policy in [ExpertPolicy.copy, .scheduled, .cpu] {
             // Room for what every token touches and three experts: one pinned, two cache slots.
             let probe = try tiered(arch, accelerator: 2 * modelBytes(arch)) { _, _, _ in }
-            let room = probe.1.placement.acceleratorTensorBytes + 3 * TieredExecutor.compactBytes(try #require(firstExpert(probe.0))) + 4096
-            let (model, executor) = try tiered(arch, accelerator: room) { options, _, _ in options.policy = policy }
+            let room = probe.1.placement.acceleratorTensorBytes + 3 * ExpertPlacement.acceleratorSlotBytes(probe.1.footprint.expertMatrixBytes) + 4096
+            let (model, executor) = try tiered(arch, accelerator: room) { options, _, _ in options.expertPolicy = policy }
             let result = try run(model)
             #expect(result.tokens == reference.tokens, "\(arch) \(policy)")
             #expect(firstDifference(result.logits, reference.logits) == nil, "\(arch) \(policy): logits differ")
@@ -108,14 +107,14 @@ struct PlacementInvarianceTests {
         for policy in [ExpertPolicy.scheduled, .naive, .cpu] {
             let (model, executor) = try tiered(arch) { options, always, slot in
                 options.ramBudget = always + 3 * slot
-                options.policy = policy
+                options.expertPolicy = policy
             }
             let result = try run(model)
             #expect(result.tokens == reference.tokens, "\(arch) \(policy)")
             #expect(firstDifference(result.logits, reference.logits) == nil, "\(arch) \(policy): logits differ")
             let s = executor.statistics
             let moeLayers = model.config.feedForward.filter { $0.moe != nil }.count
-            #expect(executor.placement.diskExperts >= moeLayers * 4 - 3)
+            #expect(executor.placement.experts(on: .disk).count >= moeLayers * 4 - 3)
             #expect(s.diskBytesRead > 0)
             if policy == .naive {
                 #expect(s.prefetchLoads == 0)
@@ -132,10 +131,10 @@ struct PlacementInvarianceTests {
     func allTiers(arch: String) throws {
         let reference = try run(Model(directory: fixturePath(arch), threads: 2))
         let probe = try tiered(arch, accelerator: 2 * modelBytes(arch)) { _, _, _ in }
-        let room = probe.1.placement.acceleratorTensorBytes + 2 * TieredExecutor.compactBytes(try #require(firstExpert(probe.0))) + 4096
+        let room = probe.1.placement.acceleratorTensorBytes + 2 * ExpertPlacement.acceleratorSlotBytes(probe.1.footprint.expertMatrixBytes) + 4096
         let (model, executor) = try tiered(arch, accelerator: room) { options, always, slot in
             options.ramBudget = always + 2 * slot
-            options.policy = .copy
+            options.expertPolicy = .copy
         }
         let result = try run(model)
         #expect(result.tokens == reference.tokens)

@@ -1,5 +1,7 @@
 import Testing
+import Kernels
 @testable import Orchestration
+import Runtime
 import SwitchyardSupport
 import SwitchyardTestSupport
 
@@ -58,7 +60,7 @@ struct SchedulerTests {
 
     @Test("disk reads overlap the CPU's work except under the naive policy")
     func diskOverlap() {
-        let locations: [ExpertLocation] = [.disk, .ram, .disk]
+        let locations: [Tier] = [.disk, .ram, .disk]
         let scheduled = LayerScheduler.decide(tokens: [1, 1, 1], locations: locations, costs: syntheticCosts, policy: .cpu, hasAccelerator: false, copySlots: 0)
         #expect(scheduled.actions == [.readThenCPU, .cpu, .readThenCPU])
         // Two reads back to back (40 ms), the last expert's kernel after the second.
@@ -85,14 +87,13 @@ struct SchedulerTests {
 @Suite("Expert cache")
 struct ExpertCacheTests {
     func cache(_ slots: Int) -> ExpertCache {
-        let pointers = (0..<slots).map { _ in UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8) }
-        return ExpertCache(slots: pointers, decay: 0.5)
+        ExpertCache(slots: slots, decay: 0.5)
     }
 
     func add(_ c: ExpertCache, _ expert: Int, step: Int, protected: Set<ExpertKey> = []) -> Bool {
         let key = ExpertKey(layer: 0, expert: expert)
-        guard let (slot, pointer) = c.insert(key, step: step, protected: protected) else { return false }
-        let m = WeightMatrixStub.matrix(pointer)
+        guard let slot = c.insert(key, step: step, protected: protected) else { return false }
+        let m = WeightMatrixStub.matrix
         let entry = CacheEntry(key: key, slot: slot, weights: .init(gate: m, up: m, down: m), ready: Completion(done: true))
         c.store(entry)
         c.record(key, step: step)
@@ -134,8 +135,8 @@ struct ExpertCacheTests {
         // cheaper to lose than expert 0's history.
         #expect(add(c, 0, step: 8))
         #expect(c.lookup(ExpertKey(layer: 0, expert: 2)) != nil || c.lookup(ExpertKey(layer: 0, expert: 1)) != nil)
-        let (slot, pointer) = c.insert(ExpertKey(layer: 0, expert: 3), step: 9, protected: [])!
-        let m = WeightMatrixStub.matrix(pointer)
+        let slot = c.insert(ExpertKey(layer: 0, expert: 3), step: 9, protected: [])!
+        let m = WeightMatrixStub.matrix
         c.store(CacheEntry(key: ExpertKey(layer: 0, expert: 3), slot: slot, weights: .init(gate: m, up: m, down: m), ready: Completion(done: true)))
         #expect(add(c, 4, step: 10))
         #expect(c.lookup(ExpertKey(layer: 0, expert: 3)) == nil)
@@ -144,8 +145,7 @@ struct ExpertCacheTests {
 
     /// Six experts used in turn every step, a cache of four: hits in the last 20 of 40 steps.
     func cyclicHits(transientSlots: Int) -> Int {
-        let pointers = (0..<4).map { _ in UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8) }
-        let c = ExpertCache(slots: pointers, transientSlots: transientSlots)
+        let c = ExpertCache(slots: 4, transientSlots: transientSlots)
         var hits = 0
         for step in 1...40 {
             for layer in 0..<6 {
@@ -155,8 +155,8 @@ struct ExpertCacheTests {
                     if step > 20 { hits += 1 }
                     continue
                 }
-                let (slot, pointer) = c.insert(key, step: step, protected: [key])!
-                let m = WeightMatrixStub.matrix(pointer)
+                let slot = c.insert(key, step: step, protected: [key])!
+                let m = WeightMatrixStub.matrix
                 c.store(CacheEntry(key: key, slot: slot, weights: .init(gate: m, up: m, down: m), ready: Completion(done: true)))
             }
         }
@@ -184,6 +184,8 @@ struct ExpertCacheTests {
 }
 
 import Kernels
+/// A placeholder matrix for cache entries: the cache never reads weights.
 enum WeightMatrixStub {
-    static func matrix(_ p: UnsafeMutableRawPointer) -> WeightMatrix { WeightMatrix(element: .f32, rows: 1, columns: 1, data: p) }
+    nonisolated(unsafe) static let storage = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+    static var matrix: WeightMatrix { WeightMatrix(element: .f32, rows: 1, columns: 1, data: storage) }
 }

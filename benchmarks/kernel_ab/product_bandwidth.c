@@ -18,8 +18,8 @@
 
 typedef void (*grouped_fn)(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *,
                            long);
-void A_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long);
-void B_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long);
+void A_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long, int);
+void B_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long, int);
 void A_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *, long);
 void B_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *, long);
 
@@ -46,7 +46,7 @@ static double now(void) {
 
 static void product(const uint8_t *at, int n, float *out) {
     if (kind == bf16) {
-        (version ? B_sy_rows_bf16_f32 : A_sy_rows_bf16_f32)(at, row_bytes, n, columns / 32, input, columns, tokens, out, rows);
+        (version ? B_sy_rows_bf16_f32 : A_sy_rows_bf16_f32)(at, row_bytes, n, columns / 32, input, columns, tokens, out, rows, 5);
         return;
     }
     grouped_fn f = version ? B_sy_rows_grouped_q8 : A_sy_rows_grouped_q8;

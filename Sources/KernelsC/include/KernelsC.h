@@ -54,11 +54,10 @@ void sy_force_quantized_dot_level(int level);
 // bit for bit, with software prefetch. Level 2 = AVX-512F, 1 = AVX2+FMA, 0 = none (use Swift's);
 // sy_force_quantized_dot_level caps it too, for tests.
 int sy_bf16_level(void);
+// `tile_from`: from how many tokens a product takes them 5 a pass through the AVX-512 tiles (below
+// it, and below 5, 4 a pass); Kernels' KernelChoice measures it per machine and the caller passes
+// it, so no choice is held in a process-wide variable. The results are the same bits either way.
 void sy_rows_bf16_f32(const void *rows, long row_bytes, int nrows, int blocks, const float *x, int stride, int tokens, float *out,
-                      long out_stride);
-// From how many tokens a product takes them 5 a pass through the AVX-512 tiles (at least 5;
-// below, 4 a pass): Kernels' KernelChoice measures it. The results are the same bits either way.
-void sy_set_bf16_tile_from(int tokens);
-int sy_bf16_tile_from(void);
+                      long out_stride, int tile_from);
 
 #endif

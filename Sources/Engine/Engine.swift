@@ -1,0 +1,107 @@
+import CUDABackend
+import EmulatedBackend
+import Kernels
+import Models
+import Orchestration
+import Runtime
+import SwitchyardJSON
+import SwitchyardSupport
+
+/// A model ready to run with its devices and tiers: the composition root. `Engine.load` is the one
+/// place that knows how options become a CPU device, an accelerator, a placement across tiers and
+/// a kernel choice; the CLI, the server and the tests all call it.
+public final class Engine: @unchecked Sendable {
+    public let options: EngineOptions
+    public let model: Model
+    /// The tiers, when the model runs across them.
+    public let tiers: TieredExecutor?
+    /// The bf16 kernel choice measured at load (nil when the model's products fit the caches, or
+    /// the CPU has no tiles).
+    public let kernelChoice: KernelChoice?
+    /// Things a user should know (a fallback taken).
+    public let notes: [String]
+    public let loadSeconds: Double
+
+    private init(options: EngineOptions, model: Model, tiers: TieredExecutor?, kernelChoice: KernelChoice?, notes: [String], loadSeconds: Double) {
+        self.options = options
+        self.model = model
+        self.tiers = tiers
+        self.kernelChoice = kernelChoice
+        self.notes = notes
+        self.loadSeconds = loadSeconds
+    }
+
+    public static func load(_ options: EngineOptions) throws(EngineError) -> Engine {
+        try options.validate()
+        let started = ContinuousClock.now
+        var notes: [String] = []
+        if options.accelerator == .cuda || options.accelerator == .auto {
+            let reason = CUDABackend.unavailableReason()
+            if options.accelerator == .cuda { throw EngineError(reason) }
+            notes.append("\(reason); running on the CPU")
+        }
+        let pool = options.threads.map { ThreadPool(threads: $0) } ?? .shared
+        let precision = options.precision.activations
+        let residency: WeightResidency
+        switch options.residency {
+        case .copied: residency = .copied
+        case .mapped: residency = .mapped
+        case .hugePages: residency = options.tiered ? .mapped : .mappedInHugePages
+        }
+        let loaded: LoadedModel
+        do {
+            // The disk tier reads experts from the files as stored, so they are not regrouped.
+            loaded = try LoadedModel.load(
+                try ModelFormats.open(options.model), pool: pool, precision: precision, randomWeights: options.randomWeights,
+                quantization: options.quantization, regroup: options.ramBudget == nil, residency: residency)
+        } catch {
+            throw EngineError(error.description)
+        }
+
+        // The bf16 kernel for each token count, measured on an expert of this model's shape (small
+        // models, whose products fit the caches, keep the default).
+        var choice: KernelChoice?
+        if options.tuneKernels, let expert = loaded.weights.sampleExpert, expert.gate.element == .bf16,
+           expert.gate.byteCount >= 1 << 20, KernelChoice.tileAvailable {
+            choice = KernelChoice.measure(rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
+        }
+        let tuning = choice?.tuning ?? .default
+        let cpu = CPUDevice(pool: pool, precision: precision, tuning: tuning)
+        var accelerator: (any Accelerator)?
+        if options.accelerator == .emulated, let memory = options.acceleratorMemory {
+            accelerator = EmulatedAccelerator(memory: memory, threads: options.acceleratorThreads, precision: precision, tuning: tuning)
+        }
+        let device: ComputeDevice = accelerator.map { AcceleratedDevice(cpu: cpu, accelerator: $0) } ?? cpu
+
+        var tiers: TieredExecutor?
+        if options.tiered {
+            var t = TierOptions()
+            t.ramBudget = options.ramBudget
+            t.policy = options.expertPolicy
+            t.prefetch = options.prefetch
+            t.recalibrate = options.recalibrate
+            t.costDirectory = options.costDirectory
+            t.tracePath = options.tracePath
+            t.popularity = options.popularity
+            t.reservedHostBytes = TierOptions.hostReservation(
+                loaded.config, positions: options.kvPositions ?? min(loaded.config.maxPositions, 4096))
+            do { tiers = try TieredExecutor(loaded, cpu: cpu, accelerator: accelerator, options: t) } catch {
+                throw EngineError(error.description)
+            }
+        }
+        let model = Model(loaded, device: device, pool: pool, weights: tiers?.weights, expertExecutor: tiers)
+        return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, notes: notes,
+                      loadSeconds: (ContinuousClock.now - started).seconds)
+    }
+
+    /// [layer][expert] share of routed tokens from a `switchyard profile` file, checked against the
+    /// model at `modelPath`.
+    public static func popularity(profile path: String, config: DecoderConfig) throws(EngineError) -> [[Double]] {
+        let p: RoutingProfile
+        do { p = try RoutingProfile(json: readJSON(path), file: path) } catch { throw EngineError(error.description) }
+        guard p.modelType == config.modelType, p.counts.count == config.layerCount else {
+            throw EngineError("\(path): a profile of a \(p.modelType) with \(p.counts.count) layers, not of this \(config.modelType)")
+        }
+        return p.counts.indices.map { p.shares(layer: $0) }
+    }
+}

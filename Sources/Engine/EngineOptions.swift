@@ -1,0 +1,95 @@
+import Kernels
+import Models
+import Orchestration
+import Runtime
+
+/// Everything that decides how a model is run, typed: the CLI's flags parse into this, the server
+/// and the tests fill it in directly.
+public struct EngineOptions: Sendable {
+    /// Activations of products with block-quantised weights.
+    public enum Precision: String, Sendable, CaseIterable {
+        case f32, int8
+        /// The fastest path that keeps every fixture within 1e-2 of transformers with identical
+        /// greedy tokens: f32 for now (int8 is 1.3% to 8% off on the tiny fixtures).
+        case auto
+
+        public var activations: ActivationPrecision { self == .int8 ? .int8 : .f32 }
+    }
+
+    /// Where the accelerator's work goes.
+    public enum AcceleratorKind: String, Sendable, CaseIterable {
+        /// No accelerator: everything on the CPU.
+        case cpu
+        /// The accelerator emulated on the host (needs `acceleratorMemory`).
+        case emulated
+        /// An NVIDIA GPU through the driver loaded at run time.
+        case cuda
+        /// cuda when usable, else cpu.
+        case auto
+    }
+
+    /// How the weights used as stored are held.
+    public enum Residency: String, Sendable, CaseIterable {
+        /// Mapped; a model held wholly in memory is read in at load in 2 MiB pages where it can be.
+        case hugePages
+        /// Mapped as the page cache holds the files (`--no-huge-pages`).
+        case mapped
+        /// Copied out of the files into anonymous 2 MiB pages (`--no-mmap`).
+        case copied
+    }
+
+    /// The model: a folder or file in a format `ModelFormats` reads.
+    public var model: String
+    /// Kernel threads (nil: the cores this process may use).
+    public var threads: Int?
+    public var precision: Precision = .auto
+    public var accelerator: AcceleratorKind = .cpu
+    /// The accelerator's memory budget (required for the emulated one).
+    public var acceleratorMemory: Int?
+    public var acceleratorThreads = 1
+    /// Host RAM for weights, KV cache and work memory; experts beyond it are read from the files.
+    public var ramBudget: Int?
+    public var expertPolicy: ExpertPolicy = .scheduled
+    /// [layer][expert] shares from a routing profile: popular experts are pinned first.
+    public var popularity: [[Double]]?
+    public var prefetch = true
+    public var recalibrate = false
+    public var costDirectory = CostModel.defaultDirectory
+    /// One JSON line per MoE layer per step.
+    public var tracePath: String?
+    public var quantization: WeightQuantization?
+    public var randomWeights = false
+    public var residency: Residency = .hugePages
+    /// KV cache positions the command may fill (all sequences together), which a RAM budget must
+    /// hold besides the weights (one sequence of up to 4096 positions by default).
+    public var kvPositions: Int?
+    /// Measure the bf16 kernel choice on an expert of this model's shape at load.
+    public var tuneKernels = true
+
+    public init(model: String) { self.model = model }
+
+    /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
+    public var tiered: Bool { acceleratorMemory != nil || ramBudget != nil }
+
+    /// Checks that the options go together, before anything is loaded.
+    public func validate() throws(EngineError) {
+        if let threads, threads < 1 { throw EngineError("--threads must be at least 1") }
+        if acceleratorThreads < 1 { throw EngineError("--accelerator-threads must be at least 1") }
+        if accelerator == .emulated && acceleratorMemory == nil {
+            throw EngineError("--accelerator emulated needs --accelerator-memory (its memory budget, e.g. 512MiB)")
+        }
+        if acceleratorMemory != nil && accelerator != .emulated {
+            throw EngineError("--accelerator-memory sizes an accelerator: use it with --accelerator emulated")
+        }
+        if residency == .copied && tiered {
+            throw EngineError("--no-mmap copies the weights into host memory; the tiers (--accelerator-memory, --ram-budget) place them themselves")
+        }
+        if let kvPositions, kvPositions < 1 { throw EngineError("the KV cache needs at least one position") }
+    }
+}
+
+/// Why an engine could not be made; the message names the problem.
+public struct EngineError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

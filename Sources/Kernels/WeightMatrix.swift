@@ -1,0 +1,136 @@
+import KernelsC
+
+/// How a weight matrix's elements are stored. Weights are widened exactly to f32 as they are read
+/// (bf16 by a shift, f16 by the hardware conversion, Q8_0 as its int8 values times the block's
+/// scale), unless a product with block-quantised weights runs with int8 activations.
+public enum WeightElement: Sendable, Equatable {
+    case f32, f16, bf16
+    /// GGUF's Q8_0: blocks of 32 values, a float16 scale then 32 int8.
+    case q8_0
+    /// GGUF's Q4_0: blocks of 32 values, a float16 scale then 16 bytes of 4-bit values.
+    case q4_0
+    /// GGUF's Q4_K: super-blocks of 256 values with 6-bit scales and mins per 32, 4-bit values.
+    case q4_k
+    /// Q8_0 and Q4_0 regrouped at load for the integer kernels: groups of 4 blocks with their
+    /// scales together (see GroupedBlocks); the same bytes per row as GGUF's.
+    case q8_0x4, q4_0x4
+
+    /// Whether rows are in blocks (columns must be a multiple of `blockValues`).
+    @inlinable public var isBlockQuantized: Bool { blockValues > 1 }
+
+    /// Values per block: 32 for Q8_0 and Q4_0, 256 for Q4_K, 1 for plain floats.
+    @inlinable public var blockValues: Int {
+        switch self {
+        case .f32, .f16, .bf16: return 1
+        case .q8_0, .q4_0: return 32
+        case .q4_k: return Q4_K.blockValues
+        case .q8_0x4, .q4_0x4: return GroupedBlocks.groupValues
+        }
+    }
+
+    /// Elements in a stored row of `rowBytes` bytes: the inverse of `rowBytes(_:)`.
+    @inlinable public func columns(rowBytes: Int) -> Int {
+        rowBytes / self.rowBytes(blockValues) * blockValues
+    }
+
+    /// Bytes of a row of `columns` elements (a multiple of `blockValues`).
+    @inlinable public func rowBytes(_ columns: Int) -> Int {
+        switch self {
+        case .f32: return columns * 4
+        case .f16, .bf16: return columns * 2
+        case .q8_0: return columns / 32 * Q8_0.blockBytes
+        case .q4_0: return columns / 32 * Q4_0.blockBytes
+        case .q4_k: return columns / Q4_K.blockValues * Q4_K.blockBytes
+        case .q8_0x4, .q4_0x4: return columns / 128 * GroupedBlocks.groupBytes(q4: self == .q4_0x4)
+        }
+    }
+}
+
+/// What the activations of a product with block-quantised weights are: float32 (exact: the
+/// weights are widened), or int8 quantised per block of 32 for integer dot products (llama.cpp's
+/// way, faster, within about 1e-2 relative). Other weights always use float32.
+public enum ActivationPrecision: String, Sendable, CaseIterable {
+    case f32
+    case int8
+}
+
+/// Which memory a weight's bytes are in. A value, so a device decides where a product runs without
+/// guessing from an address.
+public enum WeightLocation: Sendable, Equatable {
+    /// Host memory (a file mapping or a host buffer): the CPU kernels read it.
+    case host
+    /// The accelerator's memory, `offset` bytes from its start. The matrix's `data` is then an
+    /// address in that memory, which only the accelerator's own kernels may dereference (the host
+    /// cannot read a GPU's memory; the emulated accelerator's happens to be host memory).
+    case accelerator(offset: Int)
+}
+
+/// A read-only row-major matrix in memory it does not own (usually a memory-mapped file).
+public struct WeightMatrix: @unchecked Sendable {
+    public let element: WeightElement
+    /// Output features: one row per output element.
+    public let rows: Int
+    /// Input features: the length of each row.
+    public let columns: Int
+    /// The first row's address in the memory `location` names.
+    public let data: UnsafeRawPointer
+    public let location: WeightLocation
+
+    public init(element: WeightElement, rows: Int, columns: Int, data: UnsafeRawPointer, location: WeightLocation = .host) {
+        self.element = element
+        self.rows = rows
+        self.columns = columns
+        self.data = data
+        self.location = location
+    }
+
+    @inlinable public var rowBytes: Int { element.rowBytes(columns) }
+
+    /// Bytes of the whole matrix.
+    @inlinable public var byteCount: Int { rows * rowBytes }
+
+    /// A block of consecutive rows, for weights that are several matrices stacked.
+    @inlinable public func rows(_ range: Range<Int>) -> WeightMatrix {
+        let skip = range.lowerBound * rowBytes
+        let moved: WeightLocation
+        switch location {
+        case .host: moved = .host
+        case .accelerator(let offset): moved = .accelerator(offset: offset + skip)
+        }
+        return WeightMatrix(element: element, rows: range.count, columns: columns, data: data + skip, location: moved)
+    }
+
+    /// The same matrix at another address (a copy of its bytes made elsewhere).
+    @inlinable public func moved(to data: UnsafeRawPointer, location: WeightLocation = .host) -> WeightMatrix {
+        WeightMatrix(element: element, rows: rows, columns: columns, data: data, location: location)
+    }
+
+    /// Element (r, c) widened to f32; for tests and slow paths (host memory only).
+    public func value(_ r: Int, _ c: Int) -> Float {
+        let offset = r * columns + c
+        switch element {
+        case .f32: return data.load(fromByteOffset: offset * 4, as: Float.self)
+        case .f16: return Float(data.load(fromByteOffset: offset * 2, as: Float16.self))
+        case .bf16: return Float(bitPattern: UInt32(data.load(fromByteOffset: offset * 2, as: UInt16.self)) << 16)
+        case .q8_0: return Q8_0.value(data + r * rowBytes, c)
+        case .q4_0: return Q4_0.value(data + r * rowBytes, c)
+        case .q4_k: return Q4_K.value(data + r * rowBytes, c)
+        case .q8_0x4, .q4_0x4: return GroupedBlocks.value(data + r * rowBytes, c, q4: element == .q4_0x4)
+        }
+    }
+}
+
+/// Kernel choices measured per machine (see `KernelChoice`): a value that travels with the
+/// device that computes, not a process-wide setting. Every choice gives the same bits.
+public struct KernelTuning: Sendable, Equatable {
+    /// bf16 products take their tokens 5 a pass through the AVX-512 tiles from this many tokens on
+    /// (never below 5), 4 a pass below it. Int.max: always 4.
+    public var bf16FiveTokenPassesFrom: Int
+
+    public init(bf16FiveTokenPassesFrom: Int = 5) {
+        self.bf16FiveTokenPassesFrom = bf16FiveTokenPassesFrom
+    }
+
+    /// What products use until something is measured.
+    public static let `default` = KernelTuning()
+}

@@ -1,0 +1,154 @@
+import Runtime
+import SwitchyardJSON
+import SwitchyardSupport
+
+/// An MoE layer: its experts, how its router chooses and weighs them, and its shared expert. One
+/// description serves every MoE architecture; the architecture files only choose the values.
+public struct MoEConfig: Sendable, Equatable {
+    public var expertCount: Int
+    public var expertsPerToken: Int
+    /// Inner width of each routed expert.
+    public var expertIntermediateSize: Int
+    public var router: RouterConfig
+    /// Inner width of the always-on shared expert (Qwen2-MoE), nil when there is none.
+    public var sharedExpertIntermediateSize: Int?
+    /// The shared expert's output is scaled by sigmoid(x · gate) (Qwen2-MoE).
+    public var sharedExpertGated: Bool
+
+    public init(
+        expertCount: Int, expertsPerToken: Int, expertIntermediateSize: Int, router: RouterConfig,
+        sharedExpertIntermediateSize: Int? = nil, sharedExpertGated: Bool = false
+    ) {
+        self.expertCount = expertCount
+        self.expertsPerToken = expertsPerToken
+        self.expertIntermediateSize = expertIntermediateSize
+        self.router = router
+        self.sharedExpertIntermediateSize = sharedExpertIntermediateSize
+        self.sharedExpertGated = sharedExpertGated
+    }
+}
+
+/// How a router turns its logits into the experts a token goes to and their mixing weights, in
+/// the terms of llama.cpp's `build_moe_ffn`: a gating function, a selection rule, an optional
+/// selection bias, normalisation and scaling. Mixtral, Qwen and OLMoE use softmax and plain top-k;
+/// DeepSeek-V2 limits the choice to the best groups; DeepSeek-V3 gates with a sigmoid and biases
+/// the choice (not the weights).
+public struct RouterConfig: Sendable, Equatable {
+    public enum Gating: String, Sendable { case softmax, sigmoid }
+
+    /// How a group of experts is scored for group-limited selection.
+    public enum GroupScore: String, Sendable {
+        /// The group's best expert (DeepSeek-V2's group_limited_greedy).
+        case max
+        /// The sum of its two best experts (DeepSeek-V3's noaux_tc).
+        case topTwoSum
+    }
+
+    public enum Selection: Sendable, Equatable {
+        /// The k best experts.
+        case topK
+        /// Experts in `groups` equal groups; only the `topGroups` best groups compete.
+        case groupLimited(groups: Int, topGroups: Int, score: GroupScore)
+    }
+
+    public var gating: Gating
+    public var selection: Selection
+    /// A per-expert bias added to the scores for choosing only; the weights use the plain scores
+    /// (DeepSeek-V3's e_score_correction_bias, a tensor of the checkpoint).
+    public var selectionBias: Bool
+    /// Divide the chosen weights by their sum (Mixtral always; Qwen and OLMoE by flag).
+    public var normalize: Bool
+    /// Multiply the final weights by this (DeepSeek's routed_scaling_factor).
+    public var scale: Float
+
+    public init(gating: Gating = .softmax, selection: Selection = .topK, selectionBias: Bool = false, normalize: Bool, scale: Float = 1) {
+        self.gating = gating
+        self.selection = selection
+        self.selectionBias = selectionBias
+        self.normalize = normalize
+        self.scale = scale
+    }
+
+    /// Softmax and top-k, as Mixtral, Qwen-MoE and OLMoE route.
+    public static func softmaxTopK(normalize: Bool) -> RouterConfig { RouterConfig(normalize: normalize) }
+}
+
+/// The feed-forward part of one decoder layer.
+public enum FeedForwardKind: Sendable, Equatable {
+    case dense(intermediateSize: Int)
+    case mixtureOfExperts(MoEConfig)
+
+    public var moe: MoEConfig? {
+        if case .mixtureOfExperts(let m) = self { return m }
+        return nil
+    }
+}
+
+/// Where RMSNorm is applied to queries and keys, if anywhere.
+public enum QueryKeyNorm: Sendable, Equatable {
+    case none
+    /// Qwen3: over each head's head_dim values, weights [head_dim].
+    case perHead
+    /// OLMoE: over the whole projection, weights [heads x head_dim].
+    case wholeProjection
+}
+
+/// Which attention block a family's layers use. A new variant (DeepSeek's latent attention) is a
+/// case here and a file under Layers/Attention.
+public enum AttentionKind: Sendable, Equatable {
+    /// Multi-head attention with grouped KV heads (Llama, Mistral, Qwen, Mixtral, OLMoE).
+    case groupedQuery
+}
+
+/// Everything the decoder needs to know about a model, independent of which architecture's
+/// config.json it came from.
+public struct DecoderConfig: Sendable {
+    public var modelType: String
+    public var vocabularySize: Int
+    public var hiddenSize: Int
+    public var layerCount: Int
+    public var headCount: Int
+    public var keyValueHeadCount: Int
+    public var headDim: Int
+    public var rmsNormEpsilon: Float
+    public var maxPositions: Int
+    public var rope: RopeParameters
+    public var tieWordEmbeddings: Bool
+    public var attention: AttentionKind = .groupedQuery
+    public var queryKeyNorm: QueryKeyNorm
+    /// OLMoE clamps q, k and v to [-clip, clip].
+    public var clipQKV: Float?
+    /// Per layer: attend only to the last N positions, or nil for full attention.
+    public var slidingWindows: [Int?]
+    /// Per layer.
+    public var feedForward: [FeedForwardKind]
+    /// The family's tensor names in Hugging Face checkpoints.
+    public var naming: HuggingFaceNaming
+    /// Whether q/k/v and o projections have biases (what a checkpoint of this config holds; loading
+    /// reads them when present).
+    public var queryKeyValueBias: Bool = false
+    public var outputBias: Bool = false
+    public var bosTokenID: Int?
+    public var eosTokenIDs: [Int]
+
+    public var queryWidth: Int { headCount * headDim }
+    public var keyValueWidth: Int { keyValueHeadCount * headDim }
+    public var isMixtureOfExperts: Bool { feedForward.contains { $0.moe != nil } }
+
+    /// [rows, columns] of each attention matrix of one layer, in the block's `matrices` order (for
+    /// planning from the config alone).
+    public var attentionMatrixShapes: [(rows: Int, columns: Int)] {
+        switch attention {
+        case .groupedQuery:
+            return [(queryWidth, hiddenSize), (keyValueWidth, hiddenSize), (keyValueWidth, hiddenSize), (hiddenSize, queryWidth)]
+        }
+    }
+
+    /// What the KV cache holds per position.
+    public var kvLayout: KVLayout {
+        switch attention {
+        case .groupedQuery: return KVLayout(layers: layerCount, keyWidth: keyValueWidth, valueWidth: keyValueWidth)
+        }
+    }
+}
+

@@ -1,0 +1,72 @@
+import Kernels
+import SwitchyardSupport
+import WeightFiles
+
+/// Random weights of the shapes a config implies, in a chosen element type, made when first asked
+/// for: normal-like values of standard deviation 0.02 (uniform in ±0.02·√3), norm weights near 1.
+/// They answer to Hugging Face names.
+final class RandomTensors: TensorSource, @unchecked Sendable {
+    let config: DecoderConfig
+    let element: WeightElement
+    let pool: ThreadPool
+    private var made: [StoredTensor] = []
+    private var seed: UInt64 = 0x5EED
+
+    /// Owns the memory of one random tensor.
+    final class Buffer {
+        let pointer: UnsafeMutableRawPointer
+        init(bytes: Int) { pointer = .allocate(byteCount: max(bytes, 1), alignment: 64) }
+        deinit { pointer.deallocate() }
+    }
+
+    init(config: DecoderConfig, element: WeightElement, pool: ThreadPool) {
+        precondition([.bf16, .f16, .f32].contains(element), "random weights are plain floats")
+        self.config = config
+        self.element = element
+        self.pool = pool
+    }
+
+    func contains(_ name: String) -> Bool {
+        let c = config
+        if name == "lm_head.weight" { return !c.tieWordEmbeddings }
+        if name.hasSuffix("experts.gate_up_proj") || name.hasSuffix("e_score_correction_bias") { return false }
+        if name.hasSuffix("o_proj.bias") { return c.outputBias }
+        if name.hasSuffix("q_proj.bias") || name.hasSuffix("k_proj.bias") || name.hasSuffix("v_proj.bias") { return c.queryKeyValueBias }
+        return true
+    }
+
+    var allTensors: [StoredTensor] { made }
+    var files: [MappedFile] { [] }
+
+    func tensor(_ name: String, shape: [Int]) throws(ModelError) -> StoredTensor {
+        let count = shape.reduce(1, *)
+        let bytes = element.rowBytes(count)
+        let buffer = Buffer(bytes: bytes)
+        let isNorm = shape.count == 1 && name.contains("norm")
+        seed &+= 0x9E37_79B9_7F4A_7C15
+        fillRandom(buffer.pointer, count: count, center: isNorm ? 1 : 0, halfWidth: isNorm ? 0.1 : 0.02 * 3.0.squareRoot(), seed: seed)
+        let tensor = StoredTensor(name: name, element: element, typeName: "\(element)".uppercased(), shape: shape,
+                                  data: UnsafeRawPointer(buffer.pointer), byteCount: bytes, file: "(random weights)", owner: buffer)
+        made.append(tensor)
+        return tensor
+    }
+
+    private func fillRandom(_ p: UnsafeMutableRawPointer, count: Int, center: Double, halfWidth: Double, seed: UInt64) {
+        let chunk = 1 << 16
+        let element = self.element
+        pool.parallelFor((count + chunk - 1) / chunk) { item in
+            var state = seed ^ (UInt64(item) &* 0xD1B5_4A32_D192_ED03)
+            for i in (item * chunk)..<min(count, (item + 1) * chunk) {
+                // xorshift64*: fast and good enough for benchmark weights.
+                state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+                let unit = Double((state &* 0x2545_F491_4F6C_DD1D) >> 11) * 0x1.0p-53
+                let value = Float(center + (2 * unit - 1) * halfWidth)
+                switch element {
+                case .bf16: p.storeBytes(of: UInt16(truncatingIfNeeded: value.bitPattern >> 16), toByteOffset: 2 * i, as: UInt16.self)
+                case .f16: p.storeBytes(of: Float16(value), toByteOffset: 2 * i, as: Float16.self)
+                default: p.storeBytes(of: value, toByteOffset: 4 * i, as: Float.self)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import Models
+import Runtime
+
+/// Budgets and choices of tiered execution.
+public struct TierOptions: Sendable {
+    /// Host RAM for weights, KV cache and work memory (`--ram-budget`); experts that do not fit are
+    /// read from the model files when needed. Nil: every weight stays memory-mapped.
+    public var ramBudget: Int?
+    /// Host memory the budget must also hold besides weights (the KV cache, work buffers): see
+    /// `hostReservation`.
+    public var reservedHostBytes = 0
+    public var policy: ExpertPolicy = .scheduled
+    /// [layer][expert] share of routed tokens from a routing profile; popular experts are pinned in
+    /// fast memory first. Uniform when nil.
+    public var popularity: [[Double]]?
+    /// Share of each tier's room for experts that is pinned (the rest is the expert cache).
+    public var pinnedFraction = 0.5
+    public var prefetch = true
+    /// Where measured cost tables are cached, and whether to measure again.
+    public var costDirectory = CostModel.defaultDirectory
+    public var recalibrate = false
+    /// One JSON line per MoE layer per step.
+    public var tracePath: String?
+
+    public init() {}
+
+    /// Work memory besides the KV cache: the runtime, tokenizer and activations take about 40 MiB.
+    public static let workMemoryBytes = 48 << 20
+
+    /// What a RAM budget must hold besides weights: the KV cache of `positions` positions (all
+    /// sequences together) and work memory.
+    public static func hostReservation(_ config: DecoderConfig, positions: Int) -> Int {
+        config.kvLayout.bytes(positions: positions) + workMemoryBytes
+    }
+
+    /// The placement budgets these options give, with an accelerator of `acceleratorMemory` bytes.
+    public func budgets(acceleratorMemory: Int?, acceleratorUsed: Int = 0) -> ExpertPlacement.Budgets {
+        var b = ExpertPlacement.Budgets()
+        b.acceleratorMemory = acceleratorMemory
+        b.acceleratorUsed = acceleratorUsed
+        b.ramBudget = ramBudget
+        b.reservedHostBytes = reservedHostBytes
+        b.policy = policy
+        b.pinnedFraction = pinnedFraction
+        b.popularity = popularity
+        return b
+    }
+}

@@ -1,0 +1,350 @@
+import Kernels
+import Models
+import Runtime
+import SwitchyardJSON
+import SwitchyardSupport
+import WeightFiles
+
+/// Where an expert's weights live between steps.
+enum ExpertHome {
+    case acceleratorPinned(FeedForwardWeights)
+    case ramPinned(FeedForwardWeights)
+    /// In the model files only: its three matrices' byte ranges.
+    case disk([FileRange])
+
+    var tier: Tier {
+        switch self {
+        case .acceleratorPinned: return .accelerator
+        case .ramPinned: return .ram
+        case .disk: return .disk
+        }
+    }
+}
+
+/// Bytes of one weight file.
+struct FileRange {
+    let file: Int, offset: Int, bytes: Int
+}
+
+/// Runs the routed experts of a model across an accelerator, host RAM and the disk, under budgets:
+/// places the weights (`ExpertPlacement`), measures costs, and at every MoE layer of every step
+/// schedules (`LayerScheduler`), copies, reads, prefetches and computes. It holds `any Accelerator`
+/// and never names a device.
+public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
+    public let options: TierOptions
+    public let costs: CostModel
+    public let accelerator: (any Accelerator)?
+    /// Where everything lives: the same placement `plan` computes for these budgets.
+    public let placement: ExpertPlacement
+    public let footprint: ModelFootprint
+    /// The weights as placed (what every token touches moved to the accelerator where it fit):
+    /// the model computes with these.
+    public let weights: DecoderWeights
+    let config: DecoderConfig
+    let cpu: CPUDevice
+    let reader: DirectReader?
+    var homes: [[ExpertHome]]
+    let acceleratorCache: ExpertCache?
+    let ramCache: ExpertCache?
+    /// The caches' slots: offsets in the accelerator's memory, host buffers for reads.
+    let acceleratorSlots: [Int]
+    let ramSlots: [UnsafeMutableRawPointer]
+    /// The naive policy's single buffer for an expert read on demand.
+    let staging: UnsafeMutableRawPointer?
+    /// Several reads in flight (an expert's three matrices go to different queues): drives serve
+    /// several requests at once faster than one.
+    let diskQueues = (0..<4).map { _ in SerialQueue() }
+    var nextDiskQueue = 0
+    public internal(set) var statistics = TierStatistics()
+    public var summary: PlacementSummary { PlacementSummary(placement, footprint: footprint) }
+
+    var step = 0
+    /// Bytes the copy engine had moved when placement was done (weights moved in at load).
+    private var copiedAtLoad = 0
+    var predictions: [Int: [Int: Int]] = [:]  // layer → expert → predicted tokens
+    let cpuScratch = FloatBuffer(), routerScratch = FloatBuffer()
+    private var trace: UnsafeMutablePointer<FILE>?
+    /// For a read that finds no cache slot at all (every slot busy): one buffer, made when first needed.
+    var overflow: UnsafeMutableRawPointer?
+
+    /// Places `loaded`'s weights under `options`' budgets, on `accelerator` where given.
+    /// - Parameter cpu: the host device experts run on (its pool, precision and kernel tuning).
+    public init(_ loaded: LoadedModel, cpu: CPUDevice, accelerator: (any Accelerator)?, options: TierOptions) throws(OrchestrationError) {
+        self.options = options
+        self.accelerator = accelerator
+        self.cpu = cpu
+        config = loaded.config
+        if options.ramBudget != nil {
+            guard loaded.quantization == nil else {
+                throw OrchestrationError("--ram-budget reads experts from the model files as stored, so it cannot be combined with --quantize")
+            }
+            guard !loaded.tensors.files.isEmpty else {
+                throw OrchestrationError("--ram-budget reads experts from the model files, so it cannot be combined with --random-weights")
+            }
+            do { reader = try DirectReader(files: loaded.tensors.files) } catch { throw OrchestrationError(error.description) }
+        } else {
+            reader = nil
+        }
+        footprint = ModelFootprint(weights: loaded.weights, config: config)
+        let placement = try ExpertPlacement.place(
+            footprint, options.budgets(acceleratorMemory: accelerator?.capacity, acceleratorUsed: accelerator?.used ?? 0))
+        self.placement = placement
+
+        // What every token touches, where the placement put it.
+        var placed = loaded.weights
+        var index = 0
+        placed.visitAlways(tiedHead: config.tieWordEmbeddings) { _, m, _ in
+            defer { index += 1 }
+            guard placement.alwaysOnAccelerator[index], let accelerator else { return }
+            guard let moved = accelerator.moveIn(m) else { preconditionFailure("the placement's tensors fit the accelerator") }
+            dropPages(m.data, m.byteCount)
+            m = moved
+        }
+        weights = placed
+        var experts: [[FeedForwardWeights]] = placed.layers.map { layer in
+            if case .mixtureOfExperts(let m) = layer.feedForward { return m.experts }
+            return []
+        }
+        if let sample = placed.sampleExpertIfMoE {
+            costs = try CostModel.calibrate(
+                sample: sample, cpu: cpu, accelerator: accelerator, reader: reader, layers: experts.filter { !$0.isEmpty }, options: options)
+        } else {
+            costs = CostModel(key: "no experts", tokenCounts: [1], cpuSeconds: [0], acceleratorSeconds: [], copyBytesPerSecond: 0,
+                              diskBytesPerSecond: 0, expertBytes: 0)
+        }
+
+        homes = experts.map { $0.map { .ramPinned($0) } }
+        var acceleratorSlots: [Int] = []
+        if let accelerator, footprint.expertBytes > 0 {
+            let slotBytes = ExpertPlacement.acceleratorSlotBytes(footprint.expertMatrixBytes)
+            for key in placement.experts(on: .accelerator) {
+                let f = experts[key.layer][key.expert]
+                guard let offset = accelerator.allocate(slotBytes) else { preconditionFailure("the placement's experts fit the accelerator") }
+                _ = TieredExecutor.copyCompact(f, toOffset: offset, accelerator: accelerator, after: []).wait()
+                for m in f.matrices { dropPages(m.data, m.byteCount) }
+                let resident = TieredExecutor.compactLayout(f, atOffset: offset, accelerator: accelerator)
+                homes[key.layer][key.expert] = .acceleratorPinned(resident)
+                experts[key.layer][key.expert] = resident
+            }
+            for _ in 0..<placement.acceleratorCacheSlots {
+                guard let offset = accelerator.allocate(slotBytes) else { preconditionFailure("the placement's cache fits the accelerator") }
+                acceleratorSlots.append(offset)
+            }
+        }
+        self.acceleratorSlots = acceleratorSlots
+        acceleratorCache = acceleratorSlots.isEmpty ? nil : ExpertCache(slots: acceleratorSlots.count, transientSlots: TieredExecutor.topK(config))
+
+        let ramSlotBytes = footprint.expertBytes > 0 ? ExpertPlacement.ramSlotBytes(footprint.expertMatrixBytes) : 0
+        for key in placement.experts(on: .disk) {
+            var ranges: [FileRange] = []
+            for m in experts[key.layer][key.expert].matrices {
+                guard let place = reader!.location(of: m.data, bytes: m.byteCount) else {
+                    throw OrchestrationError("\(key): its weights are not in the model files")
+                }
+                ranges.append(FileRange(file: place.file, offset: place.offset, bytes: m.byteCount))
+            }
+            homes[key.layer][key.expert] = .disk(ranges)
+        }
+        ramSlots = (0..<placement.ramCacheSlots).map { _ in TieredExecutor.allocateAligned(ramSlotBytes) }
+        ramCache = options.ramBudget != nil && options.policy != .naive
+            ? ExpertCache(slots: placement.ramCacheSlots, transientSlots: TieredExecutor.topK(config)) : nil
+        staging = placement.stagingBuffer ? TieredExecutor.allocateAligned(ramSlotBytes) : nil
+
+        copiedAtLoad = accelerator?.bytesCopied ?? 0
+        if let path = options.tracePath {
+            guard let file = fopen(path, "w") else { throw OrchestrationError("\(path): cannot write the trace: \(errorText())") }
+            trace = file
+        }
+    }
+
+    deinit {
+        for q in diskQueues { q.stop() }
+        if let trace { fclose(trace) }
+        for p in ramSlots { free(p) }
+        if let staging { free(staging) }
+        if let overflow { free(overflow) }
+    }
+
+    static func topK(_ config: DecoderConfig) -> Int { config.feedForward.compactMap { $0.moe?.expertsPerToken }.max() ?? 1 }
+
+    /// Placement, measured costs and statistics, as one JSON object.
+    public var report: JSONValue {
+        var o = JSONObject()
+        o["policy"] = .string(options.policy.rawValue)
+        o["ram_budget"] = options.ramBudget.map { .int($0) } ?? .null
+        o["accelerator_memory"] = accelerator.map { .int($0.capacity) } ?? .null
+        o["placement"] = summary.json
+        o["costs"] = costs.json
+        o["statistics"] = statistics.json
+        return .object(o)
+    }
+
+    // MARK: Step
+
+    public func beginStep(tokens: Int) {
+        step += 1
+        statistics.steps += 1
+        statistics.tokens += tokens
+    }
+
+    public func endStep() {
+        if let trace { fflush(trace) }
+        statistics.diskBytesRead = reader?.bytesRead ?? 0
+        statistics.bytesCopied = (accelerator?.bytesCopied ?? copiedAtLoad) - copiedAtLoad
+        statistics.cacheEvictions = (ramCache?.evictions ?? 0) + (acceleratorCache?.evictions ?? 0)
+    }
+
+    /// One expert's state in the layer being run.
+    private struct Slotted {
+        var weights: FeedForwardWeights?
+        var ready: [Completion] = []
+        var location: Tier
+        var cache = CacheOutcome.pinned
+        var prefetch = PredictionOutcome.none
+        var action = ExpertAction.cpu
+        var ranges: [FileRange] = []
+    }
+
+    public func runExperts(layer: Int, tasks: [ExpertTask], input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                           layerInput: UnsafePointer<Float>, tokens: Int) throws(WorkFailure) {
+        let started = ContinuousClock.now
+        let hidden = config.hiddenSize
+        let keys = tasks.map { ExpertKey(layer: layer, expert: $0.expert) }
+        let protected = Set(keys)
+        let predicted = predictions.removeValue(forKey: layer)
+
+        var states: [Slotted] = []
+        for (task, key) in zip(tasks, keys) {
+            var s: Slotted
+            switch homes[layer][task.expert] {
+            case .acceleratorPinned(let f): s = Slotted(weights: f, location: .accelerator)
+            case .ramPinned(let f): s = Slotted(weights: f, location: .ram)
+            case .disk(let ranges): s = Slotted(weights: nil, location: .disk, ranges: ranges)
+            }
+            if s.location != .accelerator {
+                acceleratorCache?.record(key, step: step)
+                if s.location == .disk { ramCache?.record(key, step: step) }
+                if let entry = acceleratorCache?.lookup(key) {
+                    s.weights = entry.weights; s.location = .accelerator; s.ready = [entry.ready]; s.cache = .hit
+                    if entry.prefetched { entry.prefetched = false; statistics.prefetchUsed += 1 }
+                } else if s.location == .disk, let entry = ramCache?.lookup(key) {
+                    s.weights = entry.weights; s.location = .ram; s.ready = [entry.ready]; s.cache = .hit
+                    if entry.prefetched { entry.prefetched = false; statistics.prefetchUsed += 1 }
+                } else if s.location == .disk || (acceleratorCache != nil && options.policy != .cpu) {
+                    s.cache = .miss
+                }
+                if s.cache == .hit { statistics.cacheHits += 1 } else if s.cache == .miss { statistics.cacheMisses += 1 }
+            }
+            if let predicted {
+                let hit = predicted[task.expert] != nil
+                s.prefetch = hit ? .hit : .miss
+                if hit { statistics.predictionHits += 1 } else { statistics.predictionMisses += 1 }
+            }
+            states.append(s)
+        }
+
+        let decision = LayerScheduler.decide(
+            tokens: tasks.map(\.tokens), locations: states.map(\.location), costs: costs, policy: options.policy,
+            hasAccelerator: accelerator != nil, copySlots: acceleratorCache?.capacity ?? 0)
+        for i in states.indices { states[i].action = decision.actions[i] }
+
+        let maxTokens = tasks.map(\.tokens).max() ?? 0
+        let inner = tasks.isEmpty ? 0 : config.feedForward[layer].moe!.expertIntermediateSize
+        cpuScratch.reserve(2 * maxTokens * inner)
+
+        // Disk reads first (they are the slowest), then copies, then accelerator kernels; the CPU's
+        // share runs here meanwhile.
+        var layerReads: [Completion] = []
+        for i in states.indices where states[i].action == .readThenCPU || states[i].action == .readThenCopy {
+            guard options.policy != .naive else { continue }
+            if let (entry, ready) = startRead(keys[i], ranges: states[i].ranges, protected: protected, prefetched: false) {
+                states[i].weights = entry.weights
+                states[i].ready = [ready]
+                layerReads.append(ready)
+            } else {
+                states[i].action = .readThenCPU  // read synchronously below
+            }
+        }
+        var acceleratorDone: [Completion] = []
+        for i in states.indices {
+            let task = tasks[i]
+            switch states[i].action {
+            case .copyToAccelerator, .readThenCopy:
+                guard let source = states[i].weights,
+                      let entry = startCopy(keys[i], from: source, after: states[i].ready, protected: protected, prefetched: false) else {
+                    states[i].action = states[i].action == .readThenCopy ? .readThenCPU : .cpu
+                    continue
+                }
+                states[i].weights = entry.weights
+                states[i].ready = [entry.ready]
+                fallthrough
+            case .accelerator:
+                acceleratorDone.append(accelerator!.runExpert(
+                    states[i].weights!, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden,
+                    tokens: task.tokens, after: states[i].ready))
+                statistics.acceleratorRuns += 1
+            case .cpu, .readThenCPU:
+                break
+            }
+        }
+
+        let layerFits = states.allSatisfy { $0.weights != nil || ($0.action != .readThenCPU && $0.action != .readThenCopy) }
+        if options.prefetch && options.policy != .naive && layerFits {
+            prefetchNextLayer(after: layer, layerInput: layerInput, tokens: tokens, protected: protected, behind: layerReads,
+                              diskIdle: decision.makespan - decision.disk, linkIdle: decision.makespan - decision.link)
+        }
+
+        // The CPU's share: experts at hand first, then those still waiting for a cache slot, which
+        // get the slots of experts this layer has finished with (a layer may need more experts
+        // than the cache has slots: they stream through it). A failed read fails the layer, once
+        // no work of it is still running.
+        var failure: WorkFailure?
+        let cpuTasks = states.indices.filter { states[$0].action == .cpu || states[$0].action == .readThenCPU }
+        let order = cpuTasks.filter { states[$0].weights != nil } + cpuTasks.filter { states[$0].weights == nil }
+        var stillNeeded = protected
+        for i in order where failure == nil {
+            if options.policy != .naive {
+                for j in order where states[j].weights == nil {
+                    guard let (entry, ready) = startRead(keys[j], ranges: states[j].ranges, protected: stillNeeded, prefetched: false) else { break }
+                    states[j].weights = entry.weights
+                    states[j].ready = [ready]
+                }
+            }
+            let task = tasks[i]
+            do throws(WorkFailure) {
+                // The naive policy, or no slot at all: read now into the staging buffer.
+                let weights: FeedForwardWeights
+                if let w = states[i].weights { weights = w } else { weights = try readNow(keys[i], states[i].ranges) }
+                if let f = states[i].ready.waitAll() { throw f }
+                let scratch = cpuScratch.pointer
+                cpu.feedForward(weights, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden, tokens: task.tokens,
+                                gate: scratch, up: scratch + task.tokens * inner)
+                statistics.cpuRuns += 1
+            } catch {
+                failure = error
+            }
+            stillNeeded.remove(keys[i])
+        }
+        if let f = acceleratorDone.waitAll(), failure == nil { failure = f }
+        if let failure {
+            // Reads of this layer still in flight write only to cache slots, whose entries a failed
+            // fill removes from the cache when next looked up.
+            _ = layerReads.waitAll()
+            throw failure
+        }
+
+        let measured = (ContinuousClock.now - started).seconds
+        statistics.predictedSeconds += decision.makespan
+        statistics.measuredSeconds += measured
+        if let trace {
+            let record = LayerTrace(
+                step: step, layer: layer, tokens: tokens,
+                experts: zip(tasks, states).map { task, s in
+                    LayerTrace.Expert(expert: task.expert, tokens: task.tokens, weights: s.location, action: s.action, cache: s.cache,
+                                      prefetch: s.prefetch)
+                },
+                decision: decision, measuredSeconds: measured)
+            fputs(record.json.serialized() + "\n", trace)
+        }
+    }
+}

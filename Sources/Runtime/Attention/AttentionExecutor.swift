@@ -1,0 +1,80 @@
+import Kernels
+import SwitchyardSupport
+
+/// The attention of one layer: how many query and KV heads, their width, the score scale and an
+/// optional sliding window.
+public struct AttentionShape: Sendable, Equatable {
+    public var heads: Int
+    public var keyValueHeads: Int
+    public var headDim: Int
+    public var scale: Float
+    /// Attend to the last `window` positions only (nil: all of them).
+    public var window: Int?
+
+    public init(heads: Int, keyValueHeads: Int, headDim: Int, scale: Float, window: Int?) {
+        self.heads = heads
+        self.keyValueHeads = keyValueHeads
+        self.headDim = headDim
+        self.scale = scale
+        self.window = window
+    }
+}
+
+/// Where attention over the KV cache is computed: on this host over host rows (`LocalAttention`),
+/// or where the cache lives (another host, a GPU). The model's attention block computes the
+/// projections, norms and rotary embedding and hands the result here, one call per layer per step.
+public protocol AttentionExecutor: AnyObject, Sendable {
+    /// The cache holding every sequence's keys and values.
+    var cache: any KVCache { get }
+    /// For each token t of the step: stores keys[t] and values[t] ([keyValueHeads x headDim] each)
+    /// at `slots[t]` of `layer`, then writes output[t] ([heads x headDim]) = softmax(q · Kᵀ ·
+    /// scale) · V over its own sequence's positions up to and including `slots[t].position` (the
+    /// last `window` of them with a window). Tokens of one sequence come in position order.
+    /// - Parameter scratch: work memory the executor may use during the call.
+    func attend(
+        layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        slots: [TokenSlot], output: UnsafeMutablePointer<Float>, scratch: FloatBuffer) throws(WorkFailure)
+}
+
+/// Attention on this host's cores over a host KV cache: grouped KV heads, causal, optionally
+/// windowed, one head of one token per work item.
+public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
+    public let hostCache: any HostKVCache
+    public let pool: ThreadPool
+    public var cache: any KVCache { hostCache }
+
+    public init(cache: any HostKVCache, pool: ThreadPool) {
+        hostCache = cache
+        self.pool = pool
+    }
+
+    public func attend(
+        layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        slots: [TokenSlot], output: UnsafeMutablePointer<Float>, scratch: FloatBuffer
+    ) throws(WorkFailure) {
+        let T = slots.count
+        let heads = shape.heads, kvHeads = shape.keyValueHeads, hd = shape.headDim
+        let qW = heads * hd, kvW = kvHeads * hd
+        precondition(hostCache.layout.keyWidth == kvW && hostCache.layout.valueWidth == kvW, "a grouped-query cache row is [kv_heads x head_dim]")
+        for (t, slot) in slots.enumerated() {
+            hostCache.append(slot.sequence, layer: layer, position: slot.position, keys: keys + t * kvW, values: values + t * kvW, count: 1)
+        }
+        // Each sequence's rows once per call, not once per token and head.
+        var rows: [SequenceID: (keys: UnsafePointer<Float>, values: UnsafePointer<Float>)] = [:]
+        for slot in slots where rows[slot.sequence] == nil { rows[slot.sequence] = hostCache.rows(of: slot.sequence, layer: layer) }
+        let bases = slots.map { rows[$0.sequence]! }
+        let context = (slots.map(\.position).max() ?? 0) + 1
+        scratch.reserve(T * heads * context)
+        let scores = scratch.pointer
+        let window = shape.window, scale = shape.scale
+        pool.parallelFor(T * heads) { item in
+            let t = item / heads, h = item % heads
+            let position = slots[t].position
+            attendHead(
+                head: h, heads: heads, kvHeads: kvHeads, headDim: hd, scale: scale,
+                query: queries + t * qW, keys: bases[t].keys, values: bases[t].values, rowStride: kvW,
+                first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
+                scores: scores + item * context, output: output + t * qW + h * hd)
+        }
+    }
+}

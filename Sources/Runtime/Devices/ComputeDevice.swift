@@ -1,0 +1,83 @@
+import Kernels
+
+/// Where matrix products run. The forward pass hands every weight product to a device; the CPU
+/// device runs them on the kernel thread pool, `AcceleratedDevice` sends those whose weights an
+/// accelerator holds to it. A device that holds a weight computes with it.
+public protocol ComputeDevice: AnyObject, Sendable {
+    var name: String { get }
+    /// Activations of products with block-quantised weights (Q8_0, Q4_0, Q4_K).
+    var precision: ActivationPrecision { get }
+    /// output[t, 0..<rows] = weight · input[t, 0..<columns] for t in 0..<tokens.
+    func linear(
+        _ weight: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        output: UnsafeMutablePointer<Float>, outputStride: Int, tokens: Int)
+    /// Two products of one input (an MLP's gate and up projections), each exactly what `linear`
+    /// gives; a device may run them together.
+    func linear(
+        _ first: WeightMatrix, _ second: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int, tokens: Int)
+}
+
+extension ComputeDevice {
+    public func linear(
+        _ first: WeightMatrix, _ second: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int, tokens: Int
+    ) {
+        linear(first, input: input, inputStride: inputStride, output: outputs.0, outputStride: outputStride, tokens: tokens)
+        linear(second, input: input, inputStride: inputStride, output: outputs.1, outputStride: outputStride, tokens: tokens)
+    }
+
+    /// output[T, hidden] = down(silu(gate · x) * (up · x)): the one SwiGLU of the engine. Dense
+    /// layers, shared experts and routed experts on every device run through it, so an expert's
+    /// output is the same bits wherever it runs.
+    /// - Parameters:
+    ///   - gate, up: scratch of [tokens, intermediate] each.
+    public func feedForward(
+        _ w: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int,
+        gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>
+    ) {
+        let hidden = w.down.rows, inner = w.intermediateSize
+        linear(w.gate, w.up, input: input, inputStride: hidden, outputs: (gate, up), outputStride: inner, tokens: tokens)
+        for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
+        linear(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens)
+    }
+}
+
+/// The host's cores: products on the kernel thread pool, with the kernel choices measured for
+/// this machine.
+public final class CPUDevice: ComputeDevice {
+    public let pool: ThreadPool
+    /// Activations of products with block-quantised weights.
+    public let precision: ActivationPrecision
+    public let tuning: KernelTuning
+    public var name: String { "cpu (\(pool.threadCount) threads)" }
+
+    public init(pool: ThreadPool, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default) {
+        self.pool = pool
+        self.precision = precision
+        self.tuning = tuning
+    }
+
+    public convenience init(threads: Int? = nil) {
+        self.init(pool: threads.map { ThreadPool(threads: $0) } ?? .shared)
+    }
+
+    public func linear(
+        _ weight: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        output: UnsafeMutablePointer<Float>, outputStride: Int, tokens: Int
+    ) {
+        precondition(weight.location == .host, "the CPU reads host memory only")
+        matmul(weight, input: input, inputStride: inputStride, output: output, outputStride: outputStride, tokens: tokens, pool: pool,
+               precision: precision, tuning: tuning)
+    }
+
+    /// One parallel region for both, over one prepared input.
+    public func linear(
+        _ first: WeightMatrix, _ second: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
+        outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>), outputStride: Int, tokens: Int
+    ) {
+        precondition(first.location == .host && second.location == .host, "the CPU reads host memory only")
+        matmul(first, second, input: input, inputStride: inputStride, outputs: outputs, outputStride: outputStride, tokens: tokens,
+               pool: pool, precision: precision, tuning: tuning)
+    }
+}
