@@ -115,7 +115,7 @@ let package = Package(
 
         // What the test targets share: the repository's paths, transformers' reference logits,
         // error measures.
-        .target(name: "SwitchyardTestSupport", dependencies: ["NPY", "SwitchyardJSON", "SwitchyardSupport"], path: "Tests/SwitchyardTestSupport"),
+        .target(name: "SwitchyardTestSupport", dependencies: ["NPY", "SafeTensors", "SwitchyardJSON", "SwitchyardSupport"], path: "Tests/SwitchyardTestSupport"),
         .testTarget(name: "SwitchyardSupportTests", dependencies: ["SwitchyardSupport"]),
         .testTarget(name: "WeightFilesTests", dependencies: ["WeightFiles", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
@@ -139,7 +139,9 @@ let package = Package(
         .testTarget(name: "GenerationTests", dependencies: [
             "Generation", "Models", "Tokenizers", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
-        .testTarget(name: "BatchingTests", dependencies: ["Batching", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "BatchingTests", dependencies: [
+            "Batching", "Engine", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport",
+        ]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),

@@ -5,6 +5,7 @@ import Models
 import Tokenizers
 import SwitchyardSupport
 import SwitchyardTestSupport
+import Engine
 let demo = demoModelPath
 let model = try! Model(directory: demo, threads: 2)
 let tokenizer = try! Tokenizer(directory: demo)
@@ -134,4 +135,38 @@ func prefillInterleavesWithDecode() async throws {
     let firstOfLong = try #require(await longFirst)
     let before = shortTimes.filter { $0 < firstOfLong }.count
     #expect(before >= 4, "\(before) tokens of the short stream arrived while the long prompt was prefilled")
+}
+
+@Suite("continuous batching when a step fails")
+struct FailingStepTests {
+    /// A disk read that fails under `serve` fails the requests of that step with the reason, and
+    /// the scheduler goes on serving.
+    @Test func aFailedStepFailsItsRequestsOnly() async throws {
+        let copy = try ExpertsLastCheckpoint(copying: fixturePath("mixtral"), to: "/tmp/switchyard-failing-serve-\(getpid())")
+        defer { copy.remove() }
+        var options = EngineOptions(model: copy.directory)
+        options.threads = 2
+        options.costDirectory = costDirectory
+        options.kvPositions = 64
+        options.ramBudget = 60 << 20
+        let engine = try Engine.load(options)
+        let tokenizer = try Tokenizer(directory: copy.directory)
+        let scheduler = BatchScheduler(model: engine.model, tokenizer: tokenizer, maxSequences: 2, contextLength: 64)
+        defer { scheduler.shutdown() }
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        let request = CompletionRequest(promptTokens: [1, 15, 302, 77], maxTokens: 6, sampling: greedy)
+        copy.loseExperts()
+        var failure: String?
+        for await event in try scheduler.submit(request).events {
+            if case .failed(let message) = event { failure = message }
+        }
+        #expect(failure?.contains(copy.weightsPath) == true, "\(failure ?? "no failure")")
+        copy.restore()
+        let served = await collect(try scheduler.submit(request).events)
+        let alone = try Generator(model: try Model(directory: fixturePath("mixtral"), threads: 2), tokenizer: nil)
+            .generate(promptTokens: request.promptTokens, options: { var o = GenerationOptions(); o.sampling = greedy; o.maxTokens = 6; return o }())
+        #expect(served.tokens == alone.tokens && served.finish == alone.finishReason)
+        #expect(scheduler.stats.kvBytes == 0 && scheduler.stats.running == 0)
+    }
 }

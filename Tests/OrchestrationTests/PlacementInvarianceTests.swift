@@ -30,9 +30,9 @@ let testPositions = 64
 /// (`Engine.load`). `configure` receives the host bytes a RAM budget must hold besides experts
 /// (what every token touches, the KV cache and work memory) and one expert's RAM slot, so budgets
 /// can be set in experts.
-func tiered(_ arch: String, accelerator acceleratorMemory: Int? = nil,
+func tiered(_ arch: String, directory: String? = nil, accelerator acceleratorMemory: Int? = nil,
             _ configure: (inout EngineOptions, _ always: Int, _ slot: Int) -> Void) throws -> (Model, TieredExecutor) {
-    var options = EngineOptions(model: fixturePath(arch))
+    var options = EngineOptions(model: directory ?? fixturePath(arch))
     options.threads = 2
     options.costDirectory = costDirectory
     options.kvPositions = testPositions
@@ -141,5 +141,32 @@ struct PlacementInvarianceTests {
         #expect(firstDifference(result.logits, reference.logits) == nil, "\(arch): logits differ")
         #expect(executor.statistics.diskBytesRead > 0)
         #expect(executor.statistics.bytesCopied > 0)
+    }
+}
+
+@Suite("A failing drive fails the step, not the process")
+struct DiskFailureTests {
+    /// Every expert on disk; the file then loses its experts (a drive gone bad, a file cut short)
+    /// and comes back. The steps in between fail with a message naming the file; the engine is
+    /// left whole, and once the file is back it computes exactly what it computed before.
+    @Test func failedReadsFailTheStepAndTheEngineRecovers() throws {
+        let copy = try ExpertsLastCheckpoint(copying: fixturePath("mixtral"), to: "/tmp/switchyard-failing-drive-\(getpid())")
+        defer { copy.remove() }
+        let reference = try run(Model(directory: fixturePath("mixtral"), threads: 2))
+        let (model, executor) = try tiered("mixtral", directory: copy.directory) { options, always, slot in
+            options.ramBudget = always + 2 * slot
+        }
+        #expect(executor.placement.experts(on: .ram).isEmpty && !executor.placement.experts(on: .disk).isEmpty)
+        copy.loseExperts()
+        do {
+            _ = try run(model)
+            Issue.record("a step whose experts cannot be read succeeded")
+        } catch {
+            #expect("\(error)".contains(copy.weightsPath) && "\(error)".contains("the file ended"), "\(error)")
+        }
+        copy.restore()
+        let after = try run(model)
+        #expect(after.tokens == reference.tokens)
+        #expect(firstDifference(after.logits, reference.logits) == nil, "logits after the drive came back")
     }
 }
