@@ -178,3 +178,34 @@ func byteLevelStreaming() throws {
     streamed += d.flush()
     #expect(streamed == text)
 }
+
+@Suite("decode loop")
+struct DecodeLoopTests {
+    /// Logits that make `token` the greedy choice.
+    func favouring(_ token: Int, vocab: Int = 32) -> [Float] {
+        var l = [Float](repeating: 0, count: vocab)
+        l[token] = 5
+        return l
+    }
+
+    @Test func endsAtEOSWithoutText() {
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        var loop = DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [2], maxTokens: 10)
+        #expect(loop.next(logits: favouring(7), contextFull: false).finish == nil)
+        let end = loop.next(logits: favouring(2), contextFull: false)
+        #expect(end.finish == .stop && end.token == 2 && end.text.isEmpty)
+        #expect(loop.generated == [7, 2])
+    }
+
+    @Test func endsAtTheLimitOrAFullContext() {
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        var loop = DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [], maxTokens: 2)
+        #expect(loop.next(logits: favouring(3), contextFull: false).finish == nil)
+        #expect(loop.next(logits: favouring(3), contextFull: false).finish == .length)
+        var full = DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [], maxTokens: 9)
+        #expect(full.next(logits: favouring(4), contextFull: true).finish == .length)
+        #expect(DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [], maxTokens: 0).isEmpty)
+    }
+}
