@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "SwitchyardSupport"),
         // A JSON reader/writer that keeps numbers exact, reports paths in errors, and is fast on
         // multi-megabyte tokenizer.json files.
-        .target(name: "SwitchyardJSON", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
+        .target(name: "SwitchyardJSON", swiftSettings: tuned),
         // Memory-mapped weight files of any format: huge-page mapping, O_DIRECT reads of byte
         // ranges for the disk tier, releasing pages.
         .target(name: "WeightFiles", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
@@ -106,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Engine", "Models", "Orchestration", "Generation", "Batching", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
+                "Engine", "Models", "Orchestration", "Runtime", "Generation", "Batching", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
                 "SwitchyardSupport", "NPY", "Server",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -130,8 +130,7 @@ let package = Package(
             "Models", "Runtime", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
         .testTarget(name: "OrchestrationTests", dependencies: [
-            "Orchestration", "Engine", "Models", "Runtime", "EmulatedBackend", "Kernels", "SwitchyardJSON", "SwitchyardSupport",
-            "SwitchyardTestSupport",
+            "Orchestration", "Engine", "Models", "Runtime", "Kernels", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
         .testTarget(name: "BackendConformanceTests", dependencies: [
             "Runtime", "EmulatedBackend", "CUDABackend", "Engine", "Models", "Kernels", "SwitchyardSupport", "SwitchyardTestSupport",

@@ -29,8 +29,9 @@ public struct ChatTemplate: @unchecked Sendable {
         var globals: [String: Value] = [:]
         for (k, v) in variables { globals[k] = Value(json: v) }
         globals["messages"] = Value(json: messages)
-        globals["tools"] = tools.map(Value.init(json:)) ?? .none
-        globals["documents"] = globals["documents"] ?? .none
+        // Without tools the name stays undefined (not Jinja's none); the vectors rendered by
+        // transformers for every template in fixtures/chat-templates agree.
+        if let tools { globals["tools"] = Value(json: tools) }
         globals["add_generation_prompt"] = .bool(addGenerationPrompt)
         globals["range"] = .callable(Value.Callable("range") { a, _ throws(TemplateError) in
             var ints: [Int] = []

@@ -142,7 +142,7 @@ public func forceQuantizedDotLevel(_ level: Int?) {
     sy_force_quantized_dot_level(Int32(level ?? 99))
 }
 
-/// The Swift twin of the C kernels (KernelsC/quant_dot.c): the same integer lanes, the same fused
+/// The Swift twin of the C kernels (KernelsC/int8_rows.c): the same integer lanes, the same fused
 /// multiply-adds and the same final sum, so the two agree bit for bit; tests hold them to it.
 /// `blocks` counts blocks of 32; `sums` (Q4_K only) is `QuantizedActivations.blockSums`.
 public func quantizedDotReference(

@@ -4,6 +4,8 @@
 // The integer kernels' level after sy_force_quantized_dot_level's cap (2 = AVX512-VNNI, 1 = AVX2,
 // 0 = portable C): shared by the kernel files, not part of the module's interface.
 int sy_integer_level_in_force(void);
+// The cap sy_force_quantized_dot_level set (-1: none), which the bf16 kernels honour too.
+int sy_forced_level(void);
 
 #include <stdint.h>
 #include <string.h>

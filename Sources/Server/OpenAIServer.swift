@@ -3,7 +3,6 @@ import ChatTemplates
 import Generation
 import HTTPTypes
 import Hummingbird
-import Models
 import ServiceLifecycle
 import Synchronization
 import SwitchyardJSON

@@ -1,5 +1,4 @@
 import ArgumentParser
-import SafeTensors
 import SwitchyardJSON
 import SwitchyardSupport
 import Tokenizers

@@ -1,6 +1,5 @@
 import Testing
 import NPY
-import SafeTensors
 import SwitchyardJSON
 @testable import Generation
 import Models

@@ -1,7 +1,7 @@
 #!/bin/bash
 # A/B of two versions of a C kernel on expert-shaped products read from memory:
 #   bash benchmarks/kernel_ab/run.sh bf16|q8_0|q4_0 REV_A [REV_B] [THREADS]
-# bf16 runs sy_rows_bf16_f32 (Sources/KernelsC/quant_dot.c); q8_0 and q4_0 run sy_rows_grouped_q8
+# bf16 runs sy_rows_bf16_f32 (Sources/KernelsC/bf16_rows.c); q8_0 and q4_0 run sy_rows_grouped_q8
 # (grouped_dot.c), the int8 path for stored Q8_0 and Q4_0 weights. REV_B defaults to the working tree, which "." names too. Both versions are linked into one
 # program, which alternates them 20 times per token count (1-6) and keeps each one's best, so both
 # see the same noise. A_CFLAGS and B_CFLAGS add compiler flags to one version (-DNAME=VALUE to try
@@ -11,13 +11,18 @@ root=$(git rev-parse --show-toplevel)
 kind=${1:-}; a=${2:-}; b=${3:-}; threads=${4:-2}
 case "$kind" in bf16|q8_0|q4_0) ;; *) a="" ;; esac
 [ -n "$a" ] || { echo "usage: run.sh bf16|q8_0|q4_0 REV_A [REV_B] [THREADS]" >&2; exit 1; }
-files="quant_dot.c grouped_dot.c"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 flags="-O3 -I$root/Sources/KernelsC -I$root/Sources/KernelsC/include"
 for v in a b; do
   rev=$([ $v = a ] && echo "$a" || echo "$b")
   V=$(echo $v | tr a-z A-Z)
   objects=""
+  # Every C file of the module at that revision (the files were split and renamed over time).
+  if [ -n "$rev" ] && [ "$rev" != . ]; then
+    files=$(git -C "$root" ls-tree --name-only "$rev" Sources/KernelsC/ | grep '\.c$' | xargs -n1 basename)
+  else
+    files=$(cd "$root/Sources/KernelsC" && ls *.c)
+  fi
   for f in $files; do
     if [ -n "$rev" ] && [ "$rev" != . ]; then git -C "$root" show "$rev:Sources/KernelsC/$f" > "$work/$v-$f"; else cp "$root/Sources/KernelsC/$f" "$work/$v-$f"; fi
     extra=$([ $v = a ] && echo "${A_CFLAGS:-}" || echo "${B_CFLAGS:-}")

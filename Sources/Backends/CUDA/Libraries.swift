@@ -104,7 +104,7 @@ public final class NVRTC: @unchecked Sendable {
             _ = logSize(program, &size)
             var log = [CChar](repeating: 0, count: max(size, 1))
             _ = getLog(program, &log)
-            let text = String(cString: log).split(separator: "\n").prefix(3).joined(separator: " | ")
+            let text = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "\n").prefix(3).joined(separator: " | ")
             throw CUDAError("NVRTC could not compile \(name) for \(architecture): \(text)")
         }
         var size = 0

@@ -1,0 +1,259 @@
+import Testing
+import SwitchyardJSON
+@testable import Kernels
+import SwitchyardSupport
+import SwitchyardTestSupport
+
+/// Rows and their bytes in `format` from fixtures/quant/vectors.json (scripts/quant_vectors.py):
+/// `list` "cases" (the gguf package's quantisers) or "q4_k_cases" (ggml's, with gguf's
+/// dequantisation in `dequantized`).
+func quantVectors(_ format: String, list: String = "cases") -> [(values: [Float], bytes: [UInt8], dequantized: [Float])] {
+    let json = try! JSONValue.parse(try! readFileBytes(repositoryRoot + "/fixtures/quant/vectors.json"))
+    return json[list]!.arrayValue!.map { c in
+        let hex = Array(c[format]!.stringValue!)
+        let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
+        return (c["values"]!.arrayValue!.map { Float($0.doubleValue!) }, bytes, c["dequantized"]?.arrayValue?.map { Float($0.doubleValue!) } ?? [])
+    }
+}
+
+/// `weights` (rows of whole blocks) in a block format.
+func quantized(_ element: WeightElement, _ weights: [Float]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: element.rowBytes(weights.count))
+    weights.withUnsafeBufferPointer { w in
+        out.withUnsafeMutableBytes {
+            switch element {
+            case .q8_0: Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            case .q4_0: Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            default: Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            }
+        }
+    }
+    return out
+}
+
+/// Quantises random weights, checks the float-activation product against the plain reference
+/// over the values they hold, and returns the weights and the matrix's bytes for checks of the
+/// quantisation error.
+func checkFloatPath(_ element: WeightElement, rows: Int, columns: Int, tokens: Int, seed: UInt64) -> (weights: [Float], bytes: [UInt8]) {
+    let pool = ThreadPool(threads: 3)
+    let weights = randomFloats(rows * columns, seed: seed)
+    let bytes = quantized(element, weights)
+    let input = randomFloats(tokens * columns, seed: seed &+ 1)
+    expectProductMatchesReference(element, rows: rows, columns: columns, bytes: bytes, input: input, tokens: tokens, pool: pool)
+    return (weights, bytes)
+}
+
+/// `matmul` over a matrix's stored bytes equals the plain reference over the values they hold,
+/// to float32 rounding.
+func expectProductMatchesReference(
+    _ element: WeightElement, rows: Int, columns: Int, bytes: [UInt8], input: [Float], tokens: Int, pool: ThreadPool
+) {
+    bytes.withUnsafeBytes { raw in
+        let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
+        let expected = matmulReference(m, input: input, tokens: tokens)
+        var out = [Float](repeating: .nan, count: tokens * rows)
+        input.withUnsafeBufferPointer { x in
+            out.withUnsafeMutableBufferPointer { o in
+                matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+            }
+        }
+        for i in out.indices { #expect(abs(out[i] - expected[i]) <= 1e-5 * Float(columns), "\(element) [\(i)] \(out[i]) vs \(expected[i])") }
+    }
+}
+
+@Suite("Q8_0")
+struct Q8_0Tests {
+    static let cases = quantVectors("q8_0")
+
+    @Test func quantizationIsGGUFs() {
+        #expect(Self.cases.count == 5)
+        for c in Self.cases {
+            #expect(quantized(.q8_0, c.values) == c.bytes)
+        }
+    }
+
+    @Test(arguments: [(7, 32, 1), (19, 96, 3), (5, 160, 5), (33, 64, 9)])
+    func matmulMatchesReference(rows: Int, columns: Int, tokens: Int) {
+        let (weights, bytes) = checkFloatPath(.q8_0, rows: rows, columns: columns, tokens: tokens, seed: UInt64(rows + columns))
+        bytes.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: .q8_0, rows: rows, columns: columns, data: raw.baseAddress!)
+            // Dequantised values stay within half a step of the originals, plus the float16
+            // rounding of the scale (up to 2^-11 relative, times |q| <= 127).
+            for r in 0..<rows {
+                for c in 0..<columns {
+                    let block = weights[(r * columns + c) / 32 * 32..<(r * columns + c) / 32 * 32 + 32]
+                    let step = block.map(abs).max()! / 127
+                    #expect(abs(m.value(r, c) - weights[r * columns + c]) <= step * (0.5 + 127.0 / 2048))
+                }
+            }
+        }
+    }
+}
+
+@Suite("Q4_0 and integer dot products", .serialized)
+struct QuantizedDotTests {
+    static let cases = quantVectors("q4_0")
+
+    @Test func q4_0QuantizationIsGGUFs() {
+        #expect(Self.cases.count == 5)
+        for c in Self.cases {
+            #expect(quantized(.q4_0, c.values) == c.bytes)
+        }
+    }
+
+    // Awkward shapes: block counts that are not multiples of anything, token counts around the
+    // 4-token register block.
+    @Test(arguments: [(WeightElement.q8_0, 7, 32, 1), (.q8_0, 19, 96, 3), (.q8_0, 5, 224, 6), (.q4_0, 7, 32, 1), (.q4_0, 33, 96, 4), (.q4_0, 5, 160, 9),
+                       (.q4_k, 7, 256, 1), (.q4_k, 13, 512, 4), (.q4_k, 5, 768, 6)])
+    func integerPathMatchesItsTwinAndStaysClose(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
+        // Every instruction-set path this CPU has, then the best again (tests in this suite run
+        // one at a time, so the setting is theirs).
+        for level in [0, 1, 2, nil] {
+            forceQuantizedDotLevel(level)
+            checkIntegerPath(element: element, rows: rows, columns: columns, tokens: tokens)
+        }
+    }
+
+    /// Weights of 1e-4 give float16 scales below 2^-14 (subnormal), which the C kernels widen
+    /// without the F16C instruction.
+    @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k])
+    func subnormalScales(element: WeightElement) {
+        for level in [0, 1, 2, nil] {
+            forceQuantizedDotLevel(level)
+            checkIntegerPath(element: element, rows: 5, columns: 256, tokens: 2, scale: 1e-4)
+        }
+    }
+
+    func checkIntegerPath(element: WeightElement, rows: Int, columns: Int, tokens: Int, scale: Float = 1) {
+        let pool = ThreadPool(threads: 3)
+        let bytes = quantized(element, randomFloats(rows * columns, seed: UInt64(rows * 7 + columns)).map { $0 * scale })
+        let input = randomFloats(tokens * columns, seed: 17)
+        var values = [Int8](repeating: 0, count: tokens * columns)
+        var scales = [Float](repeating: 0, count: tokens * columns / 32)
+        var sums = scales
+        input.withUnsafeBufferPointer { x in
+            QuantizedActivations.quantize(x.baseAddress!, inputStride: columns, columns: columns, tokens: tokens, values: &values, scales: &scales)
+        }
+        QuantizedActivations.blockSums(values: values, scales: scales, columns: columns, tokens: tokens, into: &sums)
+        bytes.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
+            var exact = [Float](repeating: .nan, count: tokens * rows), integer = exact
+            input.withUnsafeBufferPointer { x in
+                exact.withUnsafeMutableBufferPointer { o in
+                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                }
+                integer.withUnsafeMutableBufferPointer { o in
+                    matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool, precision: .int8)
+                }
+            }
+            let reference = matmulReference(m, input: input, tokens: tokens)
+            for r in 0..<rows {
+                let twin = quantizedDotReference(element, raw.baseAddress! + r * m.rowBytes, blocks: columns / 32, values: values, scales: scales,
+                                                 sums: sums, stride: columns, tokens: tokens)
+                for t in 0..<tokens {
+                    let i = t * rows + r
+                    // The C kernel (\(quantizedDotInstructions)) is its Swift twin, bit for bit.
+                    #expect(integer[i].bitPattern == twin[t].bitPattern, "\(element) row \(r) token \(t): \(integer[i]) vs twin \(twin[t])")
+                    #expect(abs(exact[i] - reference[i]) <= 1e-5 * Float(columns))
+                    // Activations quantised to 8 bits: within about 1% of the row's magnitude.
+                    var magnitude: Float = 0
+                    for c in 0..<columns { magnitude += abs(m.value(r, c) * input[t * columns + c]) }
+                    #expect(abs(integer[i] - reference[i]) <= 0.01 * magnitude + 1e-6)
+                }
+            }
+        }
+    }
+}
+
+@Suite("bf16 C kernel", .serialized)
+struct BF16KernelTests {
+    /// The C bf16 kernel (AVX2, AVX-512) is its Swift twin (level 0 runs the Swift kernel) bit for
+    /// bit, on awkward row counts and token counts around the 4-token block and the AVX-512 tiles
+    /// of 4 rows x 1-5 tokens (with rows and tokens left over); and a token's result is the same
+    /// whatever tokens share the product (batch invariance: a tile is the one-token kernel's sum).
+    @Test(arguments: [(7, 32, 1), (19, 96, 3), (33, 1024, 4), (5, 160, 9), (37, 96, 12), (64, 256, 20)])
+    func cKernelIsItsSwiftTwin(rows: Int, columns: Int, tokens: Int) {
+        let pool = ThreadPool(threads: 3)
+        let weights = randomFloats(rows * columns, seed: UInt64(rows * 13 + columns)).map(bf16Bits)
+        let input = randomFloats(tokens * columns, seed: 3)
+        func run(_ level: Int?) -> [Float] {
+            forceQuantizedDotLevel(level)
+            defer { forceQuantizedDotLevel(nil) }
+            var out = [Float](repeating: .nan, count: tokens * rows)
+            weights.withUnsafeBytes { raw in
+                let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
+                input.withUnsafeBufferPointer { x in
+                    out.withUnsafeMutableBufferPointer { o in
+                        matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
+                    }
+                }
+            }
+            return out
+        }
+        let swift = run(0)
+        for level in [1, 2] {
+            let c = run(level)
+            let first = c.indices.first { c[$0].bitPattern != swift[$0].bitPattern }
+            #expect(first == nil, "level \(level): first difference at \(first ?? -1)")
+        }
+        // Each token alone, at the best level.
+        let together = run(nil)
+        var alone = [Float](repeating: .nan, count: tokens * rows)
+        weights.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
+            input.withUnsafeBufferPointer { x in
+                alone.withUnsafeMutableBufferPointer { o in
+                    for t in 0..<tokens {
+                        matmul(m, input: x.baseAddress! + t * columns, inputStride: columns, output: o.baseAddress! + t * rows, outputStride: rows,
+                               tokens: 1, pool: pool)
+                    }
+                }
+            }
+        }
+        let differs = together.indices.first { together[$0].bitPattern != alone[$0].bitPattern }
+        #expect(differs == nil, "batched vs alone: first difference at \(differs ?? -1)")
+    }
+}
+
+@Suite("Q4_K")
+struct Q4_KTests {
+    /// Rows quantised by ggml's quantize_row_q4_K_ref and dequantised by the gguf package.
+    static let cases = quantVectors("q4_k", list: "q4_k_cases")
+
+    @Test func quantizationIsGGMLs() {
+        #expect(Self.cases.count == 5)
+        for (n, c) in Self.cases.enumerated() {
+            let out = quantized(.q4_k, c.values)
+            let differing = out.indices.filter { out[$0] != c.bytes[$0] }
+            #expect(out.count == c.bytes.count && differing.isEmpty, "row \(n): bytes \(differing.prefix(8)) differ")
+        }
+    }
+
+    @Test func layoutIsGGUFs() {
+        for (n, c) in Self.cases.enumerated() {
+            c.bytes.withUnsafeBytes { raw in
+                let wrong = (0..<c.values.count).filter { Q4_K.value(raw.baseAddress!, $0).bitPattern != c.dequantized[$0].bitPattern }
+                #expect(wrong.isEmpty, "row \(n): elements \(wrong.prefix(8)) differ from gguf's dequantisation")
+            }
+        }
+    }
+
+    @Test(arguments: [(7, 256, 1), (19, 512, 3), (5, 768, 5), (33, 256, 9)])
+    func floatPathMatchesReference(rows: Int, columns: Int, tokens: Int) {
+        let (weights, bytes) = checkFloatPath(.q4_k, rows: rows, columns: columns, tokens: tokens, seed: UInt64(rows * 3 + columns))
+        bytes.withUnsafeBytes { raw in
+            let m = WeightMatrix(element: .q4_k, rows: rows, columns: columns, data: raw.baseAddress!)
+            // 4 bits with a fitted offset: each value within a step of 1/15 of its sub-block's range
+            // (plus the 6-bit rounding of scale and min).
+            for r in 0..<rows {
+                for b in 0..<(columns / 32) {
+                    let block = weights[(r * columns + b * 32)..<(r * columns + b * 32 + 32)]
+                    let range = block.max()! - min(0, block.min()!)
+                    for c in (b * 32)..<(b * 32 + 32) {
+                        #expect(abs(m.value(r, c) - weights[r * columns + c]) <= range / 15 * 1.2, "row \(r) column \(c)")
+                    }
+                }
+            }
+        }
+    }
+}
