@@ -139,7 +139,7 @@ let package = Package(
             "Generation", "Models", "Tokenizers", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
         .testTarget(name: "BatchingTests", dependencies: [
-            "Batching", "Engine", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport",
+            "Batching", "Engine", "Orchestration", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",

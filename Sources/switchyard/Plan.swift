@@ -55,7 +55,7 @@ struct PlanCommand: ParsableCommand {
             } else {
                 throw InputError("unknown hardware profile '\(hardware)' (known: local, \(HardwareProfile.known.map(\.name).joined(separator: ", ")))")
             }
-            let accelerator = try acceleratorMemory.map(parseByteSize) ?? (machine.gpuMemory > 0 ? machine.gpuMemory : nil)
+            let accelerator = try acceleratorMemory.map(parseByteSize) ?? (machine.acceleratorMemory > 0 ? machine.acceleratorMemory : nil)
             let ram = try ramBudget.map(parseByteSize) ?? machine.ramBytes
             let popularity = try profile.map { try Engine.popularity(profile: $0, config: config) }
             let context = contextLength ?? min(4096, config.maxPositions)
@@ -87,10 +87,11 @@ struct PlanCommand: ParsableCommand {
             let profileNote = popularity == nil ? "experts placed uniformly (no --profile)" : "experts placed by popularity from \(profile!)"
             writeOut("hardware: \(machine.name) — \(machine.description)\n")
             writeOut("budgets: accelerator \(accelerator.map { formatBytes($0, digits: 2) } ?? "none"), RAM \(formatBytes(ram, digits: 2)); weights \(element); \(profileNote)\n\n")
-            let onAccelerator = zip(plan.footprint.always, p.alwaysOnAccelerator).filter { $0.1 }.count
+            let onAccelerator = p.alwaysOnAccelerator.filter { $0 }.count
+            let eligible = plan.footprint.always.filter(\.acceleratorEligible).count
             writeOut("| what | size | where |\n| --- | ---: | --- |\n")
-            writeOut("| what every token touches: \(onAccelerator) of \(plan.footprint.always.count) tensors | \(formatBytes(p.acceleratorTensorBytes, digits: 2)) | accelerator |\n")
-            writeOut("| what every token touches: the rest (embedding, routers\(onAccelerator < plan.footprint.always.count - 1 ? ", what did not fit" : "")) | \(formatBytes(p.alwaysHostBytes, digits: 2)) | ram |\n")
+            writeOut("| what every token touches: \(onAccelerator) of the \(eligible) tensors that may go there | \(formatBytes(p.acceleratorTensorBytes, digits: 2)) | accelerator |\n")
+            writeOut("| what every token touches: the embedding and routers\(onAccelerator < eligible ? ", and what did not fit" : "") | \(formatBytes(p.alwaysHostBytes, digits: 2)) | ram |\n")
             writeOut("| KV cache (\(context) positions, f32) and work memory | \(formatBytes(plan.reservedHostBytes, digits: 2)) | ram |\n")
             let expertSize = plan.footprint.expertBytes
             for (label, count, tier) in [("experts pinned", experts["accelerator_pinned"]!, "accelerator"), ("expert cache slots", experts["accelerator_cache_slots"]!, "accelerator"),

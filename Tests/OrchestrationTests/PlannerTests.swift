@@ -68,7 +68,7 @@ struct PlannerTests {
             let acceleratorMemory = always + 2 * slot + 100
             let reserve = TierOptions.hostReservation(config, positions: testPositions)
             let hostAlways = footprint.always.filter { !$0.acceleratorEligible }.reduce(0) { $0 + $1.bytes }
-            let ramBudget = hostAlways + reserve + 2 * ExpertPlacement.ramSlotBytes(footprint.expertMatrixBytes)
+            let ramBudget = hostAlways + reserve + 1 * ExpertPlacement.ramSlotBytes(footprint.expertMatrixBytes)
             let planned = try Planner.plan(
                 config, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: acceleratorMemory, ramBudget: ramBudget,
                 contextLength: testPositions, popularity: profile ? popularity : nil, policy: policy)

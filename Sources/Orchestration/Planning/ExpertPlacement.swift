@@ -8,7 +8,8 @@ import WeightFiles
 /// shares alternate layers, so no layer is left all slow): a share of the accelerator's remaining
 /// room is pinned with experts and the rest becomes its expert cache; under a RAM budget, host
 /// memory holds what every token touches, the reserved bytes (KV cache, work memory) and then
-/// pinned experts and a RAM cache for experts read from disk; every other expert stays on disk.
+/// pinned experts and a RAM cache for experts read from disk; every other expert stays on disk
+/// (none when the budget holds them all).
 public struct ExpertPlacement: Sendable, Equatable {
     public struct Budgets: Sendable {
         /// The accelerator's memory (nil: none), and how much of it is already in use.
@@ -109,7 +110,8 @@ public struct ExpertPlacement: Sendable, Equatable {
             let slotBytes = acceleratorSlotBytes(footprint.expertMatrixBytes)
             let room = max(0, capacity - ((used + 63) & ~63)) / slotBytes
             let fraction = budgets.policy == .naive || budgets.policy == .cpu ? 1.0 : budgets.pinnedFraction
-            let pinned = min(remaining.count, Int((Double(room) * fraction).rounded(.down)))
+            // Everything fits: all pinned, no cache needed.
+            let pinned = room >= remaining.count ? remaining.count : Int((Double(room) * fraction).rounded(.down))
             for key in remaining.prefix(pinned) { homes[key] = .accelerator }
             remaining = remaining.dropFirst(pinned)
             acceleratorSlots = min(room - pinned, remaining.count)
@@ -124,11 +126,12 @@ public struct ExpertPlacement: Sendable, Equatable {
                 throw OrchestrationError("--ram-budget \(formatBytes(budget)) is too small: what every token touches (\(formatBytes(hostBytes)) of weights) and the KV cache and work memory (\(formatBytes(budgets.reservedHostBytes))) take \(formatBytes(always))" + (hasExperts ? ", and at least one expert (\(formatBytes(slotBytes))) must fit beside them" : ""))
             }
             if hasExperts {
-                var room = (budget - always) / slotBytes
+                let room = (budget - always) / slotBytes
                 var pinned: Int
-                if budgets.policy == .naive {
-                    room -= 1
-                    pinned = min(remaining.count, room)
+                if room >= remaining.count {
+                    pinned = remaining.count  // everything fits: no disk tier
+                } else if budgets.policy == .naive {
+                    pinned = room - 1  // and one staging buffer
                 } else {
                     let fraction = budgets.popularity == nil && budgets.policy != .cpu ? 0 : budgets.pinnedFraction
                     pinned = min(remaining.count, Int((Double(room) * fraction).rounded(.down)))

@@ -5,10 +5,10 @@ import SwitchyardSupport
 public struct HardwareProfile: Sendable, Equatable {
     public var name: String
     public var description: String
-    /// Accelerator memory (0 without one), its bandwidth and dense bf16 throughput.
-    public var gpuMemory: Int
-    public var gpuBandwidth: Double
-    public var gpuFlops: Double
+    /// Accelerator (GPU) memory (0 without one), its bandwidth and dense bf16 throughput.
+    public var acceleratorMemory: Int
+    public var acceleratorBandwidth: Double
+    public var acceleratorFlops: Double
     /// Host → accelerator copy rate from pinned memory.
     public var linkBandwidth: Double
     /// Host RAM, the rate at which CPU expert kernels stream weights, and CPU dense throughput.
@@ -20,13 +20,13 @@ public struct HardwareProfile: Sendable, Equatable {
 
     static let GB = 1e9, TB = 1e12
 
-    public init(name: String, description: String, gpuMemory: Int, gpuBandwidth: Double, gpuFlops: Double, linkBandwidth: Double,
+    public init(name: String, description: String, acceleratorMemory: Int, acceleratorBandwidth: Double, acceleratorFlops: Double, linkBandwidth: Double,
                 ramBytes: Int, cpuBandwidth: Double, cpuFlops: Double, diskBandwidth: Double) {
         self.name = name
         self.description = description
-        self.gpuMemory = gpuMemory
-        self.gpuBandwidth = gpuBandwidth
-        self.gpuFlops = gpuFlops
+        self.acceleratorMemory = acceleratorMemory
+        self.acceleratorBandwidth = acceleratorBandwidth
+        self.acceleratorFlops = acceleratorFlops
         self.linkBandwidth = linkBandwidth
         self.ramBytes = ramBytes
         self.cpuBandwidth = cpuBandwidth
@@ -39,17 +39,17 @@ public struct HardwareProfile: Sendable, Equatable {
         HardwareProfile(
             name: "quadro-rtx6000-pcie3-2x-xeon-gold-6126",
             description: "Fiddler's machine: Quadro RTX 6000 24 GB on PCIe 3 x16, 2x Xeon Gold 6126 (24 cores, 12 DDR4-2666 channels)",
-            gpuMemory: 24 << 30, gpuBandwidth: 560 * GB, gpuFlops: 25 * TB, linkBandwidth: 11 * GB,
+            acceleratorMemory: 24 << 30, acceleratorBandwidth: 560 * GB, acceleratorFlops: 25 * TB, linkBandwidth: 11 * GB,
             ramBytes: 192 << 30, cpuBandwidth: 110 * GB, cpuFlops: 2.0 * TB, diskBandwidth: 2 * GB),
         HardwareProfile(
             name: "rtx4090-pcie4-ryzen-7950x",
             description: "GeForce RTX 4090 24 GB on PCIe 4 x16, Ryzen 9 7950X (16 cores, 2 DDR5-6000 channels)",
-            gpuMemory: 24 << 30, gpuBandwidth: 900 * GB, gpuFlops: 140 * TB, linkBandwidth: 24 * GB,
+            acceleratorMemory: 24 << 30, acceleratorBandwidth: 900 * GB, acceleratorFlops: 140 * TB, linkBandwidth: 24 * GB,
             ramBytes: 128 << 30, cpuBandwidth: 65 * GB, cpuFlops: 2.5 * TB, diskBandwidth: 5 * GB),
         HardwareProfile(
             name: "h100-pcie5-epyc-9454",
             description: "H100 80 GB on PCIe 5 x16, EPYC 9454 (48 cores, 12 DDR5-4800 channels)",
-            gpuMemory: 80 << 30, gpuBandwidth: 2800 * GB, gpuFlops: 700 * TB, linkBandwidth: 50 * GB,
+            acceleratorMemory: 80 << 30, acceleratorBandwidth: 2800 * GB, acceleratorFlops: 700 * TB, linkBandwidth: 50 * GB,
             ramBytes: 768 << 30, cpuBandwidth: 330 * GB, cpuFlops: 8 * TB, diskBandwidth: 7 * GB),
     ]
 
@@ -83,7 +83,7 @@ extension HardwareProfile {
         }
         return HardwareProfile(
             name: "local", description: "this machine, measured: \(fixed(bandwidth / 1e9, 1)) GB/s read, \(fixed(best / 1e9, 0)) GFLOP/s; no GPU",
-            gpuMemory: 0, gpuBandwidth: 0, gpuFlops: 0, linkBandwidth: 0,
+            acceleratorMemory: 0, acceleratorBandwidth: 0, acceleratorFlops: 0, linkBandwidth: 0,
             ramBytes: availableMemory(), cpuBandwidth: bandwidth, cpuFlops: best, diskBandwidth: 1.5e9)
     }
 

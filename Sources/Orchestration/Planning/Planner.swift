@@ -45,7 +45,7 @@ public enum Planner {
         options.policy = policy
         options.popularity = popularity
         let placement = try ExpertPlacement.place(footprint, options.budgets(acceleratorMemory: acceleratorMemory))
-        let hasAccelerator = acceleratorMemory != nil && hardware.gpuMemory > 0
+        let hasAccelerator = acceleratorMemory != nil && hardware.acceleratorMemory > 0
 
         let expertBytes = footprint.expertBytes
         let expertFlops = 2 * Double(footprint.expertParameters)
@@ -56,7 +56,7 @@ public enum Planner {
         let costs = CostModel(
             key: "predicted for \(hardware.name)", tokenCounts: counts,
             cpuSeconds: counts.map { time($0, flops: hardware.cpuFlops, bandwidth: hardware.cpuBandwidth) },
-            acceleratorSeconds: hasAccelerator ? counts.map { time($0, flops: hardware.gpuFlops, bandwidth: hardware.gpuBandwidth) } : [],
+            acceleratorSeconds: hasAccelerator ? counts.map { time($0, flops: hardware.acceleratorFlops, bandwidth: hardware.acceleratorBandwidth) } : [],
             copyBytesPerSecond: hasAccelerator ? hardware.linkBandwidth : 0, diskBytesPerSecond: hardware.diskBandwidth,
             expertBytes: expertBytes)
 
@@ -84,13 +84,13 @@ public enum Planner {
 
         // Per layer: the always-touched tensors where they were placed, then the experts.
         let T = Double(prefillTokens)
-        let acceleratorFlops = hasAccelerator ? hardware.gpuFlops : hardware.cpuFlops
+        let acceleratorFlops = hasAccelerator ? hardware.acceleratorFlops : hardware.cpuFlops
         var denseDecode = [Double](repeating: 0, count: footprint.expertsPerLayer.count + 1)
         var densePrefill = denseDecode
         var denseFiddler = 0.0
         for (t, onAccelerator) in zip(footprint.always, placement.alwaysOnAccelerator) where t.name != "embedding" {
             let layer = t.name.hasPrefix("layer ") ? Int(t.name.split(separator: " ")[1])! : footprint.expertsPerLayer.count
-            let read = Double(t.bytes) / (onAccelerator && hasAccelerator ? hardware.gpuBandwidth : hardware.cpuBandwidth)
+            let read = Double(t.bytes) / (onAccelerator && hasAccelerator ? hardware.acceleratorBandwidth : hardware.cpuBandwidth)
             denseDecode[layer] += read
             densePrefill[layer] += max(T * 2 * Double(t.parameters) / (onAccelerator ? acceleratorFlops : hardware.cpuFlops), read)
             denseFiddler += onAccelerator && hasAccelerator ? read : Double(t.bytes) / HardwareProfile.fiddlerCPUBandwidth
