@@ -126,13 +126,8 @@ public final class BatchScheduler: @unchecked Sendable {
         eos = Set(model.config.eosTokenIDs)
         pthread_mutex_init(&wakeMutex, nil)
         pthread_cond_init(&wake, nil)
-        let context = Unmanaged.passRetained(self)
-        let started = pthread_create(&thread, nil, { raw in
-            let scheduler = Unmanaged<BatchScheduler>.fromOpaque(raw!).takeRetainedValue()
-            scheduler.loop()
-            return nil
-        }, context.toOpaque())
-        precondition(started == 0, "cannot start the scheduler thread: error \(started)")
+        // The scheduler keeps itself alive until `shutdown()` has let its thread end.
+        thread = startThread("the scheduler") { [self] in loop() }
     }
 
     deinit {

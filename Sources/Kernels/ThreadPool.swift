@@ -62,14 +62,10 @@ public final class ThreadPool: @unchecked Sendable {
         pthread_mutex_init(&mutex, nil)
         pthread_cond_init(&wake, nil)
         for index in 1..<threadCount {
-            let context = Unmanaged.passRetained(WorkerContext(pool: self, index: index))
-            var thread = pthread_t()
-            let result = pthread_create(&thread, nil, { raw in
-                let context = Unmanaged<WorkerContext>.fromOpaque(raw!).takeRetainedValue()
-                context.pool.workerLoop(index: context.index)
-                return nil
-            }, context.toOpaque())
-            precondition(result == 0, "cannot start kernel thread: error \(result)")
+            // Not a strong or checked `unowned` reference: deinit wakes the workers to exit, and they
+            // read the pool while its deinit runs. That is safe because deinit joins every worker
+            // before the memory goes.
+            let thread = startThread("a kernel") { [unowned(unsafe) self] in workerLoop(index: index) }
             self.threads.append(thread)
         }
     }
@@ -86,14 +82,6 @@ public final class ThreadPool: @unchecked Sendable {
         cursors.deallocate()
         pthread_cond_destroy(&wake)
         pthread_mutex_destroy(&mutex)
-    }
-
-    private final class WorkerContext {
-        // Not a checked `unowned`: deinit wakes the workers to exit, and they read the pool while
-        // its deinit runs. That is safe because deinit joins every worker before the memory goes.
-        unowned(unsafe) let pool: ThreadPool
-        let index: Int
-        init(pool: ThreadPool, index: Int) { self.pool = pool; self.index = index }
     }
 
     /// Runs `body(i)` for every i in 0..<count on the pool's threads and returns when all are done.

@@ -19,13 +19,8 @@ public final class SerialQueue: @unchecked Sendable {
     public init() {
         pthread_mutex_init(&mutex, nil)
         pthread_cond_init(&condition, nil)
-        let context = Unmanaged.passRetained(self)
-        let result = pthread_create(&thread, nil, { raw in
-            let queue = Unmanaged<SerialQueue>.fromOpaque(raw!).takeRetainedValue()
-            queue.loop()
-            return nil
-        }, context.toOpaque())
-        precondition(result == 0, "cannot start a queue thread: error \(result)")
+        // The queue keeps itself alive until `stop()` has let its thread end.
+        thread = startThread("a queue") { [self] in loop() }
     }
 
     deinit {
