@@ -163,7 +163,7 @@ public enum KernelSources {
         """#),
         ("router", #"""
         // Softmax over each token's router logits, the k largest (lower expert index on ties), optionally
-        // renormalised: the CPU's routeTopK. One thread per token (expert counts are small).
+        // renormalised: the CPU's route() with softmax top-k. One thread per token (expert counts are small).
         extern "C" __global__ void router_topk_f32(const float* logits, int tokens, int experts, int k, int normalize,
                                                    int* chosen, float* weights) {
             int t = blockIdx.x * blockDim.x + threadIdx.x;
