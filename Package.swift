@@ -18,6 +18,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "switchyard", targets: ["switchyard"]),
+        .executable(name: "switchyard-worker", targets: ["switchyard-worker"]),
         .library(name: "Engine", targets: ["Engine"]),
         .library(name: "Models", targets: ["Models"]),
         .library(name: "Runtime", targets: ["Runtime"]),
@@ -102,16 +103,23 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
         ], swiftSettings: tuned),
-        // The command-line tool: parses flags, calls the engine and the server, prints.
-        .executableTarget(
-            name: "switchyard",
-            dependencies: [
-                "Engine", "Models", "Orchestration", "Runtime", "Generation", "Batching", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
-                "SwitchyardSupport", "NPY", "Server",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: tuned),
+        // The commands every binary has: parse flags into the engine's options, call it, print.
+        .target(name: "Commands", dependencies: [
+            "Engine", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
+            "SwitchyardSupport", "NPY",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: tuned),
+        // The command-line tool: the commands and the HTTP server.
+        .executableTarget(name: "switchyard", dependencies: [
+            "Commands", "Batching", "ChatTemplates", "Models", "Server", "Tokenizers", "SwitchyardSupport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: tuned),
+        // The same commands without the server (and the full Foundation it brings): the binary that
+        // goes to a GPU machine or another host.
+        .executableTarget(name: "switchyard-worker", dependencies: [
+            "Commands", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: tuned),
 
         // What the test targets share: the repository's paths, transformers' reference logits,
         // error measures.

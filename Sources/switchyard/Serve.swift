@@ -1,6 +1,7 @@
 import ArgumentParser
 import Batching
 import ChatTemplates
+import Commands
 import Models
 import Server
 import SwitchyardSupport

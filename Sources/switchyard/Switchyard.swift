@@ -1,16 +1,15 @@
 import ArgumentParser
-import SwitchyardSupport
+import Commands
 
 @main
 struct Switchyard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A Mixture-of-Experts inference engine for models larger than fast memory.",
-        subcommands: [Generate.self, Chat.self, Serve.self, Logits.self, Tokenize.self, Detokenize.self, Template.self, Info.self, Profile.self, PlanCommand.self, Bench.self, Quantize.self])
+        subcommands: [SwitchyardCommands.compute[0], SwitchyardCommands.compute[1], Serve.self] + SwitchyardCommands.compute.dropFirst(2))
 
     static func main() async {
-        // A reader that goes away (`switchyard generate ... | head`) ends the output, not the process.
-        signal(SIGPIPE, SIG_IGN)
+        SwitchyardCommands.prepareProcess()
         await main(nil)
     }
 }

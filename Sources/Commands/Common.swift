@@ -11,7 +11,9 @@ extension ExpertPolicy: ExpressibleByArgument {}
 extension WeightQuantization.Format: ExpressibleByArgument {}
 
 /// Options every command that loads a model shares; `engineOptions` turns them into the engine's.
-struct ModelOptions: ParsableArguments {
+public struct ModelOptions: ParsableArguments {
+    public init() {}
+
     @Option(name: .long, help: "A Hugging Face model folder (config.json, safetensors, tokenizer.json); default: the bundled demo model.")
     var model: String?
 
@@ -77,7 +79,7 @@ struct ModelOptions: ParsableArguments {
         discussion: "By default a model held wholly in memory is read in at load and mapped with 2 MiB pages where the kernel can (decode reads every weight once per token; 4 KiB pages cost a page walk every 4 KiB): a file cached in 4 KiB pages is dropped from the cache and read again once to get them."))
     var noHugePages = false
 
-    func validate() throws {
+    public func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         if acceleratorThreads < 1 { throw ValidationError("--accelerator-threads must be at least 1") }
         if quantizeAll && quantize == nil { throw ValidationError("--quantize-all needs --quantize") }
@@ -86,7 +88,7 @@ struct ModelOptions: ParsableArguments {
     /// The engine's options from the flags; sizes and files are checked here, with one-line errors.
     /// - Parameter kvPositions: KV cache positions the command may fill (all sequences together):
     ///   a RAM budget must hold them besides the weights.
-    func engineOptions(kvPositions: Int? = nil) throws -> EngineOptions {
+    public func engineOptions(kvPositions: Int? = nil) throws -> EngineOptions {
         var o = EngineOptions(model: try modelDirectory(model))
         o.threads = threads
         o.precision = precision
@@ -109,7 +111,7 @@ struct ModelOptions: ParsableArguments {
     }
 
     /// Loads the engine, logging what it chose.
-    func loadEngine(kvPositions: Int? = nil) throws -> Engine {
+    public func loadEngine(kvPositions: Int? = nil) throws -> Engine {
         let engine = try Engine.load(try engineOptions(kvPositions: kvPositions))
         for note in engine.notes { printError("note: \(note)") }
         let model = engine.model
@@ -145,7 +147,7 @@ func reportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
-func printError(_ message: String) {
+public func printError(_ message: String) {
     var line = message
     if !line.hasSuffix("\n") { line += "\n" }
     writeAll(2, line)
