@@ -284,7 +284,11 @@ public final class BatchScheduler: @unchecked Sendable {
             return
         }
         let session = seq.session!
-        let step = seq.loop.next(logits: logits, contextFull: session.position >= session.capacity)
+        let step: DecodeStep
+        do { step = try seq.loop.next(logits: logits, contextFull: session.position >= session.capacity) } catch {
+            finish(seq, .failed(error.description))
+            return
+        }
         var logprobs: [TokenLogprob] = []
         if let top = seq.request.topLogprobs { logprobs = [logprob(logits, step.token, top: top)] }
         shared.withLock { $0.stats.completionTokens += 1 }

@@ -22,9 +22,27 @@ public struct ChatTemplate: @unchecked Sendable {
     ///   - tools: tool definitions, or nil (the template then sees `tools` as none, as in transformers).
     ///   - variables: `bos_token`, `eos_token` and any extra keyword arguments (`enable_thinking`...).
     ///   - time: what `strftime_now` formats (seconds since 1970), now by default; tests pin it.
+    /// Bounds on what one rendering may do, as jinja2's sandbox bounds it (transformers renders in
+    /// one): a template from a downloaded file, or a conversation from a client, must not take
+    /// unbounded time, memory or stack. Passing one is an error naming it.
+    public struct Limits: Sendable {
+        /// Nodes executed, expressions evaluated and loop iterations, all together.
+        public var steps = 1_000_000
+        /// Nested evaluations (a macro that calls itself, deeply nested expressions).
+        public var depth = 200
+        /// Bytes of output, and of any one string or list a template builds.
+        public var outputBytes = 64 << 20
+
+        public init(steps: Int = 1_000_000, depth: Int = 200, outputBytes: Int = 64 << 20) {
+            self.steps = steps
+            self.depth = depth
+            self.outputBytes = outputBytes
+        }
+    }
+
     public func render(
         messages: JSONValue, tools: JSONValue? = nil, addGenerationPrompt: Bool = true,
-        variables: [String: JSONValue] = [:], time fixedTime: Int? = nil
+        variables: [String: JSONValue] = [:], time fixedTime: Int? = nil, limits: Limits = Limits()
     ) throws(TemplateError) -> String {
         var globals: [String: Value] = [:]
         for (k, v) in variables { globals[k] = Value(json: v) }
@@ -41,6 +59,9 @@ public struct ChatTemplate: @unchecked Sendable {
             }
             let (start, stop, step) = ints.count == 1 ? (0, ints[0], 1) : (ints.first ?? 0, ints.count > 1 ? ints[1] : 0, ints.count > 2 ? ints[2] : 1)
             guard step != 0 else { throw TemplateError("range() step must not be zero", line: 0) }
+            // jinja2's sandbox refuses ranges of more than 100,000 items (MAX_RANGE).
+            let count = Double(stop) / Double(step) - Double(start) / Double(step)
+            guard count <= 100_000 else { throw TemplateError("range() of more than 100000 items", line: 0) }
             return .list(Array(stride(from: start, to: stop, by: step)).map { .int($0) })
         })
         globals["namespace"] = .callable(Value.Callable("namespace") { a, k in
@@ -66,7 +87,7 @@ public struct ChatTemplate: @unchecked Sendable {
             let n = strftime(&buffer, buffer.count, a.first?.text ?? "%Y-%m-%d", &parts)
             return .string(String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self))
         })
-        return try Renderer(globals: globals).render(nodes)
+        return try Renderer(globals: globals, limits: limits).render(nodes)
     }
 }
 

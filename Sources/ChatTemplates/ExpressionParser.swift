@@ -4,6 +4,15 @@ struct ExpressionParser {
     let tokens: [Token]
     var index = 0
     let line: Int
+    /// Nesting so far: parentheses, unary operators, `not`s. Bounded so that a crafted template
+    /// cannot overflow the stack of this recursive descent.
+    var depth = 0
+    static let depthLimit = 100
+
+    mutating func nest() throws(TemplateError) {
+        depth += 1
+        guard depth <= Self.depthLimit else { throw TemplateError("an expression nested more than \(Self.depthLimit) levels deep", line: currentLine) }
+    }
 
     init(tokens: [Token], line: Int) {
         self.tokens = tokens
@@ -60,6 +69,8 @@ struct ExpressionParser {
     }
 
     mutating func parseExpression(allowConditional: Bool = true) throws(TemplateError) -> Expression {
+        try nest()
+        defer { depth -= 1 }
         let value = try parseOr()
         guard allowConditional, acceptKeyword("if") else { return value }
         let condition = try parseOr()
@@ -80,7 +91,11 @@ struct ExpressionParser {
     }
 
     mutating func parseNot() throws(TemplateError) -> Expression {
-        if acceptKeyword("not") { return .unary("not", try parseNot()) }
+        if acceptKeyword("not") {
+            try nest()
+            defer { depth -= 1 }
+            return .unary("not", try parseNot())
+        }
         return try parseComparison()
     }
 
@@ -147,8 +162,12 @@ struct ExpressionParser {
     }
 
     mutating func parseUnary() throws(TemplateError) -> Expression {
-        if accept(.op("-")) { return .unary("-", try parseUnary()) }
-        if accept(.op("+")) { return try parseUnary() }
+        if peek == .op("-") || peek == .op("+") {
+            try nest()
+            defer { depth -= 1 }
+            if accept(.op("-")) { return .unary("-", try parseUnary()) }
+            if accept(.op("+")) { return try parseUnary() }
+        }
         return try parsePower()
     }
 

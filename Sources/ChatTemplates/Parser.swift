@@ -37,11 +37,16 @@ enum SetTarget {
 struct Parser {
     var segments: [Segment]
     var position = 0
+    var depth = 0
 
     init(_ segments: [Segment]) { self.segments = segments }
 
     /// Parses statements until one of `terminators` (returned, not consumed) or the end.
     mutating func parseBody(until terminators: Set<String>) throws(TemplateError) -> (nodes: [Node], terminator: String?, line: Int) {
+        // Blocks nest through this recursion: bounded, so a crafted template cannot overflow the stack.
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= 100 else { throw TemplateError("blocks nested more than 100 levels deep", line: 0) }
         var nodes: [Node] = []
         while position < segments.count {
             let segment = segments[position]

@@ -8,8 +8,31 @@ private enum LoopSignal { case none, breakLoop, continueLoop }
 final class Renderer {
     var scopes: [[String: Value]]
     var line = 1
+    typealias Limits = ChatTemplate.Limits
+    let limits: Limits
+    private var steps = 0, depth = 0
 
-    init(globals: [String: Value]) { scopes = [globals] }
+    init(globals: [String: Value], limits: Limits = Limits()) {
+        scopes = [globals]
+        self.limits = limits
+    }
+
+    /// Counts a step and a level of nesting; `leave()` ends the level.
+    private func enter() throws(TemplateError) {
+        steps += 1
+        depth += 1
+        guard steps <= limits.steps else { throw TemplateError("the template takes too long (more than \(limits.steps) steps)", line: line) }
+        guard depth <= limits.depth else { throw TemplateError("the template nests or recurses more than \(limits.depth) levels deep", line: line) }
+    }
+
+    private func leave() { depth -= 1 }
+
+    /// Fails when `bytes` would pass the output limit.
+    func checkSize(_ bytes: Int) throws(TemplateError) {
+        guard bytes <= limits.outputBytes else {
+            throw TemplateError("the template's output passes \(formatBytes(limits.outputBytes))", line: line)
+        }
+    }
 
     func lookup(_ name: String) -> Value {
         for scope in scopes.reversed() { if let v = scope[name] { return v } }
@@ -33,6 +56,14 @@ final class Renderer {
     }
 
     private func execute(_ node: Node, into out: inout String) throws(TemplateError) -> LoopSignal {
+        try enter()
+        defer { leave() }
+        let signal = try executeNode(node, into: &out)
+        try checkSize(out.utf8.count)
+        return signal
+    }
+
+    private func executeNode(_ node: Node, into out: inout String) throws(TemplateError) -> LoopSignal {
         switch node {
         case .text(let t):
             out += t
@@ -61,6 +92,9 @@ final class Renderer {
             }
             if items.isEmpty { return try run(otherwise, into: &out) }
             for (i, item) in items.enumerated() {
+                // An iteration is a step even when its body is empty.
+                steps += 1
+                guard steps <= limits.steps else { throw TemplateError("the template takes too long (more than \(limits.steps) steps)", line: l) }
                 var loop = Value.Dictionary()
                 loop["index"] = .int(i + 1)
                 loop["index0"] = .int(i)
@@ -162,6 +196,12 @@ final class Renderer {
     // MARK: Expressions
 
     func evaluate(_ e: Expression) throws(TemplateError) -> Value {
+        try enter()
+        defer { leave() }
+        return try evaluateExpression(e)
+    }
+
+    private func evaluateExpression(_ e: Expression) throws(TemplateError) -> Value {
         switch e {
         case .literal(let v): return v
         case .variable(let name): return lookup(name)
@@ -328,17 +368,43 @@ final class Renderer {
         switch (op, l, r) {
         case ("+", .string(let a), .string(let b)): return .string(a + b)
         case ("+", .list(let a), .list(let b)): return .list(a + b)
-        case ("*", .string(let a), .int(let n)): return .string(String(repeating: a, count: max(0, n)))
-        case ("*", .list(let a), .int(let n)): return .list(Array(repeating: a, count: max(0, n)).flatMap { $0 })
-        case (_, .int(let a), .int(let b)) where op != "/" && op != "**":
+        case ("*", .string(let a), .int(let n)):
+            let (bytes, overflow) = a.utf8.count.multipliedReportingOverflow(by: max(0, n))
+            try checkSize(overflow ? Int.max : bytes)
+            return .string(String(repeating: a, count: max(0, n)))
+        case ("*", .list(let a), .int(let n)):
+            let (items, overflow) = a.count.multipliedReportingOverflow(by: max(0, n))
+            try checkSize(overflow ? Int.max : items)
+            return .list(Array(repeating: a, count: max(0, n)).flatMap { $0 })
+        case (_, .int(let a), .int(let b)) where op != "/":
+            func checked(_ result: (partialValue: Int, overflow: Bool)) throws(TemplateError) -> Value {
+                guard !result.overflow else { throw TemplateError("integer overflow in \(a) \(op) \(b)", line: line) }
+                return .int(result.partialValue)
+            }
             switch op {
-            case "+": return .int(a + b)
-            case "-": return .int(a - b)
-            case "*": return .int(a * b)
+            case "+": return try checked(a.addingReportingOverflow(b))
+            case "-": return try checked(a.subtractingReportingOverflow(b))
+            case "*": return try checked(a.multipliedReportingOverflow(by: b))
             case "//", "%":
                 guard b != 0 else { throw TemplateError("integer division or modulo by zero", line: line) }
-                let q = Int((Double(a) / Double(b)).rounded(.down))
+                guard !(a == Int.min && b == -1) else { throw TemplateError("integer overflow in \(a) \(op) \(b)", line: line) }
+                // Python's floor division and modulo: the remainder takes the divisor's sign.
+                var q = a / b
+                if (a % b != 0) && ((a < 0) != (b < 0)) { q -= 1 }
                 return op == "//" ? .int(q) : .int(a - q * b)
+            case "**" where b >= 0:
+                func times(_ x: Int, _ y: Int) throws(TemplateError) -> Int {
+                    let (product, overflow) = x.multipliedReportingOverflow(by: y)
+                    guard !overflow else { throw TemplateError("integer overflow in \(a) ** \(b)", line: line) }
+                    return product
+                }
+                var result = 1, base = a, e = b
+                while e > 0 {
+                    if e & 1 == 1 { result = try times(result, base) }
+                    e >>= 1
+                    if e > 0 { base = try times(base, base) }
+                }
+                return .int(result)
             default: break
             }
         default: break
@@ -356,11 +422,6 @@ final class Renderer {
         case "//": return .double((a / b).rounded(.down))
         case "%": return .double(a - (a / b).rounded(.down) * b)
         case "**":
-            if case .int(let x) = l, case .int(let y) = r, y >= 0 {
-                var result = 1
-                for _ in 0..<y { result *= x }
-                return .int(result)
-            }
             return .double(pow(a, b))
         default: throw TemplateError("unknown operator \(op)", line: line)
         }

@@ -28,14 +28,17 @@ struct Bench: ParsableCommand {
     var json = false
 
     func validate() throws {
-        if promptTokens < 0 || generatedTokens < 0 { throw ValidationError("-p and -n must not be negative") }
-        if repetitions < 1 { throw ValidationError("-r must be at least 1") }
+        try checkRange(promptTokens, "-p", 0...positionLimit)
+        try checkRange(generatedTokens, "-n", 0...positionLimit)
+        try checkRange(repetitions, "-r", 1...1000)
     }
 
     func run() throws {
         try reportingErrors {
             let batches = try batch.split(separator: ",").map { part -> Int in
-                guard let b = Int(part.trimmed(" ")), b >= 1 else { throw InputError("--batch: '\(part)' is not a positive integer") }
+                guard let b = Int(part.trimmed(" ")), (1...4096).contains(b) else {
+                    throw InputError("--batch: '\(part)' is not a number of sequences between 1 and 4096")
+                }
                 return b
             }
             let engine = try modelOptions.loadEngine(kvPositions: max(promptTokens, (batches.max() ?? 1) * (generatedTokens + 1)))
@@ -70,7 +73,7 @@ struct Bench: ParsableCommand {
                         }
                         var logits: [Float] = []
                         for (s, t) in zip(sessions, starts) { logits += try s.forward([t]) }
-                        var next = loops.indices.map { loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
+                        var next = try loops.indices.map { try loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
                         let start = ContinuousClock.now
                         for _ in 0..<generatedTokens {
                             if b == 1 {
@@ -78,7 +81,7 @@ struct Bench: ParsableCommand {
                             } else {
                                 logits = try model.forwardBatch(sessions, next, workspace: workspace)
                             }
-                            next = loops.indices.map { loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
+                            next = try loops.indices.map { try loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
                         }
                         return Double(b * generatedTokens) / (ContinuousClock.now - start).seconds
                     }

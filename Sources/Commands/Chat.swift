@@ -69,6 +69,11 @@ struct Chat: ParsableCommand {
     @Option(name: .customLong("context-length"), help: "Context length (default: the model's maximum).")
     var contextLength: Int?
 
+    func validate() throws {
+        try checkRange(maxTokens, "--max-tokens", 0...positionLimit)
+        try checkRange(contextLength, "--context-length", 1...positionLimit)
+    }
+
     func run() throws {
         try reportingErrors {
             let model = try modelOptions.loadEngine().model

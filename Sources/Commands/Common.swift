@@ -74,14 +74,17 @@ public struct ModelOptions: ParsableArguments {
         discussion: "The files' pages are released. By default the mappings themselves use 2 MiB pages where the file system allows it (see --no-huge-pages); this is for those that do not. Resident memory is the same; the files' page cache is no longer shared with other processes. Not with --accelerator-memory or --ram-budget."))
     var noMmap = false
 
+    @Flag(name: .customLong("check-tensors"), help: "Refuse weights that hold a NaN or an infinity (a pass over every byte at load).")
+    var checkTensors = false
+
     @Flag(name: .customLong("no-huge-pages"), help: ArgumentHelp(
         "Map the weight files as their page cache holds them.",
         discussion: "By default a model held wholly in memory is read in at load and mapped with 2 MiB pages where the kernel can (decode reads every weight once per token; 4 KiB pages cost a page walk every 4 KiB): a file cached in 4 KiB pages is dropped from the cache and read again once to get them."))
     var noHugePages = false
 
     public func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-        if acceleratorThreads < 1 { throw ValidationError("--accelerator-threads must be at least 1") }
+        try checkRange(threads, "--threads", 1...1024)
+        try checkRange(acceleratorThreads, "--accelerator-threads", 1...256)
         if quantizeAll && quantize == nil { throw ValidationError("--quantize-all needs --quantize") }
     }
 
@@ -104,6 +107,7 @@ public struct ModelOptions: ParsableArguments {
         o.randomWeights = randomWeights
         o.residency = noMmap ? .copied : noHugePages ? .mapped : .hugePages
         o.kvPositions = kvPositions
+        o.checkTensors = checkTensors
         if let routingProfile {
             o.popularity = try Engine.popularity(profile: routingProfile, config: try ModelFormats.open(o.model).readConfig())
         }

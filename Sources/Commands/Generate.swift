@@ -35,8 +35,8 @@ struct Generate: ParsableCommand {
     func validate() throws {
         if prompt != nil && promptArgument != nil { throw ValidationError("give the prompt once: --prompt or an argument") }
         if prompt == nil && promptArgument == nil { throw ValidationError("missing prompt: --prompt \"...\"") }
-        if maxTokens < 0 { throw ValidationError("--max-tokens must not be negative") }
-        if let contextLength, contextLength < 1 { throw ValidationError("--context-length must be positive") }
+        try checkRange(maxTokens, "--max-tokens", 0...positionLimit)
+        try checkRange(contextLength, "--context-length", 1...positionLimit)
     }
 
     func run() throws {
@@ -107,11 +107,12 @@ struct SamplingOptions: ParsableArguments {
     var stop: [String] = []
 
     func validate() throws {
-        if temperature < 0 { throw ValidationError("--temperature must not be negative") }
-        if topK < 0 { throw ValidationError("--top-k must not be negative") }
-        if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1]") }
-        if !(minP >= 0 && minP <= 1) { throw ValidationError("--min-p must be in [0, 1]") }
-        if repeatPenalty <= 0 { throw ValidationError("--repeat-penalty must be positive") }
+        try checkRange(temperature, "--temperature", 0...100)
+        try checkRange(topK, "--top-k", 0...positionLimit)
+        if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], found \(topP)") }
+        try checkRange(minP, "--min-p", 0...1)
+        if !(repeatPenalty > 0 && repeatPenalty <= 100) { throw ValidationError("--repeat-penalty must be in (0, 100], found \(repeatPenalty)") }
+        try checkRange(repeatLastN, "--repeat-last-n", -1...positionLimit)
     }
 
     var parameters: SamplingParameters {

@@ -13,6 +13,10 @@ struct Info: ParsableCommand {
     @Option(name: .customLong("context-length"), help: "Context length for the KV cache estimate (default: the model's maximum).")
     var contextLength: Int?
 
+    func validate() throws {
+        try checkRange(contextLength, "--context-length", 1...positionLimit)
+    }
+
     @Flag(help: "Print JSON.")
     var json = false
 

@@ -39,7 +39,7 @@ struct PlanCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
-        if let contextLength, contextLength < 1 { throw ValidationError("--context-length must be positive") }
+        try checkRange(contextLength, "--context-length", 1...positionLimit)
     }
 
     func run() throws {

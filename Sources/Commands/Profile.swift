@@ -23,6 +23,10 @@ struct Profile: ParsableCommand {
     @Option(name: [.short, .customLong("max-tokens")], help: "Tokens to generate (greedy) after each prompt, so decode routing counts too.")
     var maxTokens: Int = 32
 
+    func validate() throws {
+        try checkRange(maxTokens, "--max-tokens", 0...positionLimit)
+    }
+
     func run() throws {
         try reportingErrors {
             let model = try modelOptions.loadEngine().model

@@ -25,7 +25,7 @@ struct Quantize: ParsableCommand {
     var threads: Int?
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        try checkRange(threads, "--threads", 1...1024)
     }
 
     func run() throws {

@@ -53,7 +53,8 @@ public final class Engine: @unchecked Sendable {
             // The disk tier reads experts from the files as stored, so they are not regrouped.
             loaded = try LoadedModel.load(
                 try ModelFormats.open(options.model), pool: pool, precision: precision, randomWeights: options.randomWeights,
-                quantization: options.quantization, regroup: options.ramBudget == nil, residency: residency)
+                quantization: options.quantization, regroup: options.ramBudget == nil, residency: residency,
+                checkTensors: options.checkTensors)
         } catch {
             throw EngineError(error.description)
         }
@@ -69,7 +70,11 @@ public final class Engine: @unchecked Sendable {
         let cpu = CPUDevice(pool: pool, precision: precision, tuning: tuning)
         var accelerator: (any Accelerator)?
         if options.accelerator == .emulated, let memory = options.acceleratorMemory {
-            accelerator = EmulatedAccelerator(memory: memory, threads: options.acceleratorThreads, precision: precision, tuning: tuning)
+            do {
+                accelerator = try EmulatedAccelerator(memory: memory, threads: options.acceleratorThreads, precision: precision, tuning: tuning)
+            } catch {
+                throw EngineError(error.description)
+            }
         }
         let device: ComputeDevice = accelerator.map { AcceleratedDevice(cpu: cpu, accelerator: $0) } ?? cpu
 

@@ -65,6 +65,8 @@ public struct EngineOptions: Sendable {
     public var kvPositions: Int?
     /// Measure the bf16 kernel choice on an expert of this model's shape at load.
     public var tuneKernels = true
+    /// Refuse weights that hold a NaN or an infinity (a pass over every byte at load).
+    public var checkTensors = false
 
     public init(model: String) { self.model = model }
 

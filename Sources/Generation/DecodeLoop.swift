@@ -1,5 +1,13 @@
 import Tokenizers
 
+/// Logits no token can be chosen from: the model's weights or inputs hold a NaN or an infinity.
+public struct NonFiniteLogits: Error, CustomStringConvertible, Sendable {
+    public var position: Int
+    public var description: String {
+        "the model produced non-finite logits after \(position) generated tokens (a NaN or infinite weight? --check-tensors looks at every weight)"
+    }
+}
+
 /// What one turn of the decode loop produced.
 public struct DecodeStep: Sendable {
     /// The token sampled from the logits.
@@ -41,9 +49,11 @@ public struct DecodeLoop {
     /// Whether the loop is over before it began (a limit of no tokens).
     public var isEmpty: Bool { maxTokens <= 0 }
 
-    /// One turn: the next token from the logits of the last position.
+    /// One turn: the next token from the logits of the last position. Logits with a NaN or an
+    /// infinity are an error, never a token (argmax would quietly pick token 0).
     /// - Parameter contextFull: the model cannot take the token (its context is full).
-    public mutating func next(logits: [Float], contextFull: Bool) -> DecodeStep {
+    public mutating func next(logits: [Float], contextFull: Bool) throws(NonFiniteLogits) -> DecodeStep {
+        guard logits.allSatisfy(\.isFinite) else { throw NonFiniteLogits(position: generated.count) }
         let token = sampler.sample(logits: logits, history: promptTokens + generated, generatedCount: generated.count)
         generated.append(token)
         if eos.contains(token) { return DecodeStep(token: token, text: tail(), finish: .stop) }

@@ -83,7 +83,10 @@ public struct Generator {
         let decodeStart = clock.now
         var finish = FinishReason.length
         while !loop.isEmpty {
-            let step = loop.next(logits: logits, contextFull: session.position >= session.capacity)
+            let step: DecodeStep
+            do { step = try loop.next(logits: logits, contextFull: session.position >= session.capacity) } catch {
+                throw ModelError(error.description)
+            }
             emit(step.text)
             if let reason = step.finish {
                 finish = reason

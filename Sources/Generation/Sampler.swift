@@ -86,7 +86,9 @@ public struct Sampler: Sendable {
                 logits[token] = logits[token] < 0 ? logits[token] * p.repeatPenalty : logits[token] / p.repeatPenalty
             }
         }
-        if p.temperature <= 0 { return argmax(logits) }
+        // Below 1e-5 a temperature only turns logits into infinities: it is greedy decoding, as
+        // vLLM treats it.
+        if p.temperature < 1e-5 { return argmax(logits) }
 
         // Candidates by logit, most likely first; ties keep the lower id first.
         let candidates = mostLikely(logits, count: p.topK > 0 ? p.topK : logits.count)
@@ -119,9 +121,10 @@ public struct Sampler: Sendable {
 
 /// Indices of the `count` largest values, largest first, lower index first among equals. With a
 /// small `count` (top-k) this keeps a sorted window instead of sorting the whole vocabulary.
-func mostLikely(_ values: [Float], count: Int) -> [Int] {
+func mostLikely(_ values: [Float], count requested: Int) -> [Int] {
+    let count = min(requested, values.count)
     func before(_ a: Int, _ b: Int) -> Bool { values[a] > values[b] || (values[a] == values[b] && a < b) }
-    if count * 8 >= values.count {
+    if count >= values.count / 8 {
         return Array(values.indices.sorted(by: before).prefix(count))
     }
     var best: [Int] = []

@@ -156,7 +156,10 @@ struct JSONParser {
         while index < bytes.count {
             let c = bytes[index]
             if c == UInt8(ascii: "\"") {
-                let s = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+                // Invalid UTF-8 is an error, as serde_json and Python's json say, not U+FFFD.
+                guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self) else {
+                    throw error("invalid UTF-8 in a string")
+                }
                 index += 1
                 return s
             }
@@ -168,7 +171,8 @@ struct JSONParser {
             let c = bytes[index]
             if c == UInt8(ascii: "\"") {
                 index += 1
-                return String(decoding: out, as: UTF8.self)
+                guard let s = String(validating: out, as: UTF8.self) else { throw error("invalid UTF-8 in a string") }
+                return s
             }
             if c < 0x20 { throw error("control character in a string") }
             if c != UInt8(ascii: "\\") { out.append(c); index += 1; continue }

@@ -27,3 +27,13 @@ public func fileExists(_ path: String) -> Bool {
     var info = stat()
     return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
 }
+
+/// This machine's RAM in bytes (MemTotal of /proc/meminfo; the pages the C library counts elsewhere).
+public func physicalMemory() -> Int {
+    if let bytes = try? readFileBytes("/proc/meminfo") {
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("MemTotal:") {
+            if let kb = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) { return kb * 1024 }
+        }
+    }
+    return Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
+}

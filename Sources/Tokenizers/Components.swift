@@ -82,6 +82,11 @@ struct TextPattern: @unchecked Sendable {
         if let literal = json?["String"]?.stringValue {
             regex = Regex(verbatim: literal).matchingSemantics(.unicodeScalar)
         } else if let pattern = json?["Regex"]?.stringValue {
+            // A backtracking engine takes exponential time on such a pattern and a crafted text
+            // (HF tokenizers' Oniguruma gives up after a retry limit); refuse it at load.
+            if Self.repeatsARepetition(pattern) {
+                throw TokenizerError("\(path): \(component) regex \(String(reflecting: pattern)) repeats a repetition (as (a+)+ does), which can take exponential time; it is not supported")
+            }
             do {
                 regex = try Regex(Self.explicitWordClasses(pattern)).matchingSemantics(.unicodeScalar)
             } catch {
@@ -119,6 +124,64 @@ struct TextPattern: @unchecked Sendable {
             out.append(c)
         }
         return out
+    }
+
+    /// Whether an unbounded repetition (`*`, `+`, `{n,}`) applies to a group that itself holds one:
+    /// star height above one, the shape of catastrophic backtracking. No tokenizer's pattern has it.
+    static func repeatsARepetition(_ pattern: String) -> Bool {
+        let chars = Array(pattern.unicodeScalars)
+        var stack: [Bool] = [false]  // per open group: whether it holds an unbounded repetition
+        var i = 0
+        /// An unbounded quantifier at `j`, and where it ends (a lazy or possessive mark included).
+        func unbounded(at j: Int) -> Int? {
+            guard j < chars.count else { return nil }
+            var end: Int
+            switch chars[j] {
+            case "*", "+": end = j + 1
+            case "{":
+                guard let close = chars[j...].firstIndex(of: "}") else { return nil }
+                let body = String(String.UnicodeScalarView(chars[(j + 1)..<close]))
+                guard body.hasSuffix(",") || body.isEmpty else { return nil }
+                end = close + 1
+            default: return nil
+            }
+            if end < chars.count, chars[end] == "?" || chars[end] == "+" { end += 1 }
+            return end
+        }
+        while i < chars.count {
+            let c = chars[i]
+            if c == "\\" {
+                i += 2
+                if let end = unbounded(at: i) { stack[stack.count - 1] = true; i = end }
+                continue
+            }
+            if c == "[" {
+                // Skip the class, escapes and a leading ] included.
+                i += 1
+                if i < chars.count, chars[i] == "^" { i += 1 }
+                if i < chars.count, chars[i] == "]" { i += 1 }
+                while i < chars.count, chars[i] != "]" { i += chars[i] == "\\" ? 2 : 1 }
+                i += 1
+                if let end = unbounded(at: i) { stack[stack.count - 1] = true; i = end }
+                continue
+            }
+            if c == "(" { stack.append(false); i += 1; continue }
+            if c == ")" {
+                let inner = stack.count > 1 ? stack.removeLast() : false
+                i += 1
+                if let end = unbounded(at: i) {
+                    if inner { return true }
+                    stack[stack.count - 1] = true
+                    i = end
+                } else if inner {
+                    stack[stack.count - 1] = true
+                }
+                continue
+            }
+            i += 1
+            if let end = unbounded(at: i) { stack[stack.count - 1] = true; i = end }
+        }
+        return false
     }
 
     /// Scalar ranges of the non-overlapping matches, left to right (empty matches skipped).

@@ -44,6 +44,9 @@ public final class Tokenizer: @unchecked Sendable {
     /// shares one tokenizer across requests.
     private let cache = Mutex<[[UInt8]: [Int]]>([:])
 
+    /// The largest token id a tokenizer.json may use, plus one.
+    static let idLimit = 1 << 24
+
     public var vocabularySize: Int { tokens.count }
 
     /// Loads `tokenizer.json` from a model folder.
@@ -68,7 +71,10 @@ public final class Tokenizer: @unchecked Sendable {
         vocabulary.reserveCapacity(vocabObject.count)
         var maxID = -1
         for (token, value) in vocabObject.entries {
-            guard let id = value.intValue, id >= 0 else { throw TokenizerError("\(path): vocab entry '\(token)' has no valid id") }
+            // Ids index a table: above 2^24 (every real vocabulary is under 2^18) is not a vocabulary.
+            guard let id = value.intValue, (0..<Self.idLimit).contains(id) else {
+                throw TokenizerError("\(path): vocab entry '\(token)' has no valid id (0 to \(Self.idLimit - 1)), found \(value.serialized())")
+            }
             vocabulary[Array(token.utf8)] = id
             maxID = max(maxID, id)
         }
@@ -76,6 +82,9 @@ public final class Tokenizer: @unchecked Sendable {
         for entry in json["added_tokens"]?.arrayValue ?? [] {
             guard let id = entry["id"]?.intValue, let content = entry["content"]?.stringValue else {
                 throw TokenizerError("\(path): added token without id or content")
+            }
+            guard (0..<Self.idLimit).contains(id) else {
+                throw TokenizerError("\(path): added token '\(content)' has id \(id), outside 0 to \(Self.idLimit - 1)")
             }
             added.append(AddedToken(
                 id: id, content: Array(content.utf8), special: entry["special"]?.boolValue ?? false,

@@ -42,10 +42,11 @@ struct Serve: AsyncParsableCommand {
     var servedModelName: String?
 
     func validate() throws {
-        if maxSequences < 1 { throw ValidationError("--max-sequences must be at least 1") }
-        if queueLimit < 0 { throw ValidationError("--queue-limit must not be negative") }
-        if prefillChunk < 1 { throw ValidationError("--prefill-chunk must be at least 1") }
-        if port < 0 || port > 65535 { throw ValidationError("--port must be 0...65535") }
+        try checkRange(maxSequences, "--max-sequences", 1...4096)
+        try checkRange(queueLimit, "--queue-limit", 0...(1 << 20))
+        try checkRange(prefillChunk, "--prefill-chunk", 1...(1 << 20))
+        try checkRange(contextLength, "--context-length", 1...(1 << 24))
+        try checkRange(port, "--port", 0...65535)
     }
 
     func run() async throws {

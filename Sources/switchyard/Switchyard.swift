@@ -8,8 +8,5 @@ struct Switchyard: AsyncParsableCommand {
         abstract: "A Mixture-of-Experts inference engine for models larger than fast memory.",
         subcommands: [SwitchyardCommands.compute[0], SwitchyardCommands.compute[1], Serve.self] + SwitchyardCommands.compute.dropFirst(2))
 
-    static func main() async {
-        SwitchyardCommands.prepareProcess()
-        await main(nil)
-    }
+    static func main() async { await SwitchyardCommands.main(Self.self) }
 }

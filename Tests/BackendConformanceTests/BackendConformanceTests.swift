@@ -24,7 +24,7 @@ struct DeviceUnderTest: CustomTestStringConvertible, Sendable {
     /// there; until then it is reported, not tested.
     static let present: [DeviceUnderTest] = {
         let devices = [DeviceUnderTest(name: "emulated", tolerance: nil) { precision in
-            EmulatedAccelerator(memory: 256 << 20, threads: 2, precision: precision)
+            try! EmulatedAccelerator(memory: 256 << 20, threads: 2, precision: precision)
         }]
         print("NOTICE: not in the conformance suite: \(CUDABackend.unavailableReason())")
         return devices

@@ -91,3 +91,47 @@ struct ChatTemplateTests {
         } catch { #expect(error.message.contains("bad roles")) }
     }
 }
+
+/// A template is code from a downloaded file and a conversation is input from a client: neither
+/// may take unbounded time, memory or stack. Each of these is an error, never a crash or a stall.
+@Suite("templates that cannot be trusted")
+struct HostileTemplateTests {
+    func render(_ source: String) throws -> String {
+        // Fewer steps than the default, so the endless loop is refused quickly in a debug build.
+        try ChatTemplate(source: source).render(messages: .array([]), addGenerationPrompt: false, limits: .init(steps: 100_000))
+    }
+
+    static let cases: [String: (source: String, mention: String)] = [
+        "recursive macro": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "levels deep"),
+        "addition overflow": ("{{ 9223372036854775807 + 1 }}", "overflow"),
+        "multiplication overflow": ("{{ 3037000500 * 3037000500 }}", "overflow"),
+        "power overflow": ("{{ 2 ** 64 }}", "overflow"),
+        "huge string": ("{{ 'a' * 10000000000 }}", "output"),
+        "huge list": ("{{ [1] * 10000000000 }}", "output"),
+        "huge range": ("{% for i in range(1000000000) %}{% endfor %}", "range"),
+        "endless loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "too long"),
+        "deep parentheses": ("{{ " + String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000) + " }}", "nested"),
+        "deep not": ("{{ " + String(repeating: "not ", count: 5000) + "1 }}", "nested"),
+        "deep minus": ("{{ " + String(repeating: "-", count: 5000) + "1 }}", "nested"),
+        "deep blocks": (String(repeating: "{% if 1 %}", count: 5000) + String(repeating: "{% endif %}", count: 5000), "nested"),
+    ]
+
+    @Test(arguments: cases.keys.sorted())
+    func refused(_ name: String) {
+        let (source, mention) = Self.cases[name]!
+        refusedWithAnError(source: source, mention: mention)
+    }
+
+    func refusedWithAnError(source: String, mention: String) {
+        do {
+            _ = try render(source)
+            Issue.record("rendered: \(source.prefix(60))")
+        } catch {
+            #expect("\(error)".contains(mention), "\(error)")
+        }
+    }
+
+    @Test func arithmeticIsPythons() throws {
+        #expect(try render("{{ -7 // 2 }} {{ -7 % 2 }} {{ 7 % -2 }} {{ 2 ** 10 }} {{ 2 ** -1 }}") == "-4 1 -1 1024 0.5")
+    }
+}

@@ -188,24 +188,35 @@ struct DecodeLoopTests {
         return l
     }
 
-    @Test func endsAtEOSWithoutText() {
+    @Test func endsAtEOSWithoutText() throws {
         var greedy = SamplingParameters()
         greedy.temperature = 0
         var loop = DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [2], maxTokens: 10)
-        #expect(loop.next(logits: favouring(7), contextFull: false).finish == nil)
-        let end = loop.next(logits: favouring(2), contextFull: false)
+        #expect(try loop.next(logits: favouring(7), contextFull: false).finish == nil)
+        let end = try loop.next(logits: favouring(2), contextFull: false)
         #expect(end.finish == .stop && end.token == 2 && end.text.isEmpty)
         #expect(loop.generated == [7, 2])
     }
 
-    @Test func endsAtTheLimitOrAFullContext() {
+    @Test func endsAtTheLimitOrAFullContext() throws {
         var greedy = SamplingParameters()
         greedy.temperature = 0
         var loop = DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [], maxTokens: 2)
-        #expect(loop.next(logits: favouring(3), contextFull: false).finish == nil)
-        #expect(loop.next(logits: favouring(3), contextFull: false).finish == .length)
+        #expect(try loop.next(logits: favouring(3), contextFull: false).finish == nil)
+        #expect(try loop.next(logits: favouring(3), contextFull: false).finish == .length)
         var full = DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [], maxTokens: 9)
-        #expect(full.next(logits: favouring(4), contextFull: true).finish == .length)
+        #expect(try full.next(logits: favouring(4), contextFull: true).finish == .length)
         #expect(DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [], maxTokens: 0).isEmpty)
+    }
+
+    @Test func nonFiniteLogitsAreAnErrorNotTokenZero() {
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        var loop = DecodeLoop(sampling: greedy, tokenizer: nil, promptTokens: [1], eos: [], maxTokens: 4)
+        var logits = favouring(5)
+        logits[9] = .nan
+        #expect(throws: NonFiniteLogits.self) { try loop.next(logits: logits, contextFull: false) }
+        logits[9] = .infinity
+        #expect(throws: NonFiniteLogits.self) { try loop.next(logits: logits, contextFull: false) }
     }
 }

@@ -128,3 +128,20 @@ func normalizationForms() {
     #expect(UnicodeNormalization.normalize("\u{1112}\u{1161}\u{11AB}", .nfc) == "한", "Hangul jamo compose")
     #expect(Array(UnicodeNormalization.normalize("한", .nfd).unicodeScalars).count == 3)
 }
+
+@Suite("tokenizer.json that cannot be trusted")
+struct HostileTokenizerTests {
+    @Test func repetitionsOfRepetitionsAreRefused() {
+        #expect(TextPattern.repeatsARepetition("(a+)+$"))
+        #expect(TextPattern.repeatsARepetition(#"(?:\s*x)*"#))
+        #expect(TextPattern.repeatsARepetition("((ab)*c){2,}"))
+        #expect(!TextPattern.repeatsARepetition("(ab)+c*"))
+        #expect(!TextPattern.repeatsARepetition(#"[(a+)]+"#), "a class is not a group")
+        #expect(!TextPattern.repeatsARepetition(#"\(a+\)+"#), "escaped parentheses are not a group")
+        #expect(!TextPattern.repeatsARepetition("(a+){1,3}"), "a bounded repetition of one is fine")
+        // The patterns of the real tokenizers.
+        #expect(!TextPattern.repeatsARepetition(#"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#))
+        #expect(!TextPattern.repeatsARepetition(
+            #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#))
+    }
+}

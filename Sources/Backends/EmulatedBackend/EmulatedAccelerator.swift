@@ -26,13 +26,20 @@ public final class EmulatedAccelerator: Accelerator, @unchecked Sendable {
     public var name: String { "emulated accelerator (\(kernels.pool.threadCount) threads)" }
 
     /// - Parameters:
+    ///   - memory: its budget, in host memory: at most this machine's RAM.
     ///   - precision, tuning: the CPU's, so products give the CPU's bits.
-    public init(memory: Int, threads: Int, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default) {
+    public init(memory: Int, threads: Int, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default) throws(AcceleratorError) {
+        let ram = physicalMemory()
+        guard memory > 0, memory <= ram else {
+            throw AcceleratorError("the emulated accelerator's \(formatBytes(memory)) of memory live in host RAM, and this machine has \(formatBytes(ram))")
+        }
         capacity = memory
         // Reserved address space: pages become resident only as weights are copied in.
         var raw: UnsafeMutableRawPointer?
-        precondition(posix_memalign(&raw, 4096, max(memory, 4096)) == 0, "cannot reserve \(memory) bytes for the emulated accelerator")
-        base = raw!
+        guard posix_memalign(&raw, 4096, max(memory, 4096)) == 0, let raw else {
+            throw AcceleratorError("cannot reserve \(formatBytes(memory)) of host memory for the emulated accelerator")
+        }
+        base = raw
         kernels = CPUDevice(pool: ThreadPool(threads: threads), precision: precision, tuning: tuning)
     }
 

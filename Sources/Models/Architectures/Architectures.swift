@@ -38,13 +38,39 @@ enum Architectures {
         guard d.headCount % d.keyValueHeadCount == 0 else {
             throw ModelError("\(file): num_attention_heads (\(d.headCount)) must be a multiple of num_key_value_heads (\(d.keyValueHeadCount))")
         }
+        guard d.rope.partialRotaryFactor > 0, d.rope.partialRotaryFactor <= 1 else {
+            throw ModelError("\(file): partial_rotary_factor must be in (0, 1], found \(d.rope.partialRotaryFactor)")
+        }
         let rotary = Int(Double(d.headDim) * d.rope.partialRotaryFactor)
         guard rotary % 2 == 0, rotary <= d.headDim, rotary > 0 else {
             throw ModelError("\(file): head_dim \(d.headDim) x partial_rotary_factor \(d.rope.partialRotaryFactor) must give an even number of rotary dimensions")
         }
+        guard d.rope.theta > 0 else { throw ModelError("\(file): rope_theta must be positive, found \(d.rope.theta)") }
+        guard d.rmsNormEpsilon >= 0 else { throw ModelError("\(file): rms_norm_eps must not be negative") }
+        if let clip = d.clipQKV, !(clip > 0) { throw ModelError("\(file): clip_qkv must be positive, found \(clip)") }
+        for window in d.slidingWindows.compactMap({ $0 }) where window < 1 {
+            throw ModelError("\(file): sliding_window must be positive, found \(window)")
+        }
         for kind in d.feedForward {
             if let moe = kind.moe, moe.expertsPerToken > moe.expertCount || moe.expertsPerToken < 1 {
                 throw ModelError("\(file): num_experts_per_tok (\(moe.expertsPerToken)) must be between 1 and the number of experts (\(moe.expertCount))")
+            }
+        }
+        // Every weight's size in values must fit comfortably in an Int (and a real machine): 2^40
+        // values is 2 TB of bf16 for one matrix.
+        let limit = 1 << 40
+        func check(_ a: Int, _ b: Int, _ what: String) throws(ModelError) {
+            let (product, overflow) = a.multipliedReportingOverflow(by: b)
+            guard !overflow, product <= limit else { throw ModelError("\(file): \(what) (\(a) x \(b)) is too large") }
+        }
+        try check(d.vocabularySize, d.hiddenSize, "vocab_size x hidden_size")
+        try check(d.queryWidth, d.hiddenSize, "the attention projections")
+        for kind in d.feedForward {
+            switch kind {
+            case .dense(let inner): try check(inner, d.hiddenSize, "intermediate_size x hidden_size")
+            case .mixtureOfExperts(let m):
+                try check(m.expertCount * m.expertIntermediateSize, d.hiddenSize, "the experts of a layer")
+                try check(m.sharedExpertIntermediateSize ?? 0, d.hiddenSize, "the shared expert")
             }
         }
     }
@@ -55,11 +81,11 @@ enum Architectures {
         defaultEpsilon: Double, defaultMaxPositions: Int, defaultTheta: Double,
         defaultKeyValueHeads: ((Int) -> Int)? = nil
     ) throws(ModelError) -> DecoderConfig {
-        let hidden = try c.positiveInt("hidden_size")
-        let heads = try c.positiveInt("num_attention_heads")
-        let layers = try c.positiveInt("num_hidden_layers")
-        let kvHeads = try c.positiveInt("num_key_value_heads", default: defaultKeyValueHeads?(heads) ?? heads)
-        let headDim = try c.positiveInt("head_dim", default: hidden / heads)
+        let hidden = try c.positiveInt("hidden_size", atMost: 1 << 17)
+        let heads = try c.positiveInt("num_attention_heads", atMost: 4096)
+        let layers = try c.positiveInt("num_hidden_layers", atMost: 4096)
+        let kvHeads = try c.positiveInt("num_key_value_heads", default: defaultKeyValueHeads?(heads) ?? heads, atMost: 4096)
+        let headDim = try c.positiveInt("head_dim", default: max(1, hidden / heads), atMost: 4096)
         let maxPositions = try c.positiveInt("max_position_embeddings", default: defaultMaxPositions)
         return DecoderConfig(
             modelType: modelType,
@@ -86,8 +112,11 @@ enum Architectures {
     /// The number of routed experts: released checkpoints say `num_experts` (`num_local_experts` for
     /// Mixtral); transformers 5 writes `num_local_experts` for some that used `num_experts`.
     static func expertCount(_ c: ConfigReader, default fallback: Int) throws(ModelError) -> Int {
-        if c.has("num_experts") { return try c.int("num_experts") }
-        return try c.int("num_local_experts", default: fallback)
+        let key = c.has("num_experts") ? "num_experts" : "num_local_experts"
+        let n = try c.int(key, default: fallback)
+        // 0 is allowed: Qwen2-MoE then has only dense layers, as transformers reads it.
+        guard (0...4096).contains(n) else { throw ModelError("\(c.file): key '\(key)' must be between 0 and 4096, found \(n)") }
+        return n
     }
 
     /// Qwen-style sliding windows: `layer_types` when given (transformers 5), otherwise

@@ -53,16 +53,24 @@ struct ConfigReader {
         has(key) ? try int(key) : nil
     }
 
-    func positiveInt(_ key: String, default fallback: Int? = nil) throws(ModelError) -> Int {
+    /// A count or a size: positive, and at most `limit`, so that no product of sizes from the same
+    /// file can overflow and no allocation is attempted that no machine has.
+    func positiveInt(_ key: String, default fallback: Int? = nil, atMost limit: Int = ConfigReader.sizeLimit) throws(ModelError) -> Int {
         let i: Int
         if let fallback { i = try int(key, default: fallback) } else { i = try int(key) }
         guard i > 0 else { throw ModelError("\(file): key '\(key)' must be positive, found \(i)") }
+        guard i <= limit else { throw ModelError("\(file): key '\(key)' is \(i), more than \(limit), which no model has") }
         return i
     }
+
+    /// The largest size any config key may give (2^24: the longest context, the largest vocabulary
+    /// any model has, and then some). Keys of smaller things give their own, smaller limits.
+    static let sizeLimit = 1 << 24
 
     func double(_ key: String) throws(ModelError) -> Double {
         guard let v = value(key) else { throw ModelError("\(file): missing required key '\(key)'") }
         guard let d = v.doubleValue else { throw wrongType(key, "a number", v) }
+        guard d.isFinite else { throw wrongType(key, "a finite number", v) }
         return d
     }
 

@@ -38,9 +38,10 @@ public struct LoadedModel: @unchecked Sendable {
     ///   - regroup: with int8 activations, regroup Q8_0 and Q4_0 weights for the integer kernels;
     ///     false keeps them as stored (the disk tier reads experts from the files as stored).
     ///   - residency: how the weights read from the files are held.
+    ///   - checkTensors: refuse weights with a NaN or an infinity (a pass over every byte).
     public static func load(
         _ source: ModelSource, pool: ThreadPool, precision: ActivationPrecision = .f32, randomWeights: Bool = false,
-        quantization: WeightQuantization? = nil, regroup: Bool = true, residency: WeightResidency = .mapped
+        quantization: WeightQuantization? = nil, regroup: Bool = true, residency: WeightResidency = .mapped, checkTensors: Bool = false
     ) throws(ModelError) -> LoadedModel {
         let config = try source.readConfig()
         let tensors: TensorSource
@@ -55,6 +56,13 @@ public struct LoadedModel: @unchecked Sendable {
             if residency == .mappedInHugePages && !regroupsStored {
                 // Before converting at load, so the weights kept as stored are read in 2 MiB pages.
                 hugePages = tensors.files.map { $0.holdInHugePages() }
+            }
+        }
+        if checkTensors {
+            for t in tensors.allTensors {
+                if let i = t.firstNonFinite(pool: pool) {
+                    throw ModelError("\(t.file): tensor '\(t.name)' holds a NaN or an infinity (its \(t.element?.isBlockQuantized == true ? "block \(i)'s scale" : "value \(i)"))")
+                }
             }
         }
         let bound = try DecoderWeights.bind(config, from: tensors, naming: randomWeights ? config.naming : source.naming(for: config))

@@ -85,22 +85,6 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
     /// Bytes all sequences may reserve together (nil: no limit).
     public let budget: Int?
 
-    private final class Slabs {
-        let keys: [UnsafeMutablePointer<Float>]
-        let values: [UnsafeMutablePointer<Float>]
-        let capacity: Int
-        var length = 0
-        init(_ layout: KVLayout, capacity: Int) {
-            self.capacity = capacity
-            keys = (0..<layout.layers).map { _ in .allocate(capacity: max(1, capacity * layout.keyWidth)) }
-            values = (0..<layout.layers).map { _ in .allocate(capacity: max(1, capacity * layout.valueWidth)) }
-        }
-        deinit {
-            for p in keys { p.deallocate() }
-            for p in values { p.deallocate() }
-        }
-    }
-
     private var mutex = pthread_mutex_t()
     private var sequences: [Int: Slabs] = [:]
     private var nextID = 0
@@ -129,7 +113,8 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
 
     public func reserve(capacity: Int) throws(KVCacheError) -> SequenceID {
         guard capacity > 0 else { throw KVCacheError("a sequence needs room for at least one position") }
-        let bytes = layout.bytes(positions: capacity)
+        let (bytes, overflow) = capacity.multipliedReportingOverflow(by: layout.bytesPerPosition)
+        guard !overflow else { throw KVCacheError("a KV cache of \(capacity) positions is too large") }
         let id: Int = try locked { () throws(KVCacheError) -> Int in
             if let budget, reserved + bytes > budget {
                 throw KVCacheError("the KV cache is full: \(formatBytes(reserved)) of \(formatBytes(budget)) reserved, \(formatBytes(bytes)) more needed for \(capacity) positions")
@@ -138,7 +123,10 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
             nextID += 1
             return nextID
         }
-        let slabs = Slabs(layout, capacity: capacity)
+        guard let slabs = Slabs(layout, capacity: capacity) else {
+            try locked { () throws(KVCacheError) in reserved -= bytes }
+            throw KVCacheError("cannot allocate \(formatBytes(bytes)) for a KV cache of \(capacity) positions; give a shorter --context-length")
+        }
         try locked { () throws(KVCacheError) in sequences[id] = slabs }
         return SequenceID(id)
     }
@@ -179,5 +167,31 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
     public func rows(of sequence: SequenceID, layer: Int) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
         let s = slabs(sequence)
         return (UnsafePointer(s.keys[layer]), UnsafePointer(s.values[layer]))
+    }
+}
+
+/// One sequence's rows in a `LocalKVCache`: a float32 slab per layer for keys and for values.
+private final class Slabs {
+    let keys: [UnsafeMutablePointer<Float>]
+    let values: [UnsafeMutablePointer<Float>]
+    let capacity: Int
+    var length = 0
+    /// Nil when the memory cannot be had (the machine's, not the budget's, limit).
+    init?(_ layout: KVLayout, capacity: Int) {
+        self.capacity = capacity
+        var all: [UnsafeMutablePointer<Float>] = []
+        for width in Array(repeating: layout.keyWidth, count: layout.layers) + Array(repeating: layout.valueWidth, count: layout.layers) {
+            guard let p = malloc(max(1, capacity * width) * MemoryLayout<Float>.size) else {
+                for q in all { free(q) }
+                return nil
+            }
+            all.append(p.assumingMemoryBound(to: Float.self))
+        }
+        keys = Array(all[..<layout.layers])
+        values = Array(all[layout.layers...])
+    }
+    deinit {
+        for p in keys { free(p) }
+        for p in values { free(p) }
     }
 }

@@ -1,6 +1,12 @@
 import Kernels
 import SwitchyardSupport
 
+/// An accelerator that cannot be had: no device, not enough memory. The message says which.
+public struct AcceleratorError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// A device with memory of its own that weights must be copied into before it computes with them:
 /// a GPU (the CUDA backend), or the emulated accelerator that stands in for one in tests. The
 /// vocabulary is ggml-backend's and CUDA's: a memory budget handed out as offsets, a copy stream
