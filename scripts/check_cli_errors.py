@@ -50,6 +50,18 @@ def edit_header(work, name, change):
     return d
 
 
+def malformed_number(work, name, key, literal):
+    """config.json with `key` set to a literal Python's json would write (NaN) or one past float64 (1e999)."""
+    d = copy_fixture(work, name)
+    path = os.path.join(d, "config.json")
+    with open(path) as f:
+        obj = json.load(f)
+    obj[key] = "__MARK__"
+    with open(path, "w") as f:
+        f.write(json.dumps(obj).replace('"__MARK__"', literal))
+    return d
+
+
 def edit_json(work, name, file, change):
     d = copy_fixture(work, name)
     path = os.path.join(d, file)
@@ -111,6 +123,41 @@ def main():
         subprocess.run([binary, "quantize", "--model", FIXTURE, "--type", "q8_0", "--out", d], check=True, capture_output=True)
         return d
 
+    def nan_weight(name="nan"):
+        # One NaN in the output head: argmax over NaN logits would quietly pick token 0.
+        d = copy_fixture(work, name)
+        path = os.path.join(d, "model.safetensors")
+        header, body = read_safetensors(path)
+        begin = header["lm_head.weight"]["data_offsets"][0]
+        body = body[:begin] + struct.pack("<H", 0x7FC0) + body[begin + 2:]
+        write_safetensors(path, header, body)
+        return d
+
+    def edit_tokenizer(name, change):
+        d = copy_fixture(work, name)
+        path = os.path.join(d, "tokenizer.json")
+        with open(path) as f:
+            tok = json.load(f)
+        change(tok)
+        with open(path, "w") as f:
+            json.dump(tok, f)
+        return d
+
+    def first_vocab_entry(tok, value):
+        key = next(iter(tok["model"]["vocab"]))
+        tok["model"]["vocab"][key] = value
+
+    def template(source):
+        path = os.path.join(work, "t%d.jinja" % abs(hash(source)))
+        with open(path, "w") as f:
+            f.write(source)
+        return ["template", "--model", FIXTURE, "--messages", conversation, "--template", path]
+
+    conversation = os.path.join(work, "conversation.json")
+    with open(conversation, "w") as f:
+        f.write('[{"role": "user", "content": "hi"}]')
+
+    huge = str(2 ** 63 - 1)
     gen = ["generate", "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"]
     cases = [
         ("missing folder", ["info", "--model", "/nonexistent/model"], "config.json"),
@@ -140,10 +187,54 @@ def main():
         ("not a size", gen + ["--model", FIXTURE, "--ram-budget", "lots"], "lots"),
         ("RAM budget with random weights", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--random-weights"], "--random-weights"),
         ("unwritable trace", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--trace", "/nonexistent/dir/t.jsonl"], "t.jsonl"),
+        # Numbers from flags, checked before any arithmetic.
+        ("--max-tokens near Int64.max", ["generate", "--model", FIXTURE, "--prompt", "Hi", "--max-tokens", huge], "--max-tokens"),
+        ("--top-k near Int64.max", gen + ["--model", FIXTURE, "--top-k", huge], "--top-k"),
+        ("--context-length near Int64.max", gen + ["--model", FIXTURE, "--context-length", huge], "--context-length"),
+        ("--max-sequences near Int64.max", ["serve", "--model", FIXTURE, "--max-sequences", huge], "--max-sequences"),
+        ("--threads near Int64.max", gen + ["--model", FIXTURE, "--threads", huge], "--threads"),
+        ("--temperature nan", ["generate", "--model", FIXTURE, "--prompt", "Hi", "--temperature", "nan"], "--temperature"),
+        ("--repeat-penalty nan", gen + ["--model", FIXTURE, "--repeat-penalty", "nan"], "--repeat-penalty"),
+        ("emulated accelerator larger than the machine", gen + ["--model", FIXTURE, "--accelerator", "emulated",
+                                                              "--accelerator-memory", "64TB"], "accelerator"),
+        ("full standard output", ["tokenize", "--model", FIXTURE, "--text", "Hello"], "write error", "/dev/full"),
+        # config.json values a file may hold, each checked before it sizes anything.
+        ("sliding_window 0", ["info", "--model", edit_json(work, "sw0", "config.json", lambda c: c.update(sliding_window=0))], "sliding_window"),
+        ("sliding_window negative", gen + ["--model", edit_json(work, "swneg", "config.json", lambda c: c.update(sliding_window=-4))],
+         "sliding_window"),
+        ("max_position_embeddings 2^40", gen + ["--model", edit_json(work, "maxpos", "config.json",
+                                                                   lambda c: c.update(max_position_embeddings=2 ** 40))], "max_position_embeddings"),
+        ("max_position_embeddings 2^63-1", ["plan", "--model", edit_json(work, "maxpos2", "config.json",
+                                                                        lambda c: c.update(max_position_embeddings=2 ** 63 - 1))], "max_position_embeddings"),
+        ("head_dim 2^61", ["info", "--model", edit_json(work, "hd", "config.json", lambda c: c.update(head_dim=2 ** 61))], "head_dim"),
+        ("partial_rotary_factor 1e30", ["info", "--model", edit_json(work, "prf", "config.json",
+                                                                    lambda c: c.update(partial_rotary_factor=1e30))], "partial_rotary_factor"),
+        ("num_hidden_layers 1e9", ["info", "--model", edit_json(work, "layers", "config.json",
+                                                               lambda c: c.update(num_hidden_layers=10 ** 9))], "num_hidden_layers"),
+        ("huge sizes in plan", ["plan", "--model", edit_json(work, "planhuge", "config.json",
+                                                             lambda c: c.update(hidden_size=2 ** 40, vocab_size=2 ** 40))], "hidden_size"),
+        ("NaN in config.json", ["info", "--model", malformed_number(work, "nanconfig", "rms_norm_eps", "NaN")], "rms_norm_eps"),
+        ("1e999 in config.json", ["info", "--model", malformed_number(work, "infconfig", "rope_theta", "1e999")], "rope_theta"),
+        # tokenizer.json
+        ("added token id -1", gen + ["--model", edit_tokenizer("addneg", lambda t: t["added_tokens"][0].update(id=-1))], "<unk>"),
+        ("added token id 10^12", gen + ["--model", edit_tokenizer("addbig", lambda t: t["added_tokens"][0].update(id=10 ** 12))], "<unk>"),
+        ("vocab id 2^63-1", gen + ["--model", edit_tokenizer("vocabbig", lambda t: first_vocab_entry(t, 2 ** 63 - 1))], "vocab entry"),
+        ("exponential Split regex", gen + ["--model", edit_tokenizer("regex", lambda t: t.update(pre_tokenizer={
+            "type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}))], "exponential"),
+        # Chat templates run in bounds, as jinja2's sandbox does.
+        ("recursive template", template("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"), "levels deep"),
+        ("integer overflow in a template", template("{{ 9223372036854775807 * 2 }}"), "overflow"),
+        ("huge string in a template", template("{{ 'a' * 10000000000 }}"), "output"),
+        ("huge range in a template", template("{% for i in range(1000000000) %}{% endfor %}"), "range"),
+        # Weights
+        ("a NaN weight", gen + ["--model", nan_weight()], "non-finite"),
+        ("--check-tensors names it", ["logits", "--model", nan_weight("nan2"), "--tokens", "1,2", "--check-tensors", "--out",
+                                      os.path.join(work, "y.npy")], "lm_head.weight"),
     ]
     failures = 0
-    for title, args, mention in cases:
-        p = subprocess.run([binary] + args, capture_output=True, text=True, timeout=120)
+    for title, args, mention, *stdout in cases:
+        out = open(stdout[0], "w") if stdout else subprocess.PIPE
+        p = subprocess.run([binary] + args, stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
         lines = p.stderr.strip().splitlines()
         ok = p.returncode == 1 and len(lines) == 1 and mention in lines[0] and lines[0].startswith("error: ")
         failures += 0 if ok else 1

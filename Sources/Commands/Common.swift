@@ -154,19 +154,31 @@ func reportingErrors(_ body: () throws -> Void) throws {
 public func printError(_ message: String) {
     var line = message
     if !line.hasSuffix("\n") { line += "\n" }
-    writeAll(2, line)
+    writeAll(2, line)  // nowhere left to report a failure to
 }
 
-/// Standard output, unbuffered, so streamed text appears as it is generated.
-func writeOut(_ text: String) { writeAll(1, text) }
+/// Standard output, unbuffered, so streamed text appears as it is generated. A reader that went
+/// away (EPIPE: `switchyard generate ... | head`) ends the command quietly, as it ends coreutils'
+/// commands; any other failure (a full disk) is one error line and exit status 1, never a result
+/// lost behind exit status 0.
+func writeOut(_ text: String) {
+    guard let failure = writeAll(1, text) else { return }
+    if failure == EPIPE { exit(0) }
+    printError("error: write error: \(errorText(failure))")
+    exit(1)
+}
 
-private func writeAll(_ fd: Int32, _ text: String) {
+/// Writes all of `text`; the errno of a failed write, or nil.
+@discardableResult
+private func writeAll(_ fd: Int32, _ text: String) -> Int32? {
     var bytes = Array(text.utf8)[...]
     while !bytes.isEmpty {
         let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { return }  // a closed pipe: nothing more can be shown
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return n < 0 ? errno : EIO }
         bytes = bytes.dropFirst(n)
     }
+    return nil
 }
 
 /// A problem with what the user gave (a value, not a flag's spelling): reported in one line.

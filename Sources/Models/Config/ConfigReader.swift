@@ -70,7 +70,7 @@ struct ConfigReader {
     func double(_ key: String) throws(ModelError) -> Double {
         guard let v = value(key) else { throw ModelError("\(file): missing required key '\(key)'") }
         guard let d = v.doubleValue else { throw wrongType(key, "a number", v) }
-        guard d.isFinite else { throw wrongType(key, "a finite number", v) }
+        guard d.isFinite else { throw ModelError("\(file): key '\(key)' must be a finite number, found \(d)") }
         return d
     }
 
