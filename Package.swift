@@ -33,6 +33,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // --- Support and formats: leaves that know nothing of models.
@@ -100,8 +101,12 @@ let package = Package(
         .target(name: "Server", dependencies: [
             "Batching", "ChatTemplates", "Tokenizers", "Generation", "SwitchyardJSON", "SwitchyardSupport",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: tuned),
         // The commands every binary has: parse flags into the engine's options, call it, print.
         .target(name: "Commands", dependencies: [

@@ -102,6 +102,7 @@ public final class BatchScheduler: @unchecked Sendable {
         var nextID = 1
         var stopping = false
         var stats = Stats()
+        var failure: String?
     }
 
     private let shared = Mutex(Shared())
@@ -136,6 +137,10 @@ public final class BatchScheduler: @unchecked Sendable {
     }
 
     public var stats: Stats { shared.withLock { $0.stats } }
+
+    /// Why the last model step failed (a weight file that cannot be read), until a step succeeds
+    /// again; nil while steps succeed. What `/health` reports.
+    public var failure: String? { shared.withLock { $0.failure } }
 
     /// Queues a completion. Its events arrive on the returned stream; `cancel(id)` stops it.
     public func submit(_ request: CompletionRequest) throws(SchedulerError) -> (id: Int, events: AsyncStream<CompletionEvent>) {
@@ -254,6 +259,7 @@ public final class BatchScheduler: @unchecked Sendable {
         if !parts.isEmpty {
             do {
                 let logits = try model.forwardStep(parts, workspace: workspace)
+                shared.withLock { $0.failure = nil }
                 let vocab = model.config.vocabularySize
                 for (i, seq) in members.enumerated() {
                     let row = Array(logits[(i * vocab)..<((i + 1) * vocab)])
@@ -266,6 +272,7 @@ public final class BatchScheduler: @unchecked Sendable {
                     }
                 }
             } catch {
+                shared.withLock { $0.failure = error.description }
                 for seq in members { finish(seq, .failed(error.description)) }
             }
         }

@@ -115,8 +115,12 @@ public struct ModelOptions: ParsableArguments {
     }
 
     /// Loads the engine, logging what it chose.
-    public func loadEngine(kvPositions: Int? = nil) throws -> Engine {
-        let engine = try Engine.load(try engineOptions(kvPositions: kvPositions))
+    /// - Parameter holdWeightsInMemory: copy the weights out of the files (a server does, so that
+    ///   a file that changes cannot end it).
+    public func loadEngine(kvPositions: Int? = nil, holdWeightsInMemory: Bool = false) throws -> Engine {
+        var options = try engineOptions(kvPositions: kvPositions)
+        options.holdWeightsInMemory = holdWeightsInMemory
+        let engine = try Engine.load(options)
         for note in engine.notes { printError("note: \(note)") }
         let model = engine.model
         for (file, residency) in zip(model.tensors.files, model.hugePageResidency) {

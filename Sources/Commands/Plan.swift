@@ -74,6 +74,8 @@ struct PlanCommand: ParsableCommand {
                 o["ram_budget"] = .int(ram)
                 o["bytes_per_tier"] = .object(JSONObject(tiers.map { (key: $0.rawValue, value: .int(plan.bytesPerTier[$0] ?? 0)) }))
                 o["experts"] = .object(JSONObject(experts.sorted { $0.key < $1.key }.map { (key: $0.key, value: .int($0.value)) }))
+                o["expert_bytes"] = .int(plan.footprint.expertBytes)
+                o["expert_ram_slot_bytes"] = .int(plan.footprint.expertBytes > 0 ? ExpertPlacement.ramSlotBytes(plan.footprint.expertMatrixBytes) : 0)
                 o["always_on_accelerator_bytes"] = .int(p.acceleratorTensorBytes)
                 o["always_on_host_bytes"] = .int(p.alwaysHostBytes)
                 o["reserved_host_bytes"] = .int(plan.reservedHostBytes)

@@ -42,12 +42,13 @@ public final class Engine: @unchecked Sendable {
         }
         let pool = options.threads.map { ThreadPool(threads: $0) } ?? .shared
         let precision = options.precision.activations
-        let residency: WeightResidency
+        var residency: WeightResidency
         switch options.residency {
         case .copied: residency = .copied
         case .mapped: residency = .mapped
         case .hugePages: residency = options.tiered ? .mapped : .mappedInHugePages
         }
+        if options.holdWeightsInMemory && !options.tiered { residency = .copied }
         let loaded: LoadedModel
         do {
             // The disk tier reads experts from the files as stored, so they are not regrouped.
@@ -88,6 +89,7 @@ public final class Engine: @unchecked Sendable {
             t.costDirectory = options.costDirectory
             t.tracePath = options.tracePath
             t.popularity = options.popularity
+            t.copyHostWeights = options.holdWeightsInMemory
             t.reservedHostBytes = TierOptions.hostReservation(
                 loaded.config, positions: options.kvPositions ?? min(loaded.config.maxPositions, 4096))
             do { tiers = try TieredExecutor(loaded, cpu: cpu, accelerator: accelerator, options: t) } catch {

@@ -67,6 +67,12 @@ public struct EngineOptions: Sendable {
     public var tuneKernels = true
     /// Refuse weights that hold a NaN or an infinity (a pass over every byte at load).
     public var checkTensors = false
+    /// Hold every weight the process computes with in its own memory rather than in the files'
+    /// mappings, so that a model file changed or cut short under a running server cannot end the
+    /// process (a read of a mapping past a file's end is a SIGBUS): weights are copied out as
+    /// `--no-mmap` does, and under the tiers what host memory holds is; only experts on the disk
+    /// tier are read from the files, with errors that fail their step.
+    public var holdWeightsInMemory = false
 
     public init(model: String) { self.model = model }
 

@@ -18,6 +18,8 @@ public struct SamplingParameters: Sendable, Equatable {
     public var frequencyPenalty: Float = 0
     public var presencePenalty: Float = 0
     public var seed: UInt64 = 0
+    /// Added to the logits of these tokens before anything else (OpenAI's logit_bias).
+    public var logitBias: [Int: Float] = [:]
 
     public init() {}
 }
@@ -73,6 +75,7 @@ public struct Sampler: Sendable {
     public mutating func sample(logits input: [Float], history: [Int], generatedCount: Int = 0) -> Int {
         var logits = input
         let p = parameters
+        for (token, bias) in p.logitBias where token >= 0 && token < logits.count { logits[token] += bias }
         if (p.frequencyPenalty != 0 || p.presencePenalty != 0) && generatedCount > 0 {
             var counts: [Int: Int] = [:]
             for t in history.suffix(generatedCount) { counts[t, default: 0] += 1 }

@@ -49,6 +49,11 @@ public final class Tokenizer: @unchecked Sendable {
 
     public var vocabularySize: Int { tokens.count }
 
+    /// The most bytes of text one token stands for (its stored form is never shorter): a text of
+    /// n bytes has at least n / longestTokenBytes tokens, which lets a server refuse an over-long
+    /// prompt before tokenising it.
+    public var longestTokenBytes: Int { max(1, tokens.lazy.map(\.count).max() ?? 1) }
+
     /// Loads `tokenizer.json` from a model folder.
     public convenience init(directory: String) throws(TokenizerError) {
         let path = directory + "/tokenizer.json"

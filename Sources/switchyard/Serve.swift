@@ -41,22 +41,51 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("served-model-name"), help: "The name clients pass as 'model' (default: the folder's name).")
     var servedModelName: String?
 
+    @Flag(name: .customLong("strict-model-name"), help: "Refuse requests naming another model (by default any name gets this model, as llama-server does).")
+    var strictModelName = false
+
+    @Option(name: .customLong("idle-timeout"), help: "Seconds a connection may stay open without a request, or take to send a request's head.")
+    var idleTimeout: Double = 30
+
+    @Option(name: .customLong("body-timeout"), help: "Seconds a request's body may take to arrive.")
+    var bodyTimeout: Double = 30
+
+    @Option(name: .customLong("max-request-bytes"), help: "The largest request body, e.g. 8MiB.")
+    var maxRequestBytes: String = "8MiB"
+
+    @Option(name: .customLong("max-connections"), help: "Connections open at once (default: the open-file limit less 128); more wait to be accepted.")
+    var maxConnections: Int?
+
+    @Option(name: .customLong("shutdown-deadline"), help: "Seconds requests get to finish after SIGINT or SIGTERM; a second signal exits at once.")
+    var shutdownDeadline: Double = 10
+
+    @Flag(name: .customLong("mmap"), help: ArgumentHelp(
+        "Compute from the model files' memory mappings instead of copies in memory.",
+        discussion: "By default the server copies the weights it computes with out of the files, so that a file changed or cut short while it runs cannot end it (a read past a mapped file's end is a signal); with this flag the files must not change while it serves."))
+    var mmap = false
+
     func validate() throws {
         try checkRange(maxSequences, "--max-sequences", 1...4096)
         try checkRange(queueLimit, "--queue-limit", 0...(1 << 20))
         try checkRange(prefillChunk, "--prefill-chunk", 1...(1 << 20))
         try checkRange(contextLength, "--context-length", 1...(1 << 24))
         try checkRange(port, "--port", 0...65535)
+        try checkRange(maxConnections, "--max-connections", 1...(1 << 20))
+        for (value, flag) in [(idleTimeout, "--idle-timeout"), (bodyTimeout, "--body-timeout"), (shutdownDeadline, "--shutdown-deadline")] {
+            guard value.isFinite, value > 0, value <= 86_400 else { throw ValidationError("\(flag) must be between 0 and 86400 seconds, found \(value)") }
+        }
     }
 
     func run() async throws {
         let model: Model
         let tokenizer: Tokenizer
         let kvBytes: Int?
+        let requestBytes: Int
         do {
-            model = try modelOptions.loadEngine(kvPositions: maxSequences * (contextLength ?? 4096)).model
+            model = try modelOptions.loadEngine(kvPositions: maxSequences * (contextLength ?? 4096), holdWeightsInMemory: !mmap).model
             tokenizer = try Tokenizer(directory: model.directory)
             kvBytes = try kvCacheSize.map(parseByteSize)
+            requestBytes = try parseByteSize(maxRequestBytes)
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
@@ -70,6 +99,12 @@ struct Serve: AsyncParsableCommand {
         configuration.host = host
         configuration.port = port
         configuration.apiKey = apiKey
+        configuration.strictModelName = strictModelName
+        configuration.idleTimeout = idleTimeout
+        configuration.bodyTimeout = bodyTimeout
+        configuration.maxRequestBytes = requestBytes
+        configuration.maxConnections = maxConnections
+        configuration.shutdownDeadline = shutdownDeadline
         let server = OpenAIServer(configuration: configuration, scheduler: scheduler, tokenizer: tokenizer, chat: chat)
         let host = self.host
         do {

@@ -46,13 +46,13 @@ struct RequestParsingTests {
         #expect(try parse(#"{"model": "demo", "prompt": "In the beginning"}"#, chat: false).request.promptTokens == tokenizer.encode("In the beginning"))
         #expect(try parse(#"{"model": "demo", "prompt": [1, 450, 2030]}"#, chat: false).request.promptTokens == [1, 450, 2030])
         #expect(try parse(#"{"model": "demo", "prompt": "x", "logprobs": 2}"#, chat: false).request.topLogprobs == 2)
-        #expect(try parse(#"{"model": "demo", "prompt": "x"}"#, chat: false).request.maxTokens == 256)
+        // 256 by default, as long as the context allows.
+        #expect(try parse(#"{"model": "demo", "prompt": "x"}"#, chat: false).request.maxTokens == min(256, scheduler.contextLength))
     }
 
     @Test func badRequestsNameTheProblem() {
         expectError(#"{"model": "demo", "messages": ["#, status: 400, containing: "malformed JSON")
         expectError(#"[1, 2]"#, status: 400, containing: "JSON object")
-        expectError(#"{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}"#, status: 400, param: "model", containing: "unknown model 'gpt-4'")
         expectError(#"{"model": "demo", "messages": "hello"}"#, status: 400, param: "messages", containing: "messages")
         expectError(#"{"model": "demo", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}"#, status: 400, param: "max_tokens", containing: "integer")
         expectError(#"{"model": "demo", "messages": [{"role": "user", "content": "x"}], "temperature": 3}"#, status: 400, param: "temperature", containing: "between 0 and 2")
@@ -61,6 +61,54 @@ struct RequestParsingTests {
         expectError(#"{"model": "demo", "prompt": [1, 999999]}"#, chat: false, status: 400, param: "prompt", containing: "vocabulary")
         let long = String(repeating: "And ", count: 200)
         expectError(#"{"model": "demo", "prompt": "\#(long)"}"#, chat: false, status: 400, param: "prompt", containing: "context length")
+    }
+
+    /// Every number a client sends is checked against OpenAI's documented range before it is used;
+    /// a prompt that cannot fit is refused before it is rendered out or tokenised in full.
+    @Test func everyParameterIsBounded() throws {
+        let m = #""model": "demo", "messages": [{"role": "user", "content": "x"}]"#
+        expectError("{\(m), \"max_tokens\": 0}", status: 400, param: "max_tokens", containing: "between 1")
+        expectError("{\(m), \"frequency_penalty\": 2.5}", status: 400, param: "frequency_penalty", containing: "between -2")
+        expectError("{\(m), \"presence_penalty\": -3}", status: 400, param: "presence_penalty", containing: "between -2")
+        expectError("{\(m), \"temperature\": -0.5}", status: 400, param: "temperature", containing: "between 0")
+        expectError("{\(m), \"top_p\": 0}", status: 400, param: "top_p", containing: "(0, 1]")
+        expectError("{\(m), \"logprobs\": true, \"top_logprobs\": 100000}", status: 400, param: "top_logprobs", containing: "between 0 and 20")
+        expectError("{\(m), \"logprobs\": true, \"top_logprobs\": -1}", status: 400, param: "top_logprobs", containing: "between 0 and 20")
+        expectError("{\(m), \"top_logprobs\": 2}", status: 400, param: "top_logprobs", containing: "logprobs: true")
+        expectError(#"{"model": "demo", "prompt": "x", "logprobs": -5}"#, chat: false, status: 400, param: "logprobs", containing: "between 0 and 20")
+        expectError("{\(m), \"logit_bias\": {\"5\": 101}}", status: 400, param: "logit_bias", containing: "-100 and 100")
+        expectError("{\(m), \"logit_bias\": {\"99999999\": 1}}", status: 400, param: "logit_bias", containing: "vocabulary")
+        expectError("{\(m), \"response_format\": {\"type\": \"json_object\"}}", status: 400, param: "response_format", containing: "not supported")
+        expectError("{\(m), \"tools\": \"all\"}", status: 400, param: "tools", containing: "array")
+        // A huge max_tokens is "as long as the context allows", as llama-server reads it.
+        #expect(try parse("{\(m), \"max_tokens\": 9223372036854775807}").request.maxTokens == scheduler.contextLength)
+        #expect(try parse("{\(m), \"max_completion_tokens\": 9223372036854775807}").request.maxTokens == scheduler.contextLength)
+        // logit_bias reaches the sampler; a known text format is accepted.
+        let biased = try parse("{\(m), \"logit_bias\": {\"42\": -100, \"7\": 5.5}, \"response_format\": {\"type\": \"text\"}}")
+        #expect(biased.request.sampling.logitBias == [42: -100, 7: 5.5])
+        // Any model name is served by default.
+        #expect(try parse(#"{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}"#).request.promptTokens.count > 0)
+    }
+
+    @Test func oversizedPromptsAreRefusedBeforeTokenising() {
+        // A conversation whose rendering passes what the context could hold (tools, a long
+        // message): the rendering stops at the byte bound.
+        let huge = String(repeating: "a", count: 1 << 20)
+        expectError(#"{"model": "demo", "messages": [{"role": "user", "content": "\#(huge)"}]}"#, status: 400, param: "messages",
+                    containing: "context length")
+        expectError(#"{"model": "demo", "prompt": "\#(huge)"}"#, chat: false, status: 400, param: "prompt", containing: "bytes")
+    }
+
+    @Test func aStrictServerRefusesOtherModelNames() {
+        var configuration = ServerConfiguration(modelName: "demo")
+        configuration.strictModelName = true
+        let strict = OpenAIServer(configuration: configuration, scheduler: scheduler, tokenizer: tokenizer, chat: nil)
+        do {
+            _ = try strict.parse(body: Array(#"{"model": "gpt-4", "prompt": "x"}"#.utf8), chat: false)
+            Issue.record("a strict server served another model's name")
+        } catch {
+            #expect(error.status.code == 400 && error.param == "model" && error.message.contains("unknown model 'gpt-4'"))
+        }
     }
 }
 

@@ -25,7 +25,7 @@ public struct LoadedModel: @unchecked Sendable {
     /// How weights were converted at load, if they were.
     public let quantization: WeightQuantization?
     /// The memory of converted, regrouped or copied weights.
-    let storage: [OwnedBytes]
+    let storage: [HostBuffer]
     /// How each weight file came to be mapped, with `.mappedInHugePages`; empty otherwise (and
     /// when stored Q8_0/Q4_0 weights are regrouped for int8 activations: they are copied out).
     public let hugePageResidency: [HugePageResidency]
@@ -66,7 +66,7 @@ public struct LoadedModel: @unchecked Sendable {
             }
         }
         let bound = try DecoderWeights.bind(config, from: tensors, naming: randomWeights ? config.naming : source.naming(for: config))
-        var storage: [OwnedBytes] = []
+        var storage: [HostBuffer] = []
         var weights = quantization.map { bound.quantized($0, pool: pool, storage: &storage) } ?? bound
         if regroup && precision == .int8 {
             weights = weights.regrouped(pool: pool, storage: &storage, fileBacked: !tensors.files.isEmpty)

@@ -3,35 +3,14 @@ import Runtime
 import SwitchyardSupport
 import WeightFiles
 
-/// Owns the bytes of converted weights.
-final class OwnedBytes: @unchecked Sendable {
-    let pointer: UnsafeMutableRawPointer
-    let count: Int
-    init(_ count: Int) {
-        self.count = count
-        var raw: UnsafeMutableRawPointer?
-        if count >= 2 << 20, posix_memalign(&raw, 2 << 20, count) == 0, let raw {
-            // Weights stream through the TLB once per token: 2 MiB pages where the kernel grants
-            // them (transparent huge pages in madvise mode) take one page walk instead of 512.
-            _ = madvise(raw, count, Int32(MADV_HUGEPAGE))
-            pointer = raw
-        } else {
-            pointer = malloc(max(count, 1))!
-        }
-    }
-    deinit { free(pointer) }
-
-    func contains(_ p: UnsafeRawPointer) -> Bool { p >= UnsafeRawPointer(pointer) && p < UnsafeRawPointer(pointer) + count }
-}
-
 extension DecoderWeights {
     /// These weights with the chosen matrices converted; `storage` collects the new buffers.
-    func quantized(_ q: WeightQuantization, pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
-        var buffers: [OwnedBytes] = []
+    func quantized(_ q: WeightQuantization, pool: ThreadPool, storage: inout [HostBuffer]) -> DecoderWeights {
+        var buffers: [HostBuffer] = []
         let out = mapMatrices(all: q.all) { m in
             guard let format = q.format.stored(columns: m.columns), !m.element.isBlockQuantized else { return m }
             let element = format.element
-            let bytes = OwnedBytes(m.rows * element.rowBytes(m.columns))
+            let bytes = HostBuffer(m.rows * element.rowBytes(m.columns))
             buffers.append(bytes)
             let target = bytes.pointer
             format.quantizeRows(of: m, into: target, pool: pool)
@@ -44,7 +23,7 @@ extension DecoderWeights {
     /// Q8_0 and Q4_0 matrices (rows of whole groups of 128) regrouped for the integer kernels
     /// (GroupedBlocks). Converted weights are regrouped in place; weights read from the files go to
     /// one new buffer (see `rewrittenIntoOneBuffer`).
-    func regrouped(pool: ThreadPool, storage: inout [OwnedBytes], fileBacked: Bool) -> DecoderWeights {
+    func regrouped(pool: ThreadPool, storage: inout [HostBuffer], fileBacked: Bool) -> DecoderWeights {
         func regroupable(_ m: WeightMatrix) -> Bool { GroupedBlocks.grouped(m.element) != nil && m.columns % GroupedBlocks.groupValues == 0 }
         let owned = storage
         let inPlace = mapMatrices(all: true) { m in
@@ -56,11 +35,13 @@ extension DecoderWeights {
         }
     }
 
-    /// Every matrix read from the files (all but the embedding and the routers) copied into one
-    /// buffer of transparent huge pages (`--no-mmap`): decode streams each weight once per token,
+    /// Every matrix read from the files copied into one buffer of transparent huge pages
+    /// (`--no-mmap`, and a server by default): decode streams each weight once per token,
     /// and 4 KiB pages cost a page walk every 4 KiB of it.
-    func copiedToHugePages(pool: ThreadPool, storage: inout [OwnedBytes]) -> DecoderWeights {
-        rewrittenIntoOneBuffer(storage: &storage, releaseFilePages: true, takes: { _ in true }) { m, target in
+    func copiedToHugePages(pool: ThreadPool, storage: inout [HostBuffer]) -> DecoderWeights {
+        // Every matrix, the embedding and the routers too: then no weight is read from a file's
+        // mapping, and a file changed under a running server cannot take one away.
+        rewrittenIntoOneBuffer(storage: &storage, releaseFilePages: true, every: true, takes: { _ in true }) { m, target in
             let bytes = m.rows * m.rowBytes, chunk = 1 << 20
             pool.parallelFor((bytes + chunk - 1) / chunk) { i in
                 (target + i * chunk).copyMemory(from: m.data + i * chunk, byteCount: min(chunk, bytes - i * chunk))
@@ -74,22 +55,25 @@ extension DecoderWeights {
     /// (a Q4_0 expert at hidden 1024 is just under 2 MiB alone). The files' pages of the rewritten
     /// matrices are released, so resident memory does not hold both.
     private func rewrittenIntoOneBuffer(
-        storage: inout [OwnedBytes], releaseFilePages: Bool, takes: (WeightMatrix) -> Bool,
+        storage: inout [HostBuffer], releaseFilePages: Bool, every: Bool = false, takes: (WeightMatrix) -> Bool,
         _ rewrite: (WeightMatrix, UnsafeMutableRawPointer) -> WeightMatrix
     ) -> DecoderWeights {
+        func each(_ transform: (WeightMatrix) -> WeightMatrix) -> DecoderWeights {
+            every ? mapEveryMatrix(transform) : mapMatrices(all: true, transform)
+        }
         let owned = storage
         func picked(_ m: WeightMatrix) -> Bool { takes(m) && !owned.contains(where: { $0.contains(m.data) }) }
         func slot(_ m: WeightMatrix) -> Int { (m.rows * m.rowBytes + 63) / 64 * 64 }
         var total = 0
-        _ = mapMatrices(all: true) { m in
+        _ = each { m in
             if picked(m) { total += slot(m) }
             return m
         }
         guard total > 0 else { return self }
-        let buffer = OwnedBytes(total)
+        let buffer = HostBuffer(total)
         storage.append(buffer)
         var offset = 0
-        return mapMatrices(all: true) { m in
+        return each { m in
             guard picked(m) else { return m }
             let out = rewrite(m, buffer.pointer + offset)
             offset += slot(m)

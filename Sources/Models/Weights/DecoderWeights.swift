@@ -88,4 +88,20 @@ public struct DecoderWeights: Sendable {
         if all && out.lmHead.data != out.embedding.data { out.lmHead = transform(out.lmHead) }
         return out
     }
+
+    /// Every matrix, the embedding and the routers included, through `transform` once each (a
+    /// tied output head stays the embedding).
+    public func mapEveryMatrix(_ transform: (WeightMatrix) -> WeightMatrix) -> DecoderWeights {
+        let tied = lmHead.data == embedding.data
+        var out = mapMatrices(all: true, transform)
+        for i in out.layers.indices {
+            guard case .mixtureOfExperts(var m) = out.layers[i].feedForward else { continue }
+            m.router = transform(m.router)
+            if let g = m.sharedExpertGate { m.sharedExpertGate = transform(g) }
+            out.layers[i].feedForward = .mixtureOfExperts(m)
+        }
+        out.embedding = transform(embedding)
+        if tied { out.lmHead = out.embedding }
+        return out
+    }
 }

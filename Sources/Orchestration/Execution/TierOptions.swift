@@ -21,6 +21,11 @@ public struct TierOptions: Sendable {
     public var recalibrate = false
     /// One JSON line per MoE layer per step.
     public var tracePath: String?
+    /// Copy the weights host memory holds (what every token touches and the experts pinned in RAM)
+    /// out of the model files, so that a file that changes under a running server cannot take
+    /// them away (a read of a mapping past a file's end is a SIGBUS); experts on the disk tier are
+    /// read with errors that fail their step.
+    public var copyHostWeights = false
 
     public init() {}
 

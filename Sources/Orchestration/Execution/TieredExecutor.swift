@@ -66,6 +66,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     private var trace: UnsafeMutablePointer<FILE>?
     /// For a read that finds no cache slot at all (every slot busy): one buffer, made when first needed.
     var overflow: UnsafeMutableRawPointer?
+    /// Host weights copied out of the files (`TierOptions.copyHostWeights`).
+    private var hostCopies: HostBuffer?
 
     /// Places `loaded`'s weights under `options`' budgets, on `accelerator` where given.
     /// - Parameter cpu: the host device experts run on (its pool, precision and kernel tuning).
@@ -100,7 +102,6 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             dropPages(m.data, m.byteCount)
             m = moved
         }
-        weights = placed
         var experts: [[FeedForwardWeights]] = placed.layers.map { layer in
             if case .mixtureOfExperts(let m) = layer.feedForward { return m.experts }
             return []
@@ -113,6 +114,10 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                               diskBytesPerSecond: 0, expertBytes: 0)
         }
 
+        if options.copyHostWeights {
+            hostCopies = TieredExecutor.copyOutOfFiles(&placed, experts: &experts, placement: placement, files: loaded.tensors.files, config: config)
+        }
+        weights = placed
         homes = experts.map { $0.map { .ramPinned($0) } }
         var acceleratorSlots: [Int] = []
         if let accelerator, footprint.expertBytes > 0 {
@@ -346,5 +351,39 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                 decision: decision, measuredSeconds: measured)
             fputs(record.json.serialized() + "\n", trace)
         }
+    }
+}
+
+extension TieredExecutor {
+    /// Copies every matrix host memory holds for the whole run (what every token touches, the
+    /// experts pinned in RAM) that lives in a weight file into one host buffer, repoints the
+    /// weights at the copies and releases the files' pages.
+    static func copyOutOfFiles(
+        _ weights: inout DecoderWeights, experts: inout [[FeedForwardWeights]], placement: ExpertPlacement, files: [MappedFile],
+        config: DecoderConfig
+    ) -> HostBuffer? {
+        func inFiles(_ m: WeightMatrix) -> Bool {
+            m.location == .host && files.contains { UnsafeRawPointer(m.data) >= $0.base && m.data + m.byteCount <= $0.base + $0.size }
+        }
+        func slot(_ m: WeightMatrix) -> Int { (m.byteCount + 63) & ~63 }
+        var total = 0
+        weights.visitAlways(tiedHead: config.tieWordEmbeddings) { _, m, _ in if inFiles(m) { total += slot(m) } }
+        for key in placement.experts(on: .ram) { for m in experts[key.layer][key.expert].matrices where inFiles(m) { total += slot(m) } }
+        guard total > 0 else { return nil }
+        let buffer = HostBuffer(total)
+        var offset = 0
+        func copy(_ m: WeightMatrix) -> WeightMatrix {
+            guard inFiles(m) else { return m }
+            let target = buffer.pointer + offset
+            target.copyMemory(from: m.data, byteCount: m.byteCount)
+            dropPages(m.data, m.byteCount)
+            offset += slot(m)
+            return m.moved(to: UnsafeRawPointer(target))
+        }
+        weights.visitAlways(tiedHead: config.tieWordEmbeddings) { _, m, _ in m = copy(m) }
+        for key in placement.experts(on: .ram) {
+            experts[key.layer][key.expert] = FeedForwardWeights(experts[key.layer][key.expert].matrices.map(copy))
+        }
+        return buffer
     }
 }
