@@ -66,7 +66,7 @@ struct Chat: ParsableCommand {
     @Option(name: [.short, .customLong("max-tokens")], help: "Most tokens per reply.")
     var maxTokens: Int = 256
 
-    @Option(name: .customLong("context-length"), help: "Context length (default: the model's maximum).")
+    @Option(name: .customLong("context-length"), help: "Context length (default: min(4096, the model's maximum)); when the conversation outgrows it, its oldest turns are dropped.")
     var contextLength: Int?
 
     func validate() throws {
@@ -80,7 +80,9 @@ struct Chat: ParsableCommand {
             let tokenizer = try Tokenizer(directory: model.directory)
             let chatConfiguration = try ChatTemplateConfiguration(directory: model.directory)
             let generator = Generator(model: model, tokenizer: tokenizer)
-            let session = try model.makeSession(contextLength: contextLength)
+            let session = try model.makeSession(contextLength: contextLength ?? min(4096, model.config.maxPositions))
+            // Room kept for a reply when old turns are dropped: the reply's limit, within half the context.
+            let replyRoom = min(maxTokens, session.capacity / 2)
             var options = GenerationOptions()
             options.maxTokens = maxTokens
             options.stopStrings = sampling.stop
@@ -92,10 +94,24 @@ struct Chat: ParsableCommand {
                 writeOut("> ")
                 guard let line = readLine(), !line.isEmpty else { break }
                 messages.append(["role": "user", "content": .string(line)])
-                let prompt = try chatConfiguration.template.render(
-                    messages: .array(messages), addGenerationPrompt: true, variables: chatConfiguration.specialTokens)
-                // The template writes the special tokens itself, as apply_chat_template(tokenize=True).
-                let tokens = tokenizer.encode(prompt, addSpecialTokens: false)
+                // As llama-cli shifts its context: a conversation that outgrows it loses its oldest
+                // turns (the system prompt stays); a message too long on its own is refused, and
+                // the conversation goes on.
+                var tokens: [Int]
+                while true {
+                    let prompt = try chatConfiguration.template.render(
+                        messages: .array(messages), addGenerationPrompt: true, variables: chatConfiguration.specialTokens)
+                    // The template writes the special tokens itself, as apply_chat_template(tokenize=True).
+                    tokens = tokenizer.encode(prompt, addSpecialTokens: false)
+                    let first = system == nil ? 0 : 1
+                    guard tokens.count + replyRoom >= session.capacity, messages.count - first > 1 else { break }
+                    messages.remove(at: first)
+                }
+                guard tokens.count < session.capacity else {
+                    printError("error: that message takes \(tokens.count) tokens; the context length is \(session.capacity)")
+                    messages.removeLast()
+                    continue
+                }
                 let result = try generator.generate(promptTokens: tokens, options: options, session: session) { writeOut($0) }
                 writeOut("\n")
                 messages.append(["role": "assistant", "content": .string(result.text.strippingLeadingSpace())])
