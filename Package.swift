@@ -126,6 +126,12 @@ let package = Package(
             "Commands", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: tuned),
 
+        // A seeded mutation fuzzer over every parser of outside input; CI runs it for a bounded time.
+        .executableTarget(name: "switchyard-fuzz", dependencies: [
+            "Batching", "ChatTemplates", "Kernels", "Models", "Orchestration", "SafeTensors", "Server", "SwitchyardJSON", "SwitchyardSupport",
+            "Tokenizers",
+        ], swiftSettings: tuned),
+
         // What the test targets share: the repository's paths, transformers' reference logits,
         // error measures.
         .target(name: "SwitchyardTestSupport", dependencies: ["NPY", "SafeTensors", "SwitchyardJSON", "SwitchyardSupport"], path: "Tests/SwitchyardTestSupport"),

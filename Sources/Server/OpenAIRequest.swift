@@ -43,6 +43,17 @@ extension OpenAIServer {
         return try await offload.run { () throws(APIError) in try self.parse(body: bytes, chat: chat) }
     }
 
+    /// Whether a request body would be accepted: nil, or the error message a client would get
+    /// (for the fuzz target, which runs the parser on inputs no client has sent yet).
+    public func check(requestBody body: [UInt8], chat: Bool) -> String? {
+        do {
+            _ = try parse(body: body, chat: chat)
+            return nil
+        } catch {
+            return error.message
+        }
+    }
+
     /// A request body to what the scheduler runs, or the OpenAI error that names what is wrong.
     /// Every number is range-checked as OpenAI's API documents it before it is used; a prompt
     /// that cannot fit the context is refused before it is tokenised.

@@ -14,6 +14,11 @@ public struct HuggingFaceFolder: ModelSource {
 
     public init(directory: String) { self.directory = directory }
 
+    /// A config.json's value as a decoder configuration (what `readConfig` does with the file).
+    public static func decoderConfig(json: JSONValue, file: String) throws(ModelError) -> DecoderConfig {
+        try Architectures.decoderConfig(json, file: file)
+    }
+
     public func readConfig() throws(ModelError) -> DecoderConfig {
         let path = directory + "/config.json"
         guard fileExists(path) else { throw ModelError("\(directory): no config.json (is this a Hugging Face model folder?)") }
