@@ -70,8 +70,8 @@ public struct ModelOptions: ParsableArguments {
     var randomWeights = false
 
     @Flag(name: .customLong("no-mmap"), help: ArgumentHelp(
-        "Copy the weights out of the memory-mapped files into anonymous 2 MiB pages.",
-        discussion: "The files' pages are released. By default the mappings themselves use 2 MiB pages where the file system allows it (see --no-huge-pages); this is for those that do not. Resident memory is the same; the files' page cache is no longer shared with other processes. Not with --accelerator-memory or --ram-budget."))
+        "Copy every weight, the embedding and routers included, out of the memory-mapped files into anonymous 2 MiB pages.",
+        discussion: "The files' pages are released. By default the mappings themselves use 2 MiB pages where the file system allows it (see --no-huge-pages); this is for those that do not. The whole embedding is then resident, not only the rows used, and the files' page cache is no longer shared with other processes. Not with --accelerator-memory or --ram-budget."))
     var noMmap = false
 
     @Flag(name: .customLong("check-tensors"), help: "Refuse weights that hold a NaN or an infinity (a pass over every byte at load).")

@@ -25,8 +25,16 @@ enum Fuzz {
             defer { arguments.removeSubrange(i...(i + 1)) }
             return arguments[i + 1]
         }
-        let seconds = option("--seconds").flatMap(Double.init) ?? 10
-        let seed = option("--seed").flatMap(UInt64.init) ?? 1
+        func number<T: LosslessStringConvertible>(_ name: String, _ fallback: T, _ valid: (T) -> Bool) -> T {
+            guard let text = option(name) else { return fallback }
+            guard let value = T(text), valid(value) else {
+                printLine("error: \(name) '\(text)' is out of range")
+                exit(2)
+            }
+            return value
+        }
+        let seconds = number("--seconds", 10.0) { $0.isFinite && $0 >= 0 && $0 <= 86_400 }
+        let seed = number("--seed", UInt64(1)) { _ in true }
         let out = option("--out") ?? "/tmp/switchyard-fuzz"
         guard let target = arguments.first, ["json", "safetensors", "config", "tokenizer", "template", "request", "all"].contains(target) else {
             printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|all [--seconds N] [--seed S] [--out DIR]")
