@@ -97,6 +97,11 @@ public struct ChatTemplateConfiguration: Sendable {
     /// bos_token, eos_token, unk_token, pad_token as strings, for the template.
     public var specialTokens: [String: JSONValue]
 
+    public init(template: ChatTemplate, specialTokens: [String: JSONValue] = [:]) {
+        self.template = template
+        self.specialTokens = specialTokens
+    }
+
     /// Reads `chat_template.jinja`, or `chat_template` in tokenizer_config.json (a string, or a list
     /// of named templates of which "default" is used), as transformers does.
     public init(directory: String, templateFile: String? = nil) throws(TemplateError) {

@@ -99,6 +99,25 @@ struct RequestParsingTests {
         expectError(#"{"model": "demo", "prompt": "\#(huge)"}"#, chat: false, status: 400, param: "prompt", containing: "bytes")
     }
 
+    /// The finding: ten 10 KiB tools rendered by Llama 3.1's template (which prints each one
+    /// indented) were 736 MiB of prompt before the context was checked.
+    @Test func toolsThatRenderPastTheContextStopTheRendering() throws {
+        let vectors = try JSONValue.parse(readFileBytes(repositoryRoot + "/fixtures/chat-templates/vectors.json"))
+        let source = try #require(vectors["templates"]?["meta-llama-Llama-3.1-8B-Instruct"]?.stringValue)
+        let llama = ChatTemplateConfiguration(template: try ChatTemplate(source: source), specialTokens: ["bos_token": "<s>"])
+        let withTools = OpenAIServer(configuration: ServerConfiguration(modelName: "demo"), scheduler: scheduler, tokenizer: tokenizer, chat: llama)
+        let description = String(repeating: "x", count: 10 << 10)
+        let tool = #"{"type": "function", "function": {"name": "f", "description": "\#(description)", "parameters": {"type": "object"}}}"#
+        let body = #"{"model": "demo", "messages": [{"role": "user", "content": "Hi"}], "tools": [\#(Array(repeating: tool, count: 10).joined(separator: ","))]}"#
+        do {
+            _ = try withTools.parse(body: Array(body.utf8), chat: true)
+            Issue.record("ten 10 KiB tools were accepted by a 64-token context")
+        } catch {
+            #expect(error.status.code == 400 && error.code == "context_length_exceeded" && error.message.contains("rendered by the chat template passes"),
+                    "\(error.message)")
+        }
+    }
+
     @Test func aStrictServerRefusesOtherModelNames() {
         var configuration = ServerConfiguration(modelName: "demo")
         configuration.strictModelName = true
