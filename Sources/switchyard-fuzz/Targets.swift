@@ -74,8 +74,13 @@ struct ConfigTarget: Target {
               let config = try? HuggingFaceFolder.decoderConfig(json: json, file: "config.json") else { return false }
         _ = RotaryEmbedding(config.rope, headDim: config.headDim, maxPositions: config.maxPositions)
         _ = config.kvLayout.bytes(positions: config.maxPositions)
-        _ = try? Planner.plan(config, element: .bf16, hardware: HardwareProfile.known[0], acceleratorMemory: 24 << 30, ramBudget: 64 << 30,
-                              contextLength: min(4096, config.maxPositions))
+        // A plan that succeeds predicts finite speeds (`plan` once printed -nan tok/s).
+        for hardware in HardwareProfile.known {
+            guard let plan = try? Planner.plan(config, element: .bf16, hardware: hardware, acceleratorMemory: 24 << 30, ramBudget: 64 << 30,
+                                               contextLength: min(4096, config.maxPositions)) else { continue }
+            let speeds = [plan.decodeOverlapped, plan.decodeSummed, plan.prefillOverlapped, plan.decodeFiddler]
+            precondition(speeds.allSatisfy(\.isFinite), "plan predicted \(speeds) for \(hardware.name)")
+        }
         return true
     }
 }
