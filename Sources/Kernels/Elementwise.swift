@@ -134,30 +134,3 @@ public func applyRotary(
         }
     }
 }
-
-/// Causal attention of one query head over positions first...last of a key/value cache, with
-/// grouped-query attention: query head `head` reads KV head `head / (heads / kvHeads)`, so repeated
-/// heads are never materialised.
-///
-/// - Parameters:
-///   - query: [heads x headDim] for this token.
-///   - keys, values: row 0 is position 0; each row is [kvHeads x headDim], `rowStride` floats apart.
-///   - scores: room for last + 1 floats.
-///   - output: [headDim] for this head.
-@inlinable
-public func attendHead(
-    head: Int, heads: Int, kvHeads: Int, headDim: Int, scale: Float,
-    query: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, rowStride: Int,
-    first: Int, last: Int, scores: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
-) {
-    let kvOffset = (head / (heads / kvHeads)) * headDim
-    let q = query + head * headDim
-    for j in first...last {
-        scores[j] = dot(q, keys + j * rowStride + kvOffset, headDim) * scale
-    }
-    softmax(scores + first, last - first + 1)
-    output.update(repeating: 0, count: headDim)
-    for j in first...last {
-        axpy(scores[j], values + j * rowStride + kvOffset, output, headDim)
-    }
-}

@@ -148,11 +148,42 @@ struct AttentionTests {
     let values: [Float] = [10, 0, 1, 1, 0, 20, 3, 3]
 
     func run(head: Int, query: [Float], first: Int = 0, last: Int = 1) -> [Float] {
-        var scores = [Float](repeating: 0, count: 2)
-        var out = [Float](repeating: 0, count: 2)
-        attendHead(head: head, heads: 4, kvHeads: 2, headDim: 2, scale: 1, query: query, keys: keys, values: values,
-                   rowStride: 4, first: first, last: last, scores: &scores, output: &out)
-        return out
+        let kv = head / 2
+        var tile = [Float](repeating: 0, count: 2 * 16)
+        var out = [Float](repeating: 0, count: 4)
+        attendGroup(queries: Array(query[(kv * 4)..<(kv * 4 + 4)]), group: 2, headDim: 2, scale: 1,
+                    keys: Array(keys[(kv * 2)...]), values: Array(values[(kv * 2)...]), rowStride: 4,
+                    first: first, last: last, tile: &tile, output: &out)
+        return Array(out[((head % 2) * 2)..<((head % 2) * 2 + 2)])
+    }
+
+    /// Long contexts cross tiles of 16 and raise the running maximum several times; the
+    /// one-pass result equals softmax then weighted sum, computed in double precision.
+    @Test(arguments: [1, 15, 16, 17, 40, 100])
+    func onePassEqualsTwoPasses(positions: Int) {
+        let group = 3, hd = 20, stride = 2 * hd
+        var random = UInt64(positions)
+        func next() -> Float {
+            random = random &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int(random >> 40) % 2001 - 1000) / 250
+        }
+        let q = (0..<(group * hd)).map { _ in next() }
+        // Keys grow with the position so that the maximum moves in later tiles.
+        let k = (0..<(positions * stride)).map { i in next() * Float(1 + i / stride) / 8 }
+        let v = (0..<(positions * stride)).map { _ in next() }
+        var tile = [Float](repeating: 0, count: group * 16), out = [Float](repeating: 0, count: group * hd)
+        attendGroup(queries: q, group: group, headDim: hd, scale: 0.3, keys: Array(k[hd...]), values: Array(v[hd...]),
+                    rowStride: stride, first: 0, last: positions - 1, tile: &tile, output: &out)
+        for g in 0..<group {
+            let scores = (0..<positions).map { j in
+                0.3 * (0..<hd).reduce(0.0) { $0 + Double(q[g * hd + $1]) * Double(k[j * stride + hd + $1]) }
+            }
+            let m = scores.max()!, e = scores.map { exp($0 - m) }, total = e.reduce(0, +)
+            for i in 0..<hd {
+                let expected = (0..<positions).reduce(0.0) { $0 + e[$1] / total * Double(v[$1 * stride + hd + i]) }
+                #expect(abs(Double(out[g * hd + i]) - expected) <= 1e-5 * max(1, abs(expected)), "head \(g), dimension \(i)")
+            }
+        }
     }
 
     @Test func groupedHeadsReadTheirKVHead() {

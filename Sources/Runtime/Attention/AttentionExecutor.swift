@@ -37,7 +37,7 @@ public protocol AttentionExecutor: AnyObject, Sendable {
 }
 
 /// Attention on this host's cores over a host KV cache: grouped KV heads, causal, optionally
-/// windowed, one head of one token per work item.
+/// windowed, the heads of one KV head for one token per work item (`attendGroup`).
 public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
     public let hostCache: any HostKVCache
     public let pool: ThreadPool
@@ -63,18 +63,18 @@ public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
         var rows: [SequenceID: (keys: UnsafePointer<Float>, values: UnsafePointer<Float>)] = [:]
         for slot in slots where rows[slot.sequence] == nil { rows[slot.sequence] = hostCache.rows(of: slot.sequence, layer: layer) }
         let bases = slots.map { rows[$0.sequence]! }
-        let context = (slots.map(\.position).max() ?? 0) + 1
-        scratch.reserve(T * heads * context)
-        let scores = scratch.pointer
+        let group = heads / kvHeads
+        scratch.reserve(T * kvHeads * group * 16)
+        let tiles = scratch.pointer
         let window = shape.window, scale = shape.scale
-        pool.parallelFor(T * heads) { item in
-            let t = item / heads, h = item % heads
+        pool.parallelFor(T * kvHeads) { item in
+            let t = item / kvHeads, kv = item % kvHeads
             let position = slots[t].position
-            attendHead(
-                head: h, heads: heads, kvHeads: kvHeads, headDim: hd, scale: scale,
-                query: queries + t * qW, keys: bases[t].keys, values: bases[t].values, rowStride: kvW,
+            attendGroup(
+                queries: queries + t * qW + kv * group * hd, group: group, headDim: hd, scale: scale,
+                keys: bases[t].keys + kv * hd, values: bases[t].values + kv * hd, rowStride: kvW,
                 first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
-                scores: scores + item * context, output: output + t * qW + h * hd)
+                tile: tiles + item * group * 16, output: output + t * qW + kv * group * hd)
         }
     }
 }
