@@ -76,6 +76,22 @@ let package = Package(
         // The CUDA device behind Runtime's contracts (to be filled on a GPU; it probes for now).
         .target(name: "CUDABackend", dependencies: ["CUDA", "Runtime"], path: "Sources/Backends/CUDABackend", swiftSettings: tuned),
 
+        // --- Two-tier inference: attention and KV caches on other hosts.
+        // The attention wire: frames, requests and replies, every field checked.
+        .target(name: "AttentionWire", dependencies: [
+            "Runtime", "SwitchyardSupport", .product(name: "NIOCore", package: "swift-nio"),
+        ], path: "Sources/Remote/AttentionWire", swiftSettings: tuned),
+        // An attention worker: KV caches and attention behind a TCP server.
+        .target(name: "AttentionWorker", dependencies: [
+            "AttentionWire", "Runtime", "Kernels", "SwitchyardSupport",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+        ], path: "Sources/Remote/AttentionWorker", swiftSettings: tuned),
+        // Tier 1's side: an attention executor and KV cache whose rows live on attention workers.
+        .target(name: "RemoteAttention", dependencies: [
+            "AttentionWire", "Runtime", "SwitchyardSupport",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+        ], path: "Sources/Remote/RemoteAttention", swiftSettings: tuned),
+
         // --- The model, its placement, the engine.
         // Model definitions: configs, one file per architecture family, layers (attention variants,
         // routing, MoE), weights bound by logical name, loading from a format-neutral source, the
@@ -89,7 +105,8 @@ let package = Package(
         // The composition root: an engine (model, devices, tiers, kernel choice) from typed options,
         // for the CLI, the server and the tests alike.
         .target(name: "Engine", dependencies: [
-            "Models", "Orchestration", "Runtime", "Kernels", "EmulatedBackend", "CUDABackend", "SwitchyardJSON", "SwitchyardSupport",
+            "Models", "Orchestration", "Runtime", "Kernels", "EmulatedBackend", "CUDABackend", "RemoteAttention", "SwitchyardJSON",
+            "SwitchyardSupport",
         ], swiftSettings: tuned),
 
         // --- Surfaces.
@@ -111,7 +128,7 @@ let package = Package(
         // The commands every binary has: parse flags into the engine's options, call it, print.
         .target(name: "Commands", dependencies: [
             "Engine", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
-            "SwitchyardSupport", "NPY",
+            "SwitchyardSupport", "NPY", "AttentionWorker", "RemoteAttention",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: tuned),

@@ -82,7 +82,16 @@ public struct ModelOptions: ParsableArguments {
         discussion: "By default a model held wholly in memory is read in at load and mapped with 2 MiB pages where the kernel can (decode reads every weight once per token; 4 KiB pages cost a page walk every 4 KiB): a file cached in 4 KiB pages is dropped from the cache and read again once to get them."))
     var noHugePages = false
 
+    @Option(name: .customLong("attention-workers"), help: ArgumentHelp(
+        "Attention workers, host:port,host:port,...: they hold the KV caches and compute attention (two-tier inference).",
+        discussion: "Start each with `switchyard attention-worker --listen HOST:PORT --kv-memory SIZE`. This process keeps the weights and the residual stream and sends each layer only queries and new keys/values. A worker that dies or drops off the network loses its caches; the sequences it held are computed again on the others."))
+    var attentionWorkers: String?
+
+    @Option(name: .customLong("attention-timeout"), help: "Seconds an attention worker may take to answer before it counts as gone.")
+    var attentionTimeout: Double = 30
+
     public func validate() throws {
+        try checkRange(Float(attentionTimeout), "--attention-timeout", 0.001...3600)
         try checkRange(threads, "--threads", 1...1024)
         try checkRange(acceleratorThreads, "--accelerator-threads", 1...256)
         if quantizeAll && quantize == nil { throw ValidationError("--quantize-all needs --quantize") }
@@ -108,6 +117,8 @@ public struct ModelOptions: ParsableArguments {
         o.residency = noMmap ? .copied : noHugePages ? .mapped : .hugePages
         o.kvPositions = kvPositions
         o.checkTensors = checkTensors
+        o.attentionWorkers = attentionWorkers.map { $0.split(separator: ",").map { String($0).trimmed() } } ?? []
+        o.attentionTimeout = .milliseconds(Int64(attentionTimeout * 1000))
         if let routingProfile {
             o.popularity = try Engine.popularity(profile: routingProfile, config: try ModelFormats.open(o.model).readConfig())
         }

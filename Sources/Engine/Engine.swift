@@ -3,6 +3,7 @@ import EmulatedBackend
 import Kernels
 import Models
 import Orchestration
+import RemoteAttention
 import Runtime
 import SwitchyardJSON
 import SwitchyardSupport
@@ -96,7 +97,16 @@ public final class Engine: @unchecked Sendable {
                 throw EngineError(error.description)
             }
         }
-        let model = Model(loaded, device: device, pool: pool, weights: tiers?.weights, expertExecutor: tiers)
+        var attention: RemoteAttention?
+        if !options.attentionWorkers.isEmpty {
+            do throws(LinkFailure) {
+                let addresses = try options.attentionWorkers.map { (a) throws(LinkFailure) in try WorkerAddress(parsing: a) }
+                attention = try RemoteAttention(layout: loaded.config.kvLayout, workers: addresses, deadline: options.attentionTimeout)
+            } catch {
+                throw EngineError("--attention-workers: \(error.description)")
+            }
+        }
+        let model = Model(loaded, device: device, pool: pool, weights: tiers?.weights, attention: attention, expertExecutor: tiers)
         return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, notes: notes,
                       loadSeconds: (ContinuousClock.now - started).seconds)
     }

@@ -74,6 +74,12 @@ public struct EngineOptions: Sendable {
     /// tier are read from the files, with errors that fail their step.
     public var holdWeightsInMemory = false
 
+    /// Attention workers ("host:port") that hold the KV caches and compute attention (two-tier
+    /// inference); none: attention runs here over a host cache.
+    public var attentionWorkers: [String] = []
+    /// How long an attention worker may take to answer before it counts as gone.
+    public var attentionTimeout: Duration = .seconds(30)
+
     public init(model: String) { self.model = model }
 
     /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
@@ -93,6 +99,9 @@ public struct EngineOptions: Sendable {
             throw EngineError("--no-mmap copies the weights into host memory; the tiers (--accelerator-memory, --ram-budget) place them themselves")
         }
         if let kvPositions, kvPositions < 1 { throw EngineError("the KV cache needs at least one position") }
+        if attentionTimeout <= .zero || attentionTimeout > .seconds(3600) {
+            throw EngineError("--attention-timeout must be between 0 and 3600 seconds")
+        }
     }
 }
 

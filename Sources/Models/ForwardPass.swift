@@ -19,22 +19,60 @@ extension Model {
         guard Set(parts.map { ObjectIdentifier($0.session) }).count == parts.count else {
             throw ModelError("a session appears twice in one step")
         }
-        var tokens: [Int] = [], slots: [TokenSlot] = [], rows: [Int] = []
-        for (session, new) in parts {
-            guard session.model === self else { throw ModelError("a session of another model is in the step") }
-            try validate(new, at: session.position, capacity: session.capacity)
-            for (i, token) in new.enumerated() {
-                tokens.append(token)
-                slots.append(TokenSlot(sequence: session.sequence, position: session.position + i))
-            }
-            rows.append(tokens.count - 1)
-        }
+        for (session, _) in parts where session.model !== self { throw ModelError("a session of another model is in the step") }
         var logits = [Float](repeating: 0, count: parts.count * config.vocabularySize)
-        try logits.withUnsafeMutableBufferPointer { (out) throws(ModelError) in
-            try run(tokens, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: rows)
+        var attempt = 0
+        while true {
+            // Caches lost with a host are computed again first, so positions are right below.
+            try recoverLostCaches(parts.map(\.session))
+            var tokens: [Int] = [], slots: [TokenSlot] = [], rows: [Int] = []
+            for (session, new) in parts {
+                try validate(new, at: session.position, capacity: session.capacity)
+                for (i, token) in new.enumerated() {
+                    tokens.append(token)
+                    slots.append(TokenSlot(sequence: session.sequence, position: session.position + i))
+                }
+                rows.append(tokens.count - 1)
+            }
+            do {
+                try logits.withUnsafeMutableBufferPointer { (out) throws(ModelError) in
+                    try run(tokens, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: rows)
+                }
+                break
+            } catch {
+                attempt += 1
+                guard attempt <= Self.recoveryAttempts, parts.contains(where: { lostCache($0.session) }) else { throw error }
+            }
         }
         for (session, new) in parts { session.appendProcessed(new) }
         return logits
+    }
+
+    /// How many times one step is run again after the caches of some of its sequences were lost.
+    static let recoveryAttempts = 8
+
+    func lostCache(_ session: Session) -> Bool {
+        (attention.cache as? any RelocatableKVCache)?.isLost(session.sequence) ?? false
+    }
+
+    /// Computes again the cache of every session whose rows were lost with a host: new room
+    /// elsewhere, then its tokens through every layer (no logits). The rows come out as they were,
+    /// since a token's keys and values do not depend on how the tokens were batched.
+    func recoverLostCaches(_ sessions: [Session]) throws(ModelError) {
+        guard let cache = attention.cache as? any RelocatableKVCache else { return }
+        for session in sessions where cache.isLost(session.sequence) {
+            var attempt = 0
+            while true {
+                do { try cache.relocate(session.sequence) } catch { throw ModelError("cannot recover \(session.sequence): \(error.description)") }
+                do {
+                    try session.refill()
+                    break
+                } catch {
+                    attempt += 1
+                    guard attempt <= Self.recoveryAttempts, cache.isLost(session.sequence) else { throw error }
+                }
+            }
+        }
     }
 
     /// Checks tokens from outside before any arithmetic: ids in the vocabulary, room in the context.

@@ -42,6 +42,21 @@ public final class Session {
         tokens.removeSubrange(min(count, tokens.count)...)
     }
 
+    /// Computes the cache rows of every token processed so far again, into an empty cache (after
+    /// they were lost with the host that held them).
+    func refill() throws(ModelError) {
+        precondition(position == 0, "a refill starts from an empty cache")
+        var start = 0
+        while start < tokens.count {
+            let end = min(tokens.count, start + chunkSize)
+            let chunk = Array(tokens[start..<end])
+            let slots = chunk.indices.map { TokenSlot(sequence: sequence, position: start + $0) }
+            try model.run(chunk, slots: slots, workspace: workspace, logits: nil, logitRows: [])
+            cache.advance(sequence, by: chunk.count)
+            start = end
+        }
+    }
+
     /// Runs `tokens` at the next positions and returns logits, float32, row-major: [tokens.count,
     /// vocab] when `allLogits`, otherwise [1, vocab] for the last token.
     /// - Parameter workspace: work memory to use instead of the session's own (to observe routing).
@@ -52,20 +67,25 @@ public final class Session {
         let vocab = c.vocabularySize
         var logits = [Float](repeating: 0, count: (allLogits ? tokens.count : 1) * vocab)
         var start = 0
+        var attempt = 0
         while start < tokens.count {
+            try model.recoverLostCaches([self])
             let end = min(tokens.count, start + chunkSize)
             let chunk = Array(tokens[start..<end])
             let isLast = end == tokens.count
             let first = position
             let slots = chunk.indices.map { TokenSlot(sequence: sequence, position: first + $0) }
-            try logits.withUnsafeMutableBufferPointer { (out) throws(ModelError) in
-                if allLogits {
-                    try model.run(chunk, slots: slots, workspace: workspace, logits: out.baseAddress! + start * vocab, logitRows: Array(chunk.indices))
-                } else if isLast {
-                    try model.run(chunk, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: [chunk.count - 1])
-                } else {
-                    try model.run(chunk, slots: slots, workspace: workspace, logits: nil, logitRows: [])
+            do {
+                try logits.withUnsafeMutableBufferPointer { (out) throws(ModelError) in
+                    let target: UnsafeMutablePointer<Float>? = allLogits ? out.baseAddress! + start * vocab : isLast ? out.baseAddress! : nil
+                    let rows = allLogits ? Array(chunk.indices) : isLast ? [chunk.count - 1] : []
+                    try model.run(chunk, slots: slots, workspace: workspace, logits: target, logitRows: rows)
                 }
+            } catch {
+                // Rows lost with a host mid-chunk: recover them and run the chunk again.
+                attempt += 1
+                guard attempt <= Model.recoveryAttempts, model.lostCache(self) else { throw error }
+                continue
             }
             appendProcessed(chunk)
             start = end

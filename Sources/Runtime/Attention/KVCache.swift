@@ -195,3 +195,12 @@ private final class Slabs {
         for p in values { free(p) }
     }
 }
+
+/// A cache whose rows may be lost with the host that held them (an attention worker that died or
+/// dropped off the network). The model computes a lost sequence's rows again from its tokens.
+public protocol RelocatableKVCache: KVCache {
+    /// Whether the rows of `sequence` are gone; its length is 0 until they are computed again.
+    func isLost(_ sequence: SequenceID) -> Bool
+    /// Gives a lost sequence new, empty room of the same capacity (on another host).
+    func relocate(_ sequence: SequenceID) throws(KVCacheError)
+}

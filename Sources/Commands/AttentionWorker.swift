@@ -1,0 +1,134 @@
+import ArgumentParser
+import AttentionWorker
+import Kernels
+import RemoteAttention
+import SwitchyardJSON
+import SwitchyardSupport
+
+/// `switchyard attention-worker`: the second tier of two-tier inference.
+struct AttentionWorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attention-worker",
+        abstract: "Hold KV caches and compute attention for a tier-1 process (`--attention-workers`).",
+        discussion: """
+            Prints one line, SWITCHYARD_LISTENING {"address":"HOST:PORT","pid":N,"epoch":"...","kv_memory":BYTES}, once it \
+            listens. Exits when its parent process ends, when its standard input (a pipe or socket) closes, or on SIGTERM or \
+            SIGINT (status 0); a fatal error exits with status 1. It never detaches from its parent.
+            """)
+
+    @Option(help: "Address to listen on, HOST:PORT (port 0: a free one).")
+    var listen = "127.0.0.1:0"
+
+    @Option(name: .customLong("kv-memory"), help: "KV cache memory for all sequences together, e.g. 4GiB.")
+    var kvMemory: String
+
+    @Option(name: .customLong("kv-dtype"), help: "Element of the cached keys and values: f32 (bf16 and int8 come with the CPU precision contract).")
+    var kvDtype: KVElement = .f32
+
+    @Option(name: [.short, .long], help: "Kernel threads (default: the cores this process may use).")
+    var threads: Int?
+
+    enum KVElement: String, ExpressibleByArgument, CaseIterable { case f32 }
+
+    func validate() throws {
+        try checkRange(threads, "--threads", 1...1024)
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let budget = try parseByteSize(kvMemory)
+            guard budget > 0 else { throw InputError("--kv-memory must be more than 0 bytes") }
+            let address: WorkerAddress
+            if listen.hasSuffix(":0") {
+                address = WorkerAddress(host: String(listen.dropLast(2)).trimmed("[]"), port: 0)
+            } else {
+                do { address = try WorkerAddress(parsing: listen) } catch { throw InputError("--listen: \(error)") }
+            }
+            // Signals are taken by one thread, so no kernel thread is interrupted by them.
+            var signals = sigset_t()
+            sigemptyset(&signals)
+            sigaddset(&signals, SIGTERM)
+            sigaddset(&signals, SIGINT)
+            pthread_sigmask(SIG_BLOCK, &signals, nil)
+            exitWithParent(signals: signals)
+
+            let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
+            let server = AttentionServer(service: AttentionService(budget: budget, pool: pool))
+            let bound: (host: String, port: Int)
+            do { bound = try server.start(host: address.host, port: address.port) } catch {
+                throw InputError("cannot listen on \(listen): \(error)")
+            }
+            var line = JSONObject()
+            line["address"] = .string(WorkerAddress(host: bound.host, port: bound.port).description)
+            line["pid"] = .int(Int(getpid()))
+            line["epoch"] = .string(server.service.status.epochHex)
+            line["kv_memory"] = .int(budget)
+            writeOut("SWITCHYARD_LISTENING " + JSONValue.object(line).serialized() + "\n")
+            try server.wait()
+        }
+    }
+}
+
+/// Ends the process when what started it goes away: its parent (it is re-parented), standard
+/// input when that is a pipe or socket (closed), or SIGTERM/SIGINT (blocked in `signals`).
+func exitWithParent(signals: sigset_t) {
+    let parent = getppid()
+    _ = startThread("parent watch") {
+        while getppid() == parent { usleep(100_000) }
+        exit(0)
+    }
+    var info = stat()
+    if fstat(0, &info) == 0, (info.st_mode & S_IFMT) == S_IFIFO || (info.st_mode & S_IFMT) == S_IFSOCK {
+        _ = startThread("stdin watch") {
+            var byte: UInt8 = 0
+            while true {
+                let n = read(0, &byte, 1)
+                if n == 0 || (n < 0 && errno != EINTR) { exit(0) }
+            }
+        }
+    }
+    _ = startThread("signals") {
+        var set = signals
+        var signal: Int32 = 0
+        sigwait(&set, &signal)
+        exit(0)
+    }
+}
+
+/// `switchyard attention-status`: the health check of an attention worker.
+struct AttentionStatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attention-status",
+        abstract: "Ask an attention worker for its status (a health check): prints JSON, exits 1 when it does not answer.")
+
+    @Argument(help: "The worker's HOST:PORT.")
+    var address: String
+
+    @Option(help: "Seconds to wait for the answer.")
+    var timeout: Double = 5
+
+    func validate() throws {
+        guard timeout.isFinite, timeout > 0, timeout <= 3600 else { throw ValidationError("--timeout must be between 0 and 3600 seconds") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            do throws(LinkFailure) {
+                let deadline = Duration.milliseconds(Int64(timeout * 1000))
+                let link = try WorkerLink(try WorkerAddress(parsing: address), layout: nil, deadline: deadline, connectTimeout: deadline)
+                let s = link.status
+                link.close()
+                var o = JSONObject()
+                o["address"] = .string(address)
+                o["epoch"] = .string(s.epochHex)
+                o["kv_memory"] = .int(s.budget)
+                o["kv_in_use"] = .int(s.inUse)
+                o["sequences"] = .int(s.sequences)
+                o["connections"] = .int(s.connections)
+                writeOut(JSONValue.object(o).serialized() + "\n")
+            } catch {
+                throw InputError(error.description)
+            }
+        }
+    }
+}
