@@ -171,6 +171,10 @@ let package = Package(
         .testTarget(name: "BackendConformanceTests", dependencies: [
             "Runtime", "EmulatedBackend", "CUDABackend", "Engine", "Models", "Kernels", "SwitchyardSupport", "SwitchyardTestSupport",
         ], swiftSettings: tuned),
+        .testTarget(name: "RemoteAttentionTests", dependencies: [
+            "AttentionWire", "AttentionWorker", "RemoteAttention", "Engine", "Models", "Generation", "Tokenizers", "Runtime", "Kernels",
+            "SwitchyardSupport", "SwitchyardTestSupport", .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         .testTarget(name: "GenerationTests", dependencies: [
             "Generation", "Models", "Tokenizers", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),

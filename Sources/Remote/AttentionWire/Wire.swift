@@ -259,6 +259,12 @@ public struct Frame: Sendable {
     public var kind: UInt8
     public var id: UInt64
     public var payload: ByteBuffer
+
+    public init(kind: UInt8, id: UInt64, payload: ByteBuffer) {
+        self.kind = kind
+        self.id = id
+        self.payload = payload
+    }
 }
 
 /// Cuts frames from a byte stream. A length outside 9...maxFrameBytes cannot be delimited: the
