@@ -123,7 +123,9 @@ public final class BatchScheduler: @unchecked Sendable {
         self.contextLength = min(contextLength ?? model.config.maxPositions, model.config.maxPositions)
         self.queueLimit = queueLimit
         kvBytesPerPosition = model.attention.cache.layout.bytesPerPosition
-        self.kvBudgetBytes = kvBudgetBytes ?? model.attention.cache.layout.bytes(positions: self.contextLength * self.maxSequences)
+        // Never more than the cache can hold (attention workers' real room, under two tiers).
+        let cache = model.attention.cache
+        self.kvBudgetBytes = min(kvBudgetBytes ?? cache.layout.bytes(positions: self.contextLength * self.maxSequences), cache.bytesAvailable ?? .max)
         eos = Set(model.config.eosTokenIDs)
         pthread_mutex_init(&wakeMutex, nil)
         pthread_cond_init(&wake, nil)

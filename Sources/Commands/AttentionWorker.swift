@@ -44,13 +44,7 @@ struct AttentionWorkerCommand: ParsableCommand {
             } else {
                 do { address = try WorkerAddress(parsing: listen) } catch { throw InputError("--listen: \(error)") }
             }
-            // Signals are taken by one thread, so no kernel thread is interrupted by them.
-            var signals = sigset_t()
-            sigemptyset(&signals)
-            sigaddset(&signals, SIGTERM)
-            sigaddset(&signals, SIGINT)
-            pthread_sigmask(SIG_BLOCK, &signals, nil)
-            exitWithParent(signals: signals)
+            exitWithParent()
 
             let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
             let server = AttentionServer(service: AttentionService(budget: budget, pool: pool))
@@ -69,13 +63,16 @@ struct AttentionWorkerCommand: ParsableCommand {
     }
 }
 
-/// Ends the process when what started it goes away: its parent (it is re-parented), standard
-/// input when that is a pipe or socket (closed), or SIGTERM/SIGINT (blocked in `signals`).
-func exitWithParent(signals: sigset_t) {
+/// Ends the process, with status 0, when what started it goes away: its parent (it is
+/// re-parented), standard input when that is a pipe or socket (closed), or SIGTERM/SIGINT. Its
+/// caches go with it either way; tier 1 computes them again elsewhere.
+func exitWithParent() {
+    signal(SIGTERM) { _ in _exit(0) }
+    signal(SIGINT) { _ in _exit(0) }
     let parent = getppid()
     _ = startThread("parent watch") {
         while getppid() == parent { usleep(100_000) }
-        exit(0)
+        _exit(0)
     }
     var info = stat()
     if fstat(0, &info) == 0, (info.st_mode & S_IFMT) == S_IFIFO || (info.st_mode & S_IFMT) == S_IFSOCK {
@@ -83,15 +80,9 @@ func exitWithParent(signals: sigset_t) {
             var byte: UInt8 = 0
             while true {
                 let n = read(0, &byte, 1)
-                if n == 0 || (n < 0 && errno != EINTR) { exit(0) }
+                if n == 0 || (n < 0 && errno != EINTR) { _exit(0) }
             }
         }
-    }
-    _ = startThread("signals") {
-        var set = signals
-        var signal: Int32 = 0
-        sigwait(&set, &signal)
-        exit(0)
     }
 }
 

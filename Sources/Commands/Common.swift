@@ -3,6 +3,7 @@ import Engine
 import Logging
 import Models
 import Orchestration
+import RemoteAttention
 import SwitchyardSupport
 
 extension EngineOptions.Precision: ExpressibleByArgument {}
@@ -133,6 +134,7 @@ public struct ModelOptions: ParsableArguments {
         options.holdWeightsInMemory = holdWeightsInMemory
         let engine = try Engine.load(options)
         for note in engine.notes { printError("note: \(note)") }
+        if let remote = engine.model.attention as? RemoteAttention { remote.report = { printError("note: \($0)") } }
         let model = engine.model
         for (file, residency) in zip(model.tensors.files, model.hugePageResidency) {
             logger.debug("\(file.path): \(residency.hugeBytes >> 20) of \(residency.bytes >> 20) MiB mapped in 2 MiB pages\(residency.reread ? " (its page cache was read again to get them)" : "")")

@@ -16,6 +16,8 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
     public let deadline: Duration
     /// How long a worker that failed is left alone before a reconnect is tried.
     public var retryInterval: Duration = .seconds(1)
+    /// Told of each lost worker, reconnection and relocated sequence, as a line of text.
+    public var report: @Sendable (String) -> Void = { _ in }
 
     private var mutex = pthread_mutex_t()
     private struct Worker {
@@ -103,10 +105,13 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
         workers[w].lastFailure = reason
         workers[w].retryAfter = .now + retryInterval
         failures += 1
+        var lost = 0
         for (id, p) in sequences where p.worker == w && !p.lost {
             sequences[id]!.lost = true
             sequences[id]!.length = 0
+            lost += 1
         }
+        report("attention worker \(workers[w].address) lost (\(reason)); its \(lost) sequences will be computed again on the others")
     }
 
     /// A connected link to worker `w`, reconnecting when its retry time has come.
@@ -121,6 +126,7 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
             workers[w].link = link
             workers[w].budget = link.status.budget
             workers[w].inUse = link.status.inUse
+            report("attention worker \(workers[w].address) is \(workers[w].epoch.isEmpty ? "connected" : "back") (epoch \(link.status.epochHex))")
             workers[w].epoch = link.status.epoch
             return link
         } catch {
@@ -180,6 +186,7 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
             let (w, remote) = try place(capacity: p.capacity)
             sequences[sequence.value] = Placement(worker: w, remote: remote, capacity: p.capacity, length: 0, lost: false)
             relocations += 1
+            report("\(sequence) moves to attention worker \(workers[w].address)")
         }
     }
 
@@ -224,6 +231,14 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
     public func capacity(of sequence: SequenceID) -> Int { locked { sequences[sequence.value]?.capacity ?? 0 } }
 
     public var bytesInUse: Int { locked { sequences.values.reduce(0) { $0 + layout.bytes(positions: $1.capacity) } } }
+
+    /// The KV memory of the workers that are up (nil when one has no limit).
+    public var bytesAvailable: Int? {
+        locked {
+            let up = workers.filter { $0.link != nil }
+            return up.contains { $0.budget == 0 } ? nil : up.reduce(0) { $0 + $1.budget }
+        }
+    }
 
     // MARK: - Attention
 

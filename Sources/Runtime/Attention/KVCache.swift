@@ -69,6 +69,9 @@ public protocol KVCache: AnyObject, Sendable {
     func capacity(of sequence: SequenceID) -> Int
     /// Bytes the sequences hold now.
     var bytesInUse: Int { get }
+    /// Bytes all sequences may reserve together, where the cache has a limit: admission control
+    /// admits no more than this.
+    var bytesAvailable: Int? { get }
 }
 
 /// A KV cache whose rows are host memory, for attention computed on this host.
@@ -163,6 +166,8 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
         defer { pthread_mutex_unlock(&mutex) }
         return reserved
     }
+
+    public var bytesAvailable: Int? { budget }
 
     public func rows(of sequence: SequenceID, layer: Int) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
         let s = slabs(sequence)
