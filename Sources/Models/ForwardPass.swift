@@ -14,29 +14,37 @@ extension Model {
     /// one, a decode token of others): every weight is read once for all of them, and each attends
     /// only to its own cache. Returns the logits of each sequence's last token, [parts.count, vocab].
     /// Results equal running each sequence alone.
-    public func forwardStep(_ parts: [(session: Session, tokens: [Int])], workspace: Workspace) throws(ModelError) -> [Float] {
+    public func forwardStep(
+        _ parts: [(session: Session, tokens: [Int])], workspace: Workspace, microBatches: Int? = nil
+    ) throws(ModelError) -> [Float] {
         guard !parts.isEmpty, parts.allSatisfy({ !$0.tokens.isEmpty }) else { throw ModelError("a step needs tokens for each session") }
         guard Set(parts.map { ObjectIdentifier($0.session) }).count == parts.count else {
             throw ModelError("a session appears twice in one step")
         }
         for (session, _) in parts where session.model !== self { throw ModelError("a session of another model is in the step") }
-        var logits = [Float](repeating: 0, count: parts.count * config.vocabularySize)
+        let groups = Self.split(parts.map(\.tokens.count), into: microBatches ?? microBatchCount(sequences: parts.count, workspace: workspace))
+        let vocab = config.vocabularySize
+        var logits = [Float](repeating: 0, count: parts.count * vocab)
         var attempt = 0
         while true {
             // Caches lost with a host are computed again first, so positions are right below.
             try recoverLostCaches(parts.map(\.session))
-            var tokens: [Int] = [], slots: [TokenSlot] = [], rows: [Int] = []
-            for (session, new) in parts {
-                try validate(new, at: session.position, capacity: session.capacity)
-                for (i, token) in new.enumerated() {
-                    tokens.append(token)
-                    slots.append(TokenSlot(sequence: session.sequence, position: session.position + i))
-                }
-                rows.append(tokens.count - 1)
-            }
+            for (session, new) in parts { try validate(new, at: session.position, capacity: session.capacity) }
             do {
                 try logits.withUnsafeMutableBufferPointer { (out) throws(ModelError) in
-                    try run(tokens, slots: slots, workspace: workspace, logits: out.baseAddress!, logitRows: rows)
+                    let batches = groups.enumerated().map { g, range in
+                        var tokens: [Int] = [], slots: [TokenSlot] = [], rows: [Int] = []
+                        for (session, new) in parts[range] {
+                            for (i, token) in new.enumerated() {
+                                tokens.append(token)
+                                slots.append(TokenSlot(sequence: session.sequence, position: session.position + i))
+                            }
+                            rows.append(tokens.count - 1)
+                        }
+                        return MicroBatch(tokens: tokens, slots: slots, workspace: workspace.microBatch(g),
+                                          logits: out.baseAddress! + range.lowerBound * vocab, logitRows: rows)
+                    }
+                    try run(batches)
                 }
                 break
             } catch {
@@ -46,6 +54,40 @@ extension Model {
         }
         for (session, new) in parts { session.appendProcessed(new) }
         return logits
+    }
+
+    /// The most micro-batches one step keeps in flight.
+    public static let maxMicroBatches = 16
+
+    /// How many micro-batches to keep in flight when attention runs elsewhere, by Little's law
+    /// (Glinthawk's rule): enough that tier 1 has work while one micro-batch's attention is
+    /// away, 1 + round trip / tier-1 work per layer of one micro-batch, from what was measured
+    /// lately. One when attention is on this host, or when the routed experts run across tiers
+    /// (whose scheduler plans each layer once per step).
+    public func microBatchCount(sequences: Int, workspace: Workspace) -> Int {
+        guard expertExecutor == nil, let remote = attention as? any AsynchronousAttention, sequences > 1 else { return 1 }
+        guard let rtt = remote.roundTrip, let compute = workspace.meanLayerCompute, compute > 0 else { return min(2, sequences) }
+        let wanted = 1 + Int((rtt.seconds / compute).rounded(.up))
+        return max(1, min(wanted, sequences, Self.maxMicroBatches))
+    }
+
+    /// Consecutive groups of parts with about equal token counts, at most `count` of them.
+    static func split(_ sizes: [Int], into count: Int) -> [Range<Int>] {
+        let n = max(1, min(count, sizes.count))
+        let total = sizes.reduce(0, +)
+        var groups: [Range<Int>] = []
+        var start = 0, sum = 0
+        for (i, size) in sizes.enumerated() {
+            sum += size
+            // Close a group when its share is reached, leaving a part for each group still to come.
+            let target = total * (groups.count + 1) / n
+            if groups.count < n - 1, sum >= target, sizes.count - (i + 1) >= n - 1 - groups.count {
+                groups.append(start..<(i + 1))
+                start = i + 1
+            }
+        }
+        groups.append(start..<sizes.count)
+        return groups
     }
 
     /// How many times one step is run again after the caches of some of its sequences were lost.
@@ -92,9 +134,53 @@ extension Model {
     /// read once for all of them. A failure of work done elsewhere (an expert read from disk)
     /// fails the step, with the positions it wrote not counted as stored.
     func run(_ tokens: [Int], slots: [TokenSlot], workspace s: Workspace, logits: UnsafeMutablePointer<Float>?, logitRows: [Int]) throws(ModelError) {
-        let c = config
-        let w = weights
-        let T = tokens.count
+        try run([MicroBatch(tokens: tokens, slots: slots, workspace: s, logits: logits, logitRows: logitRows)])
+    }
+
+    /// Several micro-batches through the layers at once: while one's attention is on the wire or
+    /// on a worker, tier 1 runs another's projections and experts (Glinthawk's pipeline). Each
+    /// goes layer by layer in order; whichever has its attention back and is deepest goes next,
+    /// else the one waiting longest. Results equal running them one after another.
+    func run(_ batches: [MicroBatch]) throws(ModelError) {
+        let total = batches.reduce(0) { $0 + $1.tokens.count }
+        expertExecutor?.beginStep(tokens: total)
+        defer { expertExecutor?.endStep() }
+        let remote = attention as? any AsynchronousAttention
+        do throws(WorkFailure) {
+            var order = 0
+            for b in batches {
+                prepare(b)
+                try startLayer(b)
+                b.startedAt = order
+                order += 1
+            }
+            var remaining = batches.count
+            while remaining > 0 {
+                let waiting = batches.filter { !$0.done }
+                let ready = remote.map { r in waiting.filter { $0.pending.map(r.isDone) ?? true } } ?? waiting
+                let next = ready.max { $0.layer < $1.layer } ?? waiting.min { $0.startedAt < $1.startedAt }!
+                let pending = next.pending
+                next.pending = nil
+                if let pending, let remote { try remote.finish(pending) }
+                let started = ContinuousClock.now
+                try finishLayer(next)
+                if next.done { remaining -= 1 }
+                next.startedAt = order
+                order += 1
+                next.workspace.recordLayerCompute((ContinuousClock.now - started).seconds)
+            }
+        } catch {
+            // Replies still coming for the other micro-batches are waited for (their outputs go
+            // to memory that is still theirs), so none lands in a later step.
+            if let remote { for b in batches { if let p = b.pending { try? remote.finish(p) } } }
+            throw ModelError(error.description)
+        }
+    }
+
+    /// Work memory, embeddings and rotary angles of a micro-batch.
+    private func prepare(_ b: MicroBatch) {
+        let c = config, s = b.workspace
+        let T = b.tokens.count
         let H = c.hiddenSize
         let qW = c.queryWidth, kvW = c.keyValueWidth
         let maxInner = c.feedForward.map { kind -> Int in
@@ -114,48 +200,88 @@ extension Model {
         s.rotaryDim = rotary.rotaryDim
         let half = rotary.rotaryDim / 2
         s.cosSin.reserve(T * 2 * max(half, 1))
-
-        let x = s.residual.pointer, xn = s.normed.pointer
-        for (t, token) in tokens.enumerated() {
-            let row = w.embedding
+        let x = s.residual.pointer
+        for (t, token) in b.tokens.enumerated() {
+            let row = weights.embedding
             for i in 0..<H { x[t * H + i] = row.value(token, i) }
         }
         for t in 0..<T {
             let cs = s.cosSin.pointer + t * 2 * half
-            rotary.cosSin(position: slots[t].position, cos: cs, sin: cs + half)
+            rotary.cosSin(position: b.slots[t].position, cos: cs, sin: cs + half)
         }
+    }
 
-        let context = LayerContext(config: c, device: device, attention: attention, workspace: s)
-        expertExecutor?.beginStep(tokens: T)
-        defer { expertExecutor?.endStep() }
-        do throws(WorkFailure) {
-            for (l, layer) in w.layers.enumerated() {
-                for t in 0..<T {
-                    rmsNorm(x + t * H, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, output: xn + t * H, count: H)
-                }
-                try layer.attention.forward(layer: l, input: xn, output: s.projected.pointer, slots: slots, context: context)
-                for i in 0..<(T * H) { x[i] += s.projected.pointer[i] }
+    private func context(_ b: MicroBatch) -> LayerContext {
+        LayerContext(config: config, device: device, attention: attention, workspace: b.workspace)
+    }
 
-                for t in 0..<T {
-                    rmsNorm(x + t * H, weight: layer.postAttentionNorm, epsilon: c.rmsNormEpsilon, output: xn + t * H, count: H)
-                }
-                switch (layer.feedForward, c.feedForward[l]) {
-                case (.dense(let ff), _):
-                    device.feedForward(ff, input: xn, output: s.projected.pointer, tokens: T, gate: s.gate.pointer, up: s.up.pointer)
-                case (.mixtureOfExperts(let moeWeights), .mixtureOfExperts(let moe)):
-                    try mixtureOfExperts(moeWeights, moe, layer: l, input: xn, output: s.projected.pointer, tokens: T, workspace: s)
-                case (.mixtureOfExperts, .dense):
-                    preconditionFailure("weights and config disagree on layer \(l)")
-                }
-                for i in 0..<(T * H) { x[i] += s.projected.pointer[i] }
-            }
-        } catch {
-            throw ModelError(error.description)
+    /// The first half of layer `b.layer`: input norm, projections, and the attention started.
+    private func startLayer(_ b: MicroBatch) throws(WorkFailure) {
+        let c = config, s = b.workspace, T = b.tokens.count, H = c.hiddenSize
+        let layer = weights.layers[b.layer]
+        let x = s.residual.pointer, xn = s.normed.pointer
+        for t in 0..<T {
+            rmsNorm(x + t * H, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, output: xn + t * H, count: H)
         }
-        guard let logits, !logitRows.isEmpty else { return }
-        for (i, t) in logitRows.enumerated() {
-            rmsNorm(x + t * H, weight: w.finalNorm, epsilon: c.rmsNormEpsilon, output: xn + i * H, count: H)
+        let shape = layer.attention.project(layer: b.layer, input: xn, tokens: T, context: context(b))
+        b.pending = try attention.start(
+            layer: b.layer, shape: shape, queries: s.query.pointer, keys: s.key.pointer, values: s.value.pointer, slots: b.slots,
+            output: s.attention.pointer, scratch: s.scores)
+    }
+
+    /// The second half of layer `b.layer` once its attention is back: output projection, residual,
+    /// the feed-forward or experts, residual; then the next layer's first half, or the logits.
+    private func finishLayer(_ b: MicroBatch) throws(WorkFailure) {
+        let c = config, s = b.workspace, T = b.tokens.count, H = c.hiddenSize
+        let l = b.layer
+        let layer = weights.layers[l]
+        let x = s.residual.pointer, xn = s.normed.pointer
+        layer.attention.outputProjection(output: s.projected.pointer, tokens: T, context: context(b))
+        for i in 0..<(T * H) { x[i] += s.projected.pointer[i] }
+        for t in 0..<T {
+            rmsNorm(x + t * H, weight: layer.postAttentionNorm, epsilon: c.rmsNormEpsilon, output: xn + t * H, count: H)
         }
-        device.linear(w.lmHead, input: xn, inputStride: H, output: logits, outputStride: c.vocabularySize, tokens: logitRows.count)
+        switch (layer.feedForward, c.feedForward[l]) {
+        case (.dense(let ff), _):
+            device.feedForward(ff, input: xn, output: s.projected.pointer, tokens: T, gate: s.gate.pointer, up: s.up.pointer)
+        case (.mixtureOfExperts(let moeWeights), .mixtureOfExperts(let moe)):
+            try mixtureOfExperts(moeWeights, moe, layer: l, input: xn, output: s.projected.pointer, tokens: T, workspace: s)
+        case (.mixtureOfExperts, .dense):
+            preconditionFailure("weights and config disagree on layer \(l)")
+        }
+        for i in 0..<(T * H) { x[i] += s.projected.pointer[i] }
+        b.layer += 1
+        if b.layer < weights.layers.count {
+            try startLayer(b)
+            return
+        }
+        b.done = true
+        guard let logits = b.logits, !b.logitRows.isEmpty else { return }
+        for (i, t) in b.logitRows.enumerated() {
+            rmsNorm(x + t * H, weight: weights.finalNorm, epsilon: c.rmsNormEpsilon, output: xn + i * H, count: H)
+        }
+        device.linear(weights.lmHead, input: xn, inputStride: H, output: logits, outputStride: c.vocabularySize, tokens: b.logitRows.count)
+    }
+}
+
+/// One micro-batch of a step and where it is in the layers.
+final class MicroBatch {
+    let tokens: [Int]
+    let slots: [TokenSlot]
+    let workspace: Workspace
+    /// Where the logits of `logitRows` go, [logitRows.count, vocab].
+    let logits: UnsafeMutablePointer<Float>?
+    let logitRows: [Int]
+    var layer = 0
+    var pending: (any PendingAttention)?
+    var startedAt = 0
+    var done = false
+
+    init(tokens: [Int], slots: [TokenSlot], workspace: Workspace, logits: UnsafeMutablePointer<Float>?, logitRows: [Int]) {
+        self.tokens = tokens
+        self.slots = slots
+        self.workspace = workspace
+        self.logits = logits
+        self.logitRows = logitRows
     }
 }

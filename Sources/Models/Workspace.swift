@@ -17,4 +17,24 @@ public final class Workspace {
     /// Per token of the step: cos then sin of its position, rotaryDim / 2 each.
     let cosSin = FloatBuffer()
     var rotaryDim = 0
+
+    /// Mean seconds of tier-1 work per layer per micro-batch, lately: with the attention round
+    /// trip, it sets how many micro-batches to keep in flight (Little's law).
+    public private(set) var meanLayerCompute: Double?
+
+    func recordLayerCompute(_ seconds: Double) {
+        meanLayerCompute = meanLayerCompute.map { 0.95 * $0 + 0.05 * seconds } ?? seconds
+    }
+
+    /// Work memory of the step's other micro-batches.
+    private var others: [Workspace] = []
+
+    /// The workspace of micro-batch `i` (this one for 0).
+    func microBatch(_ i: Int) -> Workspace {
+        if i == 0 { return self }
+        while others.count < i { others.append(Workspace()) }
+        let w = others[i - 1]
+        w.routingObserver = routingObserver
+        return w
+    }
 }

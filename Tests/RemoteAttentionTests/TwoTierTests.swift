@@ -2,7 +2,7 @@ import AttentionWorker
 import Engine
 import Generation
 import Kernels
-import Models
+@testable import Models
 import RemoteAttention
 import Runtime
 import SwitchyardSupport
@@ -50,16 +50,16 @@ func prompts(_ reference: [Int], count: Int) -> [[Int]] {
 }
 
 /// Logits of every step of `steps` greedy decode steps for several sequences run together.
-func batchedRun(_ model: Model, prompts: [[Int]], steps: Int, during: (Int) -> Void = { _ in }) throws -> [[Float]] {
+func batchedRun(_ model: Model, prompts: [[Int]], steps: Int, microBatches: Int? = nil, during: (Int) -> Void = { _ in }) throws -> [[Float]] {
     let sessions = try prompts.map { _ in try model.makeSession(contextLength: 128) }
     let workspace = Workspace()
-    var logits = try model.forwardStep(Array(zip(sessions, prompts)).map { ($0, $1) }, workspace: workspace)
+    var logits = try model.forwardStep(Array(zip(sessions, prompts)).map { ($0, $1) }, workspace: workspace, microBatches: microBatches)
     var all = [logits]
     let vocab = model.config.vocabularySize
     for step in 0..<steps {
         during(step)
         let next = sessions.indices.map { argmaxIndex(logits[($0 * vocab)..<(($0 + 1) * vocab)]) }
-        logits = try model.forwardBatch(sessions, next, workspace: workspace)
+        logits = try model.forwardStep(Array(zip(sessions, next.map { [$0] })).map { ($0, $1) }, workspace: workspace, microBatches: microBatches)
         all.append(logits)
     }
     return all
@@ -81,6 +81,26 @@ struct TwoTierTests {
                 #expect(relativeError(a[...], b[...]) <= 1e-6, "\(arch), \(count) workers, step \(step)")
             }
         }
+    }
+
+    /// Micro-batches in flight (1 to 5 of 5 sequences) change no logit, and the split keeps the
+    /// parts in order with about equal tokens.
+    @Test func microBatchesChangeNothing() throws {
+        #expect(Model.split([1, 1, 1, 1, 1], into: 2) == [0..<2, 2..<5])
+        #expect(Model.split([10, 1, 1, 1, 1], into: 3) == [0..<1, 1..<2, 2..<5])
+        #expect(Model.split([1, 1], into: 8) == [0..<1, 1..<2])
+        let reference = try Reference("qwen3_moe")
+        let p = prompts(reference.promptTokens, count: 5)
+        let expected = try batchedRun(engine(fixturePath("qwen3_moe")).model, prompts: p, steps: 4)
+        let workers = try Workers(2)
+        let model = try engine(fixturePath("qwen3_moe"), workers: workers.addresses).model
+        for m in 1...5 {
+            let got = try batchedRun(model, prompts: p, steps: 4, microBatches: m)
+            for (step, (a, b)) in zip(expected, got).enumerated() { #expect(a == b, "\(m) micro-batches, step \(step)") }
+        }
+        // Locally, too: the same state machine with attention done at once.
+        let local = try batchedRun(engine(fixturePath("qwen3_moe")).model, prompts: p, steps: 4, microBatches: 3)
+        #expect(local == expected)
     }
 
     /// The bundled model through the generator: greedy and seeded tokens equal single-tier's.

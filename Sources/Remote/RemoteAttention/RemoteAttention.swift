@@ -10,7 +10,7 @@ import SwitchyardSupport
 /// elsewhere, see `RelocatableKVCache`); one that comes back is used again for new placements.
 ///
 /// Cache operations and attention are serialised by one lock: tier 1 runs one step at a time.
-public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unchecked Sendable {
+public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @unchecked Sendable {
     public let layout: KVLayout
     public var cache: any KVCache { self }
     public let deadline: Duration
@@ -242,12 +242,36 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
 
     // MARK: - Attention
 
+    /// Requests sent for one step's attention, one per worker that holds some of its tokens.
+    final class Pending: PendingAttention {
+        var requests: [(worker: Int, id: UInt64, rows: [Int])] = []
+        let output: UnsafeMutablePointer<Float>
+        let queryWidth: Int
+        let layer: Int
+        let sent = ContinuousClock.now
+        init(output: UnsafeMutablePointer<Float>, queryWidth: Int, layer: Int) {
+            self.output = output
+            self.queryWidth = queryWidth
+            self.layer = layer
+        }
+    }
+
+    private var meanRoundTrip: Double?
+
+    public var roundTrip: Duration? { locked { meanRoundTrip.map { .nanoseconds(Int64($0 * 1e9)) } } }
+
     public func attend(
         layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
         slots: [TokenSlot], output: UnsafeMutablePointer<Float>, scratch: FloatBuffer
     ) throws(WorkFailure) {
-        let qW = shape.heads * shape.headDim
-        try locked { () throws(WorkFailure) in
+        try finish(try startRemote(layer: layer, shape: shape, queries: queries, keys: keys, values: values, slots: slots, output: output))
+    }
+
+    public func startRemote(
+        layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        slots: [TokenSlot], output: UnsafeMutablePointer<Float>
+    ) throws(WorkFailure) -> any PendingAttention {
+        try locked { () throws(WorkFailure) -> Pending in
             // The tokens of each worker, in step order.
             var rows: [Int: [Int]] = [:]
             var remoteSlots: [Int: [RemoteSlot]] = [:]
@@ -260,27 +284,49 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
                 remoteSlots[p.worker, default: []].append(RemoteSlot(sequence: p.remote, position: slot.position))
             }
             // Every worker's request goes out before any reply is awaited: the workers compute at once.
-            var pending: [(worker: Int, id: UInt64)] = []
+            let pending = Pending(output: output, queryWidth: shape.heads * shape.headDim, layer: layer)
             for (w, r) in rows.sorted(by: { $0.key < $1.key }) {
                 let header = AttendHeader(layer: layer, shape: shape, slots: remoteSlots[w]!)
                 let id = workers[w].link!.send { id, b in
                     AttentionWire.attend(id: id, header, rows: r, queries: queries, keys: keys, values: values, into: &b)
                 }
                 bytesSent += 13 + header.payloadBytes
-                pending.append((w, id))
+                pending.requests.append((w, id, r))
             }
+            return pending
+        }
+    }
+
+    public func isDone(_ pending: any PendingAttention) -> Bool {
+        let p = pending as! Pending
+        return locked { p.requests.allSatisfy { workers[$0.worker].link?.hasReply($0.id) ?? true } }
+    }
+
+    public func finish(_ pending: any PendingAttention) throws(WorkFailure) {
+        let p = pending as! Pending
+        let qW = p.queryWidth
+        try locked { () throws(WorkFailure) in
             var failure: WorkFailure?
-            for (w, id) in pending {
-                let r = rows[w]!
+            var latest = p.sent
+            // Each reply is taken once, even if finish is called again after a failure.
+            let requests = p.requests
+            p.requests = []
+            for (w, id, r) in requests {
+                guard let link = workers[w].link else {
+                    failure = failure ?? WorkFailure("the attention worker at \(workers[w].address) is gone")
+                    continue
+                }
                 do throws(LinkFailure) {
-                    switch try workers[w].link!.wait(id, expectedFloats: r.count * qW) {
+                    let (reply, arrived) = try link.waitTimed(id, expectedFloats: r.count * qW)
+                    latest = max(latest, arrived)
+                    switch reply {
                     case .attended(let out):
                         bytesReceived += 13 + out.count * 4
                         out.withUnsafeBufferPointer { o in
-                            for (i, t) in r.enumerated() { (output + t * qW).update(from: o.baseAddress! + i * qW, count: qW) }
+                            for (i, t) in r.enumerated() { (p.output + t * qW).update(from: o.baseAddress! + i * qW, count: qW) }
                         }
                     case .error(let message):
-                        failure = failure ?? WorkFailure("the attention worker at \(workers[w].address) refused layer \(layer): \(message)")
+                        failure = failure ?? WorkFailure("the attention worker at \(workers[w].address) refused layer \(p.layer): \(message)")
                     default:
                         failure = failure ?? WorkFailure("the attention worker at \(workers[w].address) answered attend with something else")
                     }
@@ -290,6 +336,8 @@ public final class RemoteAttention: AttentionExecutor, RelocatableKVCache, @unch
                 }
             }
             if let failure { throw failure }
+            let seconds = (latest - p.sent).seconds
+            meanRoundTrip = meanRoundTrip.map { 0.9 * $0 + 0.1 * seconds } ?? seconds
         }
     }
 }

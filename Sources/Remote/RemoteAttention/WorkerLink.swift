@@ -45,7 +45,7 @@ public final class WorkerLink: @unchecked Sendable {
     private let channel: Channel
     private var mutex = pthread_mutex_t()
     private var condition = pthread_cond_t()
-    private var replies: [UInt64: Frame] = [:]
+    private var replies: [UInt64: (frame: Frame, arrived: ContinuousClock.Instant)] = [:]
     private var broken: String?
     private var nextID: UInt64 = 0
     /// Requests whose replies nobody waits for (free, truncate).
@@ -118,14 +118,26 @@ public final class WorkerLink: @unchecked Sendable {
 
     /// The reply to request `id`, parsed (an attend reply holds `expectedFloats` outputs).
     public func wait(_ id: UInt64, expectedFloats: Int = 0) throws(LinkFailure) -> WireReply {
-        let frame = try waitFrame(id)
-        do { return try AttentionWire.reply(frame, expectedFloats: expectedFloats) } catch {
+        try waitTimed(id, expectedFloats: expectedFloats).reply
+    }
+
+    /// The reply to request `id` and when it arrived.
+    public func waitTimed(_ id: UInt64, expectedFloats: Int = 0) throws(LinkFailure) -> (reply: WireReply, arrived: ContinuousClock.Instant) {
+        let (frame, arrived) = try waitFrame(id)
+        do { return (try AttentionWire.reply(frame, expectedFloats: expectedFloats), arrived) } catch {
             fail("a malformed reply: \(error)")
             throw LinkFailure("the attention worker at \(address) sent \(error)")
         }
     }
 
-    private func waitFrame(_ id: UInt64) throws(LinkFailure) -> Frame {
+    /// Whether `wait(id)` would return at once.
+    public func hasReply(_ id: UInt64) -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return replies[id] != nil || broken != nil
+    }
+
+    private func waitFrame(_ id: UInt64) throws(LinkFailure) -> (frame: Frame, arrived: ContinuousClock.Instant) {
         var end = timespec()
         clock_gettime(CLOCK_MONOTONIC, &end)
         let ns = Int(deadline.seconds * 1e9)
@@ -135,7 +147,7 @@ public final class WorkerLink: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         while true {
-            if let frame = replies.removeValue(forKey: id) { return frame }
+            if let reply = replies.removeValue(forKey: id) { return reply }
             if let broken { throw LinkFailure("the attention worker at \(address) is gone: \(broken)") }
             if pthread_cond_timedwait(&condition, &mutex, &end) == ETIMEDOUT, replies[id] == nil {
                 broken = "no reply within \(deadline.seconds) s"
@@ -146,7 +158,7 @@ public final class WorkerLink: @unchecked Sendable {
 
     fileprivate func received(_ frame: Frame) {
         pthread_mutex_lock(&mutex)
-        if unawaited.remove(frame.id) == nil { replies[frame.id] = frame }
+        if unawaited.remove(frame.id) == nil { replies[frame.id] = (frame, .now) }
         pthread_cond_broadcast(&condition)
         pthread_mutex_unlock(&mutex)
     }

@@ -36,6 +36,39 @@ public protocol AttentionExecutor: AnyObject, Sendable {
         slots: [TokenSlot], output: UnsafeMutablePointer<Float>, scratch: FloatBuffer) throws(WorkFailure)
 }
 
+/// Attention under way elsewhere: `AttentionExecutor.finish` waits for it.
+public protocol PendingAttention: AnyObject {}
+
+extension AttentionExecutor {
+    /// Starts `attend` and returns at once when the work goes elsewhere (nil: it is done already,
+    /// as on this host). The pointers must stay valid, and the output untouched, until `finish`.
+    public func start(
+        layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        slots: [TokenSlot], output: UnsafeMutablePointer<Float>, scratch: FloatBuffer
+    ) throws(WorkFailure) -> (any PendingAttention)? {
+        if let remote = self as? any AsynchronousAttention {
+            return try remote.startRemote(layer: layer, shape: shape, queries: queries, keys: keys, values: values, slots: slots, output: output)
+        }
+        try attend(layer: layer, shape: shape, queries: queries, keys: keys, values: values, slots: slots, output: output, scratch: scratch)
+        return nil
+    }
+}
+
+/// An executor whose attention runs elsewhere and can be left running while tier 1 does other
+/// work (micro-batches in flight).
+public protocol AsynchronousAttention: AttentionExecutor {
+    /// Sends the work; the queries, keys and values have been copied out when it returns.
+    func startRemote(
+        layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        slots: [TokenSlot], output: UnsafeMutablePointer<Float>) throws(WorkFailure) -> any PendingAttention
+    /// Whether `finish` would return without waiting.
+    func isDone(_ pending: any PendingAttention) -> Bool
+    /// Waits for the outputs and writes them where `startRemote` was told.
+    func finish(_ pending: any PendingAttention) throws(WorkFailure)
+    /// The mean time from a request's send to its reply, lately (nil before the first).
+    var roundTrip: Duration? { get }
+}
+
 /// Attention on this host's cores over a host KV cache: grouped KV heads, causal, optionally
 /// windowed, the heads of one KV head for one token per work item (`attendGroup`).
 public final class LocalAttention: AttentionExecutor, @unchecked Sendable {

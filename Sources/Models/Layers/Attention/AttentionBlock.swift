@@ -14,16 +14,32 @@ public struct LayerContext {
 }
 
 /// One layer's attention: its weights and how it computes, one variant per file in this folder
-/// (grouped-query attention; DeepSeek's latent attention next). The decoder loop calls `forward`;
-/// the tiers move and convert the weights through `matrices` and `mapMatrices`.
+/// (grouped-query attention; DeepSeek's latent attention next), in two halves around the
+/// attention executor, so that the attention itself may run elsewhere while tier 1 works on
+/// another micro-batch. The tiers move and convert the weights through `matrices` and
+/// `mapMatrices`.
 public protocol AttentionBlock: Sendable {
     /// Every weight matrix of the block (biases and norm weights are small and stay on the host).
     var matrices: [WeightMatrix] { get }
     /// The block with each matrix replaced by `transform(matrix)`, in `matrices` order.
     func mapMatrices(_ transform: (WeightMatrix) -> WeightMatrix) -> Self
-    /// output[T, hidden] = attention(input[T, hidden]) for the step's tokens at `slots`: the
-    /// projections and whatever the variant does to queries and keys here, the attention itself
-    /// through `context.attention` (which stores the new keys and values), the output projection.
-    func forward(layer: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, slots: [TokenSlot],
-                 context: LayerContext) throws(WorkFailure)
+    /// The projections of input[T, hidden] and whatever the variant does to queries and keys,
+    /// into the workspace's query [T, heads x head_dim], key and value [T, kv_heads x head_dim];
+    /// returns the shape of the attention over them.
+    func project(layer: Int, input: UnsafePointer<Float>, tokens: Int, context: LayerContext) -> AttentionShape
+    /// output[T, hidden] from the workspace's attention outputs [T, heads x head_dim].
+    func outputProjection(output: UnsafeMutablePointer<Float>, tokens: Int, context: LayerContext)
+}
+
+extension AttentionBlock {
+    /// output[T, hidden] = attention(input[T, hidden]) for the step's tokens at `slots`, the
+    /// attention itself through `context.attention` (which stores the new keys and values).
+    public func forward(layer: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, slots: [TokenSlot],
+                        context: LayerContext) throws(WorkFailure) {
+        let s = context.workspace
+        let shape = project(layer: layer, input: input, tokens: slots.count, context: context)
+        try context.attention.attend(layer: layer, shape: shape, queries: s.query.pointer, keys: s.key.pointer, values: s.value.pointer,
+                                     slots: slots, output: s.attention.pointer, scratch: s.scores)
+        outputProjection(output: output, tokens: slots.count, context: context)
+    }
 }

@@ -54,10 +54,8 @@ public struct GroupedQueryAttention: AttentionBlock {
         return a
     }
 
-    public func forward(layer: Int, input: UnsafePointer<Float>, output out: UnsafeMutablePointer<Float>, slots: [TokenSlot],
-                        context: LayerContext) throws(WorkFailure) {
+    public func project(layer: Int, input: UnsafePointer<Float>, tokens T: Int, context: LayerContext) -> AttentionShape {
         let c = context.config, s = context.workspace, device = context.device
-        let T = slots.count
         let H = c.hiddenSize, hd = c.headDim
         let heads = c.headCount, kvHeads = c.keyValueHeadCount
         let qW = c.queryWidth, kvW = c.keyValueWidth
@@ -96,12 +94,12 @@ public struct GroupedQueryAttention: AttentionBlock {
             applyRotary(q + t * qW, heads: heads, headDim: hd, rotaryDim: rotaryDim, cos: cs, sin: cs + half)
             applyRotary(k + t * kvW, heads: kvHeads, headDim: hd, rotaryDim: rotaryDim, cos: cs, sin: cs + half)
         }
-        let shape = AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hd, scale: 1 / Float(hd).squareRoot(),
-                                   window: c.slidingWindows[layer])
-        let attended = s.attention.pointer
-        try context.attention.attend(layer: layer, shape: shape, queries: q, keys: k, values: v, slots: slots, output: attended,
-                                     scratch: s.scores)
-        device.linear(output, input: attended, inputStride: qW, output: out, outputStride: H, tokens: T)
+        return AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hd, scale: 1 / Float(hd).squareRoot(), window: c.slidingWindows[layer])
+    }
+
+    public func outputProjection(output out: UnsafeMutablePointer<Float>, tokens T: Int, context: LayerContext) {
+        let c = context.config, H = c.hiddenSize
+        context.device.linear(output, input: context.workspace.attention.pointer, inputStride: c.queryWidth, output: out, outputStride: H, tokens: T)
         if let b = outputBias {
             for t in 0..<T { for i in 0..<H { out[t * H + i] += b[i] } }
         }
