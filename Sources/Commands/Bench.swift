@@ -2,6 +2,7 @@ import ArgumentParser
 import Generation
 import Kernels
 import Models
+import RemoteAttention
 import SwitchyardJSON
 import SwitchyardSupport
 
@@ -27,10 +28,14 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object per test.")
     var json = false
 
+    @Option(name: .customLong("micro-batches"), help: "With --attention-workers: micro-batches in flight per step (default: Little's law on the measured round trip).")
+    var microBatches: Int?
+
     func validate() throws {
         try checkRange(promptTokens, "-p", 0...positionLimit)
         try checkRange(generatedTokens, "-n", 0...positionLimit)
         try checkRange(repetitions, "-r", 1...1000)
+        try checkRange(microBatches, "--micro-batches", 1...Model.maxMicroBatches)
     }
 
     func run() throws {
@@ -48,6 +53,8 @@ struct Bench: ParsableCommand {
             // Random ordinary tokens, as llama-bench uses (the first ids are special in most vocabularies).
             func randomTokens(_ count: Int) -> [Int] { (0..<count).map { _ in 3 + Int(random.next() % UInt64(vocab - 3)) } }
             var results: [(test: String, mean: Double, stddev: Double)] = []
+            let remote = model.attention as? RemoteAttention
+            var twoTier: [String: (microBatches: Int, roundTrip: Double, wireBytesPerTokenLayer: Double)] = [:]
             var greedy = SamplingParameters()
             greedy.temperature = 0
 
@@ -65,6 +72,7 @@ struct Bench: ParsableCommand {
                 for b in batches {
                     let starts = randomTokens(b)
                     let workspace = Workspace()
+                    var wire = (sent: 0, received: 0, tokens: 0)
                     let speeds = try measure { () throws -> Double in
                         let sessions = try (0..<b).map { _ in try model.makeSession(contextLength: generatedTokens + 1) }
                         // Greedy decode loops that ignore end-of-sequence tokens, as llama-bench generates.
@@ -75,17 +83,28 @@ struct Bench: ParsableCommand {
                         for (s, t) in zip(sessions, starts) { logits += try s.forward([t]) }
                         var next = try loops.indices.map { try loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
                         let start = ContinuousClock.now
+                        let sent = remote?.bytesSent ?? 0, received = remote?.bytesReceived ?? 0
                         for _ in 0..<generatedTokens {
                             if b == 1 {
                                 logits = try sessions[0].forward(next)
                             } else {
-                                logits = try model.forwardBatch(sessions, next, workspace: workspace)
+                                logits = try model.forwardStep(Array(zip(sessions, next.map { [$0] })).map { ($0, $1) }, workspace: workspace,
+                                                               microBatches: microBatches)
                             }
                             next = try loops.indices.map { try loops[$0].next(logits: Array(logits[($0 * vocab)..<(($0 + 1) * vocab)]), contextFull: false).token }
                         }
-                        return Double(b * generatedTokens) / (ContinuousClock.now - start).seconds
+                        let seconds = (ContinuousClock.now - start).seconds
+                        if let remote {
+                            wire = (remote.bytesSent - sent, remote.bytesReceived - received, b * generatedTokens)
+                        }
+                        return Double(b * generatedTokens) / seconds
                     }
-                    results.append((b == 1 ? "tg\(generatedTokens)" : "tg\(generatedTokens)@b\(b)", mean(speeds), stddev(speeds)))
+                    let test = b == 1 ? "tg\(generatedTokens)" : "tg\(generatedTokens)@b\(b)"
+                    results.append((test, mean(speeds), stddev(speeds)))
+                    if let remote {
+                        twoTier[test] = (microBatches ?? workspace.microBatchTuner.lastChoice, remote.roundTrip?.seconds ?? 0,
+                                         Double(wire.sent + wire.received) / Double(max(1, wire.tokens * model.config.layerCount)))
+                    }
                 }
             }
 
@@ -101,6 +120,11 @@ struct Bench: ParsableCommand {
                     o["stddev"] = .double(r.stddev)
                     o["threads"] = .int(threads)
                     o["precision"] = .string(modelOptions.precision.rawValue)
+                    if let t = twoTier[r.test] {
+                        o["micro_batches"] = .int(t.microBatches)
+                        o["attention_round_trip_seconds"] = .double(t.roundTrip)
+                        o["wire_bytes_per_token_per_layer"] = .double(t.wireBytesPerTokenLayer)
+                    }
                     if r.test.hasPrefix("tg") {
                         o["weight_bytes_per_token"] = .int(bytesPerToken)
                         o["bandwidth_bytes_per_second"] = .double(bandwidth)
@@ -113,6 +137,10 @@ struct Bench: ParsableCommand {
             writeOut("| model | size | params | threads | precision | test | t/s |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n")
             for r in results {
                 writeOut("| \(model.config.modelType) | \(formatBytes(info.weightBytes, digits: 2)) | \(formatCount(info.totalParameters)) | \(threads) | \(modelOptions.precision.rawValue) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
+            }
+            for r in results {
+                guard let t = twoTier[r.test] else { continue }
+                writeOut("\(r.test): \(t.microBatches) micro-batches in flight, attention round trip \(fixed(t.roundTrip * 1e3, 2)) ms, \(fixed(t.wireBytesPerTokenLayer, 0)) bytes on the wire per token per layer\n")
             }
             let roofline = bandwidth / Double(bytesPerToken)
             var summary = "\nweights read per decoded token: \(formatBytes(bytesPerToken, digits: 2)); measured read bandwidth: \(fixed(bandwidth / 1e9, 1)) GB/s; decode roofline: \(fixed(roofline, 1)) tok/s"

@@ -88,11 +88,19 @@ public struct ModelOptions: ParsableArguments {
         discussion: "Start each with `switchyard attention-worker --listen HOST:PORT --kv-memory SIZE`. This process keeps the weights and the residual stream and sends each layer only queries and new keys/values. A worker that dies or drops off the network loses its caches; the sequences it held are computed again on the others."))
     var attentionWorkers: String?
 
+    @Option(name: .customLong("attention-workers-file"), help: ArgumentHelp(
+        "A file listing the attention workers (host:port, separated by commas or lines), read again whenever it changes.",
+        discussion: "For a supervisor (the Ray package) that restarts workers elsewhere: the running process takes up the new list without a restart. Workers no longer listed lose their sequences, which are computed again on the others."))
+    var attentionWorkersFile: String?
+
     @Option(name: .customLong("attention-timeout"), help: "Seconds an attention worker may take to answer before it counts as gone.")
     var attentionTimeout: Double = 30
 
     public func validate() throws {
         try checkRange(Float(attentionTimeout), "--attention-timeout", 0.001...3600)
+        if attentionWorkers != nil && attentionWorkersFile != nil {
+            throw ValidationError("give the attention workers once: --attention-workers or --attention-workers-file")
+        }
         try checkRange(threads, "--threads", 1...1024)
         try checkRange(acceleratorThreads, "--accelerator-threads", 1...256)
         if quantizeAll && quantize == nil { throw ValidationError("--quantize-all needs --quantize") }
@@ -118,7 +126,10 @@ public struct ModelOptions: ParsableArguments {
         o.residency = noMmap ? .copied : noHugePages ? .mapped : .hugePages
         o.kvPositions = kvPositions
         o.checkTensors = checkTensors
-        o.attentionWorkers = attentionWorkers.map { $0.split(separator: ",").map { String($0).trimmed() } } ?? []
+        o.attentionWorkers = try attentionWorkersFile.map(readWorkerList) ?? attentionWorkers.map(parseWorkerList) ?? []
+        if attentionWorkersFile != nil && o.attentionWorkers.isEmpty {
+            throw InputError("\(attentionWorkersFile!): no attention workers listed")
+        }
         o.attentionTimeout = .milliseconds(Int64(attentionTimeout * 1000))
         if let routingProfile {
             o.popularity = try Engine.popularity(profile: routingProfile, config: try ModelFormats.open(o.model).readConfig())
@@ -134,7 +145,10 @@ public struct ModelOptions: ParsableArguments {
         options.holdWeightsInMemory = holdWeightsInMemory
         let engine = try Engine.load(options)
         for note in engine.notes { printError("note: \(note)") }
-        if let remote = engine.model.attention as? RemoteAttention { remote.report = { printError("note: \($0)") } }
+        if let remote = engine.model.attention as? RemoteAttention {
+            remote.report = { printError("note: \($0)") }
+            if let attentionWorkersFile { watchWorkerList(attentionWorkersFile, remote: remote) }
+        }
         let model = engine.model
         for (file, residency) in zip(model.tensors.files, model.hugePageResidency) {
             logger.debug("\(file.path): \(residency.hugeBytes >> 20) of \(residency.bytes >> 20) MiB mapped in 2 MiB pages\(residency.reread ? " (its page cache was read again to get them)" : "")")
@@ -245,4 +259,41 @@ func peakResidentBytes() -> Int {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return Int(usage.ru_maxrss) * 1024
+}
+
+/// Worker addresses separated by commas, spaces or lines.
+func parseWorkerList(_ text: String) -> [String] {
+    text.split(whereSeparator: { $0 == "," || $0 == "\n" || $0 == " " || $0 == "\t" || $0 == "\r" }).map(String.init)
+}
+
+func readWorkerList(_ path: String) throws -> [String] {
+    do { return parseWorkerList(String(decoding: try readFileBytes(path), as: UTF8.self)) } catch {
+        throw InputError("--attention-workers-file: \(error)")
+    }
+}
+
+/// Reads the worker list again whenever the file changes, and hands it to tier 1. A list that
+/// cannot be read or parsed is reported and ignored.
+func watchWorkerList(_ path: String, remote: RemoteAttention) {
+    func stamp() -> (Int, Int) {
+        var info = stat()
+        return stat(path, &info) == 0 ? (Int(info.st_mtim.tv_sec) * 1_000_000_000 + Int(info.st_mtim.tv_nsec), Int(info.st_size)) : (0, 0)
+    }
+    var last = stamp()
+    _ = startThread("worker list") {
+        while true {
+            usleep(200_000)
+            let now = stamp()
+            guard now != last else { continue }
+            last = now
+            do {
+                let addresses = try readWorkerList(path).map { try WorkerAddress(parsing: $0) }
+                guard !addresses.isEmpty else { continue }
+                remote.setWorkers(addresses)
+                printError("note: attention workers now \(addresses.map(\.description).joined(separator: ","))")
+            } catch {
+                printError("warning: \(path): \(error); keeping the attention workers as they were")
+            }
+        }
+    }
 }

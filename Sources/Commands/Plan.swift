@@ -1,5 +1,6 @@
 import ArgumentParser
 import Engine
+import Kernels
 import Models
 import Orchestration
 import Runtime
@@ -38,8 +39,35 @@ struct PlanCommand: ParsableCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
+    @Option(name: .customLong("attention-workers"), help: ArgumentHelp(
+        "Plan two-tier decode with this many attention workers holding the KV caches instead.",
+        discussion: "Predicts throughput over batch sizes, the best batch and micro-batches in flight, Little's law's count, and single-tier decode at the batch --tier1-kv-memory holds; the workers are machines like --hardware."))
+    var attentionWorkers: Int?
+
+    @Option(help: "Added round trip per attention request, milliseconds (two tiers).")
+    var rtt: Double = 0.1
+
+    @Option(name: .customLong("network-gbps"), help: "Each link's bandwidth in Gbit/s (two tiers).")
+    var networkGbps: Double = 10
+
+    @Option(name: .customLong("tier1-kv-memory"), help: "KV memory tier 1 would have on its own, e.g. 1GiB (two tiers; default: 8 sequences of --context-length).")
+    var tier1KVMemory: String?
+
+    @Option(name: .customLong("worker-kv-memory"), help: "KV memory of each attention worker (two tiers).")
+    var workerKVMemory: String = "64GiB"
+
+    @Option(name: .customLong("mean-positions"), help: "Positions each sequence attends on average (two tiers; default: half the context length).")
+    var meanPositions: Int?
+
+    @Flag(name: .customLong("shared-cores"), help: "Tier 1 and the workers share this machine's cores (a test on one machine), not separate hosts.")
+    var sharedCores = false
+
     func validate() throws {
         try checkRange(contextLength, "--context-length", 1...positionLimit)
+        try checkRange(attentionWorkers, "--attention-workers", 1...4096)
+        try checkRange(meanPositions, "--mean-positions", 1...positionLimit)
+        try checkRange(Float(rtt), "--rtt", 0...100_000)
+        try checkRange(Float(networkGbps), "--network-gbps", 0.001...100_000)
     }
 
     func run() throws {
@@ -59,6 +87,10 @@ struct PlanCommand: ParsableCommand {
             let ram = try ramBudget.map(parseByteSize) ?? machine.ramBytes
             let popularity = try profile.map { try Engine.popularity(profile: $0, config: config) }
             let context = contextLength ?? min(4096, config.maxPositions)
+            if let attentionWorkers {
+                try planTwoTier(config: config, element: element, machine: machine, workers: attentionWorkers, context: context)
+                return
+            }
             let plan = try Planner.plan(config, element: element, hardware: machine, acceleratorMemory: accelerator, ramBudget: ram,
                                         contextLength: context, popularity: popularity, policy: expertPolicy)
             let p = plan.placement
@@ -106,5 +138,46 @@ struct PlanCommand: ParsableCommand {
             writeOut("predicted prefill (\(plan.prefillTokens) tokens): \(fixed(plan.prefillOverlapped, 0)) tok/s\n")
             writeOut("Fiddler's kernels on this placement: \(fixed(plan.decodeFiddler, 2)) tok/s decode; predicted gap \(fixed(plan.decodeOverlapped / plan.decodeFiddler, 1))x\n")
         }
+    }
+
+    func planTwoTier(config: DecoderConfig, element: WeightElement, machine: HardwareProfile, workers: Int, context: Int) throws {
+        let sequenceKV = config.kvLayout.bytes(positions: context)
+        let inputs = TwoTierPlanner.Inputs(
+            config: config, element: element, hardware: machine, workers: workers, roundTrip: rtt / 1000, networkBandwidth: networkGbps * 1e9 / 8,
+            tier1KVBytes: try tier1KVMemory.map(parseByteSize) ?? 8 * sequenceKV, workerKVBytes: try parseByteSize(workerKVMemory),
+            contextLength: context, meanPositions: min(context, meanPositions ?? max(1, context / 2)), sharedCores: sharedCores)
+        let plan: TwoTierPlanner.Plan
+        do { plan = try TwoTierPlanner.plan(inputs) } catch { throw InputError(error.description) }
+        if json {
+            var o = JSONObject()
+            o["hardware"] = .string(machine.name)
+            o["attention_workers"] = .int(workers)
+            o["rtt_ms"] = .double(rtt)
+            o["shared_cores"] = .bool(sharedCores)
+            o["batch"] = .int(plan.best.batch)
+            o["micro_batches"] = .int(plan.best.microBatches)
+            o["littles_law_micro_batches"] = .int(plan.littlesLawMicroBatches)
+            o["decode_tokens_per_second"] = .double(plan.best.tokensPerSecond)
+            o["single_tier_batch"] = .int(plan.singleTierBatch)
+            o["single_tier_decode_tokens_per_second"] = .double(plan.singleTierTokensPerSecond)
+            o["wire_bytes_per_token_per_layer"] = .int(plan.wireBytesPerTokenPerLayer)
+            o["glinthawk_wire_bytes_per_token_per_layer"] = .int(plan.glinthawkWireBytesPerTokenPerLayer)
+            o["curve"] = .array(plan.curve.map { p in
+                var c = JSONObject()
+                c["batch"] = .int(p.batch)
+                c["micro_batches"] = .int(p.microBatches)
+                c["decode_tokens_per_second"] = .double(p.tokensPerSecond)
+                return .object(c)
+            })
+            writeOut(JSONValue.object(o).serialized() + "\n")
+            return
+        }
+        writeOut("hardware: \(machine.name) — \(machine.description)\n")
+        writeOut("two tiers: \(workers) attention worker(s) of \(workerKVMemory) KV memory, \(fixed(rtt, 2)) ms added round trip, \(fixed(networkGbps, 1)) Gbit/s links\(sharedCores ? ", all processes on this machine's cores" : ", separate hosts"); \(context) positions per sequence, \(inputs.meanPositions) attended on average\n\n")
+        writeOut("| batch | micro-batches | predicted decode tok/s |\n| ---: | ---: | ---: |\n")
+        for p in plan.curve { writeOut("| \(p.batch) | \(p.microBatches) | \(fixed(p.tokensPerSecond, 1)) |\n") }
+        writeOut("\nbest: batch \(plan.best.batch) with \(plan.best.microBatches) micro-batches in flight, \(fixed(plan.best.tokensPerSecond, 1)) tok/s (Little's law: \(plan.littlesLawMicroBatches) micro-batches)\n")
+        writeOut("single tier, batch \(plan.singleTierBatch) (what the tier-1 KV memory holds): \(fixed(plan.singleTierTokensPerSecond, 1)) tok/s; two tiers \(fixed(plan.best.tokensPerSecond / plan.singleTierTokensPerSecond, 2))x\n")
+        writeOut("wire bytes per token per layer: \(plan.wireBytesPerTokenPerLayer) (Glinthawk, which also ships the residual both ways: \(plan.glinthawkWireBytesPerTokenPerLayer))\n")
     }
 }

@@ -22,7 +22,11 @@ extension Model {
             throw ModelError("a session appears twice in one step")
         }
         for (session, _) in parts where session.model !== self { throw ModelError("a session of another model is in the step") }
-        let groups = Self.split(parts.map(\.tokens.count), into: microBatches ?? microBatchCount(sequences: parts.count, workspace: workspace))
+        let tuned = microBatches == nil && microBatchCount(sequences: parts.count, workspace: workspace) > 1
+        let count = tuned ? workspace.microBatchTuner.choose(littlesLaw: microBatchCount(sequences: parts.count, workspace: workspace), sequences: parts.count)
+            : microBatches ?? microBatchCount(sequences: parts.count, workspace: workspace)
+        let groups = Self.split(parts.map(\.tokens.count), into: count)
+        let started = ContinuousClock.now
         let vocab = config.vocabularySize
         var logits = [Float](repeating: 0, count: parts.count * vocab)
         var attempt = 0
@@ -51,6 +55,10 @@ extension Model {
                 attempt += 1
                 guard attempt <= Self.recoveryAttempts, parts.contains(where: { lostCache($0.session) }) else { throw error }
             }
+        }
+        if tuned {
+            let tokens = parts.reduce(0) { $0 + $1.tokens.count }
+            workspace.microBatchTuner.record(count: groups.count, secondsPerToken: (ContinuousClock.now - started).seconds / Double(tokens))
         }
         for (session, new) in parts { session.appendProcessed(new) }
         return logits

@@ -26,6 +26,9 @@ public final class Workspace {
         meanLayerCompute = meanLayerCompute.map { 0.95 * $0 + 0.05 * seconds } ?? seconds
     }
 
+    /// How many micro-batches the automatic choice runs, by measurement.
+    public let microBatchTuner = MicroBatchTuner()
+
     /// Work memory of the step's other micro-batches.
     private var others: [Workspace] = []
 
@@ -36,5 +39,47 @@ public final class Workspace {
         let w = others[i - 1]
         w.routingObserver = routingObserver
         return w
+    }
+}
+
+/// Chooses how many micro-batches a step keeps in flight by measuring: Little's law gives the
+/// count that hides the attention round trip, but each micro-batch reads the layer's weights
+/// again, which costs more than the wait hides when the round trip is short or the workers share
+/// tier 1's cores. So 1, 2 and Little's count are each tried for a few steps, the fastest per
+/// token is kept, and the trial is repeated every `period` steps or when the batch changes size.
+public final class MicroBatchTuner {
+    private var sequences = 0
+    private var samples: [Int: (seconds: Double, count: Int)] = [:]
+    private var steps = 0
+    /// Steps each candidate runs before the choice, and steps before the next trial.
+    let trialSteps = 3, period = 128
+    /// The count chosen for the latest step.
+    public private(set) var lastChoice = 1
+
+    func choose(littlesLaw: Int, sequences n: Int) -> Int {
+        if n * 4 < sequences * 3 || n * 4 > sequences * 5 || steps >= period {
+            samples = [:]
+            steps = 0
+            sequences = n
+        }
+        steps += 1
+        let candidates = Set([1, min(2, sequences), littlesLaw]).sorted()
+        if let untried = candidates.first(where: { (samples[$0]?.count ?? 0) < trialSteps }) {
+            lastChoice = untried
+        } else {
+            lastChoice = candidates.min { samples[$0]!.seconds < samples[$1]!.seconds }!
+        }
+        return lastChoice
+    }
+
+    /// Seconds per token of a step run with `count` micro-batches.
+    func record(count: Int, secondsPerToken: Double) {
+        // The first step of a trial is a warm-up (work memory grows), so it is not counted.
+        if let s = samples[count] {
+            let n = Double(max(1, s.count))
+            samples[count] = (s.count == 0 ? secondsPerToken : (s.seconds * (n - 1) + secondsPerToken) / n, s.count + 1)
+        } else {
+            samples[count] = (0, 0)
+        }
     }
 }

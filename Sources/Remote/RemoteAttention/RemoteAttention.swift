@@ -244,7 +244,8 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
 
     /// Requests sent for one step's attention, one per worker that holds some of its tokens.
     final class Pending: PendingAttention {
-        var requests: [(worker: Int, id: UInt64, rows: [Int])] = []
+        /// The link each request went on (not a worker index: the worker list may change meanwhile).
+        var requests: [(link: WorkerLink, id: UInt64, rows: [Int])] = []
         let output: UnsafeMutablePointer<Float>
         let queryWidth: Int
         let layer: Int
@@ -291,7 +292,7 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
                     AttentionWire.attend(id: id, header, rows: r, queries: queries, keys: keys, values: values, into: &b)
                 }
                 bytesSent += 13 + header.payloadBytes
-                pending.requests.append((w, id, r))
+                pending.requests.append((workers[w].link!, id, r))
             }
             return pending
         }
@@ -299,7 +300,7 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
 
     public func isDone(_ pending: any PendingAttention) -> Bool {
         let p = pending as! Pending
-        return locked { p.requests.allSatisfy { workers[$0.worker].link?.hasReply($0.id) ?? true } }
+        return p.requests.allSatisfy { $0.link.hasReply($0.id) }
     }
 
     public func finish(_ pending: any PendingAttention) throws(WorkFailure) {
@@ -311,11 +312,8 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
             // Each reply is taken once, even if finish is called again after a failure.
             let requests = p.requests
             p.requests = []
-            for (w, id, r) in requests {
-                guard let link = workers[w].link else {
-                    failure = failure ?? WorkFailure("the attention worker at \(workers[w].address) is gone")
-                    continue
-                }
+            for (link, id, r) in requests {
+                let address = link.address
                 do throws(LinkFailure) {
                     let (reply, arrived) = try link.waitTimed(id, expectedFloats: r.count * qW)
                     latest = max(latest, arrived)
@@ -326,12 +324,13 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
                             for (i, t) in r.enumerated() { (p.output + t * qW).update(from: o.baseAddress! + i * qW, count: qW) }
                         }
                     case .error(let message):
-                        failure = failure ?? WorkFailure("the attention worker at \(workers[w].address) refused layer \(p.layer): \(message)")
+                        failure = failure ?? WorkFailure("the attention worker at \(address) refused layer \(p.layer): \(message)")
                     default:
-                        failure = failure ?? WorkFailure("the attention worker at \(workers[w].address) answered attend with something else")
+                        failure = failure ?? WorkFailure("the attention worker at \(address) answered attend with something else")
                     }
                 } catch {
-                    markDown(w, error.description)
+                    // The worker may have been replaced or dropped from the list meanwhile.
+                    if let w = workers.firstIndex(where: { $0.link === link }) { markDown(w, error.description) }
                     failure = failure ?? WorkFailure(error.description)
                 }
             }

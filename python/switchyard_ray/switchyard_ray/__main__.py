@@ -1,0 +1,71 @@
+"""Run a two-tier deployment on Ray.
+
+    python3 -m switchyard_ray --binary .build/release/switchyard [--model DIR] [--workers 2] \
+        [--kv-memory 1GiB] (--local | --address RAY_ADDRESS) [--prompt TEXT] [--serve-seconds N]
+
+--local starts a three-node Ray cluster on this machine (a head with {"main_host": 1} and
+--workers nodes with {"attention_host": 1}); run it inside a network namespace with only
+loopback, or Ray moves off 127.0.0.1. With --address, the cluster's nodes must offer those
+resources (`ray start --resources '{"attention_host": 1}'` on each attention host). Prints tier 1's
+URL; with --prompt, one greedy completion through it; then serves for --serve-seconds (0: exit).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.request
+
+import ray
+
+from .deployment import TwoTier
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    p = argparse.ArgumentParser(prog="python3 -m switchyard_ray")
+    p.add_argument("--binary", required=True)
+    p.add_argument("--model", default=os.path.join(root, "models/switchyard-kjv-moe"))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--kv-memory", default="1GiB")
+    p.add_argument("--local", action="store_true")
+    p.add_argument("--address")
+    p.add_argument("--prompt")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--serve-seconds", type=float, default=0)
+    a = p.parse_args()
+    if not 1 <= a.workers <= 64:
+        sys.exit("error: --workers must be between 1 and 64")
+    if a.local == bool(a.address):
+        sys.exit("error: give --local or --address")
+    cluster = None
+    if a.local:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1,
+                                                                  "resources": {"main_host": 1}})
+        for _ in range(a.workers):
+            cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"attention_host": 1})
+        ray.init(address=cluster.address)
+    else:
+        ray.init(address=a.address)
+    deployment = TwoTier(os.path.abspath(a.binary), os.path.abspath(a.model), workers=a.workers, kv_memory=a.kv_memory,
+                         tier1_resources={"main_host": 1}).start()
+    try:
+        url = deployment.url()
+        print(f"tier 1: {url}/v1 over attention workers {','.join(deployment.addresses)}", flush=True)
+        if a.prompt:
+            body = json.dumps({"model": "m", "prompt": a.prompt, "max_tokens": a.max_tokens, "temperature": 0}).encode()
+            req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as r:
+                print(a.prompt + json.loads(r.read())["choices"][0]["text"], flush=True)
+        time.sleep(a.serve_seconds)
+    finally:
+        deployment.stop()
+        ray.shutdown()
+        if cluster:
+            cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
