@@ -44,8 +44,8 @@ struct PlanCommand: ParsableCommand {
         discussion: "Predicts throughput over batch sizes, the best batch and micro-batches in flight, Little's law's count, and single-tier decode at the batch --tier1-kv-memory holds; the workers are machines like --hardware."))
     var attentionWorkers: Int?
 
-    @Option(help: "Added round trip per attention request, milliseconds (two tiers).")
-    var rtt: Double = 0.1
+    @Option(help: "Added round trip per attention request, milliseconds, or several comma-separated (two tiers).")
+    var rtt: String = "0.1"
 
     @Option(name: .customLong("network-gbps"), help: "Each link's bandwidth in Gbit/s (two tiers).")
     var networkGbps: Double = 10
@@ -66,7 +66,7 @@ struct PlanCommand: ParsableCommand {
         try checkRange(contextLength, "--context-length", 1...positionLimit)
         try checkRange(attentionWorkers, "--attention-workers", 1...4096)
         try checkRange(meanPositions, "--mean-positions", 1...positionLimit)
-        try checkRange(Float(rtt), "--rtt", 0...100_000)
+        for r in try rtts() { try checkRange(Float(r), "--rtt", 0...100_000) }
         try checkRange(Float(networkGbps), "--network-gbps", 0.001...100_000)
     }
 
@@ -140,44 +140,64 @@ struct PlanCommand: ParsableCommand {
         }
     }
 
+    func rtts() throws -> [Double] {
+        try rtt.split(separator: ",").map { part in
+            guard let v = Double(part.trimmed(" ")) else { throw ValidationError("--rtt: '\(part)' is not a number of milliseconds") }
+            return v
+        }
+    }
+
     func planTwoTier(config: DecoderConfig, element: WeightElement, machine: HardwareProfile, workers: Int, context: Int) throws {
         let sequenceKV = config.kvLayout.bytes(positions: context)
-        let inputs = TwoTierPlanner.Inputs(
-            config: config, element: element, hardware: machine, workers: workers, roundTrip: rtt / 1000, networkBandwidth: networkGbps * 1e9 / 8,
-            tier1KVBytes: try tier1KVMemory.map(parseByteSize) ?? 8 * sequenceKV, workerKVBytes: try parseByteSize(workerKVMemory),
-            contextLength: context, meanPositions: min(context, meanPositions ?? max(1, context / 2)), sharedCores: sharedCores)
-        let plan: TwoTierPlanner.Plan
-        do { plan = try TwoTierPlanner.plan(inputs) } catch { throw InputError(error.description) }
+        var plans: [(rtt: Double, plan: TwoTierPlanner.Plan)] = []
+        var inputs: TwoTierPlanner.Inputs?
+        for r in try rtts() {
+            let i = TwoTierPlanner.Inputs(
+                config: config, element: element, hardware: machine, workers: workers, roundTrip: r / 1000, networkBandwidth: networkGbps * 1e9 / 8,
+                tier1KVBytes: try tier1KVMemory.map(parseByteSize) ?? 8 * sequenceKV, workerKVBytes: try parseByteSize(workerKVMemory),
+                contextLength: context, meanPositions: min(context, meanPositions ?? max(1, context / 2)), sharedCores: sharedCores)
+            do { plans.append((r, try TwoTierPlanner.plan(i))) } catch { throw InputError(error.description) }
+            inputs = i
+        }
         if json {
-            var o = JSONObject()
-            o["hardware"] = .string(machine.name)
-            o["attention_workers"] = .int(workers)
-            o["rtt_ms"] = .double(rtt)
-            o["shared_cores"] = .bool(sharedCores)
-            o["batch"] = .int(plan.best.batch)
-            o["micro_batches"] = .int(plan.best.microBatches)
-            o["littles_law_micro_batches"] = .int(plan.littlesLawMicroBatches)
-            o["decode_tokens_per_second"] = .double(plan.best.tokensPerSecond)
-            o["single_tier_batch"] = .int(plan.singleTierBatch)
-            o["single_tier_decode_tokens_per_second"] = .double(plan.singleTierTokensPerSecond)
-            o["wire_bytes_per_token_per_layer"] = .int(plan.wireBytesPerTokenPerLayer)
-            o["glinthawk_wire_bytes_per_token_per_layer"] = .int(plan.glinthawkWireBytesPerTokenPerLayer)
-            o["curve"] = .array(plan.curve.map { p in
-                var c = JSONObject()
-                c["batch"] = .int(p.batch)
-                c["micro_batches"] = .int(p.microBatches)
-                c["decode_tokens_per_second"] = .double(p.tokensPerSecond)
-                return .object(c)
-            })
-            writeOut(JSONValue.object(o).serialized() + "\n")
+            for (r, plan) in plans {
+                var o = JSONObject()
+                o["hardware"] = .string(machine.name)
+                o["attention_workers"] = .int(workers)
+                o["rtt_ms"] = .double(r)
+                o["shared_cores"] = .bool(sharedCores)
+                o["batch"] = .int(plan.best.batch)
+                o["micro_batches"] = .int(plan.best.microBatches)
+                o["littles_law_micro_batches"] = .int(plan.littlesLawMicroBatches)
+                o["decode_tokens_per_second"] = .double(plan.best.tokensPerSecond)
+                o["single_tier_batch"] = .int(plan.singleTierBatch)
+                o["single_tier_decode_tokens_per_second"] = .double(plan.singleTierTokensPerSecond)
+                o["wire_bytes_per_token_per_layer"] = .int(plan.wireBytesPerTokenPerLayer)
+                o["glinthawk_wire_bytes_per_token_per_layer"] = .int(plan.glinthawkWireBytesPerTokenPerLayer)
+                o["curve"] = .array(plan.curve.map { p in
+                    var c = JSONObject()
+                    c["batch"] = .int(p.batch)
+                    c["micro_batches"] = .int(p.microBatches)
+                    c["decode_tokens_per_second"] = .double(p.tokensPerSecond)
+                    return .object(c)
+                })
+                writeOut(JSONValue.object(o).serialized() + "\n")
+            }
             return
         }
+        let first = plans[0].plan
         writeOut("hardware: \(machine.name) — \(machine.description)\n")
-        writeOut("two tiers: \(workers) attention worker(s) of \(workerKVMemory) KV memory, \(fixed(rtt, 2)) ms added round trip, \(fixed(networkGbps, 1)) Gbit/s links\(sharedCores ? ", all processes on this machine's cores" : ", separate hosts"); \(context) positions per sequence, \(inputs.meanPositions) attended on average\n\n")
-        writeOut("| batch | micro-batches | predicted decode tok/s |\n| ---: | ---: | ---: |\n")
-        for p in plan.curve { writeOut("| \(p.batch) | \(p.microBatches) | \(fixed(p.tokensPerSecond, 1)) |\n") }
-        writeOut("\nbest: batch \(plan.best.batch) with \(plan.best.microBatches) micro-batches in flight, \(fixed(plan.best.tokensPerSecond, 1)) tok/s (Little's law: \(plan.littlesLawMicroBatches) micro-batches)\n")
-        writeOut("single tier, batch \(plan.singleTierBatch) (what the tier-1 KV memory holds): \(fixed(plan.singleTierTokensPerSecond, 1)) tok/s; two tiers \(fixed(plan.best.tokensPerSecond / plan.singleTierTokensPerSecond, 2))x\n")
-        writeOut("wire bytes per token per layer: \(plan.wireBytesPerTokenPerLayer) (Glinthawk, which also ships the residual both ways: \(plan.glinthawkWireBytesPerTokenPerLayer))\n")
+        writeOut("two tiers: \(workers) attention worker(s) of \(workerKVMemory) KV memory, \(fixed(networkGbps, 1)) Gbit/s links\(sharedCores ? ", all processes on this machine's cores" : ", separate hosts"); \(context) positions per sequence, \(inputs!.meanPositions) attended on average\n\n")
+        writeOut("| batch | " + plans.map { "\(fixed($0.rtt, 1)) ms: micro-batches, tok/s" }.joined(separator: " | ") + " |\n")
+        writeOut("| ---: |" + String(repeating: " ---: |", count: plans.count) + "\n")
+        for (k, p) in first.curve.enumerated() {
+            writeOut("| \(p.batch) | " + plans.map { "\($0.plan.curve[k].microBatches), \(fixed($0.plan.curve[k].tokensPerSecond, 1))" }.joined(separator: " | ") + " |\n")
+        }
+        writeOut("\n")
+        for (r, plan) in plans {
+            writeOut("\(fixed(r, 1)) ms: best batch \(plan.best.batch) with \(plan.best.microBatches) micro-batches in flight, \(fixed(plan.best.tokensPerSecond, 1)) tok/s (Little's law: \(plan.littlesLawMicroBatches))\n")
+        }
+        writeOut("single tier, batch \(first.singleTierBatch) (what the tier-1 KV memory holds): \(fixed(first.singleTierTokensPerSecond, 1)) tok/s; two tiers \(fixed(first.best.tokensPerSecond / first.singleTierTokensPerSecond, 2))x at \(fixed(plans[0].rtt, 1)) ms\n")
+        writeOut("wire bytes per token per layer: \(first.wireBytesPerTokenPerLayer) (Glinthawk, which also ships the residual both ways: \(first.glinthawkWireBytesPerTokenPerLayer))\n")
     }
 }

@@ -25,7 +25,9 @@ SERVE_ARGS = ["--threads", "1", "--precision", "f32", "--max-sequences", "4", "-
 
 
 def only_loopback():
-    return sorted(os.listdir("/sys/class/net")) == ["lo"]
+    # /proc/net/dev follows the network namespace (/sys/class/net does not unless remounted).
+    with open("/proc/net/dev") as f:
+        return [line.split(":")[0].strip() for line in f.readlines()[2:]] == ["lo"]
 
 
 def complete(url, prompt, tokens=24):
@@ -106,6 +108,7 @@ def test_two_tier_survives_a_worker_killed_and_restarted(cluster, reference):
             time.sleep(0.2)
         assert d.addresses != old and d.changes >= 1, "tier 1 was told of the restarted worker"
         new = [a for a in d.addresses if a not in old][0]
+        print(f"worker restarted by Ray: {old} -> {d.addresses}; tier 1 log: {ray.get(d.tier1.log.remote())[-4:]}")
 
         assert {p: complete(url, p) for p in PROMPTS} == reference
         s = status(new)
