@@ -2,6 +2,7 @@ import ArgumentParser
 import AttentionWorker
 import Kernels
 import RemoteAttention
+import Runtime
 import SwitchyardJSON
 import SwitchyardSupport
 
@@ -22,13 +23,14 @@ struct AttentionWorkerCommand: ParsableCommand {
     @Option(name: .customLong("kv-memory"), help: "KV cache memory for all sequences together, e.g. 4GiB.")
     var kvMemory: String
 
-    @Option(name: .customLong("kv-dtype"), help: "Element of the cached keys and values: f32 (bf16 and int8 come with the CPU precision contract).")
+    @Option(name: .customLong("kv-dtype"), help: ArgumentHelp(
+        "How cached keys and values are stored: f32, bf16 or int8.",
+        discussion: "f32: results equal attention on tier 1. bf16: half the memory, values rounded to bf16. int8: a float32 scale per 16 values, under a third of the memory; needs a head width that is a multiple of 16."))
     var kvDtype: KVElement = .f32
 
     @Option(name: [.short, .long], help: "Kernel threads (default: the cores this process may use).")
     var threads: Int?
 
-    enum KVElement: String, ExpressibleByArgument, CaseIterable { case f32 }
 
     func validate() throws {
         try checkRange(threads, "--threads", 1...1024)
@@ -47,7 +49,7 @@ struct AttentionWorkerCommand: ParsableCommand {
             exitWithParent()
 
             let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
-            let server = AttentionServer(service: AttentionService(budget: budget, pool: pool))
+            let server = AttentionServer(service: AttentionService(budget: budget, pool: pool, element: kvDtype))
             let bound: (host: String, port: Int)
             do { bound = try server.start(host: address.host, port: address.port) } catch {
                 throw InputError("cannot listen on \(listen): \(error)")
@@ -57,6 +59,7 @@ struct AttentionWorkerCommand: ParsableCommand {
             line["pid"] = .int(Int(getpid()))
             line["epoch"] = .string(server.service.status.epochHex)
             line["kv_memory"] = .int(budget)
+            line["kv_dtype"] = .string(kvDtype.rawValue)
             writeOut("SWITCHYARD_LISTENING " + JSONValue.object(line).serialized() + "\n")
             try server.wait()
         }
@@ -123,3 +126,5 @@ struct AttentionStatusCommand: ParsableCommand {
         }
     }
 }
+
+extension KVElement: ExpressibleByArgument {}

@@ -186,6 +186,53 @@ struct AttentionTests {
         }
     }
 
+    /// Compact rows (bf16, int8 in blocks of 16) through the same kernel equal float32 rows holding
+    /// the values they decode to; bf16 rounding is to nearest even, int8 within half a step.
+    @Test(arguments: [1, 17, 40])
+    func compactRowsEqualTheirDecodedValues(positions: Int) {
+        let group = 2, hd = 32, stride = 2 * hd
+        var random = UInt64(positions + 7)
+        func next() -> Float {
+            random = random &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int(random >> 40) % 2001 - 1000) / 300
+        }
+        let q = (0..<(group * hd)).map { _ in next() }
+        let k = (0..<(positions * stride)).map { _ in next() }, v = (0..<(positions * stride)).map { _ in next() }
+        let kb = k.map(roundToBF16), vb = v.map(roundToBF16)
+        for (x, b) in zip(k, kb) {
+            let back = Float(bitPattern: UInt32(b) << 16)
+            #expect(abs(back - x) <= abs(x) * 0x1p-8, "bf16 of \(x)")
+        }
+        var kc = [Int8](repeating: 0, count: k.count), vc = kc
+        var ks = [Float](repeating: 0, count: k.count / 16), vs = ks
+        for b in 0..<(k.count / 16) {
+            k.withUnsafeBufferPointer { x in kc.withUnsafeMutableBufferPointer { c in ks[b] = quantizeBlockInt8(x.baseAddress! + b * 16, 16, codes: c.baseAddress! + b * 16) } }
+            v.withUnsafeBufferPointer { x in vc.withUnsafeMutableBufferPointer { c in vs[b] = quantizeBlockInt8(x.baseAddress! + b * 16, 16, codes: c.baseAddress! + b * 16) } }
+            for i in 0..<16 { #expect(abs(Float(kc[b * 16 + i]) * ks[b] - k[b * 16 + i]) <= ks[b] / 2 * 1.0001) }
+        }
+        func reference(_ keys: [Float], _ values: [Float]) -> [Float] {
+            var tile = [Float](repeating: 0, count: group * 16), out = [Float](repeating: 0, count: group * hd)
+            attendGroup(queries: q, group: group, headDim: hd, scale: 0.2, keys: Array(keys[hd...]), values: Array(values[hd...]),
+                        rowStride: stride, first: 0, last: positions - 1, tile: &tile, output: &out)
+            return out
+        }
+        var tile = [Float](repeating: 0, count: group * 16), out = [Float](repeating: 0, count: group * hd)
+        kb.withUnsafeBufferPointer { kp in vb.withUnsafeBufferPointer { vp in
+            attendGroup(queries: q, group: group, headDim: hd, scale: 0.2, keys: BF16Rows(kp.baseAddress! + hd, stride), values: BF16Rows(vp.baseAddress! + hd, stride),
+                        first: 0, last: positions - 1, tile: &tile, output: &out)
+        } }
+        let bf16Expected = reference(kb.map { Float(bitPattern: UInt32($0) << 16) }, vb.map { Float(bitPattern: UInt32($0) << 16) })
+        for (a, b) in zip(out, bf16Expected) { #expect(abs(a - b) <= 1e-5 * max(1, abs(b))) }
+        kc.withUnsafeBufferPointer { kp in vc.withUnsafeBufferPointer { vp in ks.withUnsafeBufferPointer { kss in vs.withUnsafeBufferPointer { vss in
+            attendGroup(queries: q, group: group, headDim: hd, scale: 0.2,
+                        keys: Int8Rows(kp.baseAddress! + hd, stride, scales: kss.baseAddress! + hd / 16, scaleStride: stride / 16),
+                        values: Int8Rows(vp.baseAddress! + hd, stride, scales: vss.baseAddress! + hd / 16, scaleStride: stride / 16),
+                        first: 0, last: positions - 1, tile: &tile, output: &out)
+        } } } }
+        let int8Expected = reference(kc.indices.map { Float(kc[$0]) * ks[$0 / 16] }, vc.indices.map { Float(vc[$0]) * vs[$0 / 16] })
+        for (a, b) in zip(out, int8Expected) { #expect(abs(a - b) <= 1e-5 * max(1, abs(b))) }
+    }
+
     @Test func groupedHeadsReadTheirKVHead() {
         // Heads 0 and 1 use kv0: query [ln 3, 0] gives scores [ln 3, 0] → weights [3/4, 1/4].
         let q: [Float] = [Float(log(3.0)), 0, Float(log(3.0)), 0, 5, 5, 5, 5]

@@ -16,12 +16,12 @@ final class Workers {
     var servers: [AttentionServer?] = []
     var addresses: [String] = []
 
-    init(_ count: Int, budget: Int? = 64 << 20) throws {
-        for _ in 0..<count { try start(budget: budget) }
+    init(_ count: Int, budget: Int? = 64 << 20, element: KVElement = .f32) throws {
+        for _ in 0..<count { try start(budget: budget, element: element) }
     }
 
-    func start(budget: Int? = 64 << 20, port: Int = 0) throws {
-        let server = AttentionServer(service: AttentionService(budget: budget, pool: ThreadPool(threads: 1)))
+    func start(budget: Int? = 64 << 20, port: Int = 0, element: KVElement = .f32) throws {
+        let server = AttentionServer(service: AttentionService(budget: budget, pool: ThreadPool(threads: 1), element: element))
         let bound = try server.start(host: "127.0.0.1", port: port)
         servers.append(server)
         addresses.append("127.0.0.1:\(bound.port)")
@@ -101,6 +101,37 @@ struct TwoTierTests {
         // Locally, too: the same state machine with attention done at once.
         let local = try batchedRun(engine(fixturePath("qwen3_moe")).model, prompts: p, steps: 4, microBatches: 3)
         #expect(local == expected)
+    }
+
+    /// Workers that store keys and values as bf16 or int8: logits near single-tier's (the
+    /// fixtures' random weights amplify rounding: both within 2e-2 relative; measured 0.3-1.04e-2 for bf16, 0.86-0.91e-2 for int8), a
+    /// clear refusal where int8 cannot hold a head (a width not a multiple of 16), and the
+    /// bundled model's greedy tokens unchanged.
+    @Test(arguments: [KVElement.bf16, .int8])
+    func compactCachesStayClose(element: KVElement) throws {
+        for arch in allArchitectures {
+            let reference = try Reference(arch)
+            let local = try engine(fixturePath(arch)).model
+            let workers = try Workers(2, element: element)
+            let remote = try engine(fixturePath(arch), workers: workers.addresses).model
+            if element == .int8 && local.config.headDim % 16 != 0 {
+                #expect(throws: ModelError.self) { try batchedRun(remote, prompts: prompts(reference.promptTokens, count: 2), steps: 1) }
+                continue
+            }
+            let a = try batchedRun(local, prompts: prompts(reference.promptTokens, count: 2), steps: 3)
+            let b = try batchedRun(remote, prompts: prompts(reference.promptTokens, count: 2), steps: 3)
+            let worst = zip(a, b).map { relativeError($0[...], $1[...]) }.max()!
+            #expect(worst <= 2e-2, "\(arch) \(element): \(worst)")
+        }
+        let tokenizer = try Tokenizer(directory: demoModelPath)
+        let workers = try Workers(1, element: element)
+        var greedy = GenerationOptions()
+        greedy.sampling.temperature = 0
+        greedy.maxTokens = 24
+        let prompt = tokenizer.encode("And God said")
+        let a = try Generator(model: engine(demoModelPath).model, tokenizer: tokenizer).generate(promptTokens: prompt, options: greedy)
+        let b = try Generator(model: engine(demoModelPath, workers: workers.addresses).model, tokenizer: tokenizer).generate(promptTokens: prompt, options: greedy)
+        #expect(a.tokens == b.tokens)
     }
 
     /// The bundled model through the generator: greedy and seeded tokens equal single-tier's.

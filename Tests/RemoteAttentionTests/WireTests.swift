@@ -113,6 +113,16 @@ struct WireTests {
         #expect(service.status.inUse == 0 && service.status.sequences == 0)
     }
 
+    /// An int8 worker refuses a model whose rows are not a multiple of 16 values, at hello.
+    @Test func int8NeedsRowsOfSixteen() throws {
+        let service = AttentionService(budget: nil, pool: ThreadPool(threads: 1), element: .int8)
+        #expect(errorText(service.handle(try frame { AttentionWire.hello(id: 1, layout: layout, into: &$0) }, connection: 1))?.contains("multiple of 16") == true)
+        let wide = KVLayout(layers: 2, keyWidth: 32, valueWidth: 32)
+        guard case .hello = service.handle(try frame { AttentionWire.hello(id: 1, layout: wide, into: &$0) }, connection: 1) else {
+            Issue.record("a layout of 32-value rows refused"); return
+        }
+    }
+
     /// The worker computes what tier 1 would: its outputs equal LocalAttention's on the same rows.
     @Test func workerEqualsLocalAttention() throws {
         let service = AttentionService(budget: nil, pool: ThreadPool(threads: 2))

@@ -14,9 +14,11 @@ public final class AttentionService {
     public let epoch: [UInt8]
     /// Bytes all sequences may reserve together (nil: no limit).
     public let budget: Int?
+    /// How cached keys and values are stored.
+    public let element: KVElement
     let pool: ThreadPool
-    private var cache: LocalKVCache?
-    private var attention: LocalAttention?
+    private var cache: (any KVCache)?
+    private var attention: (any AttentionExecutor)?
     private let scratch = FloatBuffer()
     private struct Sequence {
         let owner: Int
@@ -27,8 +29,9 @@ public final class AttentionService {
     private var sequences: [SequenceID: Sequence] = [:]
     private var connections = Set<Int>()
 
-    public init(budget: Int?, pool: ThreadPool) {
+    public init(budget: Int?, pool: ThreadPool, element: KVElement = .f32) {
         self.budget = budget
+        self.element = element
         self.pool = pool
         var generator = SystemRandomNumberGenerator()
         epoch = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
@@ -71,9 +74,19 @@ public final class AttentionService {
                 self.cache = nil
             }
             if cache == nil {
-                let c = LocalKVCache(layout: layout, budget: budget)
-                cache = c
-                attention = LocalAttention(cache: c, pool: pool)
+                if element == .f32 {
+                    let c = LocalKVCache(layout: layout, budget: budget)
+                    cache = c
+                    attention = LocalAttention(cache: c, pool: pool)
+                } else {
+                    do {
+                        let c = try CompactKVAttention(layout: layout, element: element, budget: budget, pool: pool)
+                        cache = c
+                        attention = c
+                    } catch {
+                        throw WireError("this worker stores \(element) keys and values: \(error.description)")
+                    }
+                }
             }
             return .hello(version: AttentionWire.version, status: status)
         case .status:
@@ -103,7 +116,7 @@ public final class AttentionService {
         }
     }
 
-    private func ready() throws(WireError) -> LocalKVCache {
+    private func ready() throws(WireError) -> any KVCache {
         guard let cache else { throw WireError("no hello yet: the KV layout is unknown") }
         return cache
     }
@@ -121,6 +134,9 @@ public final class AttentionService {
         guard h.layer < layout.layers else { throw WireError("attend: layer \(h.layer) of a model of \(layout.layers) layers") }
         guard h.keyValueWidth == layout.keyWidth, h.keyValueWidth == layout.valueWidth else {
             throw WireError("attend: \(h.shape.keyValueHeads) kv heads of \(h.shape.headDim) do not match the KV layout (\(layout.keyWidth) + \(layout.valueWidth))")
+        }
+        guard element != .int8 || h.shape.headDim % 16 == 0 else {
+            throw WireError("attend: an int8 KV cache needs a head width that is a multiple of 16, not \(h.shape.headDim)")
         }
         // Every position must follow what the sequence holds, in order: attention never reads a
         // row that was not written.

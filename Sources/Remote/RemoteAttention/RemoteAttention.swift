@@ -28,6 +28,8 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
         var inUse: Int
         var epoch: [UInt8]
         var lastFailure: String?
+        /// Failed connects since the last success: the wait before the next one doubles with each.
+        var failedConnects = 0
         var free: Int { budget == 0 ? Int.max : budget - inUse }
     }
     private var workers: [Worker] = []
@@ -128,10 +130,13 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
             workers[w].inUse = link.status.inUse
             report("attention worker \(workers[w].address) is \(workers[w].epoch.isEmpty ? "connected" : "back") (epoch \(link.status.epochHex))")
             workers[w].epoch = link.status.epoch
+            workers[w].failedConnects = 0
             return link
         } catch {
+            // An unreachable host costs a connect timeout per try: back off, up to a minute.
             workers[w].lastFailure = error.description
-            workers[w].retryAfter = .now + retryInterval
+            workers[w].failedConnects += 1
+            workers[w].retryAfter = .now + retryInterval * (1 << min(6, workers[w].failedConnects))
             return nil
         }
     }
@@ -141,11 +146,10 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
         let need = layout.bytes(positions: capacity)
         var reasons: [String] = []
         let order = workers.indices.filter { link($0) != nil }.sorted { workers[$0].free > workers[$1].free }
+        // The worker decides whether the sequence fits: it may store keys and values more compactly
+        // than float32 (`--kv-dtype`).
         for w in order {
-            guard workers[w].free >= need, let link = workers[w].link else {
-                reasons.append("\(workers[w].address): \(formatBytes(max(0, workers[w].free))) free")
-                continue
-            }
+            guard let link = workers[w].link else { continue }
             let id = link.send { id, b in AttentionWire.reserve(id: id, capacity: capacity, into: &b) }
             do throws(LinkFailure) {
                 switch try link.wait(id) {
