@@ -13,12 +13,12 @@ struct WireTarget: Target {
 
     init() {
         var b = ByteBufferAllocator().buffer(capacity: 4096)
-        let layout = KVLayout(layers: 2, keyWidth: 8, valueWidth: 8)
+        let layout = KVLayout(layers: 2, keyWidth: 32, valueWidth: 32)
         AttentionWire.hello(id: 1, layout: layout, into: &b)
         AttentionWire.reserve(id: 2, capacity: 16, into: &b)
         AttentionWire.reserve(id: 3, capacity: 4, into: &b)
-        let shape = AttentionShape(heads: 4, keyValueHeads: 2, headDim: 4, scale: 0.5, window: 2)
-        let q = [Float](repeating: 0.25, count: 3 * 16), kv = [Float](repeating: -0.5, count: 3 * 8)
+        let shape = AttentionShape(heads: 4, keyValueHeads: 2, headDim: 16, scale: 0.5, window: 2)
+        let q = [Float](repeating: 0.25, count: 3 * 64), kv = [Float](repeating: -0.5, count: 3 * 32)
         for layer in 0..<2 {
             let slots = [RemoteSlot(sequence: 1, position: 0), RemoteSlot(sequence: 1, position: 1), RemoteSlot(sequence: 2, position: 0)]
             AttentionWire.attend(id: UInt64(4 + layer), AttendHeader(layer: layer, shape: shape, slots: slots), rows: [0, 1, 2],
@@ -31,7 +31,8 @@ struct WireTarget: Target {
     }
 
     func exercise(_ input: [UInt8]) -> Bool {
-        let service = AttentionService(budget: 1 << 20, pool: pool)
+        // Each storage of keys and values in turn (the seed's layout is int8-compatible: rows of 16).
+        let service = AttentionService(budget: 1 << 20, pool: pool, element: KVElement.allCases[input.count % KVElement.allCases.count])
         var buffer = ByteBufferAllocator().buffer(capacity: input.count)
         buffer.writeBytes(input)
         var answered = 0
