@@ -22,9 +22,9 @@ extension Model {
             throw ModelError("a session appears twice in one step")
         }
         for (session, _) in parts where session.model !== self { throw ModelError("a session of another model is in the step") }
-        let tuned = microBatches == nil && microBatchCount(sequences: parts.count, workspace: workspace) > 1
-        let count = tuned ? workspace.microBatchTuner.choose(littlesLaw: microBatchCount(sequences: parts.count, workspace: workspace), sequences: parts.count)
-            : microBatches ?? microBatchCount(sequences: parts.count, workspace: workspace)
+        let littles = microBatchCount(sequences: parts.count, workspace: workspace)
+        let tuned = microBatches == nil && littles > 1
+        let count = microBatches ?? (tuned ? workspace.microBatchTuner.choose(littlesLaw: littles, sequences: parts.count) : littles)
         let groups = Self.split(parts.map(\.tokens.count), into: count)
         let started = ContinuousClock.now
         let vocab = config.vocabularySize

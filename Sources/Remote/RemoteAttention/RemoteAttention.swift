@@ -167,7 +167,7 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
         for w in workers.indices where workers[w].link == nil {
             reasons.append("\(workers[w].address) is down (\(workers[w].lastFailure ?? "not connected"))")
         }
-        throw KVCacheError("no attention worker has room for \(capacity) positions (\(formatBytes(need))): " + reasons.joined(separator: "; "))
+        throw KVCacheError("no attention worker has room for \(capacity) positions (\(formatBytes(need)) at float32): " + reasons.joined(separator: "; "))
     }
 
     // MARK: - KVCache
@@ -225,8 +225,8 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
         locked {
             guard let p = sequences.removeValue(forKey: sequence.value) else { return }
             if !p.lost, let link = workers[p.worker].link {
+                // The worker's own count (it may store compactly) arrives with its next reserve reply.
                 link.send(awaited: false) { id, b in AttentionWire.free(id: id, sequence: p.remote, into: &b) }
-                workers[p.worker].inUse -= layout.bytes(positions: p.capacity)
             }
         }
     }
