@@ -211,12 +211,17 @@ def fault(kill, addresses, ns=None, worker_procs=None, rtt_ms=10, name="", link_
     args = ns_prefix(ns) + [BIN, "generate", "--model", model, "--prompt", prompt, "--max-tokens", "48", "--precision", "f32", "--threads", "1",
                             "--temperature", "0", "--json", "--attention-workers", ",".join(via), "--attention-timeout", "2"]
     t1 = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    # Kill the worker that holds the sequence as soon as one does (a slow machine takes longer to
+    # load); the delay proxies make the decode last seconds after that.
     holder = None
-    for i, a in enumerate(addresses):
-        st = status(a, ns=ns)
-        if st and st["sequences"] > 0:
-            holder = i
+    deadline = time.monotonic() + 60
+    while holder is None and t1.poll() is None and time.monotonic() < deadline:
+        for i, a in enumerate(addresses):
+            st = status(a, ns=ns)
+            if st and st["sequences"] > 0:
+                holder = i
+        time.sleep(0.05)
+    time.sleep(0.3)
     if holder is None:
         check(f"{name}: a worker holds the sequence mid-run", False, "none did (the run ended too soon?)")
         t1.kill()

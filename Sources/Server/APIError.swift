@@ -12,15 +12,19 @@ struct APIError: HTTPResponseError {
     var code: String?
     var retryAfter: Int?
 
-    var response: Response {
+    /// `{"error": {...}}`.
+    var body: JSONValue {
         var e = JSONObject()
         e["message"] = .string(message)
         e["type"] = .string(type)
         e["param"] = param.map { .string($0) } ?? .null
         e["code"] = code.map { .string($0) } ?? .null
+        return ["error": .object(e)]
+    }
+
+    var response: Response {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retryAfter { headers[HTTPField.Name("Retry-After")!] = String(retryAfter) }
-        let body: JSONValue = ["error": .object(e)]
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body.serialized())))
     }
 

@@ -39,7 +39,12 @@ extension OpenAIServer {
             scheduler.cancel(submitted.id)
             metrics.disconnected()
         }
-        let events = submitted.events
+        return json(.ok, try await completionBody(submitted.events, p, chat: chat))
+    }
+
+    /// The JSON body of a whole completion once its events end (what a non-streaming request and a
+    /// batch line get).
+    func completionBody(_ events: AsyncStream<CompletionEvent>, _ p: Parsed, chat: Bool) async throws(APIError) -> JSONValue {
         var text = "", logprobs: [TokenLogprob] = []
         var finish = FinishReason.length, promptTokens = p.request.promptTokens.count, completionTokens = 0
         var first = true
@@ -61,13 +66,12 @@ extension OpenAIServer {
         if chat { choice["message"] = ["role": "assistant", "content": .string(text)] } else { choice["text"] = .string(text) }
         choice["logprobs"] = p.logprobs ? logprobsJSON(logprobs, chat: chat) : .null
         choice["finish_reason"] = .string(finish.rawValue)
-        let object: JSONValue = [
+        return [
             "id": .string((chat ? "chatcmpl-" : "cmpl-") + String(UInt64.random(in: 0...UInt64.max), radix: 36)),
             "object": .string(chat ? "chat.completion" : "text_completion"),
             "created": .int(Int(time(nil))), "model": .string(configuration.modelName),
             "choices": [.object(choice)], "usage": usage(promptTokens, completionTokens),
         ]
-        return json(.ok, object)
     }
 
     /// Server-sent events as OpenAI sends them: chunks, then `data: [DONE]`. A client that goes away
