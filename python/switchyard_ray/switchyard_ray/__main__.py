@@ -33,6 +33,10 @@ def main():
     p.add_argument("--prompt")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--serve-seconds", type=float, default=0)
+    p.add_argument("--batch-input", help="run this batch file over the cluster instead (nodes with {\"batch_host\": 1})")
+    p.add_argument("--batch-output")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--workdir", help="where shards and their results go: a path every node sees")
     a = p.parse_args()
     if not 1 <= a.workers <= 64:
         sys.exit("error: --workers must be between 1 and 64")
@@ -45,10 +49,24 @@ def main():
         cluster = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1,
                                                                   "resources": {"main_host": 1}})
         for _ in range(a.workers):
-            cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"attention_host": 1})
+            cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"attention_host": 1, "batch_host": 1})
         ray.init(address=cluster.address)
     else:
         ray.init(address=a.address)
+    if a.batch_input:
+        from .batch import run_batch
+
+        if not a.batch_output or not 1 <= a.shards <= 4096:
+            sys.exit("error: --batch-input needs --batch-output, and --shards between 1 and 4096")
+        try:
+            summary = run_batch(os.path.abspath(a.binary), os.path.abspath(a.model), a.batch_input, a.batch_output, shards=a.shards,
+                                workdir=a.workdir)
+            print(f"batch: {summary['results']} results in {a.batch_output}, {summary['errors']} errors", flush=True)
+        finally:
+            ray.shutdown()
+            if cluster:
+                cluster.shutdown()
+        return
     deployment = TwoTier(os.path.abspath(a.binary), os.path.abspath(a.model), workers=a.workers, kv_memory=a.kv_memory,
                          tier1_resources={"main_host": 1}).start()
     try:
