@@ -47,6 +47,11 @@ def batch(inp, out, wait=True):
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def complete_lines(path):
+    """Lines ending in a newline (a kill may leave a torn last one)."""
+    return open(path, "rb").read().count(b"\n") if os.path.exists(path) else 0
+
+
 def read(path):
     lines = open(path).read().splitlines() if os.path.exists(path) else []
     parsed = [json.loads(l) for l in lines]
@@ -75,14 +80,17 @@ def main():
         out = f"{d}/out.jsonl"
         kills = 0
         for k in range(3):
+            before = complete_lines(out)
             p = batch(inp, out, wait=False)
-            time.sleep(random.uniform(0.5, max(0.6, whole * 0.6)))
+            # Kill after a random number of new results (each run does some work, none finishes).
+            target = before + random.randint(3, 20)
+            while p.poll() is None and complete_lines(out) < target:
+                time.sleep(0.01)
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
             p.wait()
-            done, _ = read(out) if os.path.exists(out) else ([], {})
-            print(f"     kill {k + 1}: {len(done)} results on disk", flush=True)
+            print(f"     kill {k + 1}: {complete_lines(out)} results on disk", flush=True)
         check("three runs SIGKILLed mid-job", kills == 3, kills)
         # A crash mid-write: a torn last line.
         with open(out, "a") as f:
