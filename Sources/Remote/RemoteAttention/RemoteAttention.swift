@@ -128,7 +128,8 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
             workers[w].link = link
             workers[w].budget = link.status.budget
             workers[w].inUse = link.status.inUse
-            report("attention worker \(workers[w].address) is \(workers[w].epoch.isEmpty ? "connected" : "back") (epoch \(link.status.epochHex))")
+            let how = workers[w].epoch.isEmpty ? "connected" : workers[w].epoch == link.status.epoch ? "reconnected" : "back after a restart"
+            report("attention worker \(workers[w].address) \(how) (epoch \(link.status.epochHex))")
             workers[w].epoch = link.status.epoch
             workers[w].failedConnects = 0
             return link
