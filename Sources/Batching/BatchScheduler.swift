@@ -13,6 +13,10 @@ public struct CompletionRequest: Sendable {
     public var stopStrings: [String]
     /// Report the chosen token's log-probability and this many alternatives (nil: none).
     public var topLogprobs: Int?
+    /// Interactive requests are admitted before any waiting batch work.
+    public var priority: Priority = .interactive
+
+    public enum Priority: Sendable { case interactive, batch }
 
     public init(promptTokens: [Int], maxTokens: Int, sampling: SamplingParameters, stopStrings: [String] = [], topLogprobs: Int? = nil) {
         self.promptTokens = promptTokens
@@ -153,13 +157,21 @@ public final class BatchScheduler: @unchecked Sendable {
         let positions = StepPlanner.positions(promptLength: request.promptTokens.count, maxTokens: request.maxTokens, contextLength: contextLength)
         let id: Int = try shared.withLock { (s: inout Shared) throws(SchedulerError) -> Int in
             guard !s.stopping else { throw SchedulerError(kind: .shuttingDown, description: "the server is shutting down") }
-            guard s.queue.count < queueLimit else {
-                throw SchedulerError(kind: .queueFull, description: "\(s.queue.count) requests are already waiting")
+            // The queue limit bounds interactive requests; batch work is paced by its producer.
+            let waiting = s.queue.filter { $0.request.priority == request.priority }.count
+            guard request.priority == .batch || waiting < queueLimit else {
+                throw SchedulerError(kind: .queueFull, description: "\(waiting) requests are already waiting")
             }
             let id = s.nextID
             s.nextID += 1
-            s.queue.append(Sequence(id: id, request: request, tokenizer: tokenizer, eos: eos, kvBytes: positions * kvBytesPerPosition,
-                                    continuation: continuation))
+            let sequence = Sequence(id: id, request: request, tokenizer: tokenizer, eos: eos, kvBytes: positions * kvBytesPerPosition,
+                                    continuation: continuation)
+            // Interactive requests go ahead of every waiting batch request (in order among themselves).
+            if request.priority == .interactive, let firstBatch = s.queue.firstIndex(where: { $0.request.priority == .batch }) {
+                s.queue.insert(sequence, at: firstBatch)
+            } else {
+                s.queue.append(sequence)
+            }
             s.stats.queued = s.queue.count
             return id
         }

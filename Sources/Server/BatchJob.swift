@@ -210,6 +210,8 @@ extension OpenAIServer {
             }
         }
         parsed.sort { ($0.1.request.promptTokens.count, $0.0.line) < ($1.1.request.promptTokens.count, $1.0.line) }
+        // Interactive requests to the same scheduler go first.
+        for i in parsed.indices { parsed[i].1.request.priority = .batch }
         await withTaskGroup(of: Void.self) { group in
             for (r, p) in parsed {
                 let submitted: (id: Int, events: AsyncStream<CompletionEvent>)

@@ -55,6 +55,33 @@ struct BatchSchedulerTests {
         #expect(scheduler.stats.kvBytes == 0 && scheduler.stats.running == 0, "every cache freed")
     }
 
+    /// An interactive request waits for no batch work: with one sequence at a time, it runs as
+    /// soon as the running one ends, ahead of batch requests queued before it; batch work does not
+    /// count against the queue limit, interactive requests do.
+    @Test func interactiveRequestsGoBeforeBatchWork() async throws {
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 1, contextLength: 128, queueLimit: 1)
+        defer { scheduler.shutdown() }
+        var greedy = SamplingParameters()
+        greedy.temperature = 0
+        var batchRequest = CompletionRequest(promptTokens: tokenizer.encode("In the beginning"), maxTokens: 12, sampling: greedy)
+        batchRequest.priority = .batch
+        let batch = try (0..<3).map { _ in try scheduler.submit(batchRequest) }
+        let interactive = try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode("And God said"), maxTokens: 12, sampling: greedy))
+        #expect(throws: SchedulerError.self) { try scheduler.submit(CompletionRequest(promptTokens: [1, 2], maxTokens: 2, sampling: greedy)) }
+        let order = OrderLog()
+        await withTaskGroup(of: Void.self) { group in
+            for (name, stream) in [("b0", batch[0].events), ("b1", batch[1].events), ("b2", batch[2].events), ("i", interactive.events)] {
+                group.addTask {
+                    _ = await collect(stream)
+                    order.add(name)
+                }
+            }
+        }
+        let finished = order.names
+        #expect(finished.firstIndex(of: "i")! < finished.firstIndex(of: "b2")!, "\(finished)")
+        #expect(finished.firstIndex(of: "i")! <= 1, "the interactive request ran right after the first batch one: \(finished)")
+    }
+
     @Test func stopStringsAndLengths() async throws {
         let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 128)
         defer { scheduler.shutdown() }
@@ -175,5 +202,22 @@ struct FailingStepTests {
             .generate(promptTokens: request.promptTokens, options: { var o = GenerationOptions(); o.sampling = greedy; o.maxTokens = 6; return o }())
         #expect(served.tokens == alone.tokens && served.finish == alone.finishReason)
         #expect(scheduler.stats.kvBytes == 0 && scheduler.stats.running == 0)
+    }
+}
+
+/// The order in which streams ended.
+final class OrderLog: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var list: [String] = []
+    init() { pthread_mutex_init(&mutex, nil) }
+    func add(_ name: String) {
+        pthread_mutex_lock(&mutex)
+        list.append(name)
+        pthread_mutex_unlock(&mutex)
+    }
+    var names: [String] {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return list
     }
 }
