@@ -321,7 +321,11 @@ def hardening(binary):
         body = json.dumps({"model": MODEL, "prompt": "And it came to pass", "max_tokens": 120, "temperature": 0.8}).encode()
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
                   + str(len(body)).encode() + b"\r\n\r\n" + body)
-        time.sleep(0.5)
+        # Leave once the sequence runs (a loaded machine may take a while to get there).
+        for _ in range(200):
+            if (metric(port, "switchyard_active_sequences", key=None) or 0) >= 1:
+                break
+            time.sleep(0.05)
         s.close()
         for _ in range(50):
             if metric(port, "switchyard_active_sequences", key=None) == 0:
