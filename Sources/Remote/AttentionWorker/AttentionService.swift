@@ -74,18 +74,12 @@ public final class AttentionService {
                 self.cache = nil
             }
             if cache == nil {
-                if element == .f32 {
-                    let c = LocalKVCache(layout: layout, budget: budget)
+                do {
+                    let c = try LocalKVCache(layout: layout, budget: budget, element: element)
                     cache = c
                     attention = LocalAttention(cache: c, pool: pool)
-                } else {
-                    do {
-                        let c = try CompactKVAttention(layout: layout, element: element, budget: budget, pool: pool)
-                        cache = c
-                        attention = c
-                    } catch {
-                        throw WireError("this worker stores \(element) keys and values: \(error.description)")
-                    }
+                } catch {
+                    throw WireError("this worker stores \(element) keys and values: \(error.description)")
                 }
             }
             return .hello(version: AttentionWire.version, status: status)

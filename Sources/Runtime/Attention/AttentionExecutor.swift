@@ -69,8 +69,9 @@ public protocol AsynchronousAttention: AttentionExecutor {
     var roundTrip: Duration? { get }
 }
 
-/// Attention on this host's cores over a host KV cache: grouped KV heads, causal, optionally
-/// windowed, the heads of one KV head for one token per work item (`attendGroup`).
+/// Attention on this host's cores over a host KV cache of any element: grouped KV heads, causal,
+/// optionally windowed, the heads of one KV head for one token per work item (`attendGroup`
+/// reading the rows as stored).
 public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
     public let hostCache: any HostKVCache
     public let pool: ThreadPool
@@ -85,17 +86,39 @@ public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
         layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
         slots: [TokenSlot], output: UnsafeMutablePointer<Float>, scratch: FloatBuffer
     ) throws(WorkFailure) {
-        let T = slots.count
-        let heads = shape.heads, kvHeads = shape.keyValueHeads, hd = shape.headDim
-        let qW = heads * hd, kvW = kvHeads * hd
+        let kvW = shape.keyValueHeads * shape.headDim
         precondition(hostCache.layout.keyWidth == kvW && hostCache.layout.valueWidth == kvW, "a grouped-query cache row is [kv_heads x head_dim]")
         for (t, slot) in slots.enumerated() {
             hostCache.append(slot.sequence, layer: layer, position: slot.position, keys: keys + t * kvW, values: values + t * kvW, count: 1)
         }
+        let hd = shape.headDim, rowBytes = hostCache.element.rowBytes(kvW)
+        switch hostCache.element {
+        case .f32:
+            attendAll(layer, shape, queries, slots, output, scratch) { row, kv in F32Rows(row.assumingMemoryBound(to: Float.self) + kv * hd, kvW) }
+        case .bf16:
+            attendAll(layer, shape, queries, slots, output, scratch) { row, kv in BF16Rows(row.assumingMemoryBound(to: UInt16.self) + kv * hd, kvW) }
+        case .int8:
+            precondition(hd % 16 == 0, "int8 rows need a head width that is a multiple of 16")
+            attendAll(layer, shape, queries, slots, output, scratch) { row, kv in
+                Int8Rows(row.assumingMemoryBound(to: Int8.self) + kv * hd, rowBytes,
+                         scales: (row + kvW).assumingMemoryBound(to: Float.self) + kv * hd / 16, scaleStride: rowBytes / 4)
+            }
+        }
+    }
+
+    /// Every (token, KV head) through the kernel; `rows(slab, kvHead)` reads one KV head's rows of
+    /// a slab (called once per work item, never per value).
+    private func attendAll<Rows: KeyValueRows>(
+        _ layer: Int, _ shape: AttentionShape, _ queries: UnsafePointer<Float>, _ slots: [TokenSlot], _ output: UnsafeMutablePointer<Float>,
+        _ scratch: FloatBuffer, rows: (UnsafeRawPointer, Int) -> Rows
+    ) {
+        let T = slots.count
+        let heads = shape.heads, kvHeads = shape.keyValueHeads, hd = shape.headDim
+        let qW = heads * hd
         // Each sequence's rows once per call, not once per token and head.
-        var rows: [SequenceID: (keys: UnsafePointer<Float>, values: UnsafePointer<Float>)] = [:]
-        for slot in slots where rows[slot.sequence] == nil { rows[slot.sequence] = hostCache.rows(of: slot.sequence, layer: layer) }
-        let bases = slots.map { rows[$0.sequence]! }
+        var slabs: [SequenceID: (keys: UnsafeRawPointer, values: UnsafeRawPointer)] = [:]
+        for slot in slots where slabs[slot.sequence] == nil { slabs[slot.sequence] = hostCache.rows(of: slot.sequence, layer: layer) }
+        let bases = slots.map { slabs[$0.sequence]! }
         let group = heads / kvHeads
         scratch.reserve(T * kvHeads * group * 16)
         let tiles = scratch.pointer
@@ -105,7 +128,7 @@ public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
             let position = slots[t].position
             attendGroup(
                 queries: queries + t * qW + kv * group * hd, group: group, headDim: hd, scale: scale,
-                keys: bases[t].keys + kv * hd, values: bases[t].values + kv * hd, rowStride: kvW,
+                keys: rows(bases[t].keys, kv), values: rows(bases[t].values, kv),
                 first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
                 tile: tiles + item * group * 16, output: output + t * qW + kv * group * hd)
         }

@@ -1,3 +1,4 @@
+import Kernels
 import SwitchyardSupport
 
 /// What a KV cache stores per position: for each layer, `keyWidth` floats of keys and
@@ -74,28 +75,69 @@ public protocol KVCache: AnyObject, Sendable {
     var bytesAvailable: Int? { get }
 }
 
-/// A KV cache whose rows are host memory, for attention computed on this host.
-public protocol HostKVCache: KVCache {
-    /// The rows of `sequence` at `layer`: keys [capacity, keyWidth], values [capacity,
-    /// valueWidth], valid until the sequence is freed.
-    func rows(of sequence: SequenceID, layer: Int) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
+/// How a host KV cache stores keys and values.
+public enum KVElement: String, Sendable, CaseIterable {
+    /// Exact: results equal attention over the float32 rows.
+    case f32
+    /// Rounded to bf16, nearest even (half the memory).
+    case bf16
+    /// int8 codes with a float32 scale per 16 values (1.25 bytes a value); rows must be a multiple
+    /// of 16 values.
+    case int8
+
+    /// Bytes one stored row of `width` values takes: the values, then (int8) their block scales.
+    public func rowBytes(_ width: Int) -> Int {
+        switch self {
+        case .f32: 4 * width
+        case .bf16: 2 * width
+        case .int8: width + width / 16 * 4
+        }
+    }
 }
 
-/// Host memory, one float32 slab per sequence and layer, sized for the sequence's capacity when it
-/// is reserved, with an optional budget for all sequences together.
+/// A KV cache whose rows are host memory, for attention computed on this host.
+public protocol HostKVCache: KVCache {
+    /// How the rows are stored.
+    var element: KVElement { get }
+    /// The rows of `sequence` at `layer`: keys [capacity] and values [capacity] rows of
+    /// `element.rowBytes(width)` bytes each, valid until the sequence is freed.
+    func rows(of sequence: SequenceID, layer: Int) -> (keys: UnsafeRawPointer, values: UnsafeRawPointer)
+}
+
+/// Host memory, one slab per sequence and layer for keys and one for values, sized for the
+/// sequence's capacity when it is reserved, with an optional budget for all sequences together.
+/// Rows are stored as `element`: float32, or rounded once, when stored, to bf16 or int8.
 public final class LocalKVCache: HostKVCache, @unchecked Sendable {
     public let layout: KVLayout
+    public let element: KVElement
     /// Bytes all sequences may reserve together (nil: no limit).
     public let budget: Int?
+    /// Bytes one position takes across every layer, as stored.
+    public let bytesPerPosition: Int
 
     private var mutex = pthread_mutex_t()
     private var sequences: [Int: Slabs] = [:]
     private var nextID = 0
     private var reserved = 0
 
+    /// Float32 rows.
     public init(layout: KVLayout, budget: Int? = nil) {
         self.layout = layout
         self.budget = budget
+        element = .f32
+        bytesPerPosition = layout.bytesPerPosition
+        pthread_mutex_init(&mutex, nil)
+    }
+
+    /// Rows stored as `element`; int8 needs rows of a multiple of 16 values.
+    public init(layout: KVLayout, budget: Int?, element: KVElement) throws(KVCacheError) {
+        guard element != .int8 || (layout.keyWidth % 16 == 0 && layout.valueWidth % 16 == 0) else {
+            throw KVCacheError("an int8 KV cache needs rows of a multiple of 16 values, not \(layout.keyWidth) and \(layout.valueWidth)")
+        }
+        self.layout = layout
+        self.budget = budget
+        self.element = element
+        bytesPerPosition = layout.layers * (element.rowBytes(layout.keyWidth) + element.rowBytes(layout.valueWidth))
         pthread_mutex_init(&mutex, nil)
     }
 
@@ -116,7 +158,7 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
 
     public func reserve(capacity: Int) throws(KVCacheError) -> SequenceID {
         guard capacity > 0 else { throw KVCacheError("a sequence needs room for at least one position") }
-        let (bytes, overflow) = capacity.multipliedReportingOverflow(by: layout.bytesPerPosition)
+        let (bytes, overflow) = capacity.multipliedReportingOverflow(by: bytesPerPosition)
         guard !overflow else { throw KVCacheError("a KV cache of \(capacity) positions is too large") }
         let id: Int = try locked { () throws(KVCacheError) -> Int in
             if let budget, reserved + bytes > budget {
@@ -126,7 +168,7 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
             nextID += 1
             return nextID
         }
-        guard let slabs = Slabs(layout, capacity: capacity) else {
+        guard let slabs = Slabs(layout, element, capacity: capacity) else {
             try locked { () throws(KVCacheError) in reserved -= bytes }
             throw KVCacheError("cannot allocate \(formatBytes(bytes)) for a KV cache of \(capacity) positions; give a shorter --context-length")
         }
@@ -137,8 +179,26 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
     public func append(_ sequence: SequenceID, layer: Int, position: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, count: Int) {
         let s = slabs(sequence)
         precondition(position >= 0 && position + count <= s.capacity, "KV cache overflow")
-        (s.keys[layer] + position * layout.keyWidth).update(from: keys, count: count * layout.keyWidth)
-        (s.values[layer] + position * layout.valueWidth).update(from: values, count: count * layout.valueWidth)
+        store(keys, count: count, width: layout.keyWidth, into: s.keys[layer], at: position)
+        store(values, count: count, width: layout.valueWidth, into: s.values[layer], at: position)
+    }
+
+    /// Rows [count, width] of float32 into a slab as `element`.
+    private func store(_ source: UnsafePointer<Float>, count: Int, width: Int, into slab: UnsafeMutableRawPointer, at position: Int) {
+        let rowBytes = element.rowBytes(width)
+        for t in 0..<count {
+            let row = source + t * width, out = slab + (position + t) * rowBytes
+            switch element {
+            case .f32:
+                out.copyMemory(from: row, byteCount: rowBytes)
+            case .bf16:
+                let h = out.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<width { h[i] = roundToBF16(row[i]) }
+            case .int8:
+                let codes = out.assumingMemoryBound(to: Int8.self), scales = (out + width).assumingMemoryBound(to: Float.self)
+                for b in 0..<(width / 16) { scales[b] = quantizeBlockInt8(row + b * 16, 16, codes: codes + b * 16) }
+            }
+        }
     }
 
     public func advance(_ sequence: SequenceID, by count: Int) {
@@ -154,7 +214,7 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
 
     public func free(_ sequence: SequenceID) {
         pthread_mutex_lock(&mutex)
-        if let s = sequences.removeValue(forKey: sequence.value) { reserved -= layout.bytes(positions: s.capacity) }
+        if let s = sequences.removeValue(forKey: sequence.value) { reserved -= s.capacity * bytesPerPosition }
         pthread_mutex_unlock(&mutex)
     }
 
@@ -169,28 +229,28 @@ public final class LocalKVCache: HostKVCache, @unchecked Sendable {
 
     public var bytesAvailable: Int? { budget }
 
-    public func rows(of sequence: SequenceID, layer: Int) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
+    public func rows(of sequence: SequenceID, layer: Int) -> (keys: UnsafeRawPointer, values: UnsafeRawPointer) {
         let s = slabs(sequence)
-        return (UnsafePointer(s.keys[layer]), UnsafePointer(s.values[layer]))
+        return (UnsafeRawPointer(s.keys[layer]), UnsafeRawPointer(s.values[layer]))
     }
 }
 
-/// One sequence's rows in a `LocalKVCache`: a float32 slab per layer for keys and for values.
+/// One sequence's rows in a `LocalKVCache`: a slab per layer for keys and for values.
 private final class Slabs {
-    let keys: [UnsafeMutablePointer<Float>]
-    let values: [UnsafeMutablePointer<Float>]
+    let keys: [UnsafeMutableRawPointer]
+    let values: [UnsafeMutableRawPointer]
     let capacity: Int
     var length = 0
     /// Nil when the memory cannot be had (the machine's, not the budget's, limit).
-    init?(_ layout: KVLayout, capacity: Int) {
+    init?(_ layout: KVLayout, _ element: KVElement, capacity: Int) {
         self.capacity = capacity
-        var all: [UnsafeMutablePointer<Float>] = []
+        var all: [UnsafeMutableRawPointer] = []
         for width in Array(repeating: layout.keyWidth, count: layout.layers) + Array(repeating: layout.valueWidth, count: layout.layers) {
-            guard let p = malloc(max(1, capacity * width) * MemoryLayout<Float>.size) else {
+            guard let p = malloc(max(1, capacity * element.rowBytes(width))) else {
                 for q in all { free(q) }
                 return nil
             }
-            all.append(p.assumingMemoryBound(to: Float.self))
+            all.append(p)
         }
         keys = Array(all[..<layout.layers])
         values = Array(all[layout.layers...])

@@ -13,25 +13,16 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from conftest import BIN, MODEL, skip_reason
 from switchyard_ray.batch import run_batch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, ".build/debug/switchyard"))
-MODEL = os.path.join(ROOT, "models/switchyard-kjv-moe")
 EXTRA = ["--threads", "1", "--precision", "f32", "--max-sequences", "8", "--context-length", "256"]
-
-
-def only_loopback():
-    with open("/proc/net/dev") as f:
-        return [line.split(":")[0].strip() for line in f.readlines()[2:]] == ["lo"]
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    if not only_loopback():
-        pytest.skip("needs a network namespace with only loopback (Ray leaves 127.0.0.1 otherwise): unshare --net")
-    if not os.path.exists(BIN):
-        pytest.skip(f"no switchyard binary at {BIN}")
+    if skip_reason():
+        pytest.skip(skip_reason())
     c = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1})
     for _ in range(2):
         c.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"batch_host": 1})

@@ -15,19 +15,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from conftest import BIN, MODEL, skip_reason
 from switchyard_ray import TwoTier
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, ".build/debug/switchyard"))
-MODEL = os.path.join(ROOT, "models/switchyard-kjv-moe")
 PROMPTS = ["In the beginning", "And the LORD said unto Moses", "Blessed are the", "The king of Israel"]
 SERVE_ARGS = ["--threads", "1", "--precision", "f32", "--max-sequences", "4", "--context-length", "256"]
-
-
-def only_loopback():
-    # /proc/net/dev follows the network namespace (/sys/class/net does not unless remounted).
-    with open("/proc/net/dev") as f:
-        return [line.split(":")[0].strip() for line in f.readlines()[2:]] == ["lo"]
 
 
 def complete(url, prompt, tokens=24):
@@ -44,10 +36,8 @@ def status(address):
 
 @pytest.fixture(scope="module")
 def cluster():
-    if not only_loopback():
-        pytest.skip("needs a network namespace with only loopback (Ray leaves 127.0.0.1 otherwise): unshare --net")
-    if not os.path.exists(BIN):
-        pytest.skip(f"no switchyard binary at {BIN}")
+    if skip_reason():
+        pytest.skip(skip_reason())
     c = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1,
                                                          "resources": {"main_host": 1}})
     for _ in range(2):
