@@ -34,6 +34,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/vapor/sqlite-nio", from: "1.13.0"),
     ],
     targets: [
         // --- Support and formats: leaves that know nothing of models.
@@ -114,9 +115,13 @@ let package = Package(
         .target(name: "Generation", dependencies: ["Models", "Tokenizers", "SwitchyardSupport"], swiftSettings: tuned),
         // Continuous batching: a pure step planner, the model runner and the output processor.
         .target(name: "Batching", dependencies: ["Models", "Runtime", "Generation", "Tokenizers", "SwitchyardSupport"], swiftSettings: tuned),
+        // Batch API state that outlives the server: files and batches in SQLite, file contents on disk.
+        .target(name: "BatchStore", dependencies: [
+            "SwitchyardJSON", "SwitchyardSupport", .product(name: "SQLiteNIO", package: "sqlite-nio"),
+        ]),
         // The OpenAI-compatible HTTP server over the batch scheduler.
         .target(name: "Server", dependencies: [
-            "Batching", "ChatTemplates", "Tokenizers", "Generation", "SwitchyardJSON", "SwitchyardSupport",
+            "Batching", "BatchStore", "ChatTemplates", "Tokenizers", "Generation", "SwitchyardJSON", "SwitchyardSupport",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -181,6 +186,7 @@ let package = Package(
         .testTarget(name: "BatchingTests", dependencies: [
             "Batching", "Engine", "Orchestration", "Generation", "Models", "Tokenizers", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
+        .testTarget(name: "BatchStoreTests", dependencies: ["BatchStore", "SwitchyardJSON", "SwitchyardSupport"]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Batching", "ChatTemplates", "Models", "Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),

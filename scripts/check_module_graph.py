@@ -57,7 +57,7 @@ def imports(path):
 
 def main():
     all_targets = targets()
-    products = {"ArgumentParser", "Logging", "Hummingbird", "HummingbirdCore", "ServiceLifecycle", "UnixSignals", "HTTPTypes", "NIOCore", "NIOPosix"}
+    products = {"ArgumentParser", "Logging", "Hummingbird", "HummingbirdCore", "ServiceLifecycle", "UnixSignals", "HTTPTypes", "NIOCore", "NIOPosix", "SQLiteNIO"}
     known = set(all_targets) | products
     problems = 0
     for name, (deps, path) in sorted(all_targets.items()):

@@ -110,7 +110,7 @@ public enum BatchInput {
 public final class BatchResultFile: @unchecked Sendable {
     public let path: String
     /// custom_ids of the complete lines.
-    public private(set) var done: Set<String> = []
+    private var done: Set<String> = []
     /// Bytes cut from the end when it was opened (a torn line).
     public private(set) var truncatedBytes = 0
     private let fd: Int32
@@ -151,6 +151,20 @@ public final class BatchResultFile: @unchecked Sendable {
         pthread_mutex_destroy(&mutex)
     }
 
+    /// Lines written (complete ones found on opening included).
+    public var count: Int {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return done.count
+    }
+
+    /// Whether a line for `customID` is in the file.
+    public func contains(_ customID: String) -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return done.contains(customID)
+    }
+
     /// Appends one line and waits until it is on the disk.
     public func append(_ value: JSONValue, customID: String) throws(BatchInputError) {
         let bytes = Array((value.serialized() + "\n").utf8)
@@ -174,6 +188,46 @@ final class BatchTally: Sendable {
     let failure = Mutex<BatchInputError?>(nil)
 }
 
+/// Stops a batch run from outside: a cancel (the unfinished requests are answered as cancelled)
+/// or a shutdown (they stay unanswered, to run when the batch is taken up again). Either way the
+/// requests still running are cancelled, and none of them is written as failed.
+public final class BatchControl: Sendable {
+    public enum Reason: Sendable { case cancelled, shuttingDown }
+    private struct State {
+        var reason: Reason?
+        var running: Set<Int> = []
+        var scheduler: BatchScheduler?
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public var reason: Reason? { state.withLock { $0.reason } }
+
+    /// Cancels what is running on the scheduler; later submissions are refused.
+    public func stop(_ reason: Reason) {
+        let (running, scheduler) = state.withLock { s in
+            s.reason = s.reason ?? reason
+            defer { s.running.removeAll() }
+            return (s.running, s.scheduler)
+        }
+        for id in running { scheduler?.cancel(id) }
+    }
+
+    /// Notes a submitted request; false (and it is cancelled) if the run was stopped meanwhile.
+    func started(_ id: Int, on scheduler: BatchScheduler) -> Bool {
+        let stopped = state.withLock { s -> Bool in
+            s.scheduler = scheduler
+            if s.reason == nil { s.running.insert(id) }
+            return s.reason != nil
+        }
+        if stopped { scheduler.cancel(id) }
+        return !stopped
+    }
+
+    func ended(_ id: Int) { state.withLock { _ = $0.running.remove(id) } }
+}
+
 /// What a batch run did.
 public struct BatchSummary: Sendable {
     public var requests = 0
@@ -189,11 +243,11 @@ extension OpenAIServer {
     /// first (short ones finish and free their room for the next, keeping batches full), each
     /// result written and synced as it finishes. `progress` hears of every finished request.
     public func runBatch(
-        _ requests: [BatchRequestLine], output: BatchResultFile, errors: BatchResultFile,
+        _ requests: [BatchRequestLine], output: BatchResultFile, errors: BatchResultFile, control: BatchControl = BatchControl(),
         progress: @escaping @Sendable (BatchSummary) -> Void = { _ in }
     ) async throws(BatchInputError) -> BatchSummary {
         let started = ContinuousClock.now
-        let pending = requests.filter { !output.done.contains($0.customID) && !errors.done.contains($0.customID) }
+        let pending = requests.filter { !output.contains($0.customID) && !errors.contains($0.customID) }
         let tally = BatchTally()
         tally.summary.withLock { $0.requests = pending.count }
         var parsed: [(BatchRequestLine, Parsed)] = []
@@ -214,6 +268,7 @@ extension OpenAIServer {
         for i in parsed.indices { parsed[i].1.request.priority = .batch }
         await withTaskGroup(of: Void.self) { group in
             for (r, p) in parsed {
+                guard control.reason == nil else { break }
                 let submitted: (id: Int, events: AsyncStream<CompletionEvent>)
                 do throws(SchedulerError) { submitted = try scheduler.submit(p.request) } catch {
                     let e = APIError(status: .badRequest, message: error.description, code: error.kind == .tooLong ? "context_length_exceeded" : nil)
@@ -223,10 +278,14 @@ extension OpenAIServer {
                     tally.summary.withLock { $0.failed += 1 }
                     continue
                 }
+                guard control.started(submitted.id, on: scheduler) else { break }
                 group.addTask {
                     do throws(BatchInputError) {
                         let body: JSONValue
+                        defer { control.ended(submitted.id) }
                         do throws(APIError) { body = try await self.completionBody(submitted.events, p, chat: r.chat) } catch {
+                            // A request stopped from outside has no result yet: it is redone, or answered as cancelled.
+                            guard control.reason == nil else { return }
                             try errors.append(Self.batchLine(r.customID, status: Int(error.status.code), body: error.body), customID: r.customID)
                             tally.summary.withLock { $0.failed += 1 }
                             return
@@ -261,9 +320,16 @@ extension OpenAIServer {
                 "response": ["status_code": .int(status), "request_id": id("req_"), "body": body], "error": .null]
     }
 
-    /// A line for an input line that could not become a request.
-    public static func batchErrorLine(_ e: BatchLineError) -> JSONValue {
-        ["id": .string("batch_req_line_\(e.line)"), "custom_id": e.customID.map { .string($0) } ?? .string("line-\(e.line)"),
-         "response": .null, "error": ["code": "invalid_request", "message": .string(e.message)]]
+}
+
+extension BatchResultFile {
+    /// Lines for the input lines that could not become requests (those not written already).
+    public func record(_ bad: [BatchLineError]) throws(BatchInputError) {
+        for e in bad {
+            let id = e.customID ?? "line-\(e.line)"
+            guard !contains(id) else { continue }
+            try append(["id": .string("batch_req_line_\(e.line)"), "custom_id": .string(id), "response": .null,
+                        "error": ["code": "invalid_request", "message": .string(e.message)]], customID: id)
+        }
     }
 }

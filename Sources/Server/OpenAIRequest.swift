@@ -18,7 +18,13 @@ extension OpenAIServer {
     /// The request's body, read within the body timeout and the size limit, decoded and tokenised
     /// on the server's own threads (never on the executor that serves every connection).
     func parse(_ request: Request, chat: Bool) async throws -> Parsed {
-        let limit = configuration.maxRequestBytes
+        let bytes = try await body(of: request, limit: configuration.maxRequestBytes, flag: "--max-request-bytes")
+        return try await offload.run { () throws(APIError) in try self.parse(body: bytes, chat: chat) }
+    }
+
+    /// A request's body, if it arrives within the body timeout and is at most `limit` bytes
+    /// (`flag` sets the limit).
+    func body(of request: Request, limit: Int, flag: String) async throws(APIError) -> [UInt8] {
         let timeout = configuration.bodyTimeout
         let body: ByteBuffer
         do {
@@ -37,10 +43,9 @@ extension OpenAIServer {
         } catch let error as APIError {
             throw error
         } catch {
-            throw APIError(status: .contentTooLarge, message: "the request body is larger than \(formatBytes(limit)) (--max-request-bytes)")
+            throw APIError(status: .contentTooLarge, message: "the request body is larger than \(formatBytes(limit)) (\(flag))")
         }
-        let bytes = Array(body.readableBytesView)
-        return try await offload.run { () throws(APIError) in try self.parse(body: bytes, chat: chat) }
+        return Array(body.readableBytesView)
     }
 
     /// Whether a request body would be accepted: nil, or the error message a client would get

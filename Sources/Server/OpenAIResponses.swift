@@ -47,7 +47,7 @@ extension OpenAIServer {
     func completionBody(_ events: AsyncStream<CompletionEvent>, _ p: Parsed, chat: Bool) async throws(APIError) -> JSONValue {
         var text = "", logprobs: [TokenLogprob] = []
         var finish = FinishReason.length, promptTokens = p.request.promptTokens.count, completionTokens = 0
-        var first = true
+        var first = true, finished = false
         for await event in events {
             switch event {
             case .text(let piece, _, let lp):
@@ -56,10 +56,13 @@ extension OpenAIServer {
                 logprobs += lp
             case .finished(let reason, let pt, let ct):
                 finish = reason; promptTokens = pt; completionTokens = ct
+                finished = true
             case .failed(let message):
                 throw APIError(status: .internalServerError, message: message, type: "server_error")
             }
         }
+        // The events end without an outcome when the request was cancelled.
+        guard finished else { throw APIError(status: .serviceUnavailable, message: "the request was cancelled", type: "server_error") }
         metrics.tokens(prompt: promptTokens, completion: completionTokens)
         var choice = JSONObject()
         choice["index"] = 0

@@ -1,3 +1,4 @@
+import BatchStore
 import Batching
 import ChatTemplates
 import Generation
@@ -37,6 +38,11 @@ public struct ServerConfiguration: Sendable {
     /// open-file limit, keeping room for the model's files and the process's own).
     public var maxConnections: Int?
 
+    /// Where the Batch API keeps its database and files (nil: the Batch API is off).
+    public var batchDirectory: String?
+    /// Bytes of an uploaded batch file at most.
+    public var maxFileBytes = 256 << 20
+
     public init(modelName: String) { self.modelName = modelName }
 
     /// The connection cap in force: the given one, or the open-file limit less 128, at least 16.
@@ -60,7 +66,8 @@ struct ServerContext: RequestContext {
     }
 }
 
-/// The OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics.
+/// The OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics,
+/// and with a batch folder the Batch API (/v1/files, /v1/batches).
 public final class OpenAIServer: Sendable {
     let configuration: ServerConfiguration
     let scheduler: BatchScheduler
@@ -104,6 +111,23 @@ public final class OpenAIServer: Sendable {
         }
         router.post("/v1/chat/completions") { request, context in try await self.complete(request, chat: true, channel: context.channel) }
         router.post("/v1/completions") { request, context in try await self.complete(request, chat: false, channel: context.channel) }
+        var batches: BatchService?
+        if let directory = configuration.batchDirectory {
+            let service = BatchService(store: try await BatchStore.open(directory: directory), server: self)
+            try await service.resumeUnfinished()
+            service.routes(router)
+            batches = service
+        } else {
+            for path in ["/v1/files", "/v1/batches"] {
+                let off: @Sendable (Request, ServerContext) async throws -> Response = { _, _ in
+                    throw APIError(status: .notFound, message: "the Batch API is off: start the server with --batch-dir DIR")
+                }
+                for p in [path, path + "/**"] {
+                    router.get(RouterPath(p), use: off)
+                    router.post(RouterPath(p), use: off)
+                }
+            }
+        }
         let app = Application(
             router: router,
             server: .http1(configuration: .init(
@@ -113,9 +137,15 @@ public final class OpenAIServer: Sendable {
                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.connectionLimit)),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) })
         let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "switchyard")))
-        let signals = Task { await shutdownOnSignals(group) }
-        defer { signals.cancel() }
+        let batchRuns = Task { [batches] in await batches?.run() }
+        let signals = Task { [batches] in await shutdownOnSignals(group) { batches?.stop() } }
+        defer {
+            signals.cancel()
+            batches?.stop()
+        }
         try await group.run()
+        _ = await batchRuns.value
+        await batches?.store.close()
     }
 
     /// The first SIGINT or SIGTERM stops accepting and lets requests finish for the deadline; then
@@ -123,12 +153,14 @@ public final class OpenAIServer: Sendable {
     /// close, a step of the model) does not: it exits a few seconds past the deadline. A second
     /// signal exits at once. (Hummingbird's own graceful shutdown waits for every request before a
     /// service of ours would hear of it, so the deadline is kept here.)
-    private func shutdownOnSignals(_ group: ServiceGroup) async {
+    private func shutdownOnSignals(_ group: ServiceGroup, stopBatches: @Sendable () -> Void) async {
         let scheduler = self.scheduler, deadline = configuration.shutdownDeadline
         var received = 0
         for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
             received += 1
             guard received == 1 else { exit(130) }
+            // Batch work stops at once (it resumes at the next start); interactive requests get the deadline.
+            stopBatches()
             await group.triggerGracefulShutdown()
             _ = startThread("the shutdown deadline") {
                 func sleep(_ seconds: Double) {

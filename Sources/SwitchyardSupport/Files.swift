@@ -37,3 +37,54 @@ public func physicalMemory() -> Int {
     }
     return Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
+
+/// Writes a whole file so that a crash at any moment leaves either no file or all of it: the bytes
+/// go to a temporary file beside it, which is synced, renamed into place, and its folder synced.
+public func writeFileDurably(_ path: String, _ bytes: [UInt8]) throws(FileReadError) {
+    let temporary = path + ".partial"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw FileReadError("cannot create \(temporary): \(errorText())") }
+    var written = 0
+    while written < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else {
+            let reason = errorText()
+            close(fd)
+            unlink(temporary)
+            throw FileReadError("cannot write \(temporary): \(reason)")
+        }
+        written += n
+    }
+    guard fsync(fd) == 0 else {
+        let reason = errorText()
+        close(fd)
+        unlink(temporary)
+        throw FileReadError("cannot sync \(temporary): \(reason)")
+    }
+    close(fd)
+    guard rename(temporary, path) == 0 else {
+        let reason = errorText()
+        unlink(temporary)
+        throw FileReadError("cannot rename \(temporary) to \(path): \(reason)")
+    }
+    syncFolder(of: path)
+}
+
+/// Makes a file's creation or renaming durable (its folder's entry synced).
+public func syncFolder(of path: String) {
+    let folder = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+    let fd = open(folder.isEmpty ? "/" : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    fsync(fd)
+    close(fd)
+}
+
+/// Creates a folder and its parents, as `mkdir -p` does.
+public func makeFolders(_ path: String) throws(FileReadError) {
+    var prefix = path.hasPrefix("/") ? "/" : ""
+    for part in path.split(separator: "/") {
+        prefix += part + "/"
+        if mkdir(prefix, 0o755) != 0 && errno != EEXIST { throw FileReadError("cannot create the folder \(prefix): \(errorText())") }
+    }
+}

@@ -72,11 +72,9 @@ struct BatchCommand: AsyncParsableCommand {
         }
         if out.truncatedBytes > 0 { printError("note: \(output): cut \(out.truncatedBytes) bytes of a torn last line; its request runs again") }
         if err.truncatedBytes > 0 { printError("note: \(errorsPath): cut \(err.truncatedBytes) bytes of a torn last line") }
-        for bad in badLines where !err.done.contains(bad.customID ?? "line-\(bad.line)") {
-            do { try err.append(OpenAIServer.batchErrorLine(bad), customID: bad.customID ?? "line-\(bad.line)") } catch {
-                printError("error: \(error)")
-                throw ExitCode(1)
-            }
+        do { try err.record(badLines) } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
         }
         let context = min(contextLength ?? 2048, model.config.maxPositions)
         // As many sequences as the KV memory holds at the full context (the workers' memory with
@@ -85,7 +83,7 @@ struct BatchCommand: AsyncParsableCommand {
         let budget = kvBytes ?? cache.bytesAvailable ?? (1 << 30)
         let fits = max(1, budget / max(1, cache.layout.bytes(positions: context)))
         let sequences = maxSequences ?? min(256, fits)
-        let remaining = requests.filter { !out.done.contains($0.customID) && !err.done.contains($0.customID) }
+        let remaining = requests.filter { !out.contains($0.customID) && !err.contains($0.customID) }
         let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: sequences, contextLength: context,
                                        queueLimit: max(1, remaining.count), kvBudgetBytes: budget, prefillChunk: prefillChunk)
         defer { scheduler.shutdown() }
@@ -111,7 +109,7 @@ struct BatchCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let rate = summary.seconds > 0 ? Double(summary.promptTokens + summary.completionTokens) / summary.seconds : 0
-        printError("batch: done: \(summary.succeeded) succeeded, \(summary.failed + badLines.count) failed (\(errorsPath)), \(summary.promptTokens) prompt and \(summary.completionTokens) generated tokens in \(fixed(summary.seconds, 1)) s, \(fixed(rate, 1)) tok/s; \(out.done.count + err.done.count) of \(total + badLines.count) lines have results")
+        printError("batch: done: \(summary.succeeded) succeeded, \(summary.failed + badLines.count) failed (\(errorsPath)), \(summary.promptTokens) prompt and \(summary.completionTokens) generated tokens in \(fixed(summary.seconds, 1)) s, \(fixed(rate, 1)) tok/s; \(out.count + err.count) of \(total + badLines.count) lines have results")
     }
 }
 

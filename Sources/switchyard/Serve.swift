@@ -59,6 +59,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("shutdown-deadline"), help: "Seconds requests get to finish after SIGINT or SIGTERM; a second signal exits at once.")
     var shutdownDeadline: Double = 10
 
+    @Option(name: .customLong("batch-dir"), help: "Turns on the Batch API (/v1/files, /v1/batches), keeping its database and files in this folder; a restarted server resumes its unfinished batches.")
+    var batchDir: String?
+
+    @Option(name: .customLong("max-file-bytes"), help: "The largest batch input file an upload may carry, e.g. 256MiB.")
+    var maxFileBytes: String = "256MiB"
+
     @Flag(name: .customLong("mmap"), help: ArgumentHelp(
         "Compute from the model files' memory mappings instead of copies in memory.",
         discussion: "By default the server copies the weights it computes with out of the files, so that a file changed or cut short while it runs cannot end it (a read past a mapped file's end is a signal); with this flag the files must not change while it serves."))
@@ -80,12 +86,13 @@ struct Serve: AsyncParsableCommand {
         let model: Model
         let tokenizer: Tokenizer
         let kvBytes: Int?
-        let requestBytes: Int
+        let requestBytes: Int, fileBytes: Int
         do {
             model = try modelOptions.loadEngine(kvPositions: maxSequences * (contextLength ?? 4096), holdWeightsInMemory: !mmap).model
             tokenizer = try Tokenizer(directory: model.directory)
             kvBytes = try kvCacheSize.map(parseByteSize)
             requestBytes = try parseByteSize(maxRequestBytes)
+            fileBytes = try parseByteSize(maxFileBytes)
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
@@ -105,6 +112,8 @@ struct Serve: AsyncParsableCommand {
         configuration.maxRequestBytes = requestBytes
         configuration.maxConnections = maxConnections
         configuration.shutdownDeadline = shutdownDeadline
+        configuration.batchDirectory = batchDir
+        configuration.maxFileBytes = fileBytes
         let server = OpenAIServer(configuration: configuration, scheduler: scheduler, tokenizer: tokenizer, chat: chat)
         let host = self.host
         do {
