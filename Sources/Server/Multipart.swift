@@ -18,20 +18,14 @@ public struct MultipartError: Error, CustomStringConvertible, Sendable, Equatabl
 public enum MultipartForm {
     /// The boundary of a `multipart/form-data; boundary=...` content type.
     public static func boundary(contentType: String) throws(MultipartError) -> String {
-        let fields = contentType.split(separator: ";").map { $0.trimmed() }
-        guard fields.first?.lowercased() == "multipart/form-data" else {
+        let type = contentType.prefix { $0 != ";" }.trimmed().lowercased()
+        guard type == "multipart/form-data" else {
             throw MultipartError("the content type must be multipart/form-data, found '\(contentType.prefix(100))'")
         }
-        for field in fields.dropFirst() {
-            let pair = field.split(separator: "=", maxSplits: 1).map(String.init)
-            guard pair.count == 2, pair[0].trimmed().lowercased() == "boundary" else { continue }
-            var value = pair[1].trimmed()
-            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
-            // RFC 2046: 1 to 70 characters.
-            guard (1...70).contains(value.utf8.count) else { throw MultipartError("the multipart boundary must be 1 to 70 characters") }
-            return value
-        }
-        throw MultipartError("the multipart content type has no boundary")
+        guard let value = parameters(contentType)["boundary"] else { throw MultipartError("the multipart content type has no boundary") }
+        // RFC 2046: 1 to 70 characters.
+        guard (1...70).contains(value.utf8.count) else { throw MultipartError("the multipart boundary must be 1 to 70 characters") }
+        return value
     }
 
     /// The parts of `body`, each named by its Content-Disposition. Anything before the first
@@ -64,7 +58,7 @@ public enum MultipartForm {
                     let name = text[..<colon].lowercased().trimmed()
                     let value = String(text[text.index(after: colon)...]).trimmed()
                     if name == "content-disposition" {
-                        let parameters = dispositionParameters(value)
+                        let parameters = parameters(value)
                         guard let fieldName = parameters["name"] else {
                             throw MultipartError("part \(parts.count + 1): its Content-Disposition has no name")
                         }
@@ -87,9 +81,9 @@ public enum MultipartForm {
         }
     }
 
-    /// `form-data; name="file"; filename="a b.jsonl"` to its parameters (quoted or bare values,
-    /// backslash escapes in quoted ones).
-    static func dispositionParameters(_ value: String) -> [String: String] {
+    /// `form-data; name="file"; filename="a b.jsonl"` to its parameters, names in lower case (quoted
+    /// or bare values, backslash escapes in quoted ones).
+    static func parameters(_ value: String) -> [String: String] {
         var result: [String: String] = [:]
         var chars = Substring(value)
         // The disposition type.

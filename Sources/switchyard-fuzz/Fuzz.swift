@@ -36,13 +36,13 @@ enum Fuzz {
         let seconds = number("--seconds", 10.0) { $0.isFinite && $0 >= 0 && $0 <= 86_400 }
         let seed = number("--seed", UInt64(1)) { _ in true }
         let out = option("--out") ?? "/tmp/switchyard-fuzz"
-        guard let target = arguments.first, ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "batch", "all"].contains(target) else {
-            printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|wire|batch|all [--seconds N] [--seed S] [--out DIR]")
+        guard let target = arguments.first, ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "batch", "upload", "all"].contains(target) else {
+            printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|wire|batch|upload|all [--seconds N] [--seed S] [--out DIR]")
             exit(2)
         }
         let root = repositoryRoot()
         CrashCatcher.install(directory: out)
-        let targets = target == "all" ? ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "batch"] : [target]
+        let targets = target == "all" ? ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "batch", "upload"] : [target]
         for name in targets {
             let fuzzer: Target
             switch name {
@@ -53,6 +53,7 @@ enum Fuzz {
             case "template": fuzzer = TemplateTarget(root: root)
             case "wire": fuzzer = WireTarget()
             case "batch": fuzzer = BatchTarget()
+            case "upload": fuzzer = UploadTarget()
             default: fuzzer = RequestTarget(root: root)
             }
             run(fuzzer, name: name, root: root, seconds: seconds / Double(targets.count), seed: seed)
