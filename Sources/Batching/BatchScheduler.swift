@@ -15,6 +15,9 @@ public struct CompletionRequest: Sendable {
     public var topLogprobs: Int?
     /// Interactive requests are admitted before any waiting batch work.
     public var priority: Priority = .interactive
+    /// Generate past end-of-sequence tokens, to exactly `maxTokens` (benchmarks; llama-server's
+    /// and vLLM's `ignore_eos`).
+    public var ignoreEOS = false
 
     public enum Priority: Sendable { case interactive, batch }
 
@@ -164,7 +167,7 @@ public final class BatchScheduler: @unchecked Sendable {
             }
             let id = s.nextID
             s.nextID += 1
-            let sequence = Sequence(id: id, request: request, tokenizer: tokenizer, eos: eos, kvBytes: positions * kvBytesPerPosition,
+            let sequence = Sequence(id: id, request: request, tokenizer: tokenizer, eos: request.ignoreEOS ? [] : eos, kvBytes: positions * kvBytesPerPosition,
                                     continuation: continuation)
             // Interactive requests go ahead of every waiting batch request (in order among themselves).
             if request.priority == .interactive, let firstBatch = s.queue.firstIndex(where: { $0.request.priority == .batch }) {

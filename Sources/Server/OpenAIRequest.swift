@@ -184,8 +184,8 @@ extension OpenAIServer {
         }
         let stream = try flag("stream")
         let includeUsage = o["stream_options"]?["include_usage"]?.boolValue ?? false
-        return Parsed(
-            request: CompletionRequest(promptTokens: tokens, maxTokens: maxTokens, sampling: sampling, stopStrings: stops, topLogprobs: top),
-            stream: stream, includeUsage: includeUsage, logprobs: logprobs)
+        var request = CompletionRequest(promptTokens: tokens, maxTokens: maxTokens, sampling: sampling, stopStrings: stops, topLogprobs: top)
+        request.ignoreEOS = try flag("ignore_eos")
+        return Parsed(request: request, stream: stream, includeUsage: includeUsage, logprobs: logprobs)
     }
 }

@@ -94,6 +94,28 @@ struct BatchSchedulerTests {
         #expect(cut.finish == .stop && !cut.text.contains(stop) && full.text.hasPrefix(cut.text))
     }
 
+    /// With ignore_eos a request generates exactly max_tokens even when the model keeps choosing
+    /// end-of-sequence (forced here by a logit bias).
+    @Test func ignoreEOSGeneratesToTheLimit() async throws {
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 2, contextLength: 128)
+        defer { scheduler.shutdown() }
+        var toEOS = SamplingParameters()
+        toEOS.temperature = 0
+        toEOS.logitBias = [model.config.eosTokenIDs[0]: 100]
+        var request = CompletionRequest(promptTokens: tokenizer.encode(prompts[1]), maxTokens: 12, sampling: toEOS)
+        let stopped = await collect(try scheduler.submit(request).events)
+        #expect(stopped.finish == .stop && stopped.tokens.isEmpty)
+        request.ignoreEOS = true
+        var generated = 0
+        for await event in try scheduler.submit(request).events {
+            if case .finished(let reason, _, let completion) = event {
+                #expect(reason == .length)
+                generated = completion
+            }
+        }
+        #expect(generated == 12)
+    }
+
     @Test func queueLimitAndCancellation() async throws {
         let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 1, contextLength: 256, queueLimit: 2)
         defer { scheduler.shutdown() }
