@@ -78,15 +78,26 @@ public struct BatchStoreError: Error, CustomStringConvertible, Sendable {
 public actor BatchStore {
     public nonisolated let directory: String
     private let database: SQLiteConnection
+    /// Held (flock) while the store is open: two servers on one folder would run its batches twice.
+    private let lock: Int32
 
-    private init(directory: String, database: SQLiteConnection) {
+    private init(directory: String, database: SQLiteConnection, lock: Int32) {
         self.directory = directory
         self.database = database
+        self.lock = lock
     }
 
-    /// Opens (or creates) the store in `directory`.
+    deinit { closeDescriptor(lock) }
+
+    /// Opens (or creates) the store in `directory`; refused while another process has it open.
     public static func open(directory: String) async throws(BatchStoreError) -> BatchStore {
         do throws(FileReadError) { try makeFolders(directory + "/files") } catch { throw BatchStoreError(error.description) }
+        let lock = openDescriptor(directory + "/lock")
+        guard lock >= 0 else { throw BatchStoreError("\(directory)/lock: cannot open: \(errorText())") }
+        guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            closeDescriptor(lock)
+            throw BatchStoreError("\(directory) is in use by another process (a server started with the same --batch-dir)")
+        }
         let path = directory + "/batches.sqlite"
         let database: SQLiteConnection
         do {
@@ -108,13 +119,16 @@ public actor BatchStore {
                     total INTEGER NOT NULL, completed INTEGER NOT NULL, failed INTEGER NOT NULL)
                 """)
         } catch {
+            closeDescriptor(lock)
             throw BatchStoreError("\(path): \(error)")
         }
-        return BatchStore(directory: directory, database: database)
+        return BatchStore(directory: directory, database: database, lock: lock)
     }
 
+    /// Closes the database and lets another process open the folder.
     public func close() async {
         try? await database.close()
+        flock(lock, LOCK_UN)
     }
 
     private func query(_ sql: String, _ binds: [SQLiteData] = []) async throws(BatchStoreError) -> [SQLiteRow] {
@@ -249,3 +263,7 @@ public actor BatchStore {
     /// Unix seconds.
     public static func now() -> Int { Int(time(nil)) }
 }
+
+// The C library's open and close, by names the actor's own `open` and `close` do not hide.
+private func openDescriptor(_ path: String) -> Int32 { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644) }
+private func closeDescriptor(_ fd: Int32) { close(fd) }

@@ -69,16 +69,18 @@ final class BatchService: Sendable {
             try errors.record(lines.errors)
             let total = lines.requests.count + lines.errors.count
             let control = BatchControl()
-            if batch.status == .cancelling { control.stop(.cancelled) }
+            // Known as running before its status is read again, so that a cancel either finds it
+            // running or has already left its mark in the database.
             current.withLock { $0 = (id, control) }
             defer { current.withLock { $0 = nil } }
-            try await store.update(id) { b in
+            let started = try await store.update(id) { b in
                 if b.status == .validating { b.status = .inProgress }
                 b.inProgressAt = b.inProgressAt ?? BatchStore.now()
                 b.total = total
                 b.completed = output.count
                 b.failed = errors.count
             }
+            if started?.status == .cancelling { control.stop(.cancelled) }
             // Counts reach the database once a second while it runs, not once per request.
             let counting = Task {
                 while !Task.isCancelled {

@@ -33,6 +33,12 @@ import Testing
                                  createdAt: 102, expiresAt: 102 + 86_400, metadata: nil)
         try await store.insert(second)
         try await store.update(second.id) { $0.status = .completed; $0.completedAt = 103; $0.outputFileID = "file-out" }
+        do {
+            _ = try await BatchStore.open(directory: folder)
+            Issue.record("a second store opened on a folder in use")
+        } catch {
+            #expect(error.description.contains("in use by another process"))
+        }
         await store.close()
 
         let reopened = try await BatchStore.open(directory: folder)

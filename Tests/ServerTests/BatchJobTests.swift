@@ -1,4 +1,4 @@
-import Server
+@testable import Server
 import SwitchyardJSON
 import SwitchyardSupport
 import Testing
@@ -86,5 +86,38 @@ struct BatchJobTests {
         fputs("garbage\n" + #"{"custom_id": "a"}"# + "\n", g)
         fclose(g)
         #expect(throws: BatchInputError.self) { try BatchResultFile(path: path) }
+    }
+
+    /// A run stopped from outside (a server shutting down) writes nothing for the requests it
+    /// stopped, neither a result nor an error; running again does exactly those, and the results
+    /// equal an uninterrupted run's.
+    @Test func aStoppedRunLeavesItsRequestsForTheNext() async throws {
+        let lines = (0..<6).map { i in
+            #"{"custom_id": "r\#(i)", "method": "POST", "url": "/v1/completions", "body": {"model": "demo", "prompt": "And God said \#(i)", "max_tokens": \#(6 + i), "temperature": 0}}"#
+        }
+        let requests = try parse(lines).requests
+        let folder = "/tmp/switchyard-batch-stop-\(getpid())"
+        mkdir(folder, 0o755)
+        defer { _ = system("rm -rf '\(folder)'") }
+        let reference = try BatchResultFile(path: folder + "/reference.jsonl")
+        _ = try await server.runBatch(requests, output: reference, errors: try BatchResultFile(path: folder + "/reference.errors.jsonl"))
+        #expect(reference.count == 6)
+
+        let output = try BatchResultFile(path: folder + "/out.jsonl"), errors = try BatchResultFile(path: folder + "/errors.jsonl")
+        let control = BatchControl()
+        // Stops once the first result is written; the others are running or waiting then.
+        let summary = try await server.runBatch(requests, output: output, errors: errors, control: control) { _ in control.stop(.shuttingDown) }
+        #expect(summary.succeeded >= 1 && output.count == summary.succeeded && output.count < 6 && errors.count == 0)
+        let again = try await server.runBatch(requests, output: output, errors: errors)
+        #expect(again.requests == 6 - summary.succeeded && again.succeeded == again.requests && output.count == 6 && errors.count == 0)
+        func outcomes(_ path: String) throws -> [String: String] {
+            var result: [String: String] = [:]
+            for line in try readFileBytes(path).split(separator: 10) {
+                let o = try JSONValue.parse(Array(line))
+                result[o["custom_id"]!.stringValue!] = o["response"]?["body"]?["choices"]?.arrayValue?.first?["text"]?.stringValue
+            }
+            return result
+        }
+        #expect(try outcomes(folder + "/out.jsonl") == outcomes(folder + "/reference.jsonl"))
     }
 }

@@ -38,6 +38,9 @@ struct RequestParsingTests {
         #expect(p.request.promptTokens == tokenizer.encode(text, addSpecialTokens: false))
         #expect(p.request.maxTokens == 7 && p.request.stopStrings == ["\n", "Amen"] && p.request.topLogprobs == 3)
         #expect(p.request.sampling.temperature == 0.5 && p.request.sampling.topP == 0.9 && p.request.sampling.seed == 42)
+        #expect(!p.request.ignoreEOS)
+        #expect(try parse(#"{"model": "m", "prompt": "x", "ignore_eos": true}"#, chat: false).request.ignoreEOS)
+        expectError(#"{"model": "m", "prompt": "x", "ignore_eos": 1}"#, chat: false, status: 400, param: "ignore_eos", containing: "boolean")
         #expect(p.request.sampling.presencePenalty == 0.5 && p.request.sampling.topK == 0 && p.request.sampling.minP == 0)
         #expect(p.stream && p.includeUsage && p.logprobs)
     }
