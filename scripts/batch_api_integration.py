@@ -10,15 +10,15 @@ Prints "N passed, N failed"; exits 1 on any failure.
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import openai
+
+import server_integration  # its server start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build/debug/switchyard"))
@@ -65,25 +65,9 @@ def reference(inp, d):
     return {json.loads(l)["custom_id"]: outcome(json.loads(l)) for l in open(out)}
 
 
-def start(batch_dir, extra=()):
-    """A server on a free port; its stderr is drained so it never blocks."""
-    args = [BIN, "serve", "--port", "0", "--max-sequences", "8", "--shutdown-deadline", "5"] + COMMON + list(extra)
-    if batch_dir:
-        args += ["--batch-dir", batch_dir]
-    server = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    port, deadline = None, time.time() + 120
-    while port is None and time.time() < deadline:
-        line = server.stderr.readline()
-        if not line and server.poll() is not None:
-            break
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-        if m:
-            port = int(m.group(1))
-    if port is None:
-        print("the server did not start")
-        server.kill()
-        sys.exit(1)
-    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+def start(batch_dir):
+    args = ["--max-sequences", "8", "--shutdown-deadline", "5"] + COMMON + (["--batch-dir", batch_dir] if batch_dir else [])
+    server, port = server_integration.start(BIN, args)
     return server, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
 
 
