@@ -22,8 +22,8 @@ public struct ModelOptions: ParsableArguments {
     var threads: Int?
 
     @Option(name: .long, help: ArgumentHelp(
-        "Activation precision: f32, int8 or auto.",
-        discussion: "f32: float32 activations and accumulation, weights widened exactly. int8: products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products (AVX512-VNNI or AVX2 where present), as llama.cpp does: faster, about 1e-2 off. auto: the fastest path that keeps every fixture within 1e-2 of transformers with identical greedy tokens (f32 for now)."))
+        "Activation precision: f32, int8, bf16 or auto.",
+        discussion: "f32: float32 activations and accumulation, weights widened exactly. int8: products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products (AVX512-VNNI or AVX2 where present), as llama.cpp does: faster, about 1e-2 off. bf16: products with bf16 weights round activations to bf16 and use AVX512-BF16's dot product where present, as llama.cpp does. auto: the fastest path that keeps every fixture within 1e-2 of transformers with identical greedy tokens (f32 for now)."))
     var precision: EngineOptions.Precision = .auto
 
     @Option(help: ArgumentHelp(

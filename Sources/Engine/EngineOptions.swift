@@ -6,14 +6,20 @@ import Runtime
 /// Everything that decides how a model is run, typed: the CLI's flags parse into this, the server
 /// and the tests fill it in directly.
 public struct EngineOptions: Sendable {
-    /// Activations of products with block-quantised weights.
+    /// Activations of the products: f32, int8 for block-quantised weights, bf16 for bf16 weights.
     public enum Precision: String, Sendable, CaseIterable {
-        case f32, int8
+        case f32, int8, bf16
         /// The fastest path that keeps every fixture within 1e-2 of transformers with identical
         /// greedy tokens: f32 for now (int8 is 1.3% to 8% off on the tiny fixtures).
         case auto
 
-        public var activations: ActivationPrecision { self == .int8 ? .int8 : .f32 }
+        public var activations: ActivationPrecision {
+            switch self {
+            case .int8: .int8
+            case .bf16: .bf16
+            case .f32, .auto: .f32
+            }
+        }
     }
 
     /// Where the accelerator's work goes.

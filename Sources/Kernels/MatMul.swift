@@ -333,6 +333,24 @@ func matmulProducts(
                 return s
             }
         }
+    case .bf16 where precision == .bf16 && n % 32 == 0:
+        withUnsafeTemporaryAllocation(of: UInt16.self, capacity: max(1, tokens * n)) { rounded in
+            roundToBF16(input, inputStride: inputStride, columns: n, tokens: tokens, output: rounded.baseAddress!)
+            let x = UnsafePointer(rounded.baseAddress!)
+            if sy_bf16dp_level() > 0 {
+                pool.parallelFor(products.count) { i in
+                    let (matrix, start, rows, output) = products.item(i)
+                    sy_rows_bf16_bf16(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), x, Int32(n), Int32(tokens),
+                                      output + start, outputStride)
+                }
+                return
+            }
+            rowBlocks { row, t0, count in
+                var s = SIMD4<Float>()
+                dotRowBF16Rounded(row, n, x + t0 * n, count, &s)
+                return s
+            }
+        }
     case .bf16:
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
             permuteForBF16(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)

@@ -46,12 +46,16 @@ public enum WeightElement: Sendable, Equatable {
     }
 }
 
-/// What the activations of a product with block-quantised weights are: float32 (exact: the
-/// weights are widened), or int8 quantised per block of 32 for integer dot products (llama.cpp's
-/// way, faster, within about 1e-2 relative). Other weights always use float32.
+/// What the activations of a product are: float32 (exact: the weights are widened); int8 quantised
+/// per block of 32 for integer dot products with block-quantised weights (llama.cpp's way, faster,
+/// within about 1e-2 relative); or bf16 for products with bf16 weights (llama.cpp's BF16 path).
+/// Weights of other kinds use float32 activations whatever the choice.
 public enum ActivationPrecision: String, Sendable, CaseIterable {
     case f32
+    /// Rounded to int8 per block of 32 for products with block-quantised weights.
     case int8
+    /// Rounded to bf16 for products with bf16 weights (`vdpbf16ps` where the CPU has it).
+    case bf16
 }
 
 /// Which memory a weight's bytes are in. A value, so a device decides where a product runs without

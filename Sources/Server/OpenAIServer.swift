@@ -144,6 +144,7 @@ public final class OpenAIServer: Sendable {
             batches?.stop()
         }
         try await group.run()
+        batches?.stop()
         _ = await batchRuns.value
         await batches?.store.close()
     }

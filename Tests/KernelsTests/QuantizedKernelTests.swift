@@ -1,6 +1,7 @@
 import Testing
 import SwitchyardJSON
 @testable import Kernels
+import KernelsC
 import SwitchyardSupport
 import SwitchyardTestSupport
 
@@ -212,6 +213,68 @@ struct BF16KernelTests {
         }
         let differs = together.indices.first { together[$0].bitPattern != alone[$0].bitPattern }
         #expect(differs == nil, "batched vs alone: first difference at \(differs ?? -1)")
+    }
+}
+
+@Suite("bf16 dot-product kernel", .serialized)
+struct BF16DotKernelTests {
+    /// With bf16 activations, the C kernel (vdpbf16ps, where the CPU has AVX512-BF16) is its Swift
+    /// twin bit for bit, around the tiles of 4 rows x 1-6 tokens; a token's result does not depend
+    /// on the tokens beside it; and each result is the exact product of the bf16-rounded values
+    /// to within f32 summation error.
+    @Test(arguments: [(7, 32, 1), (19, 96, 3), (33, 1024, 6), (5, 160, 9), (37, 96, 13), (64, 256, 20)])
+    func cKernelIsItsSwiftTwin(rows: Int, columns: Int, tokens: Int) {
+        let pool = ThreadPool(threads: 3)
+        let weights = randomFloats(rows * columns, seed: UInt64(rows * 7 + columns)).map(bf16Bits)
+        var input = randomFloats(tokens * columns, seed: 5)
+        input[0] = 1e-39  // a denormal activation counts as zero in both
+        func run(_ level: Int?, tokens: Int, offset: Int = 0) -> [Float] {
+            forceQuantizedDotLevel(level)
+            defer { forceQuantizedDotLevel(nil) }
+            var out = [Float](repeating: .nan, count: tokens * rows)
+            weights.withUnsafeBytes { raw in
+                let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
+                input.withUnsafeBufferPointer { x in
+                    out.withUnsafeMutableBufferPointer { o in
+                        matmul(m, input: x.baseAddress! + offset * columns, inputStride: columns, output: o.baseAddress!, outputStride: rows,
+                               tokens: tokens, pool: pool, precision: .bf16)
+                    }
+                }
+            }
+            return out
+        }
+        let swift = run(0, tokens: tokens), best = run(nil, tokens: tokens)
+        if sy_bf16dp_level() == 0 { print("NOTICE: no AVX512-BF16 here; the C kernel was not compared with its twin") }
+        let first = best.indices.first { best[$0].bitPattern != swift[$0].bitPattern }
+        #expect(first == nil, "C against Swift: first difference at \(first ?? -1)")
+        var alone: [Float] = []
+        for t in 0..<tokens { alone += run(nil, tokens: 1, offset: t) }
+        let differs = best.indices.first { best[$0].bitPattern != alone[$0].bitPattern }
+        #expect(differs == nil, "batched vs alone: first difference at \(differs ?? -1)")
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                var exact = 0.0, magnitude = 0.0
+                for c in 0..<columns {
+                    let w = Double(Float(bitPattern: UInt32(weights[r * columns + c]) << 16))
+                    let rounded = Float(bitPattern: UInt32(roundedBF16Bits(input[t * columns + c])) << 16)
+                    let x = rounded.isNormal ? Double(rounded) : 0
+                    exact += w * x
+                    magnitude += abs(w * x)
+                }
+                #expect(abs(Double(best[t * rows + r]) - exact) <= 1e-6 * magnitude + 1e-30, "row \(r) token \(t)")
+            }
+        }
+    }
+
+    /// Rounding to bf16 is to nearest, ties to even, and keeps NaN a NaN.
+    @Test func roundingIsToNearestEven() {
+        #expect(roundedBF16Bits(1.0) == 0x3F80)
+        #expect(roundedBF16Bits(Float(bitPattern: 0x3F80_8000)) == 0x3F80)  // a tie rounds to even (down)
+        #expect(roundedBF16Bits(Float(bitPattern: 0x3F81_8000)) == 0x3F82)  // a tie rounds to even (up)
+        #expect(roundedBF16Bits(Float(bitPattern: 0x3F80_8001)) == 0x3F81)
+        #expect(roundedBF16Bits(-2.5) == 0xC020)
+        #expect(Float(bitPattern: UInt32(roundedBF16Bits(.nan)) << 16).isNaN)
+        #expect(roundedBF16Bits(.infinity) == 0x7F80)
     }
 }
 
