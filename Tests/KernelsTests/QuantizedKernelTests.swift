@@ -166,6 +166,28 @@ struct QuantizedDotTests {
     }
 }
 
+/// bf16 weights [rows, columns] times tokens of `input` (from token `offset`), with the kernels
+/// capped at `level` (0: Swift's; nil: the CPU's best).
+func bf16Product(_ weights: [UInt16], _ input: [Float], rows: Int, columns: Int, tokens: Int, offset: Int = 0, level: Int?,
+                 precision: ActivationPrecision, pool: ThreadPool) -> [Float] {
+    forceQuantizedDotLevel(level)
+    defer { forceQuantizedDotLevel(nil) }
+    var out = [Float](repeating: .nan, count: tokens * rows)
+    weights.withUnsafeBytes { raw in
+        let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
+        input.withUnsafeBufferPointer { x in
+            out.withUnsafeMutableBufferPointer { o in
+                matmul(m, input: x.baseAddress! + offset * columns, inputStride: columns, output: o.baseAddress!, outputStride: rows,
+                       tokens: tokens, pool: pool, precision: precision)
+            }
+        }
+    }
+    return out
+}
+
+/// Where two results first differ in their bits (nil: nowhere).
+func firstBitDifference(_ a: [Float], _ b: [Float]) -> Int? { a.indices.first { a[$0].bitPattern != b[$0].bitPattern } }
+
 @Suite("bf16 C kernel", .serialized)
 struct BF16KernelTests {
     /// The C bf16 kernel (AVX2, AVX-512) is its Swift twin (level 0 runs the Swift kernel) bit for
@@ -177,41 +199,18 @@ struct BF16KernelTests {
         let pool = ThreadPool(threads: 3)
         let weights = randomFloats(rows * columns, seed: UInt64(rows * 13 + columns)).map(bf16Bits)
         let input = randomFloats(tokens * columns, seed: 3)
-        func run(_ level: Int?) -> [Float] {
-            forceQuantizedDotLevel(level)
-            defer { forceQuantizedDotLevel(nil) }
-            var out = [Float](repeating: .nan, count: tokens * rows)
-            weights.withUnsafeBytes { raw in
-                let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
-                input.withUnsafeBufferPointer { x in
-                    out.withUnsafeMutableBufferPointer { o in
-                        matmul(m, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool)
-                    }
-                }
-            }
-            return out
+        func run(_ level: Int?, tokens: Int, offset: Int = 0) -> [Float] {
+            bf16Product(weights, input, rows: rows, columns: columns, tokens: tokens, offset: offset, level: level, precision: .f32, pool: pool)
         }
-        let swift = run(0)
+        let swift = run(0, tokens: tokens)
         for level in [1, 2] {
-            let c = run(level)
-            let first = c.indices.first { c[$0].bitPattern != swift[$0].bitPattern }
+            let first = firstBitDifference(run(level, tokens: tokens), swift)
             #expect(first == nil, "level \(level): first difference at \(first ?? -1)")
         }
         // Each token alone, at the best level.
-        let together = run(nil)
-        var alone = [Float](repeating: .nan, count: tokens * rows)
-        weights.withUnsafeBytes { raw in
-            let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
-            input.withUnsafeBufferPointer { x in
-                alone.withUnsafeMutableBufferPointer { o in
-                    for t in 0..<tokens {
-                        matmul(m, input: x.baseAddress! + t * columns, inputStride: columns, output: o.baseAddress! + t * rows, outputStride: rows,
-                               tokens: 1, pool: pool)
-                    }
-                }
-            }
-        }
-        let differs = together.indices.first { together[$0].bitPattern != alone[$0].bitPattern }
+        var alone: [Float] = []
+        for t in 0..<tokens { alone += run(nil, tokens: 1, offset: t) }
+        let differs = firstBitDifference(run(nil, tokens: tokens), alone)
         #expect(differs == nil, "batched vs alone: first difference at \(differs ?? -1)")
     }
 }
@@ -229,27 +228,15 @@ struct BF16DotKernelTests {
         var input = randomFloats(tokens * columns, seed: 5)
         input[0] = 1e-39  // a denormal activation counts as zero in both
         func run(_ level: Int?, tokens: Int, offset: Int = 0) -> [Float] {
-            forceQuantizedDotLevel(level)
-            defer { forceQuantizedDotLevel(nil) }
-            var out = [Float](repeating: .nan, count: tokens * rows)
-            weights.withUnsafeBytes { raw in
-                let m = WeightMatrix(element: .bf16, rows: rows, columns: columns, data: raw.baseAddress!)
-                input.withUnsafeBufferPointer { x in
-                    out.withUnsafeMutableBufferPointer { o in
-                        matmul(m, input: x.baseAddress! + offset * columns, inputStride: columns, output: o.baseAddress!, outputStride: rows,
-                               tokens: tokens, pool: pool, precision: .bf16)
-                    }
-                }
-            }
-            return out
+            bf16Product(weights, input, rows: rows, columns: columns, tokens: tokens, offset: offset, level: level, precision: .bf16, pool: pool)
         }
         let swift = run(0, tokens: tokens), best = run(nil, tokens: tokens)
         if sy_bf16dp_level() == 0 { print("NOTICE: no AVX512-BF16 here; the C kernel was not compared with its twin") }
-        let first = best.indices.first { best[$0].bitPattern != swift[$0].bitPattern }
+        let first = firstBitDifference(best, swift)
         #expect(first == nil, "C against Swift: first difference at \(first ?? -1)")
         var alone: [Float] = []
         for t in 0..<tokens { alone += run(nil, tokens: 1, offset: t) }
-        let differs = best.indices.first { best[$0].bitPattern != alone[$0].bitPattern }
+        let differs = firstBitDifference(best, alone)
         #expect(differs == nil, "batched vs alone: first difference at \(differs ?? -1)")
         for t in 0..<tokens {
             for r in 0..<rows {

@@ -1,3 +1,4 @@
+import Batching
 @testable import Server
 import SwitchyardJSON
 import SwitchyardSupport
@@ -92,10 +93,14 @@ struct BatchJobTests {
     /// stopped, neither a result nor an error; running again does exactly those, and the results
     /// equal an uninterrupted run's.
     @Test func aStoppedRunLeavesItsRequestsForTheNext() async throws {
+        // One sequence at a time: r0 (1 token) first, then r1..r5 (40 tokens each) one by one.
         let lines = (0..<6).map { i in
-            #"{"custom_id": "r\#(i)", "method": "POST", "url": "/v1/completions", "body": {"model": "demo", "prompt": "And God said \#(i)", "max_tokens": \#(6 + i), "temperature": 0}}"#
+            #"{"custom_id": "r\#(i)", "method": "POST", "url": "/v1/completions", "body": {"model": "demo", "prompt": "And God said \#(i)", "max_tokens": \#(i == 0 ? 1 : 40), "temperature": 0}}"#
         }
         let requests = try parse(lines).requests
+        let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 1, contextLength: 64)
+        defer { scheduler.shutdown() }
+        let server = OpenAIServer(configuration: ServerConfiguration(modelName: "demo"), scheduler: scheduler, tokenizer: tokenizer, chat: nil)
         let folder = "/tmp/switchyard-batch-stop-\(getpid())"
         mkdir(folder, 0o755)
         defer { _ = system("rm -rf '\(folder)'") }
@@ -105,9 +110,17 @@ struct BatchJobTests {
 
         let output = try BatchResultFile(path: folder + "/out.jsonl"), errors = try BatchResultFile(path: folder + "/errors.jsonl")
         let control = BatchControl()
-        // Stops once the first result is written; the others are running or waiting then.
-        let summary = try await server.runBatch(requests, output: output, errors: errors, control: control) { _ in control.stop(.shuttingDown) }
-        #expect(summary.succeeded >= 1 && output.count == summary.succeeded && output.count < 6 && errors.count == 0)
+        // Stopped from a thread of its own once r0 is done and r1 has begun (watching the
+        // scheduler, not the tasks that write results, which a busy machine may hold back).
+        let base = scheduler.stats.completionTokens
+        let watcher = startThread("the stop") {
+            while scheduler.stats.completionTokens < base + 2 { usleep(200) }
+            control.stop(.shuttingDown)
+        }
+        let summary = try await server.runBatch(requests, output: output, errors: errors, control: control)
+        pthread_join(watcher, nil)
+        #expect(output.contains("r0") && output.count == summary.succeeded && output.count < 6 && errors.count == 0,
+                "\(output.count) results, \(errors.count) errors")
         let again = try await server.runBatch(requests, output: output, errors: errors)
         #expect(again.requests == 6 - summary.succeeded && again.succeeded == again.requests && output.count == 6 && errors.count == 0)
         func outcomes(_ path: String) throws -> [String: String] {
