@@ -58,7 +58,7 @@ let package = Package(
 
         // --- Compute.
         // Integer and bf16 micro-kernels that need instructions Swift cannot spell (AVX2 maddubs,
-        // AVX512-VNNI dpbusd, prefetch), chosen at run time; each has a Swift twin in Kernels.
+        // AVX512-VNNI dpbusd, AVX512-BF16 dpbf16ps, prefetch), chosen at run time; each has a Swift twin in Kernels.
         .target(name: "KernelsC", cSettings: [.unsafeFlags(["-O3"])]),
         // CPU numeric kernels (matrix products over bf16/f16/f32/Q8_0/Q4_0/Q4_K weights, norms, RoPE,
         // softmax, attention) and the persistent thread pool they run on.
