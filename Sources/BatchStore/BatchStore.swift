@@ -140,7 +140,7 @@ public actor BatchStore {
     // MARK: Files
 
     /// Keeps `bytes` as a new file: on the disk and synced first, then its row.
-    public func addFile(_ bytes: [UInt8], filename: String, purpose: String) async throws(BatchStoreError) -> StoredFile {
+    public func addFile(_ bytes: ArraySlice<UInt8>, filename: String, purpose: String) async throws(BatchStoreError) -> StoredFile {
         let id = Self.newID("file-")
         let file = StoredFile(id: id, purpose: purpose, filename: filename, bytes: bytes.count, createdAt: Self.now(), path: "\(directory)/files/\(id)")
         do throws(FileReadError) { try writeFileDurably(file.path, bytes) } catch { throw BatchStoreError(error.description) }

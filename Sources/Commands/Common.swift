@@ -202,14 +202,7 @@ func writeOut(_ text: String) {
 /// Writes all of `text`; the errno of a failed write, or nil.
 @discardableResult
 private func writeAll(_ fd: Int32, _ text: String) -> Int32? {
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return n < 0 ? errno : EIO }
-        bytes = bytes.dropFirst(n)
-    }
-    return nil
+    Array(text.utf8).withUnsafeBytes { writeAll(fd, $0) }
 }
 
 /// A problem with what the user gave (a value, not a flag's spelling): reported in one line.

@@ -243,7 +243,7 @@ final class BatchService: Sendable {
             throw APIError(status: .badRequest, message: "the form has no 'file' field", param: "file")
         }
         let name = String((file.filename ?? "upload.jsonl").prefix(255))
-        let stored = try await storeCall { try await self.store.addFile(Array(file.body), filename: name, purpose: "batch") }
+        let stored = try await storeCall { try await self.store.addFile(file.body, filename: name, purpose: "batch") }
         return server.json(.ok, Self.json(stored))
     }
 
@@ -370,10 +370,4 @@ final class BatchService: Sendable {
             "metadata": b.metadata ?? .null,
         ]
     }
-}
-
-/// A file's size in bytes (0 if it cannot be read).
-func fileSize(_ path: String) -> Int {
-    var info = stat()
-    return stat(path, &info) == 0 ? Int(info.st_size) : 0
 }

@@ -119,7 +119,7 @@ public final class BatchResultFile: @unchecked Sendable {
     public init(path: String) throws(BatchInputError) {
         self.path = path
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw BatchInputError("\(path): cannot open for writing: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw BatchInputError("\(path): cannot open for writing: \(errorText())") }
         pthread_mutex_init(&mutex, nil)
         let bytes: [UInt8]
         do { bytes = try readFileBytes(path) } catch { throw BatchInputError("\(path): \(error)") }
@@ -141,7 +141,7 @@ public final class BatchResultFile: @unchecked Sendable {
         }
         if good < bytes.count {
             truncatedBytes = bytes.count - good
-            guard ftruncate(fd, off_t(good)) == 0 else { throw BatchInputError("\(path): cannot cut its torn last line: \(String(cString: strerror(errno)))") }
+            guard ftruncate(fd, off_t(good)) == 0 else { throw BatchInputError("\(path): cannot cut its torn last line: \(errorText())") }
         }
         lseek(fd, 0, SEEK_END)
     }
@@ -170,14 +170,8 @@ public final class BatchResultFile: @unchecked Sendable {
         let bytes = Array((value.serialized() + "\n").utf8)
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw BatchInputError("\(path): cannot write: \(String(cString: strerror(errno)))") }
-            written += n
-        }
-        guard fsync(fd) == 0 else { throw BatchInputError("\(path): cannot sync: \(String(cString: strerror(errno)))") }
+        if let failure = bytes.withUnsafeBytes({ writeAll(fd, $0) }) { throw BatchInputError("\(path): cannot write: \(errorText(failure))") }
+        guard fsync(fd) == 0 else { throw BatchInputError("\(path): cannot sync: \(errorText())") }
         done.insert(customID)
     }
 }

@@ -22,6 +22,26 @@ public func readFileBytes(_ path: String) throws(FileReadError) -> [UInt8] {
     }
 }
 
+/// A file's size in bytes (0 if it cannot be read).
+public func fileSize(_ path: String) -> Int {
+    var info = stat()
+    return stat(path, &info) == 0 ? Int(info.st_size) : 0
+}
+
+/// Writes all of `bytes` to `fd`, again after an interrupted or short write; the errno of a failed
+/// write, or nil.
+@discardableResult
+public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+    var written = 0
+    while written < bytes.count {
+        let n = write(fd, bytes.baseAddress! + written, bytes.count - written)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return n < 0 ? errno : EIO }
+        written += n
+    }
+    return nil
+}
+
 /// Whether `path` names a regular file (not a folder, not missing).
 public func fileExists(_ path: String) -> Bool {
     var info = stat()
@@ -40,21 +60,14 @@ public func physicalMemory() -> Int {
 
 /// Writes a whole file so that a crash at any moment leaves either no file or all of it: the bytes
 /// go to a temporary file beside it, which is synced, renamed into place, and its folder synced.
-public func writeFileDurably(_ path: String, _ bytes: [UInt8]) throws(FileReadError) {
+public func writeFileDurably(_ path: String, _ bytes: ArraySlice<UInt8>) throws(FileReadError) {
     let temporary = path + ".partial"
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
     guard fd >= 0 else { throw FileReadError("cannot create \(temporary): \(errorText())") }
-    var written = 0
-    while written < bytes.count {
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else {
-            let reason = errorText()
-            close(fd)
-            unlink(temporary)
-            throw FileReadError("cannot write \(temporary): \(reason)")
-        }
-        written += n
+    if let failure = bytes.withUnsafeBytes({ writeAll(fd, $0) }) {
+        close(fd)
+        unlink(temporary)
+        throw FileReadError("cannot write \(temporary): \(errorText(failure))")
     }
     guard fsync(fd) == 0 else {
         let reason = errorText()
@@ -72,7 +85,7 @@ public func writeFileDurably(_ path: String, _ bytes: [UInt8]) throws(FileReadEr
 }
 
 /// Makes a file's creation or renaming durable (its folder's entry synced).
-public func syncFolder(of path: String) {
+private func syncFolder(of path: String) {
     let folder = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
     let fd = open(folder.isEmpty ? "/" : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     guard fd >= 0 else { return }

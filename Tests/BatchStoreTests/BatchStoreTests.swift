@@ -13,7 +13,7 @@ import Testing
         let folder = temporaryFolder()
         defer { _ = system("rm -rf '\(folder)'") }
         let store = try await BatchStore.open(directory: folder)
-        let file = try await store.addFile(Array("{\"prompt\": \"hi\"}\n".utf8), filename: "in.jsonl", purpose: "batch")
+        let file = try await store.addFile(Array("{\"prompt\": \"hi\"}\n".utf8)[...], filename: "in.jsonl", purpose: "batch")
         #expect(file.id.hasPrefix("file-") && file.id.count == 29)
         #expect(try readFileBytes(file.path) == Array("{\"prompt\": \"hi\"}\n".utf8))
         var batch = StoredBatch(id: BatchStore.newID("batch_"), endpoint: "/v1/completions", inputFileID: file.id, completionWindow: "24h",
