@@ -8,6 +8,9 @@ import SwitchyardSupport
 
 extension EngineOptions.Precision: ExpressibleByArgument {}
 extension EngineOptions.AcceleratorKind: ExpressibleByArgument {}
+extension PipelineSetting: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
 extension ExpertPolicy: ExpressibleByArgument {}
 extension WeightQuantization.Format: ExpressibleByArgument {}
 
@@ -58,6 +61,17 @@ public struct ModelOptions: ParsableArguments {
     @Flag(help: "Measure the expert kernels, copies and disk reads again instead of using the cached cost table.")
     var recalibrate = false
 
+    @Flag(name: .customLong("no-cost-learning"), help: "Keep the calibrated cost table as it is instead of correcting it with the times measured as the model runs.")
+    var noCostLearning = false
+
+    @Option(name: .customLong("expert-pipeline"), help: ArgumentHelp(
+        "auto, off, or a number of groups: how a layer's experts that must move (disk reads, copies) are pipelined with compute.",
+        discussion: "auto: N* = sqrt(C/k) from the cost model, off where it does not pay. off: every movement of the layer finishes before a moved expert computes."))
+    var expertPipeline: PipelineSetting = .auto
+
+    @Option(name: .customLong("ubatch"), help: "Prompt tokens per forward pass (default: 64; 512 with --ram-budget or an accelerator, where each pass moves the experts it needs once).")
+    var ubatch: Int?
+
     @Option(help: "Write one JSON line per MoE layer per step: experts, token counts, where each ran, cache and prefetch hits, predicted and measured times.")
     var trace: String?
 
@@ -102,6 +116,7 @@ public struct ModelOptions: ParsableArguments {
             throw ValidationError("give the attention workers once: --attention-workers or --attention-workers-file")
         }
         try checkRange(threads, "--threads", 1...1024)
+        try checkRange(ubatch, "--ubatch", 1...8192)
         try checkRange(acceleratorThreads, "--accelerator-threads", 1...256)
         if quantizeAll && quantize == nil { throw ValidationError("--quantize-all needs --quantize") }
     }
@@ -121,6 +136,9 @@ public struct ModelOptions: ParsableArguments {
         o.prefetch = !noPrefetch
         o.recalibrate = recalibrate
         o.tracePath = trace
+        o.expertPipeline = expertPipeline
+        o.learnCosts = !noCostLearning
+        o.promptChunk = ubatch
         o.quantization = quantize.map { WeightQuantization(format: $0, all: quantizeAll) }
         o.randomWeights = randomWeights
         o.residency = noMmap ? .copied : noHugePages ? .mapped : .hugePages

@@ -89,10 +89,12 @@ public final class Engine: @unchecked Sendable {
             t.recalibrate = options.recalibrate
             t.costDirectory = options.costDirectory
             t.tracePath = options.tracePath
+            t.pipeline = options.expertPipeline
+            t.learnCosts = options.learnCosts
             t.popularity = options.popularity
             t.copyHostWeights = options.holdWeightsInMemory
             t.reservedHostBytes = TierOptions.hostReservation(
-                loaded.config, positions: options.kvPositions ?? min(loaded.config.maxPositions, 4096))
+                loaded.config, positions: options.kvPositions ?? min(loaded.config.maxPositions, 4096), promptChunk: options.effectivePromptChunk)
             do { tiers = try TieredExecutor(loaded, cpu: cpu, accelerator: accelerator, options: t) } catch {
                 throw EngineError(error.description)
             }
@@ -107,6 +109,7 @@ public final class Engine: @unchecked Sendable {
             }
         }
         let model = Model(loaded, device: device, pool: pool, weights: tiers?.weights, attention: attention, expertExecutor: tiers)
+        model.promptChunk = options.effectivePromptChunk
         return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, notes: notes,
                       loadSeconds: (ContinuousClock.now - started).seconds)
     }

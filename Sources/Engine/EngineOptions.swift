@@ -63,6 +63,12 @@ public struct EngineOptions: Sendable {
     public var costDirectory = CostModel.defaultDirectory
     /// One JSON line per MoE layer per step.
     public var tracePath: String?
+    /// How a layer's moved experts are pipelined with compute.
+    public var expertPipeline = PipelineSetting.auto
+    /// Correct the cost table with the times measured as the model runs.
+    public var learnCosts = true
+    /// Prompt tokens per forward pass (nil: `defaultPromptChunk`).
+    public var promptChunk: Int?
     public var quantization: WeightQuantization?
     public var randomWeights = false
     public var residency: Residency = .hugePages
@@ -91,6 +97,12 @@ public struct EngineOptions: Sendable {
     /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
     public var tiered: Bool { acceleratorMemory != nil || ramBudget != nil }
 
+    /// Prompt tokens per forward pass unless told: across tiers each pass reads or copies the
+    /// experts it needs once, so longer passes move each expert for more tokens (llama.cpp's
+    /// default micro-batch is 512 too); otherwise the model's default.
+    public var defaultPromptChunk: Int { tiered ? 512 : Model.defaultPromptChunk }
+    public var effectivePromptChunk: Int { promptChunk ?? defaultPromptChunk }
+
     /// Checks that the options go together, before anything is loaded.
     public func validate() throws(EngineError) {
         if let threads, threads < 1 { throw EngineError("--threads must be at least 1") }
@@ -105,6 +117,7 @@ public struct EngineOptions: Sendable {
             throw EngineError("--no-mmap copies the weights into host memory; the tiers (--accelerator-memory, --ram-budget) place them themselves")
         }
         if let kvPositions, kvPositions < 1 { throw EngineError("the KV cache needs at least one position") }
+        if let promptChunk, !(1...8192).contains(promptChunk) { throw EngineError("--ubatch must be between 1 and 8192 tokens") }
         if attentionTimeout <= .zero || attentionTimeout > .seconds(3600) {
             throw EngineError("--attention-timeout must be between 0 and 3600 seconds")
         }

@@ -25,6 +25,9 @@ public final class Model: @unchecked Sendable {
     public let hugePageResidency: [HugePageResidency]
     /// Keeps the memory of converted weights alive.
     let loaded: LoadedModel
+    /// Prompt tokens new sessions push through the layers at once (`Session.chunkSize`).
+    public var promptChunk = Model.defaultPromptChunk
+    public static let defaultPromptChunk = 64
 
     /// - Parameters:
     ///   - loaded: the model as read; its weights are used unless placement gives `weights`.

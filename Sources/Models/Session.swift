@@ -13,11 +13,12 @@ public final class Session {
     public let workspace = Workspace()
     /// Longest run of tokens pushed through the layers at once. Longer inputs are split, which
     /// bounds the attention score memory (chunk x heads x context) and changes no result.
-    public var chunkSize = 64
+    public var chunkSize: Int
     private var cache: any KVCache { model.attention.cache }
 
     init(model: Model, capacity: Int) throws(ModelError) {
         self.model = model
+        chunkSize = model.promptChunk
         do { sequence = try model.attention.cache.reserve(capacity: capacity) } catch { throw ModelError(error.description) }
     }
 

@@ -14,6 +14,8 @@ public final class Completion: @unchecked Sendable {
     private var done: Bool
     private var remaining: Int
     private var failure: WorkFailure?
+    private var started: ContinuousClock.Instant?
+    private var finished: ContinuousClock.Instant?
 
     public init(done: Bool = false, parts: Int = 1) {
         self.done = done
@@ -38,8 +40,34 @@ public final class Completion: @unchecked Sendable {
         if self.failure == nil { self.failure = failure }
         remaining -= 1
         done = remaining <= 0
-        if done { pthread_cond_broadcast(&condition) }
+        if done {
+            finished = ContinuousClock.now
+            pthread_cond_broadcast(&condition)
+        }
         pthread_mutex_unlock(&mutex)
+    }
+
+    /// Records that the work began (the first part to begin, for work in parts): with
+    /// `finishedAt`, how long the work itself took, as opposed to waiting in a queue.
+    public func markStarted() {
+        let now = ContinuousClock.now
+        pthread_mutex_lock(&mutex)
+        if started == nil { started = now }
+        pthread_mutex_unlock(&mutex)
+    }
+
+    /// When the work began, if the one doing it said so (`SerialQueue` jobs do).
+    public var startedAt: ContinuousClock.Instant? {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return started
+    }
+
+    /// When the last part signalled; nil while not done (and for completions made done).
+    public var finishedAt: ContinuousClock.Instant? {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return finished
     }
 
     /// Blocks until done; the failure if a part failed.

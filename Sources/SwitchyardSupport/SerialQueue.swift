@@ -65,6 +65,7 @@ public final class SerialQueue: @unchecked Sendable {
             pthread_mutex_unlock(&mutex)
             var failure = job.after.waitAll()
             if failure == nil {
+                job.done.markStarted()
                 do { try job.body() } catch { failure = error }
             }
             job.done.signal(failure: failure)

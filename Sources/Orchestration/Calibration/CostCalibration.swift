@@ -81,7 +81,7 @@ extension CostModel {
         if let accelerator, accelerator.available >= slotBytes {
             let mark = accelerator.used
             let offset = accelerator.allocate(slotBytes)!
-            let copySeconds = time { _ = TieredExecutor.copyCompact(expert, toOffset: offset, accelerator: accelerator, after: []).wait() }
+            let copySeconds = time { _ = TieredExecutor.copyCompact(expert, toOffset: offset, accelerator: accelerator, after: []).last!.wait() }
             copyRate = Double(expertBytes) / copySeconds
             let onDevice = TieredExecutor.compactLayout(expert, atOffset: offset, accelerator: accelerator)
             acceleratorSeconds = counts.map { n in
@@ -90,8 +90,23 @@ extension CostModel {
             accelerator.release(to: mark)
         }
         let table = CostModel(key: key, tokenCounts: counts, cpuSeconds: cpuSeconds, acceleratorSeconds: acceleratorSeconds,
-                              copyBytesPerSecond: copyRate, diskBytesPerSecond: diskRate, expertBytes: expertBytes)
+                              copyBytesPerSecond: copyRate, diskBytesPerSecond: diskRate, expertBytes: expertBytes,
+                              groupOverheadSeconds: measureGroupOverhead())
         table.save(directory: options.costDirectory)
         return table
+    }
+
+    /// One more pipeline group costs a hand-off to another thread and a wake-up on its completion:
+    /// the median of 64 empty jobs through a queue, each waited for.
+    static func measureGroupOverhead() -> Double {
+        let queue = SerialQueue()
+        defer { queue.stop() }
+        var samples: [Double] = []
+        for _ in 0..<65 {
+            let started = ContinuousClock.now
+            queue.submit {}.wait()
+            samples.append((ContinuousClock.now - started).seconds)
+        }
+        return samples.dropFirst().sorted()[32]
     }
 }

@@ -17,6 +17,11 @@ public struct CostModel: Sendable, Equatable {
     public var diskBytesPerSecond: Double
     /// Bytes of one expert's three matrices.
     public var expertBytes: Int
+    /// What one more pipeline group costs (`ExpertPipeline`'s k): handing work to another thread
+    /// and waking on its completion.
+    public var groupOverheadSeconds: Double
+    /// Observations learned since the table was measured or loaded (`learn`).
+    public var observations = 0
 
     public static let measuredTokenCounts = [1, 2, 4, 8, 16, 32, 64, 128]
 
@@ -45,11 +50,13 @@ public struct CostModel: Sendable, Equatable {
         o["copy_bytes_per_second"] = .double(copyBytesPerSecond)
         o["disk_bytes_per_second"] = .double(diskBytesPerSecond)
         o["expert_bytes"] = .int(expertBytes)
+        o["group_overhead_seconds"] = .double(groupOverheadSeconds)
+        o["observations"] = .int(observations)
         return .object(o)
     }
 
     public init(key: String, tokenCounts: [Int], cpuSeconds: [Double], acceleratorSeconds: [Double],
-                copyBytesPerSecond: Double, diskBytesPerSecond: Double, expertBytes: Int) {
+                copyBytesPerSecond: Double, diskBytesPerSecond: Double, expertBytes: Int, groupOverheadSeconds: Double = 20e-6) {
         self.key = key
         self.tokenCounts = tokenCounts
         self.cpuSeconds = cpuSeconds
@@ -57,6 +64,7 @@ public struct CostModel: Sendable, Equatable {
         self.copyBytesPerSecond = copyBytesPerSecond
         self.diskBytesPerSecond = diskBytesPerSecond
         self.expertBytes = expertBytes
+        self.groupOverheadSeconds = groupOverheadSeconds
     }
 
     /// A cached table, or nil when the JSON is not one (a cache written by another version is
@@ -69,10 +77,12 @@ public struct CostModel: Sendable, Equatable {
               let accelerator = numbers("accelerator_seconds"), accelerator.isEmpty || accelerator.count == counts.count,
               let copy = json["copy_bytes_per_second"]?.doubleValue,
               let disk = json["disk_bytes_per_second"]?.doubleValue,
-              let bytes = json["expert_bytes"]?.intValue
+              let bytes = json["expert_bytes"]?.intValue,
+              let overhead = json["group_overhead_seconds"]?.doubleValue
         else { return nil }
         self.init(key: key, tokenCounts: counts, cpuSeconds: cpu, acceleratorSeconds: accelerator,
-                  copyBytesPerSecond: copy, diskBytesPerSecond: disk, expertBytes: bytes)
+                  copyBytesPerSecond: copy, diskBytesPerSecond: disk, expertBytes: bytes, groupOverheadSeconds: overhead)
+        observations = json["observations"]?.intValue ?? 0
     }
 
     /// Where tables are cached: $SWITCHYARD_CACHE_DIR, else $XDG_CACHE_HOME/switchyard, else

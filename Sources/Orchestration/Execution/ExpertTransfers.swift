@@ -25,6 +25,7 @@ extension TieredExecutor {
             nextDiskQueue = (nextDiskQueue + 1) % diskQueues.count
             let target = pointer + layout[i]
             diskQueues[nextDiskQueue].submit(after: after) {
+                ready.markStarted()
                 do throws(WeightFileError) {
                     _ = try reader.read(file: r.file, offset: r.offset, bytes: r.bytes, into: target)
                     ready.signal()
@@ -35,6 +36,7 @@ extension TieredExecutor {
         }
         let entry = CacheEntry(key: key, slot: slot, weights: FeedForwardWeights(shapes), ready: ready)
         entry.prefetched = prefetched
+        if options.learnCosts { movements.append(Movement(done: ready, bytes: ranges.reduce(0) { $0 + $1.bytes }, link: .disk)) }
         cache.store(entry)
         return (entry, ready)
     }
@@ -45,7 +47,9 @@ extension TieredExecutor {
         guard let accelerator, let cache = acceleratorCache,
               let slot = cache.insert(key, step: step, protected: protected, keepUsedSince: prefetched ? step : nil) else { return nil }
         let offset = acceleratorSlots[slot]
-        let done = TieredExecutor.copyCompact(source, toOffset: offset, accelerator: accelerator, after: after)
+        let copies = TieredExecutor.copyCompact(source, toOffset: offset, accelerator: accelerator, after: after)
+        if options.learnCosts { for (c, m) in zip(copies, source.matrices) { movements.append(Movement(done: c, bytes: m.byteCount, link: .copy)) } }
+        let done = copies.last!
         if let ramEntry = ramCache?.lookup(key) { ramEntry.readers = done }
         let entry = CacheEntry(key: key, slot: slot, weights: TieredExecutor.compactLayout(source, atOffset: offset, accelerator: accelerator),
                                ready: done)
@@ -86,15 +90,16 @@ extension TieredExecutor {
         return FeedForwardWeights(f.matrices.enumerated().map { i, m in accelerator.matrix(m, at: base + o[i]) })
     }
 
-    /// Copies an expert from host memory into an accelerator slot. Each copy waits for the one
-    /// before, so the last completion covers all three, failures (of a read they wait for) included.
-    static func copyCompact(_ f: FeedForwardWeights, toOffset base: Int, accelerator: any Accelerator, after: [Completion]) -> Completion {
+    /// Copies an expert from host memory into an accelerator slot: the completion of each matrix's
+    /// copy. Each copy waits for the one before, so the last completion covers all three, failures
+    /// (of a read they wait for) included.
+    static func copyCompact(_ f: FeedForwardWeights, toOffset base: Int, accelerator: any Accelerator, after: [Completion]) -> [Completion] {
         let o = ExpertPlacement.acceleratorSlotOffsets(f.matrices.map(\.byteCount))
-        var last = Completion(done: true)
+        var copies: [Completion] = []
         for (i, m) in f.matrices.enumerated() {
-            last = accelerator.copy(from: m.data, toOffset: base + o[i], bytes: m.byteCount, after: i == 0 ? after : [last])
+            copies.append(accelerator.copy(from: m.data, toOffset: base + o[i], bytes: m.byteCount, after: i == 0 ? after : [copies[i - 1]]))
         }
-        return last
+        return copies
     }
 
     static func allocateAligned(_ bytes: Int) -> UnsafeMutableRawPointer {

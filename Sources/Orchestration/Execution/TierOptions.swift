@@ -16,6 +16,10 @@ public struct TierOptions: Sendable {
     /// Share of each tier's room for experts that is pinned (the rest is the expert cache).
     public var pinnedFraction = 0.5
     public var prefetch = true
+    /// How a layer's moved experts are pipelined with their compute (`--expert-pipeline`).
+    public var pipeline = PipelineSetting.auto
+    /// Correct the cost table with the times measured as layers run (and keep what was learned).
+    public var learnCosts = true
     /// Where measured cost tables are cached, and whether to measure again.
     public var costDirectory = CostModel.defaultDirectory
     public var recalibrate = false
@@ -34,8 +38,24 @@ public struct TierOptions: Sendable {
 
     /// What a RAM budget must hold besides weights: the KV cache of `positions` positions (all
     /// sequences together) and work memory.
-    public static func hostReservation(_ config: DecoderConfig, positions: Int) -> Int {
+    public static func hostReservation(_ config: DecoderConfig, positions: Int, promptChunk: Int = Model.defaultPromptChunk) -> Int {
         config.kvLayout.bytes(positions: positions) + workMemoryBytes
+            + max(0, activationBytes(config, tokens: promptChunk) - activationBytes(config, tokens: Model.defaultPromptChunk))
+    }
+
+    /// Activations of a forward pass over `tokens` tokens (residual, attention and projection rows,
+    /// gathered expert rows and outputs, an expert's gate and up rows, router logits), about: work
+    /// memory grows with the prompt chunk beyond what `workMemoryBytes` holds for the default one.
+    public static func activationBytes(_ config: DecoderConfig, tokens: Int) -> Int {
+        let inner = config.feedForward.map { f -> Int in
+            switch f {
+            case .dense(let n): return n
+            case .mixtureOfExperts(let m): return m.expertIntermediateSize
+            }
+        }.max() ?? 0
+        let experts = config.feedForward.compactMap { $0.moe?.expertCount }.max() ?? 0
+        let topK = config.feedForward.compactMap { $0.moe?.expertsPerToken }.max() ?? 1
+        return 4 * tokens * (8 * config.hiddenSize + 2 * topK * config.hiddenSize + 4 * inner + experts)
     }
 
     /// The placement budgets these options give, with an accelerator of `acceleratorMemory` bytes.

@@ -21,6 +21,15 @@ enum ExpertHome {
     }
 }
 
+/// A transfer the executor started (a disk read of an expert, a copy of one matrix), kept until it
+/// finishes so the cost model can learn the link's rate from it.
+struct Movement {
+    enum Link { case disk, copy }
+    let done: Completion
+    let bytes: Int
+    let link: Link
+}
+
 /// Bytes of one weight file.
 struct FileRange {
     let file: Int, offset: Int, bytes: Int
@@ -32,7 +41,8 @@ struct FileRange {
 /// and never names a device.
 public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     public let options: TierOptions
-    public let costs: CostModel
+    /// Measured at first use, then corrected by what every layer measures (`CostModel.learn`).
+    public internal(set) var costs: CostModel
     public let accelerator: (any Accelerator)?
     /// Where everything lives: the same placement `plan` computes for these budgets.
     public let placement: ExpertPlacement
@@ -62,6 +72,10 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     /// Bytes the copy engine had moved when placement was done (weights moved in at load).
     private var copiedAtLoad = 0
     var predictions: [Int: [Int: Int]] = [:]  // layer → expert → predicted tokens
+    /// Transfers not yet learned from.
+    var movements: [Movement] = []
+    /// Observations in the cost table when it was loaded (more at the end: save what was learned).
+    private var observationsAtLoad = 0
     let cpuScratch = FloatBuffer(), routerScratch = FloatBuffer()
     private var trace: UnsafeMutablePointer<FILE>?
     /// For a read that finds no cache slot at all (every slot busy): one buffer, made when first needed.
@@ -125,7 +139,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             for key in placement.experts(on: .accelerator) {
                 let f = experts[key.layer][key.expert]
                 guard let offset = accelerator.allocate(slotBytes) else { preconditionFailure("the placement's experts fit the accelerator") }
-                _ = TieredExecutor.copyCompact(f, toOffset: offset, accelerator: accelerator, after: []).wait()
+                _ = TieredExecutor.copyCompact(f, toOffset: offset, accelerator: accelerator, after: []).last!.wait()
                 for m in f.matrices { dropPages(m.data, m.byteCount) }
                 let resident = TieredExecutor.compactLayout(f, atOffset: offset, accelerator: accelerator)
                 homes[key.layer][key.expert] = .acceleratorPinned(resident)
@@ -156,6 +170,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         staging = placement.stagingBuffer ? TieredExecutor.allocateAligned(ramSlotBytes) : nil
 
         copiedAtLoad = accelerator?.bytesCopied ?? 0
+        observationsAtLoad = costs.observations
         if let path = options.tracePath {
             guard let file = fopen(path, "w") else { throw OrchestrationError("\(path): cannot write the trace: \(errorText())") }
             trace = file
@@ -163,6 +178,10 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     }
 
     deinit {
+        // What was learned is kept for the next run on this machine, with these devices.
+        if costs.observations > observationsAtLoad && !costs.tokenCounts.isEmpty && costs.expertBytes > 0 {
+            costs.save(directory: options.costDirectory)
+        }
         for q in diskQueues { q.stop() }
         if let trace { fclose(trace) }
         for p in ramSlots { free(p) }
@@ -208,6 +227,13 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         var prefetch = PredictionOutcome.none
         var action = ExpertAction.cpu
         var ranges: [FileRange] = []
+        /// The pipeline group of an expert that moves this layer (nil: it computes where it is).
+        var group: Int?
+        /// Its kernel's run, for the trace and the cost model.
+        var computeStart: ContinuousClock.Instant?, computeEnd: ContinuousClock.Instant?
+        var acceleratorRun: Completion?
+
+        var moves: Bool { action == .readThenCPU || action == .readThenCopy || action == .copyToAccelerator }
     }
 
     public func runExperts(layer: Int, tasks: [ExpertTask], input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
@@ -253,94 +279,128 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             hasAccelerator: accelerator != nil, copySlots: acceleratorCache?.capacity ?? 0)
         for i in states.indices { states[i].action = decision.actions[i] }
 
+        // The pipeline: the experts that move, in order, split into groups (the naive policy reads
+        // each one when it computes, so nothing moves ahead of it). A group must fit the RAM
+        // cache's slots, two groups at once when pipelined (one computing, one arriving).
+        let moved = options.policy == .naive ? [] : states.indices.filter { states[$0].moves }
+        var movedCompute = (cpu: 0.0, accelerator: 0.0)
+        for i in moved {
+            if states[i].action.runsOnAccelerator { movedCompute.accelerator += costs.accelerator(tokens: tasks[i].tokens) }
+            else { movedCompute.cpu += costs.cpu(tokens: tasks[i].tokens) }
+        }
+        let reads = moved.filter { states[$0].action == .readThenCPU || states[$0].action == .readThenCopy }.count
+        let pipeline = ExpertPipeline.choose(
+            movement: max(decision.disk, decision.link), compute: max(movedCompute.cpu, movedCompute.accelerator), floor: decision.makespan,
+            overhead: costs.groupOverheadSeconds, moved: moved.count, reads: reads, slots: ramCache?.capacity ?? 0, setting: options.pipeline)
+        for (j, i) in moved.enumerated() { states[i].group = pipeline.group(ofMoved: j, moved: moved.count) }
+        let pipelined = pipeline.overlapped
+
         let maxTokens = tasks.map(\.tokens).max() ?? 0
         let inner = tasks.isEmpty ? 0 : config.feedForward[layer].moe!.expertIntermediateSize
         cpuScratch.reserve(2 * maxTokens * inner)
 
-        // Disk reads first (they are the slowest), then copies, then accelerator kernels; the CPU's
-        // share runs here meanwhile.
+        // Disk reads in group order, as far as slots allow: every group when pipelined (the later
+        // ones as earlier ones free their slots), the first only when not (each next group is read
+        // once the one before has computed).
+        var readQueue = moved.filter { states[$0].action == .readThenCPU || states[$0].action == .readThenCopy }
         var layerReads: [Completion] = []
-        for i in states.indices where states[i].action == .readThenCPU || states[i].action == .readThenCopy {
-            guard options.policy != .naive else { continue }
-            if let (entry, ready) = startRead(keys[i], ranges: states[i].ranges, protected: protected, prefetched: false) {
+        var stillNeeded = protected
+        func readAhead(through group: Int) {
+            while let i = readQueue.first, states[i].group! <= group,
+                  let (entry, ready) = startRead(keys[i], ranges: states[i].ranges, protected: stillNeeded, prefetched: false) {
                 states[i].weights = entry.weights
                 states[i].ready = [ready]
                 layerReads.append(ready)
-            } else {
-                states[i].action = .readThenCPU  // read synchronously below
+                readQueue.removeFirst()
             }
         }
-        var acceleratorDone: [Completion] = []
-        for i in states.indices {
-            let task = tasks[i]
-            switch states[i].action {
-            case .copyToAccelerator, .readThenCopy:
-                guard let source = states[i].weights,
-                      let entry = startCopy(keys[i], from: source, after: states[i].ready, protected: protected, prefetched: false) else {
-                    states[i].action = states[i].action == .readThenCopy ? .readThenCPU : .cpu
-                    continue
-                }
-                states[i].weights = entry.weights
-                states[i].ready = [entry.ready]
-                fallthrough
-            case .accelerator:
-                acceleratorDone.append(accelerator!.runExpert(
-                    states[i].weights!, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden,
-                    tokens: task.tokens, after: states[i].ready))
-                statistics.acceleratorRuns += 1
-            case .cpu, .readThenCPU:
-                break
+        readAhead(through: pipelined ? Int.max : 0)
+        // An expert to be copied whose read found no slot runs on the CPU once read.
+        for i in readQueue where states[i].action == .readThenCopy { states[i].action = .readThenCPU }
+        for i in moved where states[i].action == .copyToAccelerator || states[i].action == .readThenCopy {
+            guard let source = states[i].weights,
+                  let entry = startCopy(keys[i], from: source, after: states[i].ready, protected: protected, prefetched: false) else {
+                states[i].action = states[i].action == .readThenCopy ? .readThenCPU : .cpu
+                if states[i].action == .cpu { states[i].group = nil }
+                continue
             }
+            states[i].weights = entry.weights
+            states[i].ready = [entry.ready]
+        }
+        // A group's kernels wait for all of the group's movement started so far (a read still
+        // waiting for a slot is waited for by its own expert).
+        func barrier(_ s: Slotted) -> [Completion] {
+            guard let g = s.group else { return s.ready }
+            return states.filter { $0.group == g }.flatMap(\.ready) + s.ready
         }
 
-        let layerFits = states.allSatisfy { $0.weights != nil || ($0.action != .readThenCPU && $0.action != .readThenCopy) }
-        if options.prefetch && options.policy != .naive && layerFits {
+        // Accelerator kernels: those that need nothing moved first, then each group's in order
+        // (the kernel stream runs them in submission order).
+        let onAccelerator = states.indices.filter { states[$0].action.runsOnAccelerator }
+        for i in onAccelerator.sorted(by: { (states[$0].group ?? -1, $0) < (states[$1].group ?? -1, $1) }) {
+            let task = tasks[i]
+            states[i].acceleratorRun = accelerator!.runExpert(
+                states[i].weights!, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden,
+                tokens: task.tokens, after: barrier(states[i]))
+            statistics.acceleratorRuns += 1
+        }
+
+        if options.prefetch && options.policy != .naive && readQueue.isEmpty {
             prefetchNextLayer(after: layer, layerInput: layerInput, tokens: tokens, protected: protected, behind: layerReads,
                               diskIdle: decision.makespan - decision.disk, linkIdle: decision.makespan - decision.link)
         }
 
-        // The CPU's share: experts at hand first, then those still waiting for a cache slot, which
-        // get the slots of experts this layer has finished with (a layer may need more experts
-        // than the cache has slots: they stream through it). A failed read fails the layer, once
-        // no work of it is still running.
+        // The CPU's share: experts at hand first, then each group's as its movement completes.
+        // Reads waiting for a slot start as experts of this layer finish with theirs (a layer may
+        // need more experts than the cache has slots: they stream through it). A failed read
+        // fails the layer, once no work of it is still running.
         var failure: WorkFailure?
-        let cpuTasks = states.indices.filter { states[$0].action == .cpu || states[$0].action == .readThenCPU }
-        let order = cpuTasks.filter { states[$0].weights != nil } + cpuTasks.filter { states[$0].weights == nil }
-        var stillNeeded = protected
+        let order = states.indices.filter { !states[$0].action.runsOnAccelerator }
+            .sorted { (states[$0].group ?? -1, $0) < (states[$1].group ?? -1, $1) }
         for i in order where failure == nil {
-            if options.policy != .naive {
-                for j in order where states[j].weights == nil {
-                    guard let (entry, ready) = startRead(keys[j], ranges: states[j].ranges, protected: stillNeeded, prefetched: false) else { break }
-                    states[j].weights = entry.weights
-                    states[j].ready = [ready]
-                }
-            }
+            if let g = states[i].group { readAhead(through: pipelined ? Int.max : g) }
             let task = tasks[i]
             do throws(WorkFailure) {
                 // The naive policy, or no slot at all: read now into the staging buffer.
                 let weights: FeedForwardWeights
-                if let w = states[i].weights { weights = w } else { weights = try readNow(keys[i], states[i].ranges) }
-                if let f = states[i].ready.waitAll() { throw f }
+                if let w = states[i].weights { weights = w } else {
+                    readQueue.removeAll { $0 == i }
+                    weights = try readNow(keys[i], states[i].ranges)
+                }
+                if let f = barrier(states[i]).waitAll() { throw f }
                 let scratch = cpuScratch.pointer
+                states[i].computeStart = .now
                 cpu.feedForward(weights, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden, tokens: task.tokens,
                                 gate: scratch, up: scratch + task.tokens * inner)
+                states[i].computeEnd = .now
                 statistics.cpuRuns += 1
             } catch {
                 failure = error
             }
             stillNeeded.remove(keys[i])
         }
-        if let f = acceleratorDone.waitAll(), failure == nil { failure = f }
+        if let f = states.compactMap(\.acceleratorRun).waitAll(), failure == nil { failure = f }
         if let failure {
             // Reads of this layer still in flight write only to cache slots, whose entries a failed
             // fill removes from the cache when next looked up.
             _ = layerReads.waitAll()
             throw failure
         }
+        let finished = ContinuousClock.now
+        for i in states.indices {
+            if let run = states[i].acceleratorRun { states[i].computeStart = run.startedAt; states[i].computeEnd = run.finishedAt }
+        }
 
-        let measured = (ContinuousClock.now - started).seconds
-        statistics.predictedSeconds += decision.makespan
+        let measured = (finished - started).seconds
+        statistics.predictedSeconds += pipeline.predicted
         statistics.measuredSeconds += measured
+        if step > TierStatistics.warmUpSteps {
+            statistics.predictedSecondsAfterWarmUp += pipeline.predicted
+            statistics.measuredSecondsAfterWarmUp += measured
+        }
+        let timing = PipelineTiming(pipeline: pipeline, started: started,
+                                    groups: states.map { s in (s.group, s.ready, s.computeStart, s.computeEnd) }, experts: tasks.map(\.expert))
+        if options.learnCosts { learn(from: tasks, states.map { ($0.action.runsOnAccelerator, $0.computeStart, $0.computeEnd) }) }
         if let trace {
             let record = LayerTrace(
                 step: step, layer: layer, tokens: tokens,
@@ -348,9 +408,33 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                     LayerTrace.Expert(expert: task.expert, tokens: task.tokens, weights: s.location, action: s.action, cache: s.cache,
                                       prefetch: s.prefetch)
                 },
-                decision: decision, measuredSeconds: measured)
+                decision: decision, predictedSeconds: pipeline.predicted, measuredSeconds: measured, pipeline: timing)
             fputs(record.json.serialized() + "\n", trace)
         }
+    }
+
+    /// Feeds the cost model what this layer measured: each kernel's time, and each link's bytes
+    /// over the time it was busy (the transfers that finished since the last layer, prefetches
+    /// included).
+    private func learn(from tasks: [ExpertTask], _ runs: [(accelerator: Bool, start: ContinuousClock.Instant?, end: ContinuousClock.Instant?)]) {
+        var m = LayerMeasurement()
+        for (task, run) in zip(tasks, runs) {
+            guard let start = run.start, let end = run.end else { continue }
+            let seconds = (end - start).seconds
+            if run.accelerator { m.accelerator.append((task.tokens, seconds)) } else { m.cpu.append((task.tokens, seconds)) }
+        }
+        var pending: [Movement] = []
+        var intervals: [Movement.Link: [LayerMeasurement.Interval]] = [:]
+        for movement in movements {
+            guard let end = movement.done.finishedAt else { pending.append(movement); continue }
+            guard let start = movement.done.startedAt, movement.done.wait() == nil else { continue }
+            intervals[movement.link, default: []].append((start, end))
+            if movement.link == .disk { m.diskBytes += movement.bytes } else { m.copyBytes += movement.bytes }
+        }
+        movements = pending
+        m.diskBusySeconds = LayerMeasurement.busySeconds(intervals[.disk] ?? [])
+        m.copyBusySeconds = LayerMeasurement.busySeconds(intervals[.copy] ?? [])
+        costs.learn(m)
     }
 }
 

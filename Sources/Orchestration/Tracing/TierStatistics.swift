@@ -1,5 +1,6 @@
 import Runtime
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// What tiered execution did: for `--json` output and the benchmarks.
 public struct TierStatistics: Sendable {
@@ -18,6 +19,9 @@ public struct TierStatistics: Sendable {
     public var prefetchLoads = 0, prefetchUsed = 0
     /// The expert sections of all MoE layers: the scheduler's predicted makespans and the time taken.
     public var predictedSeconds = 0.0, measuredSeconds = 0.0
+    /// The same from step `warmUpSteps + 1` on, once the cost model has learned from a few steps.
+    public var predictedSecondsAfterWarmUp = 0.0, measuredSecondsAfterWarmUp = 0.0
+    public static let warmUpSteps = 2
 
     public var cacheHitRate: Double { ratio(cacheHits, cacheHits + cacheMisses) }
     public var predictionHitRate: Double { ratio(predictionHits, predictionHits + predictionMisses) }
@@ -43,6 +47,8 @@ public struct TierStatistics: Sendable {
         o["prefetch_used"] = .int(prefetchUsed)
         o["predicted_expert_seconds"] = .double(predictedSeconds)
         o["measured_expert_seconds"] = .double(measuredSeconds)
+        o["predicted_expert_seconds_after_warm_up"] = .double(predictedSecondsAfterWarmUp)
+        o["measured_expert_seconds_after_warm_up"] = .double(measuredSecondsAfterWarmUp)
         return .object(o)
     }
 }
@@ -98,7 +104,10 @@ struct LayerTrace {
     var step: Int, layer: Int, tokens: Int
     var experts: [Expert]
     var decision: LayerScheduler.Decision
+    /// The pipeline's prediction (the scheduler's makespan, bounded by the pipeline's fill and drain).
+    var predictedSeconds: Double
     var measuredSeconds: Double
+    var pipeline: PipelineTiming
 
     var json: JSONValue {
         var o = JSONObject()
@@ -116,12 +125,77 @@ struct LayerTrace {
             e["prefetch"] = .string(x.prefetch.rawValue)
             return .object(e)
         })
-        o["predicted_ms"] = .double(decision.makespan * 1e3)
+        o["predicted_ms"] = .double(predictedSeconds * 1e3)
         o["predicted_cpu_ms"] = .double(decision.cpu * 1e3)
         o["predicted_accelerator_ms"] = .double(decision.accelerator * 1e3)
         o["predicted_copy_ms"] = .double(decision.link * 1e3)
         o["predicted_disk_ms"] = .double(decision.disk * 1e3)
         o["measured_ms"] = .double(measuredSeconds * 1e3)
+        o["pipeline"] = pipeline.json
+        return .object(o)
+    }
+}
+
+/// What the expert pipeline chose and achieved in one layer, for the trace.
+struct PipelineTiming {
+    struct Group {
+        var experts: [Int] = []
+        /// Since the layer began: when the group's movement was all done, and its kernels' span.
+        var movedAt: Double?, computeStart: Double?, computeEnd: Double?
+    }
+
+    var pipeline: ExpertPipeline
+    var groups: [Group]
+    /// Since the layer began, when the last movement finished; how long kernels ran while a
+    /// transfer of this layer was under way.
+    var movementSeconds = 0.0, overlapSeconds = 0.0
+
+    /// - Parameter runs: per expert, its group (nil: it did not move), its movement's completions and
+    ///   its kernel's start and end.
+    init(pipeline: ExpertPipeline, started: ContinuousClock.Instant,
+         groups runs: [(group: Int?, movement: [Completion], start: ContinuousClock.Instant?, end: ContinuousClock.Instant?)],
+         experts: [Int]) {
+        self.pipeline = pipeline
+        func since(_ t: ContinuousClock.Instant) -> Double { (t - started).seconds }
+        groups = Array(repeating: Group(), count: pipeline.groups)
+        var movementEnd = started
+        var kernels: [LayerMeasurement.Interval] = [], transfers: [LayerMeasurement.Interval] = []
+        for (run, expert) in zip(runs, experts) {
+            if let s = run.start, let e = run.end { kernels.append((s, e)) }
+            guard let g = run.group else { continue }
+            groups[g].experts.append(expert)
+            for c in run.movement {
+                guard let t = c.finishedAt else { continue }
+                if let s = c.startedAt { transfers.append((s, t)) }
+                movementEnd = max(movementEnd, t)
+                groups[g].movedAt = max(groups[g].movedAt ?? 0, since(t))
+            }
+            if let s = run.start { groups[g].computeStart = min(groups[g].computeStart ?? .infinity, since(s)) }
+            if let e = run.end { groups[g].computeEnd = max(groups[g].computeEnd ?? 0, since(e)) }
+        }
+        movementSeconds = since(movementEnd)
+        overlapSeconds = LayerMeasurement.overlapSeconds(kernels, transfers)
+    }
+
+    var json: JSONValue {
+        var o = JSONObject()
+        o["groups"] = .int(pipeline.groups)
+        o["overlapped"] = .bool(pipeline.overlapped)
+        o["optimum"] = .double(pipeline.optimum)
+        o["predicted_movement_ms"] = .double(pipeline.movement * 1e3)
+        o["predicted_compute_ms"] = .double(pipeline.compute * 1e3)
+        o["group_overhead_us"] = .double(pipeline.overhead * 1e6)
+        o["predicted_unpipelined_ms"] = .double(pipeline.unpipelined * 1e3)
+        o["movement_ms"] = .double(movementSeconds * 1e3)
+        o["overlap_ms"] = .double(overlapSeconds * 1e3)
+        o["chunks"] = .array(groups.map { g in
+            var c = JSONObject()
+            c["experts"] = .array(g.experts.map { .int($0) })
+            c["moved_ms"] = g.movedAt.map { .double($0 * 1e3) } ?? .null
+            c["compute_start_ms"] = g.computeStart.map { .double($0 * 1e3) } ?? .null
+            c["compute_end_ms"] = g.computeEnd.map { .double($0 * 1e3) } ?? .null
+            return .object(c)
+        })
         return .object(o)
     }
 }
