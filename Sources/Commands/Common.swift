@@ -42,6 +42,11 @@ public struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("accelerator-threads"), help: "Kernel threads of the emulated accelerator.")
     var acceleratorThreads: Int = 1
 
+    @Option(name: .customLong("accelerator-link"), help: ArgumentHelp(
+        "The emulated accelerator's host link, e.g. 2GB/s (default: host memory speed).",
+        discussion: "Its kernels run at the host's speed, far below a GPU's; a slower link keeps copies in the proportion to compute they have on a real one."))
+    var acceleratorLink: String?
+
     @Option(name: .customLong("ram-budget"), help: ArgumentHelp(
         "Host RAM for weights, KV cache and work memory, e.g. 800MiB.",
         discussion: "Experts that do not fit are read from the model files when needed (O_DIRECT), through an expert cache with prefetch."))
@@ -131,6 +136,12 @@ public struct ModelOptions: ParsableArguments {
         o.accelerator = accelerator
         o.acceleratorMemory = try acceleratorMemory.map(parseByteSize)
         o.acceleratorThreads = acceleratorThreads
+        if let acceleratorLink {
+            let perSecond = acceleratorLink.hasSuffix("/s") ? String(acceleratorLink.dropLast(2)) : acceleratorLink
+            let rate = try parseByteSize(perSecond)
+            guard rate >= 1 << 20 else { throw InputError("--accelerator-link: '\(acceleratorLink)' is below 1 MiB/s") }
+            o.acceleratorLink = Double(rate)
+        }
         o.ramBudget = try ramBudget.map(parseByteSize)
         o.expertPolicy = expertPolicy
         o.prefetch = !noPrefetch

@@ -73,7 +73,8 @@ public final class Engine: @unchecked Sendable {
         var accelerator: (any Accelerator)?
         if options.accelerator == .emulated, let memory = options.acceleratorMemory {
             do {
-                accelerator = try EmulatedAccelerator(memory: memory, threads: options.acceleratorThreads, precision: precision, tuning: tuning)
+                accelerator = try EmulatedAccelerator(memory: memory, threads: options.acceleratorThreads, precision: precision, tuning: tuning,
+                                                    link: options.acceleratorLink)
             } catch {
                 throw EngineError(error.description)
             }

@@ -53,6 +53,8 @@ public struct EngineOptions: Sendable {
     /// The accelerator's memory budget (required for the emulated one).
     public var acceleratorMemory: Int?
     public var acceleratorThreads = 1
+    /// The emulated accelerator's host link, bytes per second (nil: host memory speed).
+    public var acceleratorLink: Double?
     /// Host RAM for weights, KV cache and work memory; experts beyond it are read from the files.
     public var ramBudget: Int?
     public var expertPolicy: ExpertPolicy = .scheduled
@@ -107,6 +109,7 @@ public struct EngineOptions: Sendable {
     public func validate() throws(EngineError) {
         if let threads, threads < 1 { throw EngineError("--threads must be at least 1") }
         if acceleratorThreads < 1 { throw EngineError("--accelerator-threads must be at least 1") }
+        if acceleratorLink != nil && accelerator != .emulated { throw EngineError("--accelerator-link paces the emulated accelerator's copies: use it with --accelerator emulated") }
         if accelerator == .emulated && acceleratorMemory == nil {
             throw EngineError("--accelerator emulated needs --accelerator-memory (its memory budget, e.g. 512MiB)")
         }

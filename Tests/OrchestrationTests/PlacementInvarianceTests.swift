@@ -170,3 +170,59 @@ struct DiskFailureTests {
         #expect(firstDifference(after.logits, reference.logits) == nil, "logits after the drive came back")
     }
 }
+
+@Suite("The expert pipeline changes no result")
+struct PipelineInvarianceTests {
+    /// A prompt long enough that most experts of a layer move (44 tokens, then 8 greedy ones).
+    func longRun(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
+        let prompt = (0..<44).map { ($0 * 37 + 5) % min(model.config.vocabularySize, 3000) + 3 }
+        let session = try model.makeSession(contextLength: 64)
+        let logits = try session.forward(prompt, allLogits: true)
+        let v = model.config.vocabularySize
+        var last = Array(logits[(prompt.count - 1) * v..<prompt.count * v])
+        var tokens: [Int] = []
+        for _ in 0..<8 {
+            let next = last.indices.max { last[$0] < last[$1] }!
+            tokens.append(next)
+            last = try session.forward([next])
+        }
+        return (logits, tokens)
+    }
+
+    @Test("off, 1, 2, 3 and every expert's group, under a RAM budget and with the emulated accelerator", arguments: moeArchitectures)
+    func everyGroupCount(arch: String) throws {
+        let reference = try longRun(Model(directory: fixturePath(arch), threads: 2))
+        let counts = try Model(directory: fixturePath(arch), threads: 1).config.feedForward.compactMap { $0.moe?.expertCount }
+        let experts = try #require(counts.max())
+        for setting in [PipelineSetting.off, .groups(1), .groups(2), .groups(3), .groups(experts), .auto] {
+            // Three RAM slots for the layer's four experts: groups of one when overlapped.
+            let (model, executor) = try tiered(arch) { options, always, slot in
+                options.ramBudget = always + 3 * slot
+                options.expertPipeline = setting
+            }
+            let result = try longRun(model)
+            #expect(result.tokens == reference.tokens, "\(arch) RAM \(setting)")
+            #expect(firstDifference(result.logits, reference.logits) == nil, "\(arch) RAM \(setting): logits differ")
+            let s = executor.statistics
+            #expect(s.diskBytesRead > 0)
+            switch setting {
+            case .off, .groups(1): #expect(s.pipelinedLayers == 0, "\(arch) \(setting)")
+            case .groups(let n): #expect(s.mostPipelineGroups >= min(n, 2), "\(arch) \(setting): \(s.mostPipelineGroups) groups at most")
+            case .auto: break
+            }
+
+            // Copies into the accelerator's cache (one expert pinned, two slots), pipelined the same way.
+            let probe = try tiered(arch, accelerator: 2 * modelBytes(arch)) { _, _, _ in }
+            let room = probe.1.placement.acceleratorTensorBytes + 3 * ExpertPlacement.acceleratorSlotBytes(probe.1.footprint.expertMatrixBytes) + 4096
+            let (copied, copier) = try tiered(arch, accelerator: room) { options, _, _ in
+                options.expertPolicy = .copy
+                options.expertPipeline = setting
+            }
+            let viaCopies = try longRun(copied)
+            #expect(viaCopies.tokens == reference.tokens, "\(arch) accelerator \(setting)")
+            #expect(firstDifference(viaCopies.logits, reference.logits) == nil, "\(arch) accelerator \(setting): logits differ")
+            #expect(copier.statistics.bytesCopied > 0)
+            if case .groups(let n) = setting, n >= 2 { #expect(copier.statistics.mostPipelineGroups >= 2, "\(arch) accelerator \(setting)") }
+        }
+    }
+}

@@ -189,3 +189,122 @@ enum WeightMatrixStub {
     nonisolated(unsafe) static let storage = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
     static var matrix: WeightMatrix { WeightMatrix(element: .f32, rows: 1, columns: 1, data: storage) }
 }
+
+@Suite("EPS-MoE's expert pipeline")
+struct ExpertPipelineTests {
+    @Test("N* = sqrt(min(M, C) / k), bounded by the experts moved")
+    func optimumIsBounded() {
+        // 100 ms of reads and 100 ms of kernels over 8 experts, 10 µs a group: N* = 100, so 8.
+        let p = ExpertPipeline.choose(movement: 0.1, compute: 0.1, floor: 0.1, overhead: 10e-6, moved: 8, reads: 8, slots: 16, setting: .auto)
+        #expect(abs(p.optimum - 100) < 1e-9)
+        #expect(p.groups == 8 && p.overlapped)
+        #expect(abs(p.predicted - (0.1 + 0.1 / 8 + 7 * 10e-6)) < 1e-12)
+        #expect(abs(p.unpipelined - 0.2) < 1e-12)
+        // A costly group (2.5 ms): N* = sqrt(0.1 / 0.0025) = 6.3, and 6 is the faster neighbour.
+        let costly = ExpertPipeline.choose(movement: 0.1, compute: 0.1, floor: 0.1, overhead: 2.5e-3, moved: 8, reads: 8, slots: 16, setting: .auto)
+        #expect(costly.groups == 6)
+        let times = (2...8).map { ExpertPipeline.layerSeconds(groups: $0, movement: 0.1, compute: 0.1, overhead: 2.5e-3, floor: 0.1) }
+        #expect(costly.predicted == times.min())
+    }
+
+    @Test("off where splitting costs more than it hides, and with nothing to move")
+    func offBelowThreshold() {
+        // 30 µs of reads against 10 µs a group: N* < 2, and two groups would gain 15 µs for 10.
+        let small = ExpertPipeline.choose(movement: 30e-6, compute: 1e-3, floor: 1e-3, overhead: 20e-6, moved: 2, reads: 2, slots: 8, setting: .auto)
+        #expect(!small.overlapped && small.groups == 1)
+        #expect(small.predicted == small.unpipelined)
+        let none = ExpertPipeline.choose(movement: 0, compute: 0, floor: 2e-3, overhead: 10e-6, moved: 0, reads: 0, slots: 8, setting: .auto)
+        #expect(!none.overlapped && none.groups == 1 && none.predicted == 2e-3)
+        // One expert moved: nothing to overlap it with.
+        let one = ExpertPipeline.choose(movement: 0.1, compute: 0.1, floor: 0.1, overhead: 10e-6, moved: 1, reads: 1, slots: 8, setting: .auto)
+        #expect(!one.overlapped)
+    }
+
+    @Test("groups fit the RAM cache: one at a time unpipelined, two at once pipelined")
+    func groupsFitTheSlots() {
+        let off = ExpertPipeline.choose(movement: 0.1, compute: 0.1, floor: 0.1, overhead: 10e-6, moved: 8, reads: 8, slots: 4, setting: .off)
+        #expect(off.groups == 2 && !off.overlapped)
+        #expect(abs(off.predicted - (0.2 + 10e-6)) < 1e-12)
+        let two = ExpertPipeline.choose(movement: 0.1, compute: 0.1, floor: 0.1, overhead: 10e-6, moved: 8, reads: 8, slots: 4, setting: .groups(2))
+        #expect(two.groups == 4 && two.overlapped)
+        #expect((0..<8).map { two.group(ofMoved: $0, moved: 8) } == [0, 0, 1, 1, 2, 2, 3, 3])
+        // Copies to the accelerator take no RAM slot: the forced count stands.
+        let copies = ExpertPipeline.choose(movement: 0.1, compute: 0.1, floor: 0.1, overhead: 10e-6, moved: 8, reads: 0, slots: 0, setting: .groups(3))
+        #expect(copies.groups == 3)
+        #expect((0..<8).map { copies.group(ofMoved: $0, moved: 8) } == [0, 0, 0, 1, 1, 1, 2, 2])
+        #expect(PipelineSetting("auto") == .auto && PipelineSetting("off") == .off && PipelineSetting("3") == .groups(3))
+        #expect(PipelineSetting("0") == nil && PipelineSetting("4097") == nil && PipelineSetting("two") == nil)
+    }
+}
+
+@Suite("A cost model that corrects itself")
+struct CostLearningTests {
+    @Test("kernel times move toward what runs measure, near the token count measured")
+    func kernelTimesConverge() {
+        var costs = syntheticCosts
+        // The CPU is twice as slow at 16 tokens as calibrated (another thread competes for it).
+        for _ in 0..<20 {
+            var m = LayerMeasurement()
+            m.cpu = [(16, 32e-3)]
+            costs.learn(m)
+        }
+        #expect(abs(costs.cpu(tokens: 16) - 32e-3) / 32e-3 < 0.01)
+        #expect(costs.cpu(tokens: 1) == syntheticCosts.cpu(tokens: 1))
+        #expect(costs.cpu(tokens: 64) == syntheticCosts.cpu(tokens: 64))
+        #expect(costs.observations == 20)
+        // Between measured counts, both neighbours share the correction by their weights.
+        var between = syntheticCosts
+        var m = LayerMeasurement()
+        m.accelerator = [(12, 2 * syntheticCosts.accelerator(tokens: 12))]
+        between.learn(m)
+        #expect(between.accelerator(tokens: 8) > syntheticCosts.accelerator(tokens: 8))
+        #expect(between.accelerator(tokens: 16) > syntheticCosts.accelerator(tokens: 16))
+        #expect(between.accelerator(tokens: 4) == syntheticCosts.accelerator(tokens: 4))
+    }
+
+    @Test("link rates follow bytes over busy time; one outlier moves them at most 4x a step")
+    func ratesConverge() {
+        var costs = syntheticCosts
+        for _ in 0..<30 {
+            var m = LayerMeasurement()
+            m.diskBytes = 2_000_000
+            m.diskBusySeconds = 0.08  // 25 MB/s against the calibrated 50
+            costs.learn(m)
+        }
+        #expect(abs(costs.diskBytesPerSecond - 25e6) / 25e6 < 0.01)
+        var outlier = syntheticCosts
+        var m = LayerMeasurement()
+        m.copyBytes = 1
+        m.copyBusySeconds = 10
+        outlier.learn(m)
+        #expect(outlier.copyBytesPerSecond >= syntheticCosts.copyBytesPerSecond * (1 - 0.25 * 0.75) - 1)
+    }
+
+    @Test("busy time counts overlapping work once; overlap is time both ran at once")
+    func intervals() {
+        let t0 = ContinuousClock.now
+        func at(_ ms: Int) -> ContinuousClock.Instant { t0 + .milliseconds(ms) }
+        let reads = [(at(0), at(10)), (at(5), at(15)), (at(20), at(30))].map { LayerMeasurement.Interval($0.0, $0.1) }
+        #expect(abs(LayerMeasurement.busySeconds(reads) - 0.025) < 1e-9)
+        let kernels = [(at(12), at(22)), (at(29), at(40))].map { LayerMeasurement.Interval($0.0, $0.1) }
+        // 12-15 and 20-22 and 29-30.
+        #expect(abs(LayerMeasurement.overlapSeconds(reads, kernels) - 0.006) < 1e-9)
+        #expect(LayerMeasurement.overlapSeconds([], kernels) == 0)
+    }
+
+    @Test("a learned table is saved and read back whole")
+    func savedAndLoaded() throws {
+        var costs = syntheticCosts
+        var m = LayerMeasurement()
+        m.cpu = [(4, 9e-3)]
+        costs.learn(m)
+        let directory = "/tmp/switchyard-costs-\(getpid())"
+        costs.save(directory: directory)
+        defer {
+            unlink(directory + "/" + CostModel.fileName(for: costs.key))
+            rmdir(directory)
+        }
+        let loaded = try #require(CostModel.load(key: costs.key, directory: directory))
+        #expect(loaded == costs)
+    }
+}

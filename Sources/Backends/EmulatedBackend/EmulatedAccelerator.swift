@@ -22,17 +22,27 @@ public final class EmulatedAccelerator: Accelerator, @unchecked Sendable {
     private let copied = Atomic<Int>(0)
     /// Scratch of expert runs, used on the kernel stream only.
     private let scratch = FloatBuffer()
+    /// The host link's rate, bytes per second; nil: as fast as the host copies memory. The emulated
+    /// device computes at the host's speed, far below a GPU's, so a link as fast as host memory
+    /// makes copies nearly free beside its kernels, which a real GPU's link never is.
+    public let linkBytesPerSecond: Double?
 
-    public var name: String { "emulated accelerator (\(kernels.pool.threadCount) threads)" }
+    public var name: String {
+        "emulated accelerator (\(kernels.pool.threadCount) threads\(linkBytesPerSecond.map { ", a \(formatBytes(Int($0), digits: 2))/s link" } ?? ""))"
+    }
 
     /// - Parameters:
     ///   - memory: its budget, in host memory: at most this machine's RAM.
     ///   - precision, tuning: the CPU's, so products give the CPU's bits.
-    public init(memory: Int, threads: Int, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default) throws(AcceleratorError) {
+    ///   - link: the host link's rate in bytes per second (a copy takes at least bytes / link).
+    public init(memory: Int, threads: Int, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default,
+                link: Double? = nil) throws(AcceleratorError) {
         let ram = physicalMemory()
         guard memory > 0, memory <= ram else {
             throw AcceleratorError("the emulated accelerator's \(formatBytes(memory)) of memory live in host RAM, and this machine has \(formatBytes(ram))")
         }
+        if let link, !(link > 0) { throw AcceleratorError("the emulated accelerator's link rate must be positive") }
+        linkBytesPerSecond = link
         capacity = memory
         // Reserved address space: pages become resident only as weights are copied in.
         var raw: UnsafeMutableRawPointer?
@@ -68,9 +78,16 @@ public final class EmulatedAccelerator: Accelerator, @unchecked Sendable {
     public func copy(from source: UnsafeRawPointer, toOffset offset: Int, bytes: Int, after: [Completion]) -> Completion {
         precondition(offset >= 0 && offset + bytes <= capacity, "copy outside the accelerator's memory")
         let destination = base + offset
+        let minimum = linkBytesPerSecond.map { Double(bytes) / $0 }
         return copyStream.submit(after: after) { [self] in
+            let started = ContinuousClock.now
             destination.copyMemory(from: source, byteCount: bytes)
             self.copied.add(bytes, ordering: .relaxed)
+            // The link's pace: the copy stream is busy until the bytes could have crossed it.
+            if let minimum {
+                let left = minimum - (ContinuousClock.now - started).seconds
+                if left > 0 { usleep(UInt32(min(left, 60) * 1e6)) }
+            }
         }
     }
 

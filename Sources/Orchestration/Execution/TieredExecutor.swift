@@ -400,6 +400,12 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         }
         let timing = PipelineTiming(pipeline: pipeline, started: started,
                                     groups: states.map { s in (s.group, s.ready, s.computeStart, s.computeEnd) }, experts: tasks.map(\.expert))
+        if pipeline.overlapped {
+            statistics.pipelinedLayers += 1
+            statistics.pipelineGroups += pipeline.groups
+            statistics.mostPipelineGroups = max(statistics.mostPipelineGroups, pipeline.groups)
+        }
+        statistics.overlapSeconds += timing.overlapSeconds
         if options.learnCosts { learn(from: tasks, states.map { ($0.action.runsOnAccelerator, $0.computeStart, $0.computeEnd) }) }
         if let trace {
             let record = LayerTrace(

@@ -22,6 +22,11 @@ public struct TierStatistics: Sendable {
     /// The same from step `warmUpSteps + 1` on, once the cost model has learned from a few steps.
     public var predictedSecondsAfterWarmUp = 0.0, measuredSecondsAfterWarmUp = 0.0
     public static let warmUpSteps = 2
+    /// MoE layers whose moved experts were pipelined (group g+1 moving while group g computed),
+    /// the groups they ran in all, and the largest count in one layer.
+    public var pipelinedLayers = 0, pipelineGroups = 0, mostPipelineGroups = 0
+    /// Kernel time that ran while a transfer of the same layer was under way.
+    public var overlapSeconds = 0.0
 
     public var cacheHitRate: Double { ratio(cacheHits, cacheHits + cacheMisses) }
     public var predictionHitRate: Double { ratio(predictionHits, predictionHits + predictionMisses) }
@@ -47,6 +52,10 @@ public struct TierStatistics: Sendable {
         o["prefetch_used"] = .int(prefetchUsed)
         o["predicted_expert_seconds"] = .double(predictedSeconds)
         o["measured_expert_seconds"] = .double(measuredSeconds)
+        o["pipelined_layers"] = .int(pipelinedLayers)
+        o["pipeline_groups"] = .int(pipelineGroups)
+        o["most_pipeline_groups"] = .int(mostPipelineGroups)
+        o["overlap_seconds"] = .double(overlapSeconds)
         o["predicted_expert_seconds_after_warm_up"] = .double(predictedSecondsAfterWarmUp)
         o["measured_expert_seconds_after_warm_up"] = .double(measuredSecondsAfterWarmUp)
         return .object(o)
