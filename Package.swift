@@ -93,6 +93,22 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
         ], path: "Sources/Remote/RemoteAttention", swiftSettings: tuned),
 
+        // --- Expert hosts: routed experts in other hosts' memory (EPS-MoE's expert parallelism).
+        // The expert wire: AttentionWire's frames with requests of their own, every field checked.
+        .target(name: "ExpertWire", dependencies: [
+            "AttentionWire", .product(name: "NIOCore", package: "swift-nio"),
+        ], path: "Sources/Remote/ExpertWire", swiftSettings: tuned),
+        // An expert host: a subset of a model's routed experts behind the workers' frame server.
+        .target(name: "ExpertWorker", dependencies: [
+            "AttentionWire", "AttentionWorker", "ExpertWire", "Kernels", "Models", "Runtime", "SwitchyardSupport", "WeightFiles",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], path: "Sources/Remote/ExpertWorker", swiftSettings: tuned),
+        // Tier 1's side: expert hosts as Orchestration's `ExpertHost`.
+        .target(name: "RemoteExperts", dependencies: [
+            "AttentionWire", "ExpertWire", "Orchestration", "RemoteAttention", "Runtime", "SwitchyardSupport",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+        ], path: "Sources/Remote/RemoteExperts", swiftSettings: tuned),
+
         // --- The model, its placement, the engine.
         // Model definitions: configs, one file per architecture family, layers (attention variants,
         // routing, MoE), weights bound by logical name, loading from a format-neutral source, the
@@ -106,7 +122,8 @@ let package = Package(
         // The composition root: an engine (model, devices, tiers, kernel choice) from typed options,
         // for the CLI, the server and the tests alike.
         .target(name: "Engine", dependencies: [
-            "Models", "Orchestration", "Runtime", "Kernels", "EmulatedBackend", "CUDABackend", "RemoteAttention", "SwitchyardJSON",
+            "Models", "Orchestration", "Runtime", "Kernels", "EmulatedBackend", "CUDABackend", "RemoteAttention", "RemoteExperts", "ExpertWire",
+            "SwitchyardJSON",
             "SwitchyardSupport",
         ], swiftSettings: tuned),
 
@@ -133,7 +150,7 @@ let package = Package(
         // The commands every binary has: parse flags into the engine's options, call it, print.
         .target(name: "Commands", dependencies: [
             "Engine", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
-            "SwitchyardSupport", "NPY", "AttentionWorker", "RemoteAttention",
+            "SwitchyardSupport", "NPY", "AttentionWorker", "RemoteAttention", "ExpertWorker", "ExpertWire", "RemoteExperts",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: tuned),

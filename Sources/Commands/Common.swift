@@ -112,11 +112,20 @@ public struct ModelOptions: ParsableArguments {
         discussion: "For a supervisor (the Ray package) that restarts workers elsewhere: the running process takes up the new list without a restart. Workers no longer listed lose their sequences, which are computed again on the others."))
     var attentionWorkersFile: String?
 
+    @Option(name: .customLong("expert-workers"), help: ArgumentHelp(
+        "Expert hosts, HOST:PORT,... (`switchyard expert-worker`): routed experts are placed on them and run there.",
+        discussion: "Each host gets only the tokens routed to its experts; outputs are the same bits as on one machine. A host that is lost hands its experts back to this host's tiers."))
+    var expertWorkers: String?
+
+    @Option(name: .customLong("expert-timeout"), help: "Seconds an expert host may take to answer before it counts as lost.")
+    var expertTimeout: Double = 30
+
     @Option(name: .customLong("attention-timeout"), help: "Seconds an attention worker may take to answer before it counts as gone.")
     var attentionTimeout: Double = 30
 
     public func validate() throws {
         try checkRange(Float(attentionTimeout), "--attention-timeout", 0.001...3600)
+        try checkRange(Float(expertTimeout), "--expert-timeout", 0.001...3600)
         if attentionWorkers != nil && attentionWorkersFile != nil {
             throw ValidationError("give the attention workers once: --attention-workers or --attention-workers-file")
         }
@@ -160,6 +169,8 @@ public struct ModelOptions: ParsableArguments {
             throw InputError("\(attentionWorkersFile!): no attention workers listed")
         }
         o.attentionTimeout = .milliseconds(Int64(attentionTimeout * 1000))
+        o.expertWorkers = expertWorkers.map(parseWorkerList) ?? []
+        o.expertTimeout = .milliseconds(Int64(expertTimeout * 1000))
         if let routingProfile {
             o.popularity = try Engine.popularity(profile: routingProfile, config: try ModelFormats.open(o.model).readConfig())
         }
@@ -182,6 +193,7 @@ public struct ModelOptions: ParsableArguments {
         for (file, residency) in zip(model.tensors.files, model.hugePageResidency) {
             logger.debug("\(file.path): \(residency.hugeBytes >> 20) of \(residency.bytes >> 20) MiB mapped in 2 MiB pages\(residency.reread ? " (its page cache was read again to get them)" : "")")
         }
+        engine.tiers?.notes = { printError("note: \($0)") }
         if let tiers = engine.tiers { logger.debug("placement: \(tiers.summary.json.serialized()); costs: \(tiers.costs.json.serialized())") }
         if let choice = engine.kernelChoice { logger.debug("\(choice.summary)") }
         logger.debug("loaded \(model.config.modelType) from \(model.directory) in \(fixed(engine.loadSeconds, 2)) s")

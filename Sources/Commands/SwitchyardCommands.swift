@@ -7,7 +7,8 @@ import SwitchyardSupport
 public enum SwitchyardCommands {
     public static let compute: [any ParsableCommand.Type] = [
         Generate.self, Chat.self, Logits.self, Tokenize.self, Detokenize.self, Template.self, Info.self, Profile.self,
-        PlanCommand.self, Bench.self, Quantize.self, AttentionWorkerCommand.self, AttentionStatusCommand.self,
+        PlanCommand.self, Bench.self, Quantize.self, AttentionWorkerCommand.self, AttentionStatusCommand.self, ExpertWorkerCommand.self,
+        ExpertStatusCommand.self,
     ]
 
     /// Parses the arguments and runs the command. A value a flag does not accept (a range, a

@@ -3,7 +3,9 @@ import EmulatedBackend
 import Kernels
 import Models
 import Orchestration
+import ExpertWire
 import RemoteAttention
+import RemoteExperts
 import Runtime
 import SwitchyardJSON
 import SwitchyardSupport
@@ -96,7 +98,8 @@ public final class Engine: @unchecked Sendable {
             t.copyHostWeights = options.holdWeightsInMemory
             t.reservedHostBytes = TierOptions.hostReservation(
                 loaded.config, positions: options.kvPositions ?? min(loaded.config.maxPositions, 4096), promptChunk: options.effectivePromptChunk)
-            do { tiers = try TieredExecutor(loaded, cpu: cpu, accelerator: accelerator, options: t) } catch {
+            let hosts = try connectExpertHosts(options, config: loaded.config, precision: precision)
+            do { tiers = try TieredExecutor(loaded, cpu: cpu, accelerator: accelerator, options: t, hosts: hosts) } catch {
                 throw EngineError(error.description)
             }
         }
@@ -113,6 +116,24 @@ public final class Engine: @unchecked Sendable {
         model.promptChunk = options.effectivePromptChunk
         return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, notes: notes,
                       loadSeconds: (ContinuousClock.now - started).seconds)
+    }
+
+    /// Connects to every expert host, each told the model's shape and the activation precision.
+    static func connectExpertHosts(_ options: EngineOptions, config: DecoderConfig, precision: ActivationPrecision) throws(EngineError) -> [any ExpertHost] {
+        guard !options.expertWorkers.isEmpty else { return [] }
+        let moe = config.feedForward.compactMap(\.moe)
+        guard !moe.isEmpty else { throw EngineError("--expert-workers: this \(config.modelType) has no routed experts to place on them") }
+        let shape = ExpertModelShape(layers: config.layerCount, expertsPerLayer: moe.map(\.expertCount).max()!, hidden: config.hiddenSize,
+                                     intermediate: moe.map(\.expertIntermediateSize).max()!, precision: precision.rawValue)
+        var hosts: [any ExpertHost] = []
+        for text in options.expertWorkers {
+            do throws(LinkFailure) {
+                hosts.append(try RemoteExpertHost(try WorkerAddress(parsing: text), shape: shape, deadline: options.expertTimeout))
+            } catch {
+                throw EngineError("--expert-workers: \(error.description)")
+            }
+        }
+        return hosts
     }
 
     /// [layer][expert] share of routed tokens from a `switchyard profile` file, checked against the

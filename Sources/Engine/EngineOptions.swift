@@ -93,11 +93,14 @@ public struct EngineOptions: Sendable {
     public var attentionWorkers: [String] = []
     /// How long an attention worker may take to answer before it counts as gone.
     public var attentionTimeout: Duration = .seconds(30)
+    /// Expert hosts ("host:port") to place routed experts on; how long one may take to answer.
+    public var expertWorkers: [String] = []
+    public var expertTimeout: Duration = .seconds(30)
 
     public init(model: String) { self.model = model }
 
     /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
-    public var tiered: Bool { acceleratorMemory != nil || ramBudget != nil }
+    public var tiered: Bool { acceleratorMemory != nil || ramBudget != nil || !expertWorkers.isEmpty }
 
     /// Prompt tokens per forward pass unless told: across tiers each pass reads or copies the
     /// experts it needs once, so longer passes move each expert for more tokens (llama.cpp's
@@ -121,6 +124,15 @@ public struct EngineOptions: Sendable {
         }
         if let kvPositions, kvPositions < 1 { throw EngineError("the KV cache needs at least one position") }
         if let promptChunk, !(1...8192).contains(promptChunk) { throw EngineError("--ubatch must be between 1 and 8192 tokens") }
+        if !expertWorkers.isEmpty && quantization != nil {
+            throw EngineError("--expert-workers: expert hosts hold the experts as stored in their model files, so they cannot be combined with --quantize")
+        }
+        if !expertWorkers.isEmpty && randomWeights {
+            throw EngineError("--expert-workers: expert hosts read their experts from their model files, so they cannot be combined with --random-weights")
+        }
+        if expertTimeout <= .zero || expertTimeout > .seconds(3600) {
+            throw EngineError("--expert-timeout must be between 0 and 3600 seconds")
+        }
         if attentionTimeout <= .zero || attentionTimeout > .seconds(3600) {
             throw EngineError("--attention-timeout must be between 0 and 3600 seconds")
         }

@@ -9,6 +9,9 @@ public struct LayerMeasurement: Sendable {
     public var accelerator: [(tokens: Int, seconds: Double)] = []
     public var diskBytes = 0, diskBusySeconds = 0.0
     public var copyBytes = 0, copyBusySeconds = 0.0
+    /// Requests to expert hosts: each one's experts' token counts, and its time from sending to
+    /// the outputs in place.
+    public var remote: [(tokens: [Int], seconds: Double)] = []
 
     public init() {}
 
@@ -82,6 +85,16 @@ extension CostModel {
         }
         for o in m.cpu { adjust(&cpuSeconds, o.tokens, o.seconds) }
         for o in m.accelerator { adjust(&acceleratorSeconds, o.tokens, o.seconds) }
+        // A host's kernels: what a request took beyond the round trip and its transfers, against
+        // what this CPU would take for the same experts.
+        for r in m.remote where remoteBytesPerSecond > 0 {
+            let local = r.tokens.reduce(0) { $0 + cpu(tokens: $1) }
+            let there = r.seconds - remoteRoundTrip - r.tokens.reduce(0) { $0 + remoteTransfer(tokens: $1) }
+            guard local > 0 else { continue }
+            let observed = min(4 * remoteComputeScale, max(remoteComputeScale / 4, max(there, 0) / local))
+            remoteComputeScale += CostModel.learningRate * (observed - remoteComputeScale)
+            observations += 1
+        }
         rate(&diskBytesPerSecond, bytes: m.diskBytes, seconds: m.diskBusySeconds)
         rate(&copyBytesPerSecond, bytes: m.copyBytes, seconds: m.copyBusySeconds)
     }

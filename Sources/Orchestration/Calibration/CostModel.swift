@@ -22,6 +22,10 @@ public struct CostModel: Sendable, Equatable {
     public var groupOverheadSeconds: Double
     /// Observations learned since the table was measured or loaded (`learn`).
     public var observations = 0
+    /// Expert hosts' links, set when they connect (not cached: links change between runs): the
+    /// round trip, bytes per second, one token's row (float32), and how a host's kernels compare
+    /// with this CPU's (learned as they run).
+    public var remoteRoundTrip = 0.0, remoteBytesPerSecond = 0.0, tokenRowBytes = 0, remoteComputeScale = 1.0
 
     public static let measuredTokenCounts = [1, 2, 4, 8, 16, 32, 64, 128]
 
@@ -40,6 +44,12 @@ public struct CostModel: Sendable, Equatable {
     public func accelerator(tokens: Int) -> Double { CostModel.interpolate(tokenCounts, acceleratorSeconds, tokens) }
     public var copySeconds: Double { copyBytesPerSecond > 0 ? Double(expertBytes) / copyBytesPerSecond : .infinity }
     public var diskSeconds: Double { diskBytesPerSecond > 0 ? Double(expertBytes) / diskBytesPerSecond : .infinity }
+    /// Sending `tokens` rows to an expert host and their outputs back.
+    public func remoteTransfer(tokens: Int) -> Double {
+        remoteBytesPerSecond > 0 ? Double(2 * tokens * tokenRowBytes) / remoteBytesPerSecond : 0
+    }
+    /// One expert on a host: its rows both ways and its kernels there (the round trip is the layer's).
+    public func remote(tokens: Int) -> Double { remoteTransfer(tokens: tokens) + cpu(tokens: tokens) * remoteComputeScale }
 
     public var json: JSONValue {
         var o = JSONObject()
@@ -52,6 +62,11 @@ public struct CostModel: Sendable, Equatable {
         o["expert_bytes"] = .int(expertBytes)
         o["group_overhead_seconds"] = .double(groupOverheadSeconds)
         o["observations"] = .int(observations)
+        if remoteBytesPerSecond > 0 {
+            o["remote_round_trip_seconds"] = .double(remoteRoundTrip)
+            o["remote_bytes_per_second"] = .double(remoteBytesPerSecond)
+            o["remote_compute_scale"] = .double(remoteComputeScale)
+        }
         return .object(o)
     }
 

@@ -49,7 +49,7 @@ extension TieredExecutor {
                     statistics.prefetchLoads += 1
                     diskIdle -= costs.diskSeconds
                 }
-            case .acceleratorPinned: continue
+            case .acceleratorPinned, .remote: continue
             }
             guard let source, accelerator != nil, acceleratorCache != nil else { continue }
             if LayerScheduler.wouldCopy(tokens: n, costs: costs, policy: options.policy), linkIdle >= costs.copySeconds,

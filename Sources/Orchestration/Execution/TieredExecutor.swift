@@ -11,12 +11,15 @@ enum ExpertHome {
     case ramPinned(FeedForwardWeights)
     /// In the model files only: its three matrices' byte ranges.
     case disk([FileRange])
+    /// On expert host `i`.
+    case remote(Int)
 
     var tier: Tier {
         switch self {
         case .acceleratorPinned: return .accelerator
         case .ramPinned: return .ram
         case .disk: return .disk
+        case .remote: return .remote
         }
     }
 }
@@ -82,12 +85,22 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     var overflow: UnsafeMutableRawPointer?
     /// Host weights copied out of the files (`TierOptions.copyHostWeights`).
     private var hostCopies: HostBuffer?
+    /// Expert hosts, the home each remote expert would have here (where it goes when its host is
+    /// lost), and the hosts lost so far.
+    public let hosts: [any ExpertHost]
+    var localHomes: [ExpertKey: ExpertHome] = [:]
+    var lostHosts = Set<Int>()
+    /// Where notes go (a host lost): the command's stderr.
+    public var notes: ((String) -> Void)?
 
     /// Places `loaded`'s weights under `options`' budgets, on `accelerator` where given.
     /// - Parameter cpu: the host device experts run on (its pool, precision and kernel tuning).
-    public init(_ loaded: LoadedModel, cpu: CPUDevice, accelerator: (any Accelerator)?, options: TierOptions) throws(OrchestrationError) {
+    /// - Parameter hosts: expert hosts to place experts on (connected).
+    public init(_ loaded: LoadedModel, cpu: CPUDevice, accelerator: (any Accelerator)?, options: TierOptions,
+                hosts: [any ExpertHost] = []) throws(OrchestrationError) {
         self.options = options
         self.accelerator = accelerator
+        self.hosts = hosts
         self.cpu = cpu
         config = loaded.config
         if options.ramBudget != nil {
@@ -164,6 +177,24 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             }
             homes[key.layer][key.expert] = .disk(ranges)
         }
+        if !hosts.isEmpty && footprint.expertBytes > 0 {
+            let onHost = footprint.expertMatrixBytes.reduce(0) { $0 + (($1 + 63) & ~63) }
+            let capacities = hosts.map { HostCapacity(memory: $0.memory, fixed: $0.fixed ? $0.held : nil) }
+            let remote = placement.remoteHomes(hosts: capacities, expertBytes: onHost, ramBudget: options.ramBudget)
+            for (h, host) in hosts.enumerated() where !host.fixed {
+                do { try host.assign(remote.filter { $0.value == h }.map(\.key).sorted()) } catch { throw OrchestrationError(error.description) }
+            }
+            for (key, h) in remote {
+                let local = homes[key.layer][key.expert]
+                localHomes[key] = local
+                homes[key.layer][key.expert] = .remote(h)
+                // Tier 1 reads it again (from the files) only if its host is lost.
+                if case .ramPinned(let f) = local { for m in f.matrices { dropPages(m.data, m.byteCount) } }
+            }
+            costs.remoteRoundTrip = hosts.map(\.roundTrip).max() ?? 0
+            costs.remoteBytesPerSecond = hosts.map(\.bandwidth).min() ?? 0
+            costs.tokenRowBytes = config.hiddenSize * 4
+        }
         ramSlots = (0..<placement.ramCacheSlots).map { _ in TieredExecutor.allocateAligned(ramSlotBytes) }
         ramCache = options.ramBudget != nil && options.policy != .naive
             ? ExpertCache(slots: placement.ramCacheSlots, transientSlots: TieredExecutor.topK(config)) : nil
@@ -232,8 +263,11 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         /// Its kernel's run, for the trace and the cost model.
         var computeStart: ContinuousClock.Instant?, computeEnd: ContinuousClock.Instant?
         var acceleratorRun: Completion?
+        /// An expert on a host: which, and its run there.
+        var host: Int?
+        var remoteRun: Completion?
 
-        var moves: Bool { action == .readThenCPU || action == .readThenCopy || action == .copyToAccelerator }
+        var moves: Bool { action == .readThenCPU || action == .readThenCopy || action == .copyToAccelerator || action == .remote }
     }
 
     public func runExperts(layer: Int, tasks: [ExpertTask], input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
@@ -243,6 +277,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         let keys = tasks.map { ExpertKey(layer: layer, expert: $0.expert) }
         let protected = Set(keys)
         let predicted = predictions.removeValue(forKey: layer)
+        for h in hosts.indices where hosts[h].isLost { fallBack(from: h) }
 
         var states: [Slotted] = []
         for (task, key) in zip(tasks, keys) {
@@ -251,8 +286,9 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             case .acceleratorPinned(let f): s = Slotted(weights: f, location: .accelerator)
             case .ramPinned(let f): s = Slotted(weights: f, location: .ram)
             case .disk(let ranges): s = Slotted(weights: nil, location: .disk, ranges: ranges)
+            case .remote(let h): s = Slotted(weights: nil, location: .remote, host: h)
             }
-            if s.location != .accelerator {
+            if s.location != .accelerator && s.location != .remote {
                 acceleratorCache?.record(key, step: step)
                 if s.location == .disk { ramCache?.record(key, step: step) }
                 if let entry = acceleratorCache?.lookup(key) {
@@ -276,21 +312,31 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
 
         let decision = LayerScheduler.decide(
             tokens: tasks.map(\.tokens), locations: states.map(\.location), costs: costs, policy: options.policy,
-            hasAccelerator: accelerator != nil, copySlots: acceleratorCache?.capacity ?? 0)
+            hasAccelerator: accelerator != nil, copySlots: acceleratorCache?.capacity ?? 0, remoteHosts: hosts.count - lostHosts.count)
         for i in states.indices { states[i].action = decision.actions[i] }
 
         // The pipeline: the experts that move, in order, split into groups (the naive policy reads
         // each one when it computes, so nothing moves ahead of it). A group must fit the RAM
         // cache's slots, two groups at once when pipelined (one computing, one arriving).
         let moved = options.policy == .naive ? [] : states.indices.filter { states[$0].moves }
-        var movedCompute = (cpu: 0.0, accelerator: 0.0)
+        var movedCompute = (cpu: 0.0, accelerator: 0.0, remote: 0.0)
+        var remoteTransfer = 0.0
         for i in moved {
-            if states[i].action.runsOnAccelerator { movedCompute.accelerator += costs.accelerator(tokens: tasks[i].tokens) }
-            else { movedCompute.cpu += costs.cpu(tokens: tasks[i].tokens) }
+            let n = tasks[i].tokens
+            if states[i].action == .remote {
+                movedCompute.remote += costs.cpu(tokens: n) * costs.remoteComputeScale
+                remoteTransfer += costs.remoteTransfer(tokens: n)
+            } else if states[i].action.runsOnAccelerator {
+                movedCompute.accelerator += costs.accelerator(tokens: n)
+            } else {
+                movedCompute.cpu += costs.cpu(tokens: n)
+            }
         }
+        let liveHosts = Double(max(1, hosts.count - lostHosts.count))
         let reads = moved.filter { states[$0].action == .readThenCPU || states[$0].action == .readThenCopy }.count
         let pipeline = ExpertPipeline.choose(
-            movement: max(decision.disk, decision.link), compute: max(movedCompute.cpu, movedCompute.accelerator), floor: decision.makespan,
+            movement: max(decision.disk, decision.link, remoteTransfer / liveHosts),
+            compute: max(movedCompute.cpu, movedCompute.accelerator, movedCompute.remote / liveHosts), floor: decision.makespan,
             overhead: costs.groupOverheadSeconds, moved: moved.count, reads: reads, slots: ramCache?.capacity ?? 0, setting: options.pipeline)
         for (j, i) in moved.enumerated() { states[i].group = pipeline.group(ofMoved: j, moved: moved.count) }
         let pipelined = pipeline.overlapped
@@ -334,6 +380,18 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             return states.filter { $0.group == g }.flatMap(\.ready) + s.ready
         }
 
+        // Expert hosts: one request per group and host, all sent now, in group order; a host
+        // computes each as it arrives while the next is still on the wire (EPS-MoE's dispatch).
+        for g in 0..<pipeline.groups {
+            for h in hosts.indices {
+                let mine = moved.filter { states[$0].group == g && states[$0].host == h }
+                guard !mine.isEmpty else { continue }
+                let run = hosts[h].run(layer: layer, tasks: mine.map { tasks[$0] }, input: input, output: output, hidden: hidden)
+                for i in mine { states[i].remoteRun = run }
+                statistics.remoteRuns += mine.count
+            }
+        }
+
         // Accelerator kernels: those that need nothing moved first, then each group's in order
         // (the kernel stream runs them in submission order).
         let onAccelerator = states.indices.filter { states[$0].action.runsOnAccelerator }
@@ -355,7 +413,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         // need more experts than the cache has slots: they stream through it). A failed read
         // fails the layer, once no work of it is still running.
         var failure: WorkFailure?
-        let order = states.indices.filter { !states[$0].action.runsOnAccelerator }
+        let order = states.indices.filter { !states[$0].action.runsOnAccelerator && states[$0].action != .remote }
             .sorted { (states[$0].group ?? -1, $0) < (states[$1].group ?? -1, $1) }
         for i in order where failure == nil {
             if let g = states[i].group { readAhead(through: pipelined ? Int.max : g) }
@@ -380,6 +438,27 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             stillNeeded.remove(keys[i])
         }
         if let f = states.compactMap(\.acceleratorRun).waitAll(), failure == nil { failure = f }
+        // Experts whose host was lost run here, on tier 1's own tiers: the same bits.
+        for i in states.indices where failure == nil {
+            guard let run = states[i].remoteRun, run.wait() != nil, let h = states[i].host else { continue }
+            fallBack(from: h)
+            do throws(WorkFailure) {
+                let task = tasks[i]
+                let weights: FeedForwardWeights
+                switch homes[layer][task.expert] {
+                case .ramPinned(let f): weights = f
+                case .disk(let ranges): weights = try readNow(keys[i], ranges)
+                default: preconditionFailure("an expert back from a host lives in RAM or on disk")
+                }
+                cpuScratch.reserve(2 * task.tokens * inner)
+                cpu.feedForward(weights, input: input + task.firstRow * hidden, output: output + task.firstRow * hidden, tokens: task.tokens,
+                                gate: cpuScratch.pointer, up: cpuScratch.pointer + task.tokens * inner)
+                states[i].remoteRun = nil
+                statistics.cpuRuns += 1
+            } catch {
+                failure = error
+            }
+        }
         if let failure {
             // Reads of this layer still in flight write only to cache slots, whose entries a failed
             // fill removes from the cache when next looked up.
@@ -388,7 +467,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         }
         let finished = ContinuousClock.now
         for i in states.indices {
-            if let run = states[i].acceleratorRun { states[i].computeStart = run.startedAt; states[i].computeEnd = run.finishedAt }
+            if let run = states[i].acceleratorRun ?? states[i].remoteRun { states[i].computeStart = run.startedAt; states[i].computeEnd = run.finishedAt }
         }
 
         let measured = (finished - started).seconds
@@ -406,13 +485,17 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             statistics.mostPipelineGroups = max(statistics.mostPipelineGroups, pipeline.groups)
         }
         statistics.overlapSeconds += timing.overlapSeconds
-        if options.learnCosts { learn(from: tasks, states.map { ($0.action.runsOnAccelerator, $0.computeStart, $0.computeEnd) }) }
+        if options.learnCosts {
+            learn(from: tasks, states.map { ($0.action == .remote ? nil : $0.action.runsOnAccelerator, $0.computeStart, $0.computeEnd) },
+                  remote: Dictionary(grouping: states.indices.filter { states[$0].remoteRun != nil }) { ObjectIdentifier(states[$0].remoteRun!) }.values
+                      .map { group in (group.map { tasks[$0].tokens }, states[group[0]].remoteRun!) })
+        }
         if let trace {
             let record = LayerTrace(
                 step: step, layer: layer, tokens: tokens,
                 experts: zip(tasks, states).map { task, s in
                     LayerTrace.Expert(expert: task.expert, tokens: task.tokens, weights: s.location, action: s.action, cache: s.cache,
-                                      prefetch: s.prefetch)
+                                      prefetch: s.prefetch, host: s.host)
                 },
                 decision: decision, predictedSeconds: pipeline.predicted, measuredSeconds: measured, pipeline: timing)
             fputs(record.json.serialized() + "\n", trace)
@@ -422,12 +505,18 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     /// Feeds the cost model what this layer measured: each kernel's time, and each link's bytes
     /// over the time it was busy (the transfers that finished since the last layer, prefetches
     /// included).
-    private func learn(from tasks: [ExpertTask], _ runs: [(accelerator: Bool, start: ContinuousClock.Instant?, end: ContinuousClock.Instant?)]) {
+    /// - Parameter runs: per task, whether it ran on the accelerator (nil: on a host), and its kernels' span.
+    private func learn(from tasks: [ExpertTask], _ runs: [(accelerator: Bool?, start: ContinuousClock.Instant?, end: ContinuousClock.Instant?)],
+                       remote: [(tokens: [Int], run: Completion)]) {
         var m = LayerMeasurement()
+        for r in remote {
+            guard let start = r.run.startedAt, let end = r.run.finishedAt else { continue }
+            m.remote.append((r.tokens, (end - start).seconds))
+        }
         for (task, run) in zip(tasks, runs) {
-            guard let start = run.start, let end = run.end else { continue }
+            guard let onAccelerator = run.accelerator, let start = run.start, let end = run.end else { continue }
             let seconds = (end - start).seconds
-            if run.accelerator { m.accelerator.append((task.tokens, seconds)) } else { m.cpu.append((task.tokens, seconds)) }
+            if onAccelerator { m.accelerator.append((task.tokens, seconds)) } else { m.cpu.append((task.tokens, seconds)) }
         }
         var pending: [Movement] = []
         var intervals: [Movement.Link: [LayerMeasurement.Interval]] = [:]
@@ -445,6 +534,22 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
 }
 
 extension TieredExecutor {
+    /// Host `h` is lost: its experts go back to the homes they would have had here (RAM or disk).
+    func fallBack(from h: Int) {
+        guard !lostHosts.contains(h) else { return }
+        lostHosts.insert(h)
+        var moved = 0
+        for (key, local) in localHomes {
+            guard case .remote(h) = homes[key.layer][key.expert] else { continue }
+            homes[key.layer][key.expert] = local
+            moved += 1
+        }
+        statistics.hostsLost += 1
+        let live = hosts.indices.filter { !lostHosts.contains($0) }
+        costs.remoteRoundTrip = live.map { hosts[$0].roundTrip }.max() ?? 0
+        notes?("\(hosts[h].name) lost: its \(moved) experts run on this host's own tiers from now on")
+    }
+
     /// Copies every matrix host memory holds for the whole run (what every token touches, the
     /// experts pinned in RAM) that lives in a weight file into one host buffer, repoints the
     /// weights at the copies and releases the files' pages.

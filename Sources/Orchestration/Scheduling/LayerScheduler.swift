@@ -22,6 +22,7 @@ public enum ExpertAction: String, Sendable {
     case copyToAccelerator    // in RAM: copy, then run on the accelerator
     case readThenCPU          // on disk: read into RAM, run on the CPU
     case readThenCopy         // on disk: read into RAM, copy, run on the accelerator
+    case remote               // on an expert host: send its tokens there, take the outputs back
 
     /// Whether the expert computes on the accelerator.
     public var runsOnAccelerator: Bool { self == .accelerator || self == .copyToAccelerator || self == .readThenCopy }
@@ -34,23 +35,31 @@ public enum ExpertAction: String, Sendable {
 public enum LayerScheduler {
     public struct Decision: Sendable {
         public var actions: [ExpertAction]
-        /// When each resource would finish: the layer's predicted makespan is the largest.
-        public var cpu = 0.0, accelerator = 0.0, link = 0.0, disk = 0.0
-        public var makespan: Double { max(cpu, accelerator, link, disk) }
+        /// When each resource would finish: the layer's predicted makespan is the largest. `remote`
+        /// is the expert hosts' share (their transfers and kernels, spread over the hosts), plus a
+        /// round trip.
+        public var cpu = 0.0, accelerator = 0.0, link = 0.0, disk = 0.0, remote = 0.0
+        public var makespan: Double { max(cpu, accelerator, link, disk, remote) }
     }
 
     /// - Parameters:
     ///   - locations: where each expert's weights are now (accelerator, ram or disk).
     ///   - copySlots: how many experts the accelerator's cache can take this layer.
+    ///   - remoteHosts: expert hosts the remote experts are spread over.
     public static func decide(
         tokens: [Int], locations: [Tier], costs: CostModel, policy: ExpertPolicy,
-        hasAccelerator: Bool, copySlots: Int
+        hasAccelerator: Bool, copySlots: Int, remoteHosts: Int = 1
     ) -> Decision {
         var d = Decision(actions: Array(repeating: .cpu, count: tokens.count))
+        for i in tokens.indices where locations[i] == .remote {
+            d.actions[i] = .remote
+            d.remote += costs.remote(tokens: tokens[i]) / Double(max(1, remoteHosts))
+        }
+        if d.remote > 0 { d.remote += costs.remoteRoundTrip }
         var slots = copySlots
         // Largest first: the big decisions are made while every resource is still free.
         let order = tokens.indices.sorted { tokens[$0] > tokens[$1] || (tokens[$0] == tokens[$1] && $0 < $1) }
-        for i in order {
+        for i in order where locations[i] != .remote {
             let n = tokens[i]
             let c = costs.cpu(tokens: n)
             if locations[i] == .accelerator {

@@ -7,6 +7,8 @@ public struct TierStatistics: Sendable {
     public var steps = 0
     public var tokens = 0
     public var cpuRuns = 0, acceleratorRuns = 0
+    /// Expert runs sent to expert hosts, and hosts lost (their experts came back to this host).
+    public var remoteRuns = 0, hostsLost = 0
     public var diskBytesRead = 0
     public var bytesCopied = 0
     /// Lookups of experts that are not pinned: found in the fast tier's cache or not.
@@ -39,6 +41,8 @@ public struct TierStatistics: Sendable {
         o["tokens"] = .int(tokens)
         o["cpu_expert_runs"] = .int(cpuRuns)
         o["accelerator_expert_runs"] = .int(acceleratorRuns)
+        o["remote_expert_runs"] = .int(remoteRuns)
+        o["expert_hosts_lost"] = .int(hostsLost)
         o["disk_bytes_read"] = .int(diskBytesRead)
         o["bytes_copied_to_accelerator"] = .int(bytesCopied)
         o["cache_hits"] = .int(cacheHits)
@@ -108,6 +112,8 @@ struct LayerTrace {
         var action: ExpertAction
         var cache: CacheOutcome
         var prefetch: PredictionOutcome
+        /// The expert host it ran on.
+        var host: Int?
     }
 
     var step: Int, layer: Int, tokens: Int
@@ -128,7 +134,8 @@ struct LayerTrace {
             e["expert"] = .int(x.expert)
             e["tokens"] = .int(x.tokens)
             e["weights"] = .string(x.weights.rawValue)
-            e["ran"] = .string(x.action.runsOnAccelerator ? "accelerator" : "cpu")
+            e["ran"] = .string(x.action == .remote ? "remote" : x.action.runsOnAccelerator ? "accelerator" : "cpu")
+            if let h = x.host { e["host"] = .int(h) }
             e["action"] = .string(x.action.rawValue)
             e["cache"] = .string(x.cache.rawValue)
             e["prefetch"] = .string(x.prefetch.rawValue)
@@ -139,6 +146,7 @@ struct LayerTrace {
         o["predicted_accelerator_ms"] = .double(decision.accelerator * 1e3)
         o["predicted_copy_ms"] = .double(decision.link * 1e3)
         o["predicted_disk_ms"] = .double(decision.disk * 1e3)
+        o["predicted_remote_ms"] = .double(decision.remote * 1e3)
         o["measured_ms"] = .double(measuredSeconds * 1e3)
         o["pipeline"] = pipeline.json
         return .object(o)

@@ -138,15 +138,15 @@ extension ByteBuffer {
         setInteger(UInt32(writerIndex - start - 4), at: start, endianness: .little)
     }
 
-    mutating func writeU32(_ v: Int) { writeInteger(UInt32(truncatingIfNeeded: v), endianness: .little) }
-    mutating func writeU64(_ v: Int) { writeInteger(UInt64(truncatingIfNeeded: v), endianness: .little) }
-    mutating func writeU64(_ v: UInt64) { writeInteger(v, endianness: .little) }
+    public mutating func writeU32(_ v: Int) { writeInteger(UInt32(truncatingIfNeeded: v), endianness: .little) }
+    public mutating func writeU64(_ v: Int) { writeInteger(UInt64(truncatingIfNeeded: v), endianness: .little) }
+    public mutating func writeU64(_ v: UInt64) { writeInteger(v, endianness: .little) }
 
-    mutating func writeFloats(_ p: UnsafePointer<Float>, count: Int) {
+    public mutating func writeFloats(_ p: UnsafePointer<Float>, count: Int) {
         writeBytes(UnsafeRawBufferPointer(start: UnsafeRawPointer(p), count: count * 4))
     }
 
-    mutating func writeStatus(_ s: WorkerStatus) {
+    public mutating func writeStatus(_ s: WorkerStatus) {
         precondition(s.epoch.count == 16)
         writeBytes(s.epoch)
         writeU64(s.budget)
@@ -288,32 +288,37 @@ public struct FrameReader: Sendable {
 }
 
 /// Reads a payload's fields, each checked for presence.
-struct PayloadReader {
-    var buffer: ByteBuffer
-    let what: String
+public struct PayloadReader {
+    public var buffer: ByteBuffer
+    public let what: String
 
-    mutating func u32(_ field: String) throws(WireError) -> Int {
+    public init(buffer: ByteBuffer, what: String) {
+        self.buffer = buffer
+        self.what = what
+    }
+
+    public mutating func u32(_ field: String) throws(WireError) -> Int {
         guard let v = buffer.readInteger(endianness: .little, as: UInt32.self) else { throw WireError("\(what): the payload ends before \(field)") }
         return Int(v)
     }
 
-    mutating func u64(_ field: String) throws(WireError) -> UInt64 {
+    public mutating func u64(_ field: String) throws(WireError) -> UInt64 {
         guard let v = buffer.readInteger(endianness: .little, as: UInt64.self) else { throw WireError("\(what): the payload ends before \(field)") }
         return v
     }
 
-    mutating func size(_ field: String) throws(WireError) -> Int {
+    public mutating func size(_ field: String) throws(WireError) -> Int {
         let v = try u64(field)
         guard v <= UInt64(Int.max / 2) else { throw WireError("\(what): \(field) \(v) is out of range") }
         return Int(v)
     }
 
-    mutating func bytes(_ count: Int, _ field: String) throws(WireError) -> [UInt8] {
+    public mutating func bytes(_ count: Int, _ field: String) throws(WireError) -> [UInt8] {
         guard let v = buffer.readBytes(length: count) else { throw WireError("\(what): the payload ends before \(field)") }
         return v
     }
 
-    mutating func floats(_ count: Int, _ field: String) throws(WireError) -> [Float] {
+    public mutating func floats(_ count: Int, _ field: String) throws(WireError) -> [Float] {
         guard buffer.readableBytes >= count * 4 else { throw WireError("\(what): the payload ends inside \(field)") }
         var out = [Float](repeating: 0, count: count)
         out.withUnsafeMutableBytes { dst in
@@ -323,17 +328,17 @@ struct PayloadReader {
         return out
     }
 
-    func end() throws(WireError) {
+    public func end() throws(WireError) {
         guard buffer.readableBytes == 0 else { throw WireError("\(what): \(buffer.readableBytes) bytes after the last field") }
     }
 
-    mutating func status() throws(WireError) -> WorkerStatus {
+    public mutating func status() throws(WireError) -> WorkerStatus {
         WorkerStatus(epoch: try bytes(16, "epoch"), budget: try size("budget"), inUse: try size("bytes in use"),
                      sequences: try u32("sequences"), connections: try u32("connections"))
     }
 }
 
-func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String, _ what: String) throws(WireError) {
+public func check(_ value: Int, _ range: ClosedRange<Int>, _ field: String, _ what: String) throws(WireError) {
     guard range.contains(value) else { throw WireError("\(what): \(field) \(value) is outside \(range.lowerBound)...\(range.upperBound)") }
 }
 

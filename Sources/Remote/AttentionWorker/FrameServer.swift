@@ -4,19 +4,34 @@ import NIOCore
 import NIOPosix
 import SwitchyardSupport
 
-/// The attention worker's TCP server: NIO cuts frames on its event loop; every request runs on
-/// one compute thread, in arrival order, and its reply is written back on the connection's loop.
-/// A frame whose length cannot be right ends that connection (the stream cannot be re-synchronised),
+/// What a worker serves over frames (attention, experts): every request frame gets one reply frame.
+/// Called on the server's compute thread only, one request at a time.
+public protocol FrameService: AnyObject {
+    func connectionOpened(_ connection: Int)
+    func connectionClosed(_ connection: Int)
+    /// Writes the reply to `frame` (its kind | 0x80 and its id, or an error frame) into `out`.
+    func respond(to frame: Frame, connection: Int, into out: inout ByteBuffer)
+}
+
+extension AttentionService: FrameService {
+    public func respond(to frame: Frame, connection: Int, into out: inout ByteBuffer) {
+        AttentionWire.reply(handle(frame, connection: connection), id: frame.id, into: &out)
+    }
+}
+
+/// A worker's TCP server: NIO cuts frames on its event loop; every request runs on one compute
+/// thread, in arrival order, and its reply is written back on the connection's loop. A frame
+/// whose length cannot be right ends that connection (the stream cannot be re-synchronised),
 /// never the process.
-public final class AttentionServer: @unchecked Sendable {
-    public let service: AttentionService
+public final class FrameServer<Service: FrameService>: @unchecked Sendable {
+    public let service: Service
     private let compute = SerialQueue()
     private let group: MultiThreadedEventLoopGroup
     private var channel: Channel?
     private var mutex = pthread_mutex_t()
     private var nextConnection = 0
 
-    public init(service: AttentionService) {
+    public init(service: Service) {
         self.service = service
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         pthread_mutex_init(&mutex, nil)
@@ -56,19 +71,21 @@ public final class AttentionServer: @unchecked Sendable {
     }
 
     fileprivate func opened(_ connection: Int) {
-        _ = compute.submit { [service] in service.connectionOpened(connection) }
+        let service = UncheckedBox(service)
+        _ = compute.submit { service.value.connectionOpened(connection) }
     }
 
     fileprivate func closed(_ connection: Int) {
-        _ = compute.submit { [service] in service.connectionClosed(connection) }
+        let service = UncheckedBox(service)
+        _ = compute.submit { service.value.connectionClosed(connection) }
     }
 
     fileprivate func handle(_ frame: Frame, connection: Int, channel: Channel) {
         let box = UncheckedBox(frame)
-        _ = compute.submit { [service] in
-            let reply = service.handle(box.value, connection: connection)
+        let service = UncheckedBox(service)
+        _ = compute.submit {
             var out = channel.allocator.buffer(capacity: 64)
-            AttentionWire.reply(reply, id: box.value.id, into: &out)
+            service.value.respond(to: box.value, connection: connection, into: &out)
             channel.writeAndFlush(out, promise: nil)
         }
     }
@@ -80,15 +97,15 @@ struct UncheckedBox<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
 }
 
-private final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
+private final class ConnectionHandler<Service: FrameService>: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-    let server: AttentionServer
+    let server: FrameServer<Service>
     let connection: Int
     var buffer: ByteBuffer?
     let reader = FrameReader()
 
-    init(server: AttentionServer, connection: Int) {
+    init(server: FrameServer<Service>, connection: Int) {
         self.server = server
         self.connection = connection
     }
@@ -124,3 +141,6 @@ private final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendabl
         context.close(promise: nil)
     }
 }
+
+/// The attention worker's server.
+public typealias AttentionServer = FrameServer<AttentionService>
