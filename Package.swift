@@ -197,6 +197,10 @@ let package = Package(
             "AttentionWire", "AttentionWorker", "RemoteAttention", "Engine", "Models", "Generation", "Tokenizers", "Runtime", "Kernels",
             "SwitchyardSupport", "SwitchyardTestSupport", .product(name: "NIOCore", package: "swift-nio"),
         ]),
+        .testTarget(name: "RemoteExpertsTests", dependencies: [
+            "AttentionWire", "Engine", "ExpertWire", "ExpertWorker", "Kernels", "Models", "Orchestration", "Runtime", "SwitchyardSupport",
+            "SwitchyardTestSupport", .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         .testTarget(name: "GenerationTests", dependencies: [
             "Generation", "Models", "Tokenizers", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
