@@ -1,5 +1,4 @@
 import ArgumentParser
-import AttentionWire
 import ExpertWire
 import ExpertWorker
 import Kernels
