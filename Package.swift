@@ -150,7 +150,7 @@ let package = Package(
         // The commands every binary has: parse flags into the engine's options, call it, print.
         .target(name: "Commands", dependencies: [
             "Engine", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
-            "SwitchyardSupport", "NPY", "AttentionWorker", "RemoteAttention", "ExpertWorker", "ExpertWire", "RemoteExperts",
+            "SwitchyardSupport", "NPY", "AttentionWire", "AttentionWorker", "RemoteAttention", "ExpertWorker", "ExpertWire", "RemoteExperts",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: tuned),

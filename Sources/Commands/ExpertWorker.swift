@@ -1,4 +1,5 @@
 import ArgumentParser
+import AttentionWire
 import ExpertWire
 import ExpertWorker
 import Kernels
