@@ -168,7 +168,7 @@ let package = Package(
         // A seeded mutation fuzzer over every parser of outside input; CI runs it for a bounded time.
         .executableTarget(name: "switchyard-fuzz", dependencies: [
             "Batching", "ChatTemplates", "Kernels", "Models", "Orchestration", "SafeTensors", "Server", "SwitchyardJSON", "SwitchyardSupport",
-            "Tokenizers", "AttentionWire", "AttentionWorker", "Runtime", .product(name: "NIOCore", package: "swift-nio"),
+            "Tokenizers", "AttentionWire", "AttentionWorker", "ExpertWire", "ExpertWorker", "Runtime", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: tuned),
 
         // What the test targets share: the repository's paths, transformers' reference logits,

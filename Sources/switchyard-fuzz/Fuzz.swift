@@ -36,13 +36,13 @@ enum Fuzz {
         let seconds = number("--seconds", 10.0) { $0.isFinite && $0 >= 0 && $0 <= 86_400 }
         let seed = number("--seed", UInt64(1)) { _ in true }
         let out = option("--out") ?? "/tmp/switchyard-fuzz"
-        guard let target = arguments.first, ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "batch", "upload", "all"].contains(target) else {
-            printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|wire|batch|upload|all [--seconds N] [--seed S] [--out DIR]")
+        guard let target = arguments.first, ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "all"].contains(target) else {
+            printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|wire|expert-wire|batch|upload|all [--seconds N] [--seed S] [--out DIR]")
             exit(2)
         }
         let root = repositoryRoot()
         CrashCatcher.install(directory: out)
-        let targets = target == "all" ? ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "batch", "upload"] : [target]
+        let targets = target == "all" ? ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload"] : [target]
         for name in targets {
             let fuzzer: Target
             switch name {
@@ -52,6 +52,7 @@ enum Fuzz {
             case "tokenizer": fuzzer = TokenizerTarget(root: root)
             case "template": fuzzer = TemplateTarget(root: root)
             case "wire": fuzzer = WireTarget()
+            case "expert-wire": fuzzer = ExpertWireTarget(root: root)
             case "batch": fuzzer = BatchTarget()
             case "upload": fuzzer = UploadTarget()
             default: fuzzer = RequestTarget(root: root)
