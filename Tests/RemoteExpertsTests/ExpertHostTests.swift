@@ -38,7 +38,7 @@ final class Hosts {
     deinit { for s in servers { s?.close() } }
 }
 
-func engine(_ path: String, hosts: [String] = [], pipeline: PipelineSetting = .auto, ramBudget: Int? = nil) throws -> Engine {
+func engine(_ path: String, hosts: [String] = [], pipeline: PipelineSetting = .auto, ramBudget: Int? = nil, holdWeights: Bool = false) throws -> Engine {
     var o = EngineOptions(model: path)
     o.threads = 2
     o.precision = .f32
@@ -48,6 +48,7 @@ func engine(_ path: String, hosts: [String] = [], pipeline: PipelineSetting = .a
     o.expertWorkers = hosts
     o.expertPipeline = pipeline
     o.ramBudget = ramBudget
+    o.holdWeightsInMemory = holdWeights
     return try Engine.load(o)
 }
 
@@ -106,9 +107,9 @@ struct ExpertHostTests {
         #expect(s.diskBytesRead == 0, "every expert that did not fit went to the host")
     }
 
-    @Test("a host lost mid-run: its experts come back to tier 1 (from disk under a RAM budget), the outputs do not change")
+    @Test("a host lost mid-run: its experts come back to tier 1 (from disk under a RAM budget, or with the weights held in memory as a server holds them), the outputs do not change")
     func lostHostFallsBack() throws {
-        for budgeted in [false, true] {
+        for (budgeted, hold) in [(false, false), (true, false), (false, true)] {
             let path = fixturePath("qwen2_moe")
             let reference = try run(engine(path).model)
             let hosts = try Hosts(model: path, fixed: [nil, "*:1-2"])
@@ -118,16 +119,16 @@ struct ExpertHostTests {
                 budget = tiers.placement.alwaysHostBytes + tiers.options.reservedHostBytes
                     + 2 * ExpertPlacement.ramSlotBytes(tiers.footprint.expertMatrixBytes)
             }
-            let e = try engine(path, hosts: hosts.addresses, ramBudget: budget)
+            let e = try engine(path, hosts: hosts.addresses, ramBudget: budget, holdWeights: hold)
             var notes: [String] = []
             e.tiers!.notes = { notes.append($0) }
             let result = try run(e.model) { hosts.kill(1) }
-            #expect(result.tokens == reference.tokens, "budget \(budgeted)")
-            #expect(firstDifference(result.logits, reference.logits) == nil, "budget \(budgeted)")
+            #expect(result.tokens == reference.tokens, "budget \(budgeted), held \(hold)")
+            #expect(firstDifference(result.logits, reference.logits) == nil, "budget \(budgeted), held \(hold)")
             let s = try #require(e.tiers).statistics
             #expect(s.hostsLost == 1)
             #expect(notes.count == 1 && notes[0].contains(hosts.addresses[1]) && notes[0].contains("lost"), "\(notes)")
-            if budgeted { #expect(s.diskBytesRead > 0) }
+            if budgeted || hold { #expect(s.diskBytesRead > 0, "read back from the files") }
         }
     }
 

@@ -111,6 +111,10 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
                 throw OrchestrationError("--ram-budget reads experts from the model files, so it cannot be combined with --random-weights")
             }
             do { reader = try DirectReader(files: loaded.tensors.files) } catch { throw OrchestrationError(error.description) }
+        } else if !hosts.isEmpty && options.copyHostWeights && !loaded.tensors.files.isEmpty {
+            // Weights held in memory, experts on hosts: a host lost is read back with errors that
+            // fail a step, never through a mapping that a changed file could take away.
+            do { reader = try DirectReader(files: loaded.tensors.files) } catch { throw OrchestrationError(error.description) }
         } else {
             reader = nil
         }
@@ -118,6 +122,15 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         let placement = try ExpertPlacement.place(
             footprint, options.budgets(acceleratorMemory: accelerator?.capacity, acceleratorUsed: accelerator?.used ?? 0))
         self.placement = placement
+        var remote: [ExpertKey: Int] = [:]
+        if !hosts.isEmpty && footprint.expertBytes > 0 {
+            let onHost = footprint.expertMatrixBytes.reduce(0) { $0 + (($1 + 63) & ~63) }
+            let capacities = hosts.map { HostCapacity(memory: $0.memory, fixed: $0.fixed ? $0.held : nil) }
+            remote = placement.remoteHomes(hosts: capacities, expertBytes: onHost, ramBudget: options.ramBudget)
+            for (h, host) in hosts.enumerated() where !host.fixed {
+                do { try host.assign(remote.filter { $0.value == h }.map(\.key).sorted()) } catch { throw OrchestrationError(error.description) }
+            }
+        }
 
         // What every token touches, where the placement put it.
         var placed = loaded.weights
@@ -142,7 +155,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         }
 
         if options.copyHostWeights {
-            hostCopies = TieredExecutor.copyOutOfFiles(&placed, experts: &experts, placement: placement, files: loaded.tensors.files, config: config)
+            hostCopies = TieredExecutor.copyOutOfFiles(&placed, experts: &experts, placement: placement, files: loaded.tensors.files, config: config,
+                                                       remote: Set(remote.keys))
         }
         weights = placed
         homes = experts.map { $0.map { .ramPinned($0) } }
@@ -177,19 +191,25 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             }
             homes[key.layer][key.expert] = .disk(ranges)
         }
-        if !hosts.isEmpty && footprint.expertBytes > 0 {
-            let onHost = footprint.expertMatrixBytes.reduce(0) { $0 + (($1 + 63) & ~63) }
-            let capacities = hosts.map { HostCapacity(memory: $0.memory, fixed: $0.fixed ? $0.held : nil) }
-            let remote = placement.remoteHomes(hosts: capacities, expertBytes: onHost, ramBudget: options.ramBudget)
-            for (h, host) in hosts.enumerated() where !host.fixed {
-                do { try host.assign(remote.filter { $0.value == h }.map(\.key).sorted()) } catch { throw OrchestrationError(error.description) }
-            }
+        if !remote.isEmpty {
             for (key, h) in remote {
-                let local = homes[key.layer][key.expert]
+                var local = homes[key.layer][key.expert]
+                if case .ramPinned(let f) = local {
+                    if options.copyHostWeights, let reader {
+                        var ranges: [FileRange] = []
+                        for m in f.matrices {
+                            guard let place = reader.location(of: m.data, bytes: m.byteCount) else {
+                                throw OrchestrationError("\(key): its weights are not in the model files")
+                            }
+                            ranges.append(FileRange(file: place.file, offset: place.offset, bytes: m.byteCount))
+                        }
+                        local = .disk(ranges)
+                    }
+                    // Tier 1 reads it again (from the files) only if its host is lost.
+                    for m in f.matrices { dropPages(m.data, m.byteCount) }
+                }
                 localHomes[key] = local
                 homes[key.layer][key.expert] = .remote(h)
-                // Tier 1 reads it again (from the files) only if its host is lost.
-                if case .ramPinned(let f) = local { for m in f.matrices { dropPages(m.data, m.byteCount) } }
             }
             costs.remoteRoundTrip = hosts.map(\.roundTrip).max() ?? 0
             costs.remoteBytesPerSecond = hosts.map(\.bandwidth).min() ?? 0
@@ -553,9 +573,10 @@ extension TieredExecutor {
     /// Copies every matrix host memory holds for the whole run (what every token touches, the
     /// experts pinned in RAM) that lives in a weight file into one host buffer, repoints the
     /// weights at the copies and releases the files' pages.
+    /// - Parameter remote: experts on expert hosts, left in the files.
     static func copyOutOfFiles(
         _ weights: inout DecoderWeights, experts: inout [[FeedForwardWeights]], placement: ExpertPlacement, files: [MappedFile],
-        config: DecoderConfig
+        config: DecoderConfig, remote: Set<ExpertKey>
     ) -> HostBuffer? {
         func inFiles(_ m: WeightMatrix) -> Bool {
             m.location == .host && files.contains { UnsafeRawPointer(m.data) >= $0.base && m.data + m.byteCount <= $0.base + $0.size }
@@ -563,7 +584,8 @@ extension TieredExecutor {
         func slot(_ m: WeightMatrix) -> Int { (m.byteCount + 63) & ~63 }
         var total = 0
         weights.visitAlways(tiedHead: config.tieWordEmbeddings) { _, m, _ in if inFiles(m) { total += slot(m) } }
-        for key in placement.experts(on: .ram) { for m in experts[key.layer][key.expert].matrices where inFiles(m) { total += slot(m) } }
+        let local = placement.experts(on: .ram).filter { !remote.contains($0) }
+        for key in local { for m in experts[key.layer][key.expert].matrices where inFiles(m) { total += slot(m) } }
         guard total > 0 else { return nil }
         let buffer = HostBuffer(total)
         var offset = 0
@@ -576,7 +598,7 @@ extension TieredExecutor {
             return m.moved(to: UnsafeRawPointer(target))
         }
         weights.visitAlways(tiedHead: config.tieWordEmbeddings) { _, m, _ in m = copy(m) }
-        for key in placement.experts(on: .ram) {
+        for key in local {
             experts[key.layer][key.expert] = FeedForwardWeights(experts[key.layer][key.expert].matrices.map(copy))
         }
         return buffer

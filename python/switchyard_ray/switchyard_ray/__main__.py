@@ -1,13 +1,15 @@
 """Run a two-tier deployment on Ray.
 
     python3 -m switchyard_ray --binary .build/release/switchyard [--model DIR] [--workers 2] \
-        [--kv-memory 1GiB] (--local | --address RAY_ADDRESS) [--prompt TEXT] [--serve-seconds N]
+        [--kv-memory 1GiB] [--expert-hosts N [--experts SPEC]...] (--local | --address RAY_ADDRESS) \
+        [--prompt TEXT] [--serve-seconds N]
 
---local starts a three-node Ray cluster on this machine (a head with {"main_host": 1} and
---workers nodes with {"attention_host": 1}); run it inside a network namespace with only
-loopback, or Ray moves off 127.0.0.1. With --address, the cluster's nodes must offer those
-resources (`ray start --resources '{"attention_host": 1}'` on each attention host). Prints tier 1's
-URL; with --prompt, one greedy completion through it; then serves for --serve-seconds (0: exit).
+--local starts a Ray cluster on this machine (a head with {"main_host": 1} and as many nodes as
+--workers or --expert-hosts ask for, each offering {"attention_host": 1, "expert_host": 1}); run it
+inside a network namespace with only loopback, or Ray moves off 127.0.0.1. With --address, the
+cluster's nodes must offer those resources (`ray start --resources '{"attention_host": 1}'` on each
+attention host, '{"expert_host": 1}' on each expert host). Prints tier 1's URL; with --prompt, one
+greedy completion through it; then serves for --serve-seconds (0: exit).
 """
 import argparse
 import json
@@ -26,7 +28,9 @@ def main():
     p = argparse.ArgumentParser(prog="python3 -m switchyard_ray")
     p.add_argument("--binary", required=True)
     p.add_argument("--model", default=os.path.join(root, "models/switchyard-kjv-moe"))
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="attention workers (nodes with {\"attention_host\": 1})")
+    p.add_argument("--expert-hosts", type=int, default=0, help="expert hosts (nodes with {\"expert_host\": 1})")
+    p.add_argument("--experts", action="append", help="an expert host's --experts, once per host (default: what tier 1 assigns)")
     p.add_argument("--kv-memory", default="1GiB")
     p.add_argument("--local", action="store_true")
     p.add_argument("--address")
@@ -38,8 +42,10 @@ def main():
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--workdir", help="where shards and their results go: a path every node sees")
     a = p.parse_args()
-    if not 1 <= a.workers <= 64:
-        sys.exit("error: --workers must be between 1 and 64")
+    if not 0 <= a.workers <= 64 or not 0 <= a.expert_hosts <= 64:
+        sys.exit("error: --workers and --expert-hosts must be between 0 and 64")
+    if a.experts and len(a.experts) != a.expert_hosts:
+        sys.exit("error: give --experts once per expert host, or not at all")
     if a.local == bool(a.address):
         sys.exit("error: give --local or --address")
     cluster = None
@@ -48,8 +54,8 @@ def main():
 
         cluster = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1,
                                                                   "resources": {"main_host": 1}})
-        for _ in range(a.workers):
-            cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"attention_host": 1, "batch_host": 1})
+        for _ in range(max(a.workers, a.expert_hosts, 1)):
+            cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"attention_host": 1, "expert_host": 1, "batch_host": 1})
         ray.init(address=cluster.address)
     else:
         ray.init(address=a.address)
@@ -68,10 +74,11 @@ def main():
                 cluster.shutdown()
         return
     deployment = TwoTier(os.path.abspath(a.binary), os.path.abspath(a.model), workers=a.workers, kv_memory=a.kv_memory,
-                         tier1_resources={"main_host": 1}).start()
+                         tier1_resources={"main_host": 1}, expert_hosts=a.expert_hosts, expert_sets=a.experts).start()
     try:
         url = deployment.url()
-        print(f"tier 1: {url}/v1 over attention workers {','.join(deployment.addresses)}", flush=True)
+        print(f"tier 1: {url}/v1 over attention workers {','.join(deployment.addresses) or 'none'}, "
+              f"expert hosts {','.join(deployment.expert_addresses) or 'none'}", flush=True)
         if a.prompt:
             body = json.dumps({"model": "m", "prompt": a.prompt, "max_tokens": a.max_tokens, "temperature": 0}).encode()
             req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
