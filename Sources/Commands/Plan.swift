@@ -115,6 +115,10 @@ struct PlanCommand: ParsableCommand {
                 o["decode_tokens_per_second_summed"] = .double(plan.decodeSummed)
                 o["decode_tokens_per_second_fiddler"] = .double(plan.decodeFiddler)
                 o["prefill_tokens_per_second"] = .double(plan.prefillOverlapped)
+                o["prefill_tokens"] = .int(plan.prefillTokens)
+                o["prefill_pipelined_tokens_per_second"] = .double(plan.prefillPipelined)
+                o["prefill_unpipelined_tokens_per_second"] = .double(plan.prefillUnpipelined)
+                o["pipeline_groups"] = .array(plan.pipelineGroups.map { .int($0) })
                 writeOut(JSONValue.object(o).serialized() + "\n")
                 return
             }
@@ -135,7 +139,7 @@ struct PlanCommand: ParsableCommand {
             }
             writeOut("\nmemory: " + tiers.map { "\($0.rawValue) \(formatBytes(plan.bytesPerTier[$0] ?? 0, digits: 2))" }.joined(separator: ", ") + "\n")
             writeOut("predicted decode: \(fixed(plan.decodeOverlapped, 1)) tok/s with CPU, accelerator, copies and reads overlapped (\(fixed(plan.decodeSummed, 1)) if summed)\n")
-            writeOut("predicted prefill (\(plan.prefillTokens) tokens): \(fixed(plan.prefillOverlapped, 0)) tok/s\n")
+            writeOut("predicted prefill (\(plan.prefillTokens) tokens a pass): \(fixed(plan.prefillPipelined, 0)) tok/s with the expert pipeline (groups per MoE layer: \(plan.pipelineGroups.map(String.init).joined(separator: " "))), \(fixed(plan.prefillUnpipelined, 0)) tok/s without; \(fixed(plan.prefillOverlapped, 0)) tok/s if every transfer overlapped perfectly\n")
             writeOut("Fiddler's kernels on this placement: \(fixed(plan.decodeFiddler, 2)) tok/s decode; predicted gap \(fixed(plan.decodeOverlapped / plan.decodeFiddler, 1))x\n")
         }
     }

@@ -21,6 +21,12 @@ public struct Plan: Sendable {
     public var decodeSummed: Double
     public var prefillOverlapped: Double
     public var prefillTokens: Int
+    /// Prefill with EPS-MoE's expert pipeline (each layer's moved experts in the groups it would
+    /// choose), without it (each layer's movement before its moved experts compute), and the
+    /// groups chosen per MoE layer.
+    public var prefillPipelined: Double
+    public var prefillUnpipelined: Double
+    public var pipelineGroups: [Int]
     /// Fiddler's own rates on this placement (its CPU kernels and pageable copies, summed).
     public var decodeFiddler: Double
 }
@@ -97,6 +103,8 @@ public enum Planner {
         }
         var decodeOverlapped = denseDecode.reduce(0, +), decodeSummed = decodeOverlapped
         var prefill = densePrefill.reduce(0, +)
+        var pipelined = prefill, unpipelined = prefill
+        var groups: [Int] = []
         var fiddler = denseFiddler
         for (layer, n) in footprint.expertsPerLayer.enumerated() where n > 0 {
             let keys = (0..<n).map { ExpertKey(layer: layer, expert: $0) }
@@ -124,6 +132,21 @@ public enum Planner {
                                           costs: costs, policy: policy, hasAccelerator: hasAccelerator,
                                           copySlots: placement.acceleratorCacheSlots)
             prefill += d.makespan
+            // The pipeline as the executor would choose it for this layer.
+            var moved = 0, reads = 0, cpuMoved = 0.0, acceleratorMoved = 0.0
+            for (j, i) in active.enumerated() {
+                let action = d.actions[j]
+                guard action == .readThenCPU || action == .readThenCopy || action == .copyToAccelerator else { continue }
+                moved += 1
+                if action != .copyToAccelerator { reads += 1 }
+                if action.runsOnAccelerator { acceleratorMoved += costs.accelerator(tokens: tokens[i]) } else { cpuMoved += costs.cpu(tokens: tokens[i]) }
+            }
+            let pipeline = ExpertPipeline.choose(movement: max(d.disk, d.link), compute: max(cpuMoved, acceleratorMoved), floor: d.makespan,
+                                                 overhead: costs.groupOverheadSeconds, moved: moved, reads: reads,
+                                                 slots: placement.ramCacheSlots, setting: .auto)
+            pipelined += pipeline.predicted
+            unpipelined += pipeline.unpipelined
+            groups.append(pipeline.overlapped ? pipeline.groups : 1)
         }
 
         let slotOnAccelerator = footprint.expertBytes > 0 ? ExpertPlacement.acceleratorSlotBytes(footprint.expertMatrixBytes) : 0
@@ -138,6 +161,8 @@ public enum Planner {
             footprint: footprint, placement: placement, hardware: hardware, acceleratorMemory: acceleratorMemory, ramBudget: ramBudget,
             reservedHostBytes: options.reservedHostBytes, bytesPerTier: bytes,
             decodeOverlapped: 1 / max(decodeOverlapped, 1e-9), decodeSummed: 1 / max(decodeSummed, 1e-9),
-            prefillOverlapped: T / max(prefill, 1e-9), prefillTokens: prefillTokens, decodeFiddler: 1 / max(fiddler, 1e-9))
+            prefillOverlapped: T / max(prefill, 1e-9), prefillTokens: prefillTokens,
+            prefillPipelined: T / max(pipelined, 1e-9), prefillUnpipelined: T / max(unpipelined, 1e-9), pipelineGroups: groups,
+            decodeFiddler: 1 / max(fiddler, 1e-9))
     }
 }
