@@ -8,6 +8,7 @@ import SwitchyardSupport
 
 extension EngineOptions.Precision: ExpressibleByArgument {}
 extension EngineOptions.AcceleratorKind: ExpressibleByArgument {}
+extension EngineOptions.ExpertKernel: ExpressibleByArgument {}
 extension PipelineSetting: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
 }
@@ -73,6 +74,11 @@ public struct ModelOptions: ParsableArguments {
         "auto, off, or a number of groups: how a layer's experts that must move (disk reads, copies) are pipelined with compute.",
         discussion: "auto: N* = sqrt(C/k) from the cost model, off where it does not pay. off: every movement of the layer finishes before a moved expert computes."))
     var expertPipeline: PipelineSetting = .auto
+
+    @Option(name: .customLong("expert-kernel"), help: ArgumentHelp(
+        "auto, grouped or dense: how a layer's experts run on the CPU.",
+        discussion: "grouped: all of them in one pass (two parallel regions); dense: one product each; auto: grouped below the tokens per expert where it measured faster at load. Same bits either way."))
+    var expertKernel: EngineOptions.ExpertKernel = .auto
 
     @Option(name: .customLong("ubatch"), help: "Prompt tokens per forward pass (default: 64; 512 with --ram-budget or an accelerator, where each pass moves the experts it needs once).")
     var ubatch: Int?
@@ -159,6 +165,7 @@ public struct ModelOptions: ParsableArguments {
         o.expertPipeline = expertPipeline
         o.learnCosts = !noCostLearning
         o.promptChunk = ubatch
+        o.expertKernel = expertKernel
         o.quantization = quantize.map { WeightQuantization(format: $0, all: quantizeAll) }
         o.randomWeights = randomWeights
         o.residency = noMmap ? .copied : noHugePages ? .mapped : .hugePages
@@ -196,6 +203,7 @@ public struct ModelOptions: ParsableArguments {
         engine.tiers?.notes = { printError("note: \($0)") }
         if let tiers = engine.tiers { logger.debug("placement: \(tiers.summary.json.serialized()); costs: \(tiers.costs.json.serialized())") }
         if let choice = engine.kernelChoice { logger.debug("\(choice.summary)") }
+        if let choice = engine.expertKernelChoice { logger.debug("\(choice.summary)") }
         logger.debug("loaded \(model.config.modelType) from \(model.directory) in \(fixed(engine.loadSeconds, 2)) s")
         return engine
     }

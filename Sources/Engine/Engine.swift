@@ -21,15 +21,19 @@ public final class Engine: @unchecked Sendable {
     /// The bf16 kernel choice measured at load (nil when the model's products fit the caches, or
     /// the CPU has no tiles).
     public let kernelChoice: KernelChoice?
+    /// The grouped-or-dense expert kernel choice measured at load (nil when not measured).
+    public let expertKernelChoice: ExpertKernelChoice?
     /// Things a user should know (a fallback taken).
     public let notes: [String]
     public let loadSeconds: Double
 
-    private init(options: EngineOptions, model: Model, tiers: TieredExecutor?, kernelChoice: KernelChoice?, notes: [String], loadSeconds: Double) {
+    private init(options: EngineOptions, model: Model, tiers: TieredExecutor?, kernelChoice: KernelChoice?, expertKernelChoice: ExpertKernelChoice?,
+                 notes: [String], loadSeconds: Double) {
         self.options = options
         self.model = model
         self.tiers = tiers
         self.kernelChoice = kernelChoice
+        self.expertKernelChoice = expertKernelChoice
         self.notes = notes
         self.loadSeconds = loadSeconds
     }
@@ -70,7 +74,21 @@ public final class Engine: @unchecked Sendable {
            expert.gate.byteCount >= 1 << 20, KernelChoice.tileAvailable {
             choice = KernelChoice.measure(rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
         }
-        let tuning = choice?.tuning ?? .default
+        var tuning = choice?.tuning ?? .default
+        // Grouped or dense experts: measured on the first MoE layer's experts as loaded (models
+        // whose experts fit the caches keep dense), or as told.
+        var expertChoice: ExpertKernelChoice?
+        switch options.expertKernel {
+        case .grouped: tuning.groupedExpertsBelow = Int.max
+        case .dense: tuning.groupedExpertsBelow = 0
+        case .auto:
+            if options.tuneKernels, let layer = loaded.weights.layers.first(where: { if case .mixtureOfExperts = $0.feedForward { true } else { false } }),
+               case .mixtureOfExperts(let m) = layer.feedForward, m.experts.count > 1, m.experts[0].byteCount >= 1 << 20 {
+                let measured = ExpertKernelChoice.measure(experts: Array(m.experts.prefix(8)), device: CPUDevice(pool: pool, precision: precision, tuning: tuning))
+                tuning.groupedExpertsBelow = measured.groupedBelow
+                expertChoice = measured
+            }
+        }
         let cpu = CPUDevice(pool: pool, precision: precision, tuning: tuning)
         var accelerator: (any Accelerator)?
         if options.accelerator == .emulated, let memory = options.acceleratorMemory {
@@ -114,7 +132,7 @@ public final class Engine: @unchecked Sendable {
         }
         let model = Model(loaded, device: device, pool: pool, weights: tiers?.weights, attention: attention, expertExecutor: tiers)
         model.promptChunk = options.effectivePromptChunk
-        return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, notes: notes,
+        return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, expertKernelChoice: expertChoice, notes: notes,
                       loadSeconds: (ContinuousClock.now - started).seconds)
     }
 

@@ -79,6 +79,12 @@ public struct EngineOptions: Sendable {
     public var kvPositions: Int?
     /// Measure the bf16 kernel choice on an expert of this model's shape at load.
     public var tuneKernels = true
+    /// How a layer's experts run on the CPU: measured at load (auto), or always one way.
+    public var expertKernel = ExpertKernel.auto
+
+    public enum ExpertKernel: String, Sendable, CaseIterable {
+        case auto, grouped, dense
+    }
     /// Refuse weights that hold a NaN or an infinity (a pass over every byte at load).
     public var checkTensors = false
     /// Hold every weight the process computes with in its own memory rather than in the files'

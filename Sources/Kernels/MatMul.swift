@@ -155,7 +155,7 @@ public func matmul(
     output: UnsafeMutablePointer<Float>, outputStride: Int,
     tokens: Int, pool: ThreadPool, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default
 ) {
-    matmulProducts(RowItems(weight, output, nil, nil, threads: pool.threadCount), input: input, inputStride: inputStride,
+    matmulProducts(RowItems(weight, output, nil, nil, threads: pool.threadCount, tokens: tokens), input: input, inputStride: inputStride,
                    outputStride: outputStride, tokens: tokens, pool: pool, precision: precision, tuning: tuning)
 }
 
@@ -178,22 +178,110 @@ public func matmul(
                precision: precision, tuning: tuning)
         return
     }
-    matmulProducts(RowItems(first, outputs.0, second, outputs.1, threads: pool.threadCount), input: input, inputStride: inputStride,
+    matmulProducts(RowItems(first, outputs.0, second, outputs.1, threads: pool.threadCount, tokens: tokens), input: input, inputStride: inputStride,
                    outputStride: outputStride, tokens: tokens, pool: pool, precision: precision, tuning: tuning)
+}
+
+/// One matrix (or a fused pair with one input, as an MLP's gate and up) over a run of the input's
+/// rows: one expert's tokens in a grouped product.
+public struct RowSegment: Sendable {
+    public var first: WeightMatrix, second: WeightMatrix?
+    /// Its rows of the input, and where their outputs go.
+    public var inputRow: Int, outputRow: Int, tokens: Int
+
+    public init(_ first: WeightMatrix, _ second: WeightMatrix? = nil, inputRow: Int, outputRow: Int, tokens: Int) {
+        self.first = first
+        self.second = second
+        self.inputRow = inputRow
+        self.outputRow = outputRow
+        self.tokens = tokens
+    }
+}
+
+/// Several products in one parallel region (EPS-MoE's grouped GEMM on the CPU): segment s
+/// multiplies input rows inputRow..<inputRow+tokens by its matrix (and its second one, into
+/// `outputs.1`), writing output rows outputRow..<outputRow+tokens. The activations are prepared
+/// once for every input row up to the last segment's (rows between segments must hold numbers),
+/// and one region's start and tail are paid instead of one or two per segment. Every row is exactly
+/// what `matmul` of its segment alone writes (the same kernels over the same token passes, counted
+/// from the segment's first row). The matrices must share their element and columns.
+@inlinable
+public func matmulSegments(
+    _ segments: [RowSegment],
+    input: UnsafePointer<Float>, inputStride: Int,
+    outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?), outputStride: Int,
+    pool: ThreadPool, precision: ActivationPrecision = .f32, tuning: KernelTuning = .default
+) {
+    guard let head = segments.first else { return }
+    precondition(segments.allSatisfy {
+        $0.first.element == head.first.element && $0.first.columns == head.first.columns
+            && ($0.second == nil || ($0.second!.element == head.first.element && outputs.1 != nil))
+    }, "a grouped product takes matrices of one element and width")
+    let rows = segments.map { $0.inputRow + $0.tokens }.max()!
+    matmulProducts(SegmentItems(segments, outputs, outputStride: outputStride, threads: pool.threadCount), input: input, inputStride: inputStride,
+                   outputStride: outputStride, tokens: rows, pool: pool, precision: precision, tuning: tuning)
+}
+
+/// What a parallel region of products works through: items of a block of a matrix's rows, each over
+/// its run of the input's rows (its first token and count).
+@usableFromInline
+protocol ProductItems {
+    var first: WeightMatrix { get }
+    var count: Int { get }
+    func item(_ i: Int) -> (matrix: WeightMatrix, start: Int, count: Int, output: UnsafeMutablePointer<Float>, t0: Int, tokens: Int)
+}
+
+/// The items of several segments: each segment's own `RowItems`, one after another.
+@usableFromInline
+struct SegmentItems: ProductItems {
+    @usableFromInline let segments: [RowItems]
+    @usableFromInline let firstRows: [Int]
+    /// Items before each segment's.
+    @usableFromInline let before: [Int]
+    @usableFromInline let count: Int
+    @usableFromInline var first: WeightMatrix { segments[0].first }
+
+    /// Each segment's outputs are addressed by input row: shifted by its output row less its input row.
+    @inlinable
+    init(_ segments: [RowSegment], _ outputs: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?), outputStride: Int, threads: Int) {
+        self.segments = segments.map { s in
+            let shift = (s.outputRow - s.inputRow) * outputStride
+            return RowItems(s.first, outputs.0 + shift, s.second, s.second == nil ? nil : outputs.1! + shift, threads: threads, tokens: s.tokens)
+        }
+        firstRows = segments.map(\.inputRow)
+        var before: [Int] = [], total = 0
+        for s in self.segments {
+            before.append(total)
+            total += s.count
+        }
+        self.before = before
+        count = total
+    }
+
+    @inlinable @inline(__always)
+    func item(_ i: Int) -> (matrix: WeightMatrix, start: Int, count: Int, output: UnsafeMutablePointer<Float>, t0: Int, tokens: Int) {
+        // The last segment that starts at or before item i (segments are few: a layer's experts).
+        var s = 0
+        while s + 1 < before.count && before[s + 1] <= i { s += 1 }
+        let it = segments[s].item(i - before[s])
+        return (it.matrix, it.start, it.count, it.output, firstRows[s], it.tokens)
+    }
 }
 
 /// The work items of one or two products: blocks of rows small enough to balance, large enough to
 /// amortise the claim, and at most 512 KiB of weights, which stay in the core's L2 while every
 /// token passes over them.
 @usableFromInline
-struct RowItems {
+struct RowItems: ProductItems {
     @usableFromInline let first: WeightMatrix, second: WeightMatrix?
     @usableFromInline let firstOutput: UnsafeMutablePointer<Float>, secondOutput: UnsafeMutablePointer<Float>?
     @usableFromInline let firstPerItem: Int, secondPerItem: Int, firstItems: Int, count: Int
+    @usableFromInline let tokens: Int
 
     @inlinable
     init(_ first: WeightMatrix, _ firstOutput: UnsafeMutablePointer<Float>, _ second: WeightMatrix?, _ secondOutput: UnsafeMutablePointer<Float>?,
-         threads: Int) {
+         threads: Int, tokens: Int) {
+        self.tokens = tokens
         // A multiple of 4 rows, so the AVX-512 bf16 tiles (4 rows) take every row of an item.
         func perItem(_ m: WeightMatrix) -> Int { (max(8, min(256, (512 << 10) / max(1, m.rowBytes), m.rows / (threads * 8) + 1)) + 3) / 4 * 4 }
         self.first = first
@@ -207,21 +295,23 @@ struct RowItems {
         count = firstItems + (secondRows + secondPerItem - 1) / secondPerItem
     }
 
-    /// Item `i`: its matrix, its first row, its row count, and that matrix's output.
+    /// Item `i`: its matrix, its first row, its row count, that matrix's output, and its tokens
+    /// (all of them, from the first).
     @inlinable @inline(__always)
-    func item(_ i: Int) -> (matrix: WeightMatrix, start: Int, count: Int, output: UnsafeMutablePointer<Float>) {
+    func item(_ i: Int) -> (matrix: WeightMatrix, start: Int, count: Int, output: UnsafeMutablePointer<Float>, t0: Int, tokens: Int) {
         if i < firstItems {
             let start = i * firstPerItem
-            return (first, start, min(first.rows, start + firstPerItem) - start, firstOutput)
+            return (first, start, min(first.rows, start + firstPerItem) - start, firstOutput, 0, tokens)
         }
         let start = (i - firstItems) * secondPerItem
-        return (second!, start, min(second!.rows, start + secondPerItem) - start, secondOutput!)
+        return (second!, start, min(second!.rows, start + secondPerItem) - start, secondOutput!, 0, tokens)
     }
 }
 
+/// - Parameter tokens: the input rows the items take, all together (their activations are prepared once).
 @inlinable
-func matmulProducts(
-    _ products: RowItems, input: UnsafePointer<Float>, inputStride: Int, outputStride: Int,
+func matmulProducts<Items: ProductItems>(
+    _ products: Items, input: UnsafePointer<Float>, inputStride: Int, outputStride: Int,
     tokens: Int, pool: ThreadPool, precision: ActivationPrecision, tuning: KernelTuning
 ) {
     let n = products.first.columns
@@ -230,13 +320,13 @@ func matmulProducts(
     // Each item takes a block of rows; each weight row is read once per four tokens.
     @inline(__always) func rowBlocks(_ dot: (_ row: UnsafeRawPointer, _ t0: Int, _ count: Int) -> SIMD4<Float>) {
         pool.parallelFor(products.count) { i in
-            let (matrix, start, rows, output) = products.item(i)
-            var t0 = 0
-            while t0 < tokens {
-                let count = min(4, tokens - t0)
+            let (matrix, start, rows, output, first, count) = products.item(i)
+            var t0 = first
+            while t0 < first + count {
+                let n = min(4, first + count - t0)
                 for r in start..<(start + rows) {
-                    let s = dot(matrix.data + r * rowBytes, t0, count)
-                    for t in 0..<count { output[(t0 + t) * outputStride + r] = s[t] }
+                    let s = dot(matrix.data + r * rowBytes, t0, n)
+                    for t in 0..<n { output[(t0 + t) * outputStride + r] = s[t] }
                 }
                 t0 += 4
             }
@@ -248,10 +338,10 @@ func matmulProducts(
         _ call: (_ rows: UnsafeRawPointer, _ count: Int, _ output: UnsafeMutablePointer<Float>, _ t0: Int, _ tokens: Int32) -> Void
     ) {
         pool.parallelFor(products.count) { i in
-            let (matrix, start, rows, output) = products.item(i)
-            var t0 = 0
-            while t0 < tokens {
-                call(matrix.data + start * rowBytes, rows, output + t0 * outputStride + start, t0, Int32(min(4, tokens - t0)))
+            let (matrix, start, rows, output, first, count) = products.item(i)
+            var t0 = first
+            while t0 < first + count {
+                call(matrix.data + start * rowBytes, rows, output + t0 * outputStride + start, t0, Int32(min(4, first + count - t0)))
                 t0 += 4
             }
         }
@@ -339,9 +429,9 @@ func matmulProducts(
             let x = UnsafePointer(rounded.baseAddress!)
             if sy_bf16dp_level() > 0 {
                 pool.parallelFor(products.count) { i in
-                    let (matrix, start, rows, output) = products.item(i)
-                    sy_rows_bf16_bf16(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), x, Int32(n), Int32(tokens),
-                                      output + start, outputStride)
+                    let (matrix, start, rows, output, t0, count) = products.item(i)
+                    sy_rows_bf16_bf16(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), x + t0 * n, Int32(n), Int32(count),
+                                      output + t0 * outputStride + start, outputStride)
                 }
                 return
             }
@@ -358,9 +448,9 @@ func matmulProducts(
             if n % 32 == 0 && sy_bf16_level() > 0 {
                 // The C twin of dotRowBF16 (bit for bit), which can prefetch the weight stream.
                 pool.parallelFor(products.count) { i in
-                    let (matrix, start, rows, output) = products.item(i)
-                    sy_rows_bf16_f32(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), perm, Int32(n), Int32(tokens),
-                                     output + start, outputStride, Int32(clamping: tuning.bf16FiveTokenPassesFrom))
+                    let (matrix, start, rows, output, t0, count) = products.item(i)
+                    sy_rows_bf16_f32(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), perm + t0 * n, Int32(n), Int32(count),
+                                     output + t0 * outputStride + start, outputStride, Int32(clamping: tuning.bf16FiveTokenPassesFrom))
                 }
                 return
             }

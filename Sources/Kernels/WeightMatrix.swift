@@ -130,9 +130,21 @@ public struct KernelTuning: Sendable, Equatable {
     /// bf16 products take their tokens 5 a pass through the AVX-512 tiles from this many tokens on
     /// (never below 5), 4 a pass below it. Int.max: always 4.
     public var bf16FiveTokenPassesFrom: Int
+    /// Several experts of a layer run as one grouped pass (two parallel regions for all of them)
+    /// while they average fewer tokens than this, as one dense product each from it on (EPS-MoE's
+    /// GroupGemm against DenseGemm). 0: always dense; Int.max: always grouped. Same bits either way.
+    public var groupedExpertsBelow: Int
 
-    public init(bf16FiveTokenPassesFrom: Int = 5) {
+    public init(bf16FiveTokenPassesFrom: Int = 5, groupedExpertsBelow: Int = 0) {
         self.bf16FiveTokenPassesFrom = bf16FiveTokenPassesFrom
+        self.groupedExpertsBelow = groupedExpertsBelow
+    }
+
+    /// Whether `experts` experts with `tokens` tokens in all run as one grouped pass.
+    @inlinable
+    public func groupsExperts(_ experts: Int, tokens: Int) -> Bool {
+        guard experts > 1, groupedExpertsBelow > 0 else { return false }
+        return groupedExpertsBelow == Int.max || tokens < groupedExpertsBelow * experts
     }
 
     /// What products use until something is measured.

@@ -226,3 +226,29 @@ struct PipelineInvarianceTests {
         }
     }
 }
+
+@Suite("Grouped or dense experts give the same bits")
+struct ExpertKernelInvarianceTests {
+    @Test("the kernel choice forced each way, in place and under a RAM budget", arguments: moeArchitectures)
+    func forcedEachWay(arch: String) throws {
+        let reference = try run(Model(directory: fixturePath(arch), threads: 2))
+        for kernel in [EngineOptions.ExpertKernel.grouped, .dense] {
+            var options = EngineOptions(model: fixturePath(arch))
+            options.threads = 2
+            options.tuneKernels = false
+            options.expertKernel = kernel
+            let plain = try run(Engine.load(options).model)
+            #expect(plain.tokens == reference.tokens, "\(arch) \(kernel)")
+            #expect(firstDifference(plain.logits, reference.logits) == nil, "\(arch) \(kernel): logits differ")
+            // Room for a layer's experts, so those found in the cache run together.
+            let (model, executor) = try tiered(arch) { o, always, slot in
+                o.ramBudget = always + 8 * slot
+                o.expertKernel = kernel
+            }
+            let result = try run(model)
+            #expect(result.tokens == reference.tokens, "\(arch) \(kernel) RAM")
+            #expect(firstDifference(result.logits, reference.logits) == nil, "\(arch) \(kernel) RAM: logits differ")
+            #expect(kernel == .grouped ? executor.statistics.groupedPasses > 0 : executor.statistics.groupedPasses == 0, "\(arch) \(kernel)")
+        }
+    }
+}

@@ -38,6 +38,12 @@ extension Model {
         }
         if let executor = expertExecutor {
             try executor.runExperts(layer: layer, tasks: tasks, input: gathered, output: expertOut, layerInput: input, tokens: tokens)
+        } else if let cpu = device as? CPUDevice, cpu.tuning.groupsExperts(tasks.count, tokens: rows) {
+            // Few tokens per expert: one grouped pass over all of them.
+            scratch.gate.reserve(rows * moe.expertIntermediateSize)
+            scratch.up.reserve(rows * moe.expertIntermediateSize)
+            cpu.feedForward(group: tasks.map { GroupedExpert(w.experts[$0.expert], firstRow: $0.firstRow, tokens: $0.tokens) },
+                            input: gathered, output: expertOut, gate: scratch.gate.pointer, up: scratch.up.pointer)
         } else {
             for task in tasks {
                 device.feedForward(w.experts[task.expert], input: gathered + task.firstRow * hidden,

@@ -435,8 +435,39 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         var failure: WorkFailure?
         let order = states.indices.filter { !states[$0].action.runsOnAccelerator && states[$0].action != .remote }
             .sorted { (states[$0].group ?? -1, $0) < (states[$1].group ?? -1, $1) }
-        for i in order where failure == nil {
+        var next = 0
+        while next < order.count && failure == nil {
+            let i = order[next]
             if let g = states[i].group { readAhead(through: pipelined ? Int.max : g) }
+            // Experts of one group whose weights are at hand run as one grouped pass when they
+            // have few tokens each (the kernel choice measured for this machine).
+            var run = [i]
+            while states[i].weights != nil, next + run.count < order.count {
+                let j = order[next + run.count]
+                guard states[j].group == states[i].group, states[j].weights != nil else { break }
+                run.append(j)
+            }
+            let runTokens = run.reduce(0) { $0 + tasks[$1].tokens }
+            if cpu.tuning.groupsExperts(run.count, tokens: runTokens) {
+                if let f = run.flatMap({ barrier(states[$0]) }).waitAll() { failure = f; break }
+                cpuScratch.reserve(2 * runTokens * inner)
+                let started = ContinuousClock.now
+                cpu.feedForward(group: run.map { GroupedExpert(states[$0].weights!, firstRow: tasks[$0].firstRow, tokens: tasks[$0].tokens) },
+                                input: input, output: output, gate: cpuScratch.pointer, up: cpuScratch.pointer + runTokens * inner)
+                let seconds = (ContinuousClock.now - started).seconds
+                // Each expert's share of the pass, in proportion to its predicted time.
+                let predicted = run.reduce(0.0) { $0 + costs.cpu(tokens: tasks[$1].tokens) }
+                for j in run {
+                    states[j].computeStart = started
+                    states[j].computeEnd = started + .seconds(predicted > 0 ? seconds * costs.cpu(tokens: tasks[j].tokens) / predicted : 0)
+                    stillNeeded.remove(keys[j])
+                }
+                statistics.cpuRuns += run.count
+                statistics.groupedPasses += 1
+                next += run.count
+                continue
+            }
+            next += 1
             let task = tasks[i]
             do throws(WorkFailure) {
                 // The naive policy, or no slot at all: read now into the staging buffer.

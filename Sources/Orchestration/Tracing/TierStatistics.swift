@@ -9,6 +9,8 @@ public struct TierStatistics: Sendable {
     public var cpuRuns = 0, acceleratorRuns = 0
     /// Expert runs sent to expert hosts, and hosts lost (their experts came back to this host).
     public var remoteRuns = 0, hostsLost = 0
+    /// CPU experts run as grouped passes (several experts in one), and those passes.
+    public var groupedPasses = 0
     public var diskBytesRead = 0
     public var bytesCopied = 0
     /// Lookups of experts that are not pinned: found in the fast tier's cache or not.
@@ -42,6 +44,7 @@ public struct TierStatistics: Sendable {
         o["cpu_expert_runs"] = .int(cpuRuns)
         o["accelerator_expert_runs"] = .int(acceleratorRuns)
         o["remote_expert_runs"] = .int(remoteRuns)
+        o["grouped_cpu_passes"] = .int(groupedPasses)
         o["expert_hosts_lost"] = .int(hostsLost)
         o["disk_bytes_read"] = .int(diskBytesRead)
         o["bytes_copied_to_accelerator"] = .int(bytesCopied)

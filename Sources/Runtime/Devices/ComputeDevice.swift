@@ -81,3 +81,54 @@ public final class CPUDevice: ComputeDevice {
                pool: pool, precision: precision, tuning: tuning)
     }
 }
+
+/// One expert's part of a grouped pass: its weights and its rows of the input and output.
+public struct GroupedExpert {
+    public var weights: FeedForwardWeights
+    public var firstRow: Int, tokens: Int
+
+    public init(_ weights: FeedForwardWeights, firstRow: Int, tokens: Int) {
+        self.weights = weights
+        self.firstRow = firstRow
+        self.tokens = tokens
+    }
+}
+
+extension CPUDevice {
+    /// Several experts' SwiGLU as one grouped pass: every gate and up product in one parallel
+    /// region, every down product in another (EPS-MoE's GroupGemm), instead of two regions per
+    /// expert. Each expert's rows are exactly what `feedForward` over them alone gives. The experts
+    /// must share their shape and element (a layer's do); others run one after another.
+    /// - Parameters:
+    ///   - input, output: [*, hidden]; each expert reads and writes its own rows.
+    ///   - gate, up: scratch of [Σ tokens, intermediate] each.
+    public func feedForward(group experts: [GroupedExpert], input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                            gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>) {
+        guard let head = experts.first?.weights else { return }
+        let hidden = head.down.rows, inner = head.intermediateSize
+        let uniform = experts.allSatisfy { e in
+            e.weights.intermediateSize == inner && e.weights.matrices.allSatisfy { $0.element == head.gate.element && $0.location == .host }
+        }
+        guard uniform else {
+            var row = 0
+            for e in experts {
+                feedForward(e.weights, input: input + e.firstRow * hidden, output: output + e.firstRow * hidden, tokens: e.tokens,
+                            gate: gate + row * inner, up: up + row * inner)
+                row += e.tokens
+            }
+            return
+        }
+        var gateUp: [RowSegment] = [], down: [RowSegment] = []
+        var row = 0
+        for e in experts {
+            gateUp.append(RowSegment(e.weights.gate, e.weights.up, inputRow: e.firstRow, outputRow: row, tokens: e.tokens))
+            down.append(RowSegment(e.weights.down, inputRow: row, outputRow: e.firstRow, tokens: e.tokens))
+            row += e.tokens
+        }
+        matmulSegments(gateUp, input: input, inputStride: hidden, outputs: (gate, up), outputStride: inner, pool: pool,
+                       precision: precision, tuning: tuning)
+        for t in 0..<row { siluMultiply(gate + t * inner, up + t * inner, inner) }
+        matmulSegments(down, input: gate, inputStride: inner, outputs: (output, nil), outputStride: hidden, pool: pool,
+                       precision: precision, tuning: tuning)
+    }
+}
