@@ -108,10 +108,8 @@ public struct EngineOptions: Sendable {
     /// Whether the model runs across tiers (an accelerator's memory or a RAM budget).
     public var tiered: Bool { acceleratorMemory != nil || ramBudget != nil || !expertWorkers.isEmpty }
 
-    /// Prompt tokens per forward pass unless told: across tiers each pass reads or copies the
-    /// experts it needs once, so longer passes move each expert for more tokens (llama.cpp's
-    /// default micro-batch is 512 too); otherwise the model's default.
-    public var defaultPromptChunk: Int { tiered ? 512 : Model.defaultPromptChunk }
+    /// Prompt tokens per forward pass unless told: the tiers' default across tiers, else the model's.
+    public var defaultPromptChunk: Int { tiered ? TierOptions.promptChunk : Model.defaultPromptChunk }
     public var effectivePromptChunk: Int { promptChunk ?? defaultPromptChunk }
 
     /// Checks that the options go together, before anything is loaded.

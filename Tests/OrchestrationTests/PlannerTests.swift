@@ -24,6 +24,20 @@ struct PlannerTests {
         #expect(plan.decodeOverlapped >= plan.decodeSummed)
     }
 
+    @Test("plan predicts prefill with the expert pipeline: faster than without wherever experts move, never slower")
+    func pipelinedPrefill() throws {
+        // Mixtral-8x7B with 40 GB of RAM and no accelerator: most experts are read from disk.
+        let disk = try Planner.plan(mixtral, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: nil, ramBudget: 40_000_000_000,
+                                    contextLength: 2048)
+        #expect(disk.prefillPipelined > disk.prefillUnpipelined * 1.05, "\(disk.prefillPipelined) vs \(disk.prefillUnpipelined)")
+        #expect(disk.prefillPipelined <= disk.prefillOverlapped * 1.000001, "no better than perfect overlap")
+        #expect(disk.pipelineGroups.count == 32 && disk.pipelineGroups.allSatisfy { $0 > 1 }, "\(disk.pipelineGroups)")
+        // Everything in RAM: nothing moves, so no pipeline and no difference.
+        let ram = try Planner.plan(mixtral, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: nil, ramBudget: 1 << 40, contextLength: 2048)
+        #expect(ram.pipelineGroups.allSatisfy { $0 == 1 })
+        #expect(abs(ram.prefillPipelined - ram.prefillUnpipelined) < 1e-9 * ram.prefillUnpipelined)
+    }
+
     @Test func fiddlersPublishedSettingIsReproduced() throws {
         // Fiddler: Mixtral-8x7B bf16 on a 24 GB Quadro RTX 6000 with 2x Xeon Gold 6126: about 2.5 tok/s.
         let plan = try Planner.plan(mixtral, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: 24_000_000_000,

@@ -36,9 +36,14 @@ public struct TierOptions: Sendable {
     /// Work memory besides the KV cache: the runtime, tokenizer and activations take about 40 MiB.
     public static let workMemoryBytes = 48 << 20
 
+    /// Prompt tokens per forward pass across tiers unless told: each pass reads or copies the
+    /// experts it needs once, so longer passes move each expert for more tokens (llama.cpp's
+    /// default micro-batch is 512 too).
+    public static let promptChunk = 512
+
     /// What a RAM budget must hold besides weights: the KV cache of `positions` positions (all
     /// sequences together) and work memory.
-    public static func hostReservation(_ config: DecoderConfig, positions: Int, promptChunk: Int = Model.defaultPromptChunk) -> Int {
+    public static func hostReservation(_ config: DecoderConfig, positions: Int, promptChunk: Int = TierOptions.promptChunk) -> Int {
         config.kvLayout.bytes(positions: positions) + workMemoryBytes
             + max(0, activationBytes(config, tokens: promptChunk) - activationBytes(config, tokens: Model.defaultPromptChunk))
     }
