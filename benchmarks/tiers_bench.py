@@ -66,6 +66,8 @@ def summarize(results):
         "prefetch": f"{sum(x['prefetch_used'] for x in s)}/{sum(x['prefetch_loads'] for x in s)}",
         "predicted_s": statistics.mean(x["predicted_expert_seconds"] for x in s),
         "measured_s": statistics.mean(x["measured_expert_seconds"] for x in s),
+        "predicted_warm_s": statistics.mean(x["predicted_expert_seconds_after_warm_up"] for x in s),
+        "measured_warm_s": statistics.mean(x["measured_expert_seconds_after_warm_up"] for x in s),
         "cpu_runs": statistics.mean(x["cpu_expert_runs"] for x in s),
         "accelerator_runs": statistics.mean(x["accelerator_expert_runs"] for x in s),
         "placement": tiers["placement"],
@@ -126,13 +128,14 @@ def main():
             for policy, extra in configs:
                 results[policy].append(run(args.model, args.accelerator_cpu_threads, args.tokens, extra, LONG_PROMPT))
         print(f"Emulated accelerator (1 thread), --accelerator-memory {budget / 1e6:.0f} MB (30%), CPU -t {args.accelerator_cpu_threads}:\n")
-        print("| policy | prompt tok/s | decode tok/s | expert runs cpu/accelerator | copied MB/token | predicted s | measured s | pinned/cache slots |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| policy | prompt tok/s | decode tok/s | expert runs cpu/accelerator | copied MB/token | predicted s | measured s | after warm-up: predicted / measured s | pinned/cache slots |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for policy, _ in configs:
             r = summarize(results[policy])
             p = r["placement"]
             print(f"| {policy} | {r['prefill']:.1f} | {r['decode']:.2f} ± {r['decode_sd']:.2f} | {r['cpu_runs']:.0f}/{r['accelerator_runs']:.0f} | "
                   f"{r['copied_mb_per_token']:.0f} | {r['predicted_s']:.2f} | {r['measured_s']:.2f} | "
+                  f"{r['predicted_warm_s']:.2f} / {r['measured_warm_s']:.2f} ({r['predicted_warm_s'] / max(r['measured_warm_s'], 1e-9) - 1:+.0%}) | "
                   f"{p['accelerator_pinned_experts']}/{p['accelerator_cache_slots']} |")
 
 
