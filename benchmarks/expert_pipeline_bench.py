@@ -82,17 +82,22 @@ def sweep(name, model, threads, extra, args, settings):
             results[s].append(r[pp])
     mean = {s: statistics.mean(v) for s, v in results.items()}
     tg = f"tg{args.gen}"
-    decode = {s: statistics.mean(bench(model, threads, extra + ["--expert-pipeline", s], gen=args.gen)[tg] for _ in range(args.repeats))
-              for s in ("off", "auto")}
+    # Decode alternates too: this machine's speed and its drive's drift by more than the difference sought.
+    runs = {"off": [], "auto": []}
+    for _ in range(args.repeats):
+        for s in runs:
+            runs[s].append(bench(model, threads, extra + ["--expert-pipeline", s], gen=args.gen)[tg])
+    decode = {s: statistics.mean(v) for s, v in runs.items()}
     best = max((s for s in settings if s not in ("off", "auto")), key=lambda s: mean[s], default=None)
     print(f"\n{name}\n")
-    print(f"| pipeline | {pp} tok/s | vs off |")
-    print("| --- | ---: | ---: |")
+    print(f"| pipeline | {pp} tok/s | vs off | runs |")
+    print("| --- | ---: | ---: | --- |")
     for s in settings:
-        print(f"| {s} | {mean[s]:.1f} | {mean[s] / mean['off']:.2f}x |")
+        print(f"| {s} | {mean[s]:.1f} | {mean[s] / mean['off']:.2f}x | {', '.join(f'{x:.0f}' for x in results[s])} |")
     print(f"\nautomatic: {chosen[0]:.1f} groups per layer that moved experts on average (N* = {chosen[1]:.1f}); "
           f"best forced N measured: {best} ({mean[best]:.1f} tok/s)")
-    print(f"decode {tg}: off {decode['off']:.2f}, auto {decode['auto']:.2f} tok/s ({decode['auto'] / decode['off']:.2f}x)")
+    print(f"decode {tg}: off {decode['off']:.2f}, auto {decode['auto']:.2f} tok/s ({decode['auto'] / decode['off']:.2f}x; "
+          f"runs off {', '.join(f'{x:.2f}' for x in runs['off'])}, auto {', '.join(f'{x:.2f}' for x in runs['auto'])})")
     sys.stdout.flush()
 
 
@@ -128,34 +133,20 @@ def main():
         import two_tier_integration as tt
 
         tt.BIN = BINARY
-        hosts, proxies, spaces = [], [], []
+        hosts, proxies = [], []
+        namespaces = tt.Namespaces("eb", 233, rate=a.host_link) if a.host_link else None
         try:
-            listen = ["127.0.0.1:0", "127.0.0.1:0"]
-            host_ns = [None, None]
-            if a.host_link:
-                tag = str(os.getpid() % 100000)
-                spaces = [f"eb{tag}t", f"eb{tag}h1", f"eb{tag}h2"]
-                for ns in spaces:
-                    subprocess.run(["ip", "netns", "add", ns], check=True)
-                    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-                for i in (1, 2):
-                    x, y = f"eb{tag}a{i}", f"eb{tag}b{i}"
-                    subprocess.run(["ip", "link", "add", x, "netns", spaces[0], "type", "veth", "peer", "name", y, "netns", spaces[i]], check=True)
-                    for ns, dev, ip in ((spaces[0], x, f"10.233.{i}.1/24"), (spaces[i], y, f"10.233.{i}.2/24")):
-                        subprocess.run(["ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", dev], check=True)
-                        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"], check=True)
-                        subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", a.host_link,
-                                        "burst", "256kb", "latency", "100ms"], check=True)
-                listen = ["10.233.1.2:0", "10.233.2.2:0"]
-                host_ns = spaces[1:]
-                NS[:] = ["ip", "netns", "exec", spaces[0]]
-            for spec, address, ns in zip(("*:0-1", "*:2-3"), listen, host_ns):
+            if namespaces:
+                namespaces.__enter__()
+                NS[:] = ["ip", "netns", "exec", namespaces.tier1]
+            places = zip(namespaces.ips, namespaces.hosts) if namespaces else [("127.0.0.1", None)] * 2
+            for spec, (ip, ns) in zip(("*:0-1", "*:2-3"), places):
                 h = subprocess.Popen(tt.ns_prefix(ns) + [BINARY, "expert-worker", "--model", a.model, "--threads", "1", "--experts", spec,
-                                                         "--listen", address],
+                                                         "--listen", f"{ip}:0"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 hosts.append(h)
                 bound = json.loads(h.stdout.readline().split(" ", 1)[1])["address"]
-                proxies.append(tt.start_proxy(bound, a.rtt_ms, ns=spaces[0] if spaces else None))
+                proxies.append(tt.start_proxy(bound, a.rtt_ms, ns=namespaces.tier1 if namespaces else None))
             via = ",".join(addr for _, addr in proxies)
             link = f", links limited to {a.host_link} each way (tbf, network namespaces)" if a.host_link else ""
             sweep(f"two expert hosts holding half the experts, {a.rtt_ms:g} ms added round trip{link}, tier 1 -t 2, hosts -t 1 (one machine)",
@@ -165,8 +156,8 @@ def main():
                 h.kill()
             for pr, _ in proxies:
                 pr.kill()
-            for ns in spaces:
-                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            if namespaces:
+                namespaces.__exit__(None, None, None)
             NS[:] = []
 
 

@@ -171,42 +171,23 @@ def fault(addresses, procs, ns=None, rtt_ms=10, name=""):
 
 
 def netns_tests():
-    if os.geteuid() != 0 or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
-        print("NOTICE: not root or no `ip netns`: the network-namespace tests are skipped")
+    if not tt.can_make_namespaces():
         return
-    tag = str(os.getpid() % 100000)
-    t1 = f"sx{tag}t"
-    spaces = [t1] + [f"sx{tag}h{i}" for i in (1, 2)]
-    try:
-        for s in spaces:
-            subprocess.run(["ip", "netns", "add", s], check=True)
-            subprocess.run(["ip", "netns", "exec", s, "ip", "link", "set", "lo", "up"], check=True)
-        ips = []
-        for i, h in enumerate(spaces[1:], start=1):
-            a, b = f"sx{tag}a{i}", f"sx{tag}b{i}"
-            subprocess.run(["ip", "link", "add", a, "netns", t1, "type", "veth", "peer", "name", b, "netns", h], check=True)
-            subprocess.run(["ip", "netns", "exec", t1, "ip", "addr", "add", f"10.232.{i}.1/24", "dev", a], check=True)
-            subprocess.run(["ip", "netns", "exec", h, "ip", "addr", "add", f"10.232.{i}.2/24", "dev", b], check=True)
-            subprocess.run(["ip", "netns", "exec", t1, "ip", "link", "set", a, "up"], check=True)
-            subprocess.run(["ip", "netns", "exec", h, "ip", "link", "set", b, "up"], check=True)
-            ips.append(f"10.232.{i}.2")
+    with tt.Namespaces("sx", 232) as n:
         rc, base, _ = generate(BUNDLED, "And God said", tokens=16)
         for rtt in (0, 2, 10):
-            hosts = [start_host(listen=f"{ip}:0", ns=h, extra=e) for ip, h, e in zip(ips, spaces[1:], (["--experts", "*:0-1"], []))]
-            proxies = [tt.start_proxy(a, rtt, ns=t1) for _, a in hosts]
+            hosts = [start_host(listen=f"{ip}:0", ns=h, extra=e) for ip, h, e in zip(n.ips, n.hosts, (["--experts", "*:0-1"], []))]
+            proxies = [tt.start_proxy(a, rtt, ns=n.tier1) for _, a in hosts]
             started = time.monotonic()
-            rc, out, err = generate(BUNDLED, "And God said", hosts=[a for _, a in proxies], tokens=16, ns=t1)
+            rc, out, err = generate(BUNDLED, "And God said", hosts=[a for _, a in proxies], tokens=16, ns=n.tier1)
             check(f"netns, {rtt} ms added round trip: same tokens ({time.monotonic() - started:.1f} s)",
                   rc == 0 and tt.tokens_of(out) == tt.tokens_of(base), err[-500:])
             for p in [p for p, _ in hosts] + [p for p, _ in proxies]:
                 p.kill()
-        hosts = [start_host(listen=f"{ip}:0", ns=h) for ip, h in zip(ips, spaces[1:])]
-        fault([a for _, a in hosts], [p for p, _ in hosts], ns=t1, name="netns, a host SIGKILLed mid-run")
+        hosts = [start_host(listen=f"{ip}:0", ns=h) for ip, h in zip(n.ips, n.hosts)]
+        fault([a for _, a in hosts], [p for p, _ in hosts], ns=n.tier1, name="netns, a host SIGKILLed mid-run")
         for p, _ in hosts:
             p.kill()
-    finally:
-        for s in spaces:
-            subprocess.run(["ip", "netns", "del", s], capture_output=True)
 
 
 def main():

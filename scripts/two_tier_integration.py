@@ -234,26 +234,51 @@ def fault(kill, addresses, ns=None, worker_procs=None, rtt_ms=10, name="", link_
         p.kill()
 
 
-def netns_tests():
+def can_make_namespaces():
     if os.geteuid() != 0 or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
         print("NOTICE: not root or no `ip netns`: the network-namespace tests are skipped")
-        return
-    tag = str(os.getpid() % 100000)
-    t1 = f"sy{tag}t"
-    spaces = [t1] + [f"sy{tag}w{i}" for i in (1, 2)]
-    try:
-        for s in spaces:
+        return False
+    return True
+
+
+class Namespaces:
+    """Tier 1's network namespace and one per host, each host joined to tier 1 by a veth pair
+    (tier 1 10.<subnet>.i.1, host i 10.<subnet>.i.2), optionally limited to `rate` each way (tc
+    tbf: this kernel has no netem). Deleted on exit."""
+
+    def __init__(self, prefix, subnet, hosts=2, rate=None):
+        tag = f"{prefix}{os.getpid() % 100000}"
+        self.tier1 = f"{tag}t"
+        self.hosts = [f"{tag}w{i}" for i in range(1, hosts + 1)]
+        self.links = [f"{tag}b{i}" for i in range(1, hosts + 1)]
+        self.ips = [f"10.{subnet}.{i}.2" for i in range(1, hosts + 1)]
+        self.subnet, self.tag, self.rate = subnet, tag, rate
+
+    def __enter__(self):
+        for s in [self.tier1] + self.hosts:
             subprocess.run(["ip", "netns", "add", s], check=True)
             subprocess.run(["ip", "netns", "exec", s, "ip", "link", "set", "lo", "up"], check=True)
-        ips = []
-        for i, w in enumerate(spaces[1:], start=1):
-            a, b = f"sy{tag}a{i}", f"sy{tag}b{i}"
-            subprocess.run(["ip", "link", "add", a, "netns", t1, "type", "veth", "peer", "name", b, "netns", w], check=True)
-            subprocess.run(["ip", "netns", "exec", t1, "ip", "addr", "add", f"10.231.{i}.1/24", "dev", a], check=True)
-            subprocess.run(["ip", "netns", "exec", w, "ip", "addr", "add", f"10.231.{i}.2/24", "dev", b], check=True)
-            subprocess.run(["ip", "netns", "exec", t1, "ip", "link", "set", a, "up"], check=True)
-            subprocess.run(["ip", "netns", "exec", w, "ip", "link", "set", b, "up"], check=True)
-            ips.append(f"10.231.{i}.2")
+        for i, (w, b) in enumerate(zip(self.hosts, self.links), start=1):
+            a = f"{self.tag}a{i}"
+            subprocess.run(["ip", "link", "add", a, "netns", self.tier1, "type", "veth", "peer", "name", b, "netns", w], check=True)
+            for ns, dev, ip in ((self.tier1, a, f"10.{self.subnet}.{i}.1/24"), (w, b, f"10.{self.subnet}.{i}.2/24")):
+                subprocess.run(["ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", dev], check=True)
+                subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"], check=True)
+                if self.rate:
+                    subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate,
+                                    "burst", "256kb", "latency", "100ms"], check=True)
+        return self
+
+    def __exit__(self, *exc):
+        for s in [self.tier1] + self.hosts:
+            subprocess.run(["ip", "netns", "del", s], capture_output=True)
+
+
+def netns_tests():
+    if not can_make_namespaces():
+        return
+    with Namespaces("sy", 231) as n:
+        t1, spaces, ips = n.tier1, [n.tier1] + n.hosts, n.ips
         model = os.path.join(ROOT, "models/switchyard-kjv-moe")
         rc, base, _ = generate(model, "And God said", tokens=16)
         for rtt in (0, 2, 10, 50):
@@ -271,14 +296,11 @@ def netns_tests():
         workers = [start_worker(listen=f"{ip}:0", ns=w) for ip, w in zip(ips, spaces[1:])]
 
         def cut(i):
-            subprocess.run(["ip", "netns", "exec", spaces[1 + i], "ip", "link", "set", f"sy{tag}b{i + 1}", "down"], check=True)
+            subprocess.run(["ip", "netns", "exec", spaces[1 + i], "ip", "link", "set", n.links[i], "down"], check=True)
 
         fault(cut, [a for _, a in workers], ns=t1, name="netns, a worker's link set down mid-run")
         for p, _ in workers:
             p.kill()
-    finally:
-        for s in spaces:
-            subprocess.run(["ip", "netns", "del", s], capture_output=True)
 
 
 def main():

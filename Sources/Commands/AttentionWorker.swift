@@ -40,12 +40,7 @@ struct AttentionWorkerCommand: ParsableCommand {
         try reportingErrors {
             let budget = try parseByteSize(kvMemory)
             guard budget > 0 else { throw InputError("--kv-memory must be more than 0 bytes") }
-            let address: WorkerAddress
-            if listen.hasSuffix(":0") {
-                address = WorkerAddress(host: String(listen.dropLast(2)).trimmed("[]"), port: 0)
-            } else {
-                do { address = try WorkerAddress(parsing: listen) } catch { throw InputError("--listen: \(error)") }
-            }
+            let address = try listenAddress(listen)
             exitWithParent()
 
             let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
@@ -64,6 +59,12 @@ struct AttentionWorkerCommand: ParsableCommand {
             try server.wait()
         }
     }
+}
+
+/// `--listen HOST:PORT` (port 0: a free one).
+func listenAddress(_ listen: String) throws -> WorkerAddress {
+    if listen.hasSuffix(":0") { return WorkerAddress(host: String(listen.dropLast(2)).trimmed("[]"), port: 0) }
+    do { return try WorkerAddress(parsing: listen) } catch { throw InputError("--listen: \(error)") }
 }
 
 /// Ends the process, with status 0, when what started it goes away: its parent (it is

@@ -44,12 +44,7 @@ struct ExpertWorkerCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let address: WorkerAddress
-            if listen.hasSuffix(":0") {
-                address = WorkerAddress(host: String(listen.dropLast(2)).trimmed("[]"), port: 0)
-            } else {
-                do { address = try WorkerAddress(parsing: listen) } catch { throw InputError("--listen: \(error)") }
-            }
+            let address = try listenAddress(listen)
             let pool = threads.map { ThreadPool(threads: $0) } ?? .shared
             let loaded = try LoadedModel.load(try ModelFormats.open(try modelDirectory(model)), pool: pool, regroup: false)
             let total = loaded.weights.layers.reduce(0) { sum, layer in

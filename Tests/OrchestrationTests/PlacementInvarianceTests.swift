@@ -8,8 +8,7 @@ import SwitchyardSupport
 import SwitchyardTestSupport
 
 /// A prompt's logits at every position, then 8 greedy tokens one at a time through the KV cache.
-func run(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
-    let prompt = [1, 15, 302, 77, 9, 1000, 4, 250, 31, 8]
+func run(_ model: Model, prompt: [Int] = [1, 15, 302, 77, 9, 1000, 4, 250, 31, 8]) throws -> (logits: [Float], tokens: [Int]) {
     let session = try model.makeSession(contextLength: 64)
     let logits = try session.forward(prompt, allLogits: true)
     let v = model.config.vocabularySize
@@ -175,18 +174,7 @@ struct DiskFailureTests {
 struct PipelineInvarianceTests {
     /// A prompt long enough that most experts of a layer move (44 tokens, then 8 greedy ones).
     func longRun(_ model: Model) throws -> (logits: [Float], tokens: [Int]) {
-        let prompt = (0..<44).map { ($0 * 37 + 5) % min(model.config.vocabularySize, 3000) + 3 }
-        let session = try model.makeSession(contextLength: 64)
-        let logits = try session.forward(prompt, allLogits: true)
-        let v = model.config.vocabularySize
-        var last = Array(logits[(prompt.count - 1) * v..<prompt.count * v])
-        var tokens: [Int] = []
-        for _ in 0..<8 {
-            let next = last.indices.max { last[$0] < last[$1] }!
-            tokens.append(next)
-            last = try session.forward([next])
-        }
-        return (logits, tokens)
+        try run(model, prompt: (0..<44).map { ($0 * 37 + 5) % min(model.config.vocabularySize, 3000) + 3 })
     }
 
     @Test("off, 1, 2, 3 and every expert's group, under a RAM budget and with the emulated accelerator", arguments: moeArchitectures)

@@ -62,18 +62,8 @@ extension CostModel {
         defer { x.deallocate(); y.deallocate(); scratch.deallocate() }
         for i in 0..<(largest * hidden) { x[i] = Float((i * 7919) % 1000) / 1000 - 0.5 }
 
-        func time(_ body: () -> Void) -> Double {
-            body()  // warm-up
-            var best = Double.infinity
-            for _ in 0..<3 {
-                let started = ContinuousClock.now
-                body()
-                best = min(best, (ContinuousClock.now - started).seconds)
-            }
-            return best
-        }
         let cpuSeconds = counts.map { n in
-            time { cpu.feedForward(expert, input: x, output: y, tokens: n, gate: scratch, up: scratch + n * inner) }
+            fastestSeconds { cpu.feedForward(expert, input: x, output: y, tokens: n, gate: scratch, up: scratch + n * inner) }
         }
         var acceleratorSeconds: [Double] = []
         var copyRate = 0.0
@@ -81,11 +71,11 @@ extension CostModel {
         if let accelerator, accelerator.available >= slotBytes {
             let mark = accelerator.used
             let offset = accelerator.allocate(slotBytes)!
-            let copySeconds = time { _ = TieredExecutor.copyCompact(expert, toOffset: offset, accelerator: accelerator, after: []).last!.wait() }
+            let copySeconds = fastestSeconds { _ = TieredExecutor.copyCompact(expert, toOffset: offset, accelerator: accelerator, after: []).last!.wait() }
             copyRate = Double(expertBytes) / copySeconds
             let onDevice = TieredExecutor.compactLayout(expert, atOffset: offset, accelerator: accelerator)
             acceleratorSeconds = counts.map { n in
-                time { _ = accelerator.runExpert(onDevice, input: x, output: y, tokens: n, after: []).wait() }
+                fastestSeconds { _ = accelerator.runExpert(onDevice, input: x, output: y, tokens: n, after: []).wait() }
             }
             accelerator.release(to: mark)
         }

@@ -61,21 +61,12 @@ public final class WorkerLink: @unchecked Sendable {
         self.address = address
         self.deadline = deadline
         status = WorkerStatus(epoch: [], budget: 0, inUse: 0, sequences: 0, connections: 0)
-        let handler = ReplyHandler()
-        do {
-            channel = try ClientBootstrap(group: Self.group)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .connectTimeout(.milliseconds(Int64(connectTimeout.seconds * 1000)))
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
-                }
-                .connect(host: address.host, port: address.port).wait()
-        } catch {
-            throw LinkFailure("cannot connect to the attention worker at \(address): \(error)")
-        }
+        let handler = FrameReplyHandler()
+        channel = try handler.connect(to: address, timeout: connectTimeout, group: Self.group, what: "the attention worker")
         pthread_mutex_init(&mutex, nil)
         pthread_condattr_t.withMonotonic { pthread_cond_init(&condition, $0) }
-        handler.link = self
+        handler.onFrame = { [weak self] in self?.received($0) }
+        handler.onFailure = { [weak self] in self?.fail($0) }
         let id = send { id, b in
             if let layout { AttentionWire.hello(id: id, layout: layout, into: &b) } else { AttentionWire.status(id: id, into: &b) }
         }
@@ -172,30 +163,51 @@ public final class WorkerLink: @unchecked Sendable {
     }
 }
 
-private final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    weak var link: WorkerLink?
-    var buffer: ByteBuffer?
-    let reader = FrameReader()
+/// A worker connection's inbound side (attention workers and expert hosts alike): cuts reply frames
+/// from the stream and hands each on, and reports the connection's end or a stream that cannot be
+/// delimited. Its callbacks are set once the link exists, before anything is sent.
+public final class FrameReplyHandler: ChannelInboundHandler, @unchecked Sendable {
+    public typealias InboundIn = ByteBuffer
+    public var onFrame: ((Frame) -> Void)?
+    public var onFailure: ((String) -> Void)?
+    private var buffer: ByteBuffer?
+    private let reader = FrameReader()
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        if buffer == nil { buffer = incoming } else { buffer!.writeBuffer(&incoming) }
+    public init() {}
+
+    /// Connects to `address` (TCP, no delay) with this handler on the connection.
+    public func connect(to address: WorkerAddress, timeout: Duration, group: EventLoopGroup, what: String) throws(LinkFailure) -> Channel {
         do {
-            while let frame = try reader.next(&buffer!) { link?.received(frame) }
-            buffer!.discardReadBytes()
+            return try ClientBootstrap(group: group)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connectTimeout(.milliseconds(Int64(timeout.seconds * 1000)))
+                .channelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(self) }
+                }
+                .connect(host: address.host, port: address.port).wait()
         } catch {
-            link?.fail("\(error)")
+            throw LinkFailure("cannot connect to \(what) at \(address): \(error)")
         }
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        link?.fail("the connection closed")
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if buffer == nil { buffer = incoming } else { buffer!.writeBuffer(&incoming) }
+        do {
+            while let frame = try reader.next(&buffer!) { onFrame?(frame) }
+            buffer!.discardReadBytes()
+        } catch {
+            onFailure?("\(error)")
+        }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        onFailure?("the connection closed")
         context.fireChannelInactive()
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        link?.fail("\(error)")
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        onFailure?("\(error)")
         context.close(promise: nil)
     }
 }

@@ -40,21 +40,12 @@ public final class RemoteExpertHost: ExpertHost, @unchecked Sendable {
         self.address = address
         self.deadline = deadline
         status = ExpertHostStatus(epoch: [], memory: 0, inUse: 0, experts: [], connections: 0, fixed: false)
-        let handler = ExpertReplyHandler()
-        do {
-            channel = try ClientBootstrap(group: Self.group)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .connectTimeout(.milliseconds(Int64(connectTimeout.seconds * 1000)))
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
-                }
-                .connect(host: address.host, port: address.port).wait()
-        } catch {
-            throw LinkFailure("cannot connect to the expert host at \(address): \(error)")
-        }
+        let handler = FrameReplyHandler()
+        channel = try handler.connect(to: address, timeout: connectTimeout, group: Self.group, what: "the expert host")
         pthread_mutex_init(&mutex, nil)
         pthread_cond_init(&condition, nil)
-        handler.host = self
+        handler.onFrame = { [weak self] in self?.received($0) }
+        handler.onFailure = { [weak self] in self?.fail($0) }
         let id = send { id, b in
             if let shape { ExpertWire.hello(id: id, shape: shape, into: &b) } else { ExpertWire.status(id: id, into: &b) }
         }
@@ -190,7 +181,7 @@ public final class RemoteExpertHost: ExpertHost, @unchecked Sendable {
         return done
     }
 
-    fileprivate func received(_ frame: Frame) {
+    private func received(_ frame: Frame) {
         pthread_mutex_lock(&mutex)
         if let run = runs.removeValue(forKey: frame.id) {
             pthread_mutex_unlock(&mutex)
@@ -222,7 +213,7 @@ public final class RemoteExpertHost: ExpertHost, @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
-    fileprivate func fail(_ reason: String) {
+    private func fail(_ reason: String) {
         pthread_mutex_lock(&mutex)
         if broken == nil { broken = reason }
         let failed = runs
@@ -231,33 +222,5 @@ public final class RemoteExpertHost: ExpertHost, @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
         for (_, run) in failed { run.done.signal(failure: WorkFailure("the expert host at \(address) is gone: \(reason)")) }
         channel.close(promise: nil)
-    }
-}
-
-private final class ExpertReplyHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    weak var host: RemoteExpertHost?
-    var buffer: ByteBuffer?
-    let reader = FrameReader()
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        if buffer == nil { buffer = incoming } else { buffer!.writeBuffer(&incoming) }
-        do {
-            while let frame = try reader.next(&buffer!) { host?.received(frame) }
-            buffer!.discardReadBytes()
-        } catch {
-            host?.fail("\(error)")
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        host?.fail("the connection closed")
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        host?.fail("\(error)")
-        context.close(promise: nil)
     }
 }

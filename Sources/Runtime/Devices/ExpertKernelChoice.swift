@@ -1,4 +1,5 @@
 import Kernels
+import SwitchyardSupport
 
 /// How a layer's experts run on the CPU at each load, from costs measured on this machine (EPS-MoE's
 /// choice between GroupGemm and DenseGemm): with few tokens each, one grouped pass over all of them
@@ -28,26 +29,16 @@ public struct ExpertKernelChoice: Sendable {
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * rows * inner)
         defer { x.deallocate(); y.deallocate(); scratch.deallocate() }
         for i in 0..<(rows * hidden) { x[i] = Float((i * 7919) % 1000) / 1000 - 0.5 }
-        func best(_ body: () -> Void) -> Double {
-            body()
-            var seconds = Double.infinity
-            for _ in 0..<repetitions {
-                let started = ContinuousClock.now
-                body()
-                seconds = min(seconds, (ContinuousClock.now - started).seconds)
-            }
-            return seconds
-        }
         for n in counts {
             let group = experts.enumerated().map { GroupedExpert($1, firstRow: $0 * n, tokens: n) }
             choice.tokenCounts.append(n)
-            choice.denseSeconds.append(best {
+            choice.denseSeconds.append(fastestSeconds(repetitions: repetitions) {
                 for e in group {
                     device.feedForward(e.weights, input: x + e.firstRow * hidden, output: y + e.firstRow * hidden, tokens: n,
                                        gate: scratch, up: scratch + n * inner)
                 }
             })
-            choice.groupedSeconds.append(best {
+            choice.groupedSeconds.append(fastestSeconds(repetitions: repetitions) {
                 device.feedForward(group: group, input: x, output: y, gate: scratch, up: scratch + rows * inner)
             })
         }

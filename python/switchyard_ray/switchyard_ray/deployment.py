@@ -13,15 +13,8 @@ def node_ip():
     return ray.util.get_node_ip_address()
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0, resources={"attention_host": 1})
-class AttentionWorkerActor:
-    """One `switchyard attention-worker` on a node that offers {"attention_host": 1}."""
-
-    def __init__(self, binary, kv_memory, threads=None, host=None, extra=()):
-        args = [binary, "attention-worker", "--listen", f"{host or node_ip()}:0", "--kv-memory", kv_memory, *extra]
-        if threads:
-            args += ["--threads", str(threads)]
-        self.process = SwitchyardProcess(args)
+class _WorkerProcess:
+    """What a worker actor answers about its process: its address, its line and node, its pid."""
 
     def address(self):
         return self.process.address
@@ -33,8 +26,19 @@ class AttentionWorkerActor:
         return self.process.pid
 
 
+@ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0, resources={"attention_host": 1})
+class AttentionWorkerActor(_WorkerProcess):
+    """One `switchyard attention-worker` on a node that offers {"attention_host": 1}."""
+
+    def __init__(self, binary, kv_memory, threads=None, host=None, extra=()):
+        args = [binary, "attention-worker", "--listen", f"{host or node_ip()}:0", "--kv-memory", kv_memory, *extra]
+        if threads:
+            args += ["--threads", str(threads)]
+        self.process = SwitchyardProcess(args)
+
+
 @ray.remote(max_restarts=0, num_cpus=0, resources={"expert_host": 1})
-class ExpertWorkerActor:
+class ExpertWorkerActor(_WorkerProcess):
     """One `switchyard expert-worker` on a node that offers {"expert_host": 1}: routed experts in its
     memory, read from its own copy of the model. Not restarted: tier 1 places experts once, and
     the experts of a host it loses run on tier 1's own tiers from then on."""
@@ -48,15 +52,6 @@ class ExpertWorkerActor:
         if threads:
             args += ["--threads", str(threads)]
         self.process = SwitchyardProcess(args)
-
-    def address(self):
-        return self.process.address
-
-    def info(self):
-        return {**self.process.info, "node_id": ray.get_runtime_context().get_node_id()}
-
-    def pid(self):
-        return self.process.pid
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)

@@ -20,3 +20,19 @@ def skip_reason():
     if not os.path.exists(BIN):
         return f"no switchyard binary at {BIN}"
     return None
+
+
+def local_cluster(resources, nodes=2):
+    """A Ray cluster on loopback: a head offering {"main_host": 1} and `nodes` nodes offering
+    `resources`, connected; yields it, then shuts it down."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1,
+                                                         "resources": {"main_host": 1}})
+    for _ in range(nodes):
+        c.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources=resources)
+    ray.init(address=c.address)
+    yield c
+    ray.shutdown()
+    c.shutdown()

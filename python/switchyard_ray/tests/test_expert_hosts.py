@@ -10,9 +10,8 @@ import time
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
-from conftest import BIN, MODEL, skip_reason
+from conftest import BIN, MODEL, local_cluster, skip_reason
 from switchyard_ray import TwoTier
 from test_two_tier import PROMPTS, SERVE_ARGS, complete, reference  # noqa: F401  (the one-machine completions)
 
@@ -21,14 +20,7 @@ from test_two_tier import PROMPTS, SERVE_ARGS, complete, reference  # noqa: F401
 def cluster():
     if skip_reason():
         pytest.skip(skip_reason())
-    c = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1,
-                                                         "resources": {"main_host": 1}})
-    for _ in range(2):
-        c.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"expert_host": 1})
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    yield from local_cluster({"expert_host": 1})
 
 
 def test_expert_hosts_survive_one_killed(cluster, reference):

@@ -13,9 +13,8 @@ import urllib.request
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
-from conftest import BIN, MODEL, skip_reason
+from conftest import BIN, MODEL, local_cluster, skip_reason
 from switchyard_ray import TwoTier
 
 PROMPTS = ["In the beginning", "And the LORD said unto Moses", "Blessed are the", "The king of Israel"]
@@ -38,14 +37,7 @@ def status(address):
 def cluster():
     if skip_reason():
         pytest.skip(skip_reason())
-    c = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": 1,
-                                                         "resources": {"main_host": 1}})
-    for _ in range(2):
-        c.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"attention_host": 1})
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    yield from local_cluster({"attention_host": 1})
 
 
 @pytest.fixture(scope="module")
