@@ -192,6 +192,20 @@ enum WeightMatrixStub {
 
 @Suite("EPS-MoE's expert pipeline")
 struct ExpertPipelineTests {
+    @Test("experts on hosts: a round trip, then their transfers and kernels overlapped, spread over the hosts")
+    func remoteTimeline() {
+        var costs = syntheticCosts
+        costs.remoteRoundTrip = 2e-3
+        costs.remoteBytesPerSecond = 1e8
+        costs.tokenRowBytes = 4096
+        let d = LayerScheduler.decide(tokens: [8, 8, 4], locations: [.remote, .remote, .ram], costs: costs, policy: .scheduled,
+                                      hasAccelerator: false, copySlots: 0, remoteHosts: 2)
+        #expect(d.actions == [.remote, .remote, .cpu])
+        // Kernels 16 ms against 2 x 8 x 4096 x 2 bytes at 100 MB/s = 1.3 ms of transfers, over 2 hosts.
+        #expect(abs(d.remote - (2e-3 + 16e-3 / 2)) < 1e-9)
+        #expect(abs(d.cpu - 4e-3) < 1e-9)
+    }
+
     @Test("N* = sqrt(min(M, C) / k), bounded by the experts moved")
     func optimumIsBounded() {
         // 100 ms of reads and 100 ms of kernels over 8 experts, 10 µs a group: N* = 100, so 8.

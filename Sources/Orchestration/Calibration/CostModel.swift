@@ -48,8 +48,6 @@ public struct CostModel: Sendable, Equatable {
     public func remoteTransfer(tokens: Int) -> Double {
         remoteBytesPerSecond > 0 ? Double(2 * tokens * tokenRowBytes) / remoteBytesPerSecond : 0
     }
-    /// One expert on a host: its rows both ways and its kernels there (the round trip is the layer's).
-    public func remote(tokens: Int) -> Double { remoteTransfer(tokens: tokens) + cpu(tokens: tokens) * remoteComputeScale }
 
     public var json: JSONValue {
         var o = JSONObject()

@@ -354,8 +354,10 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         }
         let liveHosts = Double(max(1, hosts.count - lostHosts.count))
         let reads = moved.filter { states[$0].action == .readThenCPU || states[$0].action == .readThenCopy }.count
+        // A host's movement starts with a round trip: its first rows arrive half one after they are
+        // sent, its last outputs half one after they are computed.
         let pipeline = ExpertPipeline.choose(
-            movement: max(decision.disk, decision.link, remoteTransfer / liveHosts),
+            movement: max(decision.disk, decision.link, remoteTransfer > 0 ? costs.remoteRoundTrip + remoteTransfer / liveHosts : 0),
             compute: max(movedCompute.cpu, movedCompute.accelerator, movedCompute.remote / liveHosts), floor: decision.makespan,
             overhead: costs.groupOverheadSeconds, moved: moved.count, reads: reads, slots: ramCache?.capacity ?? 0, setting: options.pipeline)
         for (j, i) in moved.enumerated() { states[i].group = pipeline.group(ofMoved: j, moved: moved.count) }

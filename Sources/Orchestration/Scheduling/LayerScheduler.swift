@@ -36,8 +36,8 @@ public enum LayerScheduler {
     public struct Decision: Sendable {
         public var actions: [ExpertAction]
         /// When each resource would finish: the layer's predicted makespan is the largest. `remote`
-        /// is the expert hosts' share (their transfers and kernels, spread over the hosts), plus a
-        /// round trip.
+        /// is the expert hosts' share, spread over the hosts: a round trip, then their transfers and
+        /// their kernels overlapped as the other resources are (the expert pipeline's limit).
         public var cpu = 0.0, accelerator = 0.0, link = 0.0, disk = 0.0, remote = 0.0
         public var makespan: Double { max(cpu, accelerator, link, disk, remote) }
     }
@@ -51,11 +51,13 @@ public enum LayerScheduler {
         hasAccelerator: Bool, copySlots: Int, remoteHosts: Int = 1
     ) -> Decision {
         var d = Decision(actions: Array(repeating: .cpu, count: tokens.count))
+        var transfer = 0.0, kernels = 0.0
         for i in tokens.indices where locations[i] == .remote {
             d.actions[i] = .remote
-            d.remote += costs.remote(tokens: tokens[i]) / Double(max(1, remoteHosts))
+            transfer += costs.remoteTransfer(tokens: tokens[i])
+            kernels += costs.cpu(tokens: tokens[i]) * costs.remoteComputeScale
         }
-        if d.remote > 0 { d.remote += costs.remoteRoundTrip }
+        if transfer + kernels > 0 { d.remote = costs.remoteRoundTrip + max(transfer, kernels) / Double(max(1, remoteHosts)) }
         var slots = copySlots
         // Largest first: the big decisions are made while every resource is still free.
         let order = tokens.indices.sorted { tokens[$0] > tokens[$1] || (tokens[$0] == tokens[$1] && $0 < $1) }
