@@ -76,13 +76,15 @@ public final class Engine: @unchecked Sendable {
         }
         var tuning = choice?.tuning ?? .default
         // Grouped or dense experts: measured on the first MoE layer's experts as loaded (models
-        // whose experts fit the caches keep dense), or as told.
+        // whose experts fit the caches keep dense; under a RAM budget, whose experts stay in the
+        // files, reading them through the mapping would make them resident behind the budget's
+        // back, so dense too), or as told.
         var expertChoice: ExpertKernelChoice?
         switch options.expertKernel {
         case .grouped: tuning.groupedExpertsBelow = Int.max
         case .dense: tuning.groupedExpertsBelow = 0
         case .auto:
-            if options.tuneKernels, let layer = loaded.weights.layers.first(where: { if case .mixtureOfExperts = $0.feedForward { true } else { false } }),
+            if options.tuneKernels, options.ramBudget == nil, let layer = loaded.weights.layers.first(where: { if case .mixtureOfExperts = $0.feedForward { true } else { false } }),
                case .mixtureOfExperts(let m) = layer.feedForward, m.experts.count > 1, m.experts[0].byteCount >= 1 << 20 {
                 let measured = ExpertKernelChoice.measure(experts: Array(m.experts.prefix(8)), device: CPUDevice(pool: pool, precision: precision, tuning: tuning))
                 tuning.groupedExpertsBelow = measured.groupedBelow
