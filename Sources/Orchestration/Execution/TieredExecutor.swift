@@ -354,8 +354,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         }
         let liveHosts = Double(max(1, hosts.count - lostHosts.count))
         let reads = moved.filter { states[$0].action == .readThenCPU || states[$0].action == .readThenCopy }.count
-        // A host's movement starts with a round trip: its first rows arrive half one after they are
-        // sent, its last outputs half one after they are computed.
+        // A host's movement includes one round trip: half of it before its first rows arrive, half
+        // after its last outputs leave.
         let pipeline = ExpertPipeline.choose(
             movement: max(decision.disk, decision.link, remoteTransfer > 0 ? costs.remoteRoundTrip + remoteTransfer / liveHosts : 0),
             compute: max(movedCompute.cpu, movedCompute.accelerator, movedCompute.remote / liveHosts), floor: decision.makespan,
