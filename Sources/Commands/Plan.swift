@@ -59,6 +59,18 @@ struct PlanCommand: ParsableCommand {
     @Option(name: .customLong("mean-positions"), help: "Positions each sequence attends on average (two tiers; default: half the context length).")
     var meanPositions: Int?
 
+    @Option(name: .customLong("expert-hosts"), help: "Plan with this many expert hosts (`expert-worker`) taking experts as a tier.")
+    var expertHosts: Int?
+
+    @Option(name: .customLong("host-memory"), help: "Memory each expert host gives its experts (expert hosts).")
+    var hostMemory: String = "64GiB"
+
+    @Option(name: .customLong("host-rtt"), help: "Round trip to an expert host, milliseconds.")
+    var hostRTT: Double = 0.1
+
+    @Option(name: .customLong("host-gbps"), help: "Each expert host's link in Gbit/s.")
+    var hostGbps: Double = 10
+
     @Flag(name: .customLong("shared-cores"), help: "Tier 1 and the workers share this machine's cores (a test on one machine), not separate hosts.")
     var sharedCores = false
 
@@ -68,6 +80,9 @@ struct PlanCommand: ParsableCommand {
         try checkRange(meanPositions, "--mean-positions", 1...positionLimit)
         for r in try rtts() { try checkRange(Float(r), "--rtt", 0...100_000) }
         try checkRange(Float(networkGbps), "--network-gbps", 0.001...100_000)
+        try checkRange(expertHosts, "--expert-hosts", 1...4096)
+        try checkRange(Float(hostRTT), "--host-rtt", 0...100_000)
+        try checkRange(Float(hostGbps), "--host-gbps", 0.001...100_000)
     }
 
     func run() throws {
@@ -91,14 +106,18 @@ struct PlanCommand: ParsableCommand {
                 try planTwoTier(config: config, element: element, machine: machine, workers: attentionWorkers, context: context)
                 return
             }
+            let hostBytes = try parseByteSize(hostMemory)
+            let hosts = (0..<(expertHosts ?? 0)).map { _ in HostCapacity(memory: hostBytes, fixed: nil) }
             let plan = try Planner.plan(config, element: element, hardware: machine, acceleratorMemory: accelerator, ramBudget: ram,
-                                        contextLength: context, popularity: popularity, policy: expertPolicy)
+                                        contextLength: context, popularity: popularity, policy: expertPolicy, hosts: hosts,
+                                        hostRoundTrip: hostRTT / 1000, hostBandwidth: hostGbps * 1e9 / 8)
             let p = plan.placement
             let experts: [String: Int] = [
                 "accelerator_pinned": p.experts(on: .accelerator).count, "accelerator_cache_slots": p.acceleratorCacheSlots,
-                "ram_pinned": p.experts(on: .ram).count, "ram_cache_slots": p.ramCacheSlots, "disk": p.experts(on: .disk).count,
+                "ram_pinned": plan.pinnedExperts[.ram] ?? 0, "ram_cache_slots": p.ramCacheSlots, "disk": plan.pinnedExperts[.disk] ?? 0,
+                "on_hosts": plan.pinnedExperts[.remote] ?? 0,
             ]
-            let tiers: [Tier] = [.accelerator, .ram, .disk]
+            let tiers: [Tier] = hosts.isEmpty ? [.accelerator, .ram, .disk] : [.accelerator, .ram, .disk, .remote]
             if json {
                 var o = JSONObject()
                 o["hardware"] = .string(machine.name)
@@ -134,7 +153,8 @@ struct PlanCommand: ParsableCommand {
             let expertSize = plan.footprint.expertBytes
             for (label, count, tier) in [("experts pinned", experts["accelerator_pinned"]!, "accelerator"), ("expert cache slots", experts["accelerator_cache_slots"]!, "accelerator"),
                                           ("experts pinned", experts["ram_pinned"]!, "ram"), ("expert cache slots", experts["ram_cache_slots"]!, "ram"),
-                                          ("experts", experts["disk"]!, "disk")] where count > 0 {
+                                          ("experts", experts["disk"]!, "disk"),
+                                          ("experts on \(hosts.count) expert host(s)", experts["on_hosts"]!, "remote")] where count > 0 {
                 writeOut("| \(label) (\(count) x \(formatBytes(expertSize, digits: 2))) | \(formatBytes(count * expertSize, digits: 2)) | \(tier) |\n")
             }
             writeOut("\nmemory: " + tiers.map { "\($0.rawValue) \(formatBytes(plan.bytesPerTier[$0] ?? 0, digits: 2))" }.joined(separator: ", ") + "\n")

@@ -38,6 +38,22 @@ struct PlannerTests {
         #expect(abs(ram.prefillPipelined - ram.prefillUnpipelined) < 1e-9 * ram.prefillUnpipelined)
     }
 
+    @Test("plan with expert hosts: they take what a RAM budget leaves on disk, and both phases get faster")
+    func expertHosts() throws {
+        let alone = try Planner.plan(mixtral, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: nil, ramBudget: 40_000_000_000,
+                                     contextLength: 2048)
+        let hosts = Array(repeating: HostCapacity(memory: 64 << 30, fixed: nil), count: 2)
+        let spread = try Planner.plan(mixtral, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: nil, ramBudget: 40_000_000_000,
+                                      contextLength: 2048, hosts: hosts, hostRoundTrip: 1e-4, hostBandwidth: 1.25e9)
+        let onDisk = alone.pinnedExperts[.disk] ?? 0
+        #expect(onDisk > 0)
+        #expect(spread.pinnedExperts[.disk] == nil && spread.pinnedExperts[.remote] == onDisk, "\(spread.pinnedExperts)")
+        #expect(spread.expertsOnHosts.reduce(0, +) == onDisk && abs(spread.expertsOnHosts[0] - spread.expertsOnHosts[1]) <= 1)
+        #expect(spread.decodeOverlapped > alone.decodeOverlapped)
+        #expect(spread.prefillPipelined > alone.prefillPipelined)
+        #expect((spread.bytesPerTier[.remote] ?? 0) == onDisk * spread.footprint.expertBytes)
+    }
+
     @Test func fiddlersPublishedSettingIsReproduced() throws {
         // Fiddler: Mixtral-8x7B bf16 on a 24 GB Quadro RTX 6000 with 2x Xeon Gold 6126: about 2.5 tok/s.
         let plan = try Planner.plan(mixtral, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: 24_000_000_000,

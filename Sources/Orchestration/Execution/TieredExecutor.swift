@@ -287,7 +287,6 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         var host: Int?
         var remoteRun: Completion?
 
-        var moves: Bool { action == .readThenCPU || action == .readThenCopy || action == .copyToAccelerator || action == .remote }
     }
 
     public func runExperts(layer: Int, tasks: [ExpertTask], input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
@@ -335,31 +334,11 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             hasAccelerator: accelerator != nil, copySlots: acceleratorCache?.capacity ?? 0, remoteHosts: hosts.count - lostHosts.count)
         for i in states.indices { states[i].action = decision.actions[i] }
 
-        // The pipeline: the experts that move, in order, split into groups (the naive policy reads
-        // each one when it computes, so nothing moves ahead of it). A group must fit the RAM
+        // The pipeline: the experts that move, in order, split into groups. A group must fit the RAM
         // cache's slots, two groups at once when pipelined (one computing, one arriving).
-        let moved = options.policy == .naive ? [] : states.indices.filter { states[$0].moves }
-        var movedCompute = (cpu: 0.0, accelerator: 0.0, remote: 0.0)
-        var remoteTransfer = 0.0
-        for i in moved {
-            let n = tasks[i].tokens
-            if states[i].action == .remote {
-                movedCompute.remote += costs.cpu(tokens: n) * costs.remoteComputeScale
-                remoteTransfer += costs.remoteTransfer(tokens: n)
-            } else if states[i].action.runsOnAccelerator {
-                movedCompute.accelerator += costs.accelerator(tokens: n)
-            } else {
-                movedCompute.cpu += costs.cpu(tokens: n)
-            }
-        }
-        let liveHosts = Double(max(1, hosts.count - lostHosts.count))
-        let reads = moved.filter { states[$0].action == .readThenCPU || states[$0].action == .readThenCopy }.count
-        // A host's movement includes one round trip: half of it before its first rows arrive, half
-        // after its last outputs leave.
-        let pipeline = ExpertPipeline.choose(
-            movement: max(decision.disk, decision.link, remoteTransfer > 0 ? costs.remoteRoundTrip + remoteTransfer / liveHosts : 0),
-            compute: max(movedCompute.cpu, movedCompute.accelerator, movedCompute.remote / liveHosts), floor: decision.makespan,
-            overhead: costs.groupOverheadSeconds, moved: moved.count, reads: reads, slots: ramCache?.capacity ?? 0, setting: options.pipeline)
+        let (pipeline, moved) = ExpertPipeline.forLayer(
+            decision, tokens: tasks.map(\.tokens), costs: costs, hosts: hosts.count - lostHosts.count, slots: ramCache?.capacity ?? 0,
+            setting: options.pipeline, naive: options.policy == .naive)
         for (j, i) in moved.enumerated() { states[i].group = pipeline.group(ofMoved: j, moved: moved.count) }
         let pipelined = pipeline.overlapped
 

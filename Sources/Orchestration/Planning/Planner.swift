@@ -12,8 +12,13 @@ public struct Plan: Sendable {
     public var acceleratorMemory: Int?
     public var ramBudget: Int?
     public var reservedHostBytes: Int
-    /// Bytes each tier holds: weights, caches' slots, and (RAM) the reservation.
+    /// Bytes each tier holds: weights, caches' slots, and (RAM) the reservation; `.remote`, the
+    /// experts on expert hosts.
     public var bytesPerTier: [Tier: Int]
+    /// Experts on each expert host, and how many experts live on each tier between steps (the
+    /// placement's, with those on hosts moved to `.remote`).
+    public var expertsOnHosts: [Int]
+    public var pinnedExperts: [Tier: Int]
     /// Predicted tokens/s: decode at batch 1 with CPU, accelerator, copies and disk reads
     /// overlapped within each layer (and summed, as Fiddler's code runs them); prefill of
     /// `prefillTokens` tokens, overlapped.
@@ -40,9 +45,12 @@ public enum Planner {
     ///   - element: how the weights are stored (bf16 for most checkpoints).
     ///   - contextLength: KV cache positions the RAM budget must hold.
     ///   - popularity: [layer][expert] share of routed tokens (a routing profile); uniform when nil.
+    ///   - hosts: expert hosts (each one's memory), reached with `hostRoundTrip` seconds of round
+    ///     trip and `hostBandwidth` bytes per second; their kernels are taken to be this CPU's.
     public static func plan(
         _ c: DecoderConfig, element: WeightElement, hardware: HardwareProfile, acceleratorMemory: Int?, ramBudget: Int?,
-        contextLength: Int, popularity: [[Double]]? = nil, policy: ExpertPolicy = .scheduled, prefillTokens: Int = 512
+        contextLength: Int, popularity: [[Double]]? = nil, policy: ExpertPolicy = .scheduled, prefillTokens: Int = 512,
+        hosts: [HostCapacity] = [], hostRoundTrip: Double = 0, hostBandwidth: Double = 0
     ) throws(OrchestrationError) -> Plan {
         let footprint = ModelFootprint(config: c, element: element)
         var options = TierOptions()
@@ -59,19 +67,27 @@ public enum Planner {
         func time(_ n: Int, flops: Double, bandwidth: Double) -> Double {
             max(Double(n) * expertFlops / flops, Double(expertBytes) / bandwidth)
         }
-        let costs = CostModel(
+        var costs = CostModel(
             key: "predicted for \(hardware.name)", tokenCounts: counts,
             cpuSeconds: counts.map { time($0, flops: hardware.cpuFlops, bandwidth: hardware.cpuBandwidth) },
             acceleratorSeconds: hasAccelerator ? counts.map { time($0, flops: hardware.acceleratorFlops, bandwidth: hardware.acceleratorBandwidth) } : [],
             copyBytesPerSecond: hasAccelerator ? hardware.linkBandwidth : 0, diskBytesPerSecond: hardware.diskBandwidth,
             expertBytes: expertBytes)
 
-        // Where each expert effectively is: caches hold the most popular experts not pinned.
+        costs.remoteRoundTrip = hostRoundTrip
+        costs.remoteBytesPerSecond = hostBandwidth
+        costs.tokenRowBytes = c.hiddenSize * 4
+
+        // Where each expert effectively is: on the hosts the executor would place it on; caches
+        // hold the most popular experts not pinned.
         var effective = placement.homes
+        let onHost = footprint.expertBytes > 0 ? footprint.expertMatrixBytes.reduce(0) { $0 + (($1 + 63) & ~63) } : 0
+        let remote = placement.remoteHomes(hosts: hosts, expertBytes: onHost, ramBudget: ramBudget)
+        for key in remote.keys { effective[key] = .remote }
         var acceleratorCache = policy == .cpu || policy == .naive ? 0 : placement.acceleratorCacheSlots
         var ramCache = placement.ramCacheSlots
         for key in placement.order {
-            switch placement.homes[key] {
+            switch effective[key] {
             case .ram? where acceleratorCache > 0 && policy == .copy:
                 effective[key] = .accelerator
                 acceleratorCache -= 1
@@ -110,40 +126,34 @@ public enum Planner {
             let keys = (0..<n).map { ExpertKey(layer: layer, expert: $0) }
             let k = Double(footprint.expertsPerToken[layer])
             // Decode: each expert runs with one token with probability k x its share.
-            var cpu = 0.0, accelerator = 0.0, link = 0.0, disk = 0.0
+            var cpu = 0.0, accelerator = 0.0, link = 0.0, disk = 0.0, onHosts = 0.0, hostShare = 0.0
             for key in keys {
                 let p = min(1, k * share(key))
                 let tier = effective[key] ?? .ram
                 let d = LayerScheduler.decide(tokens: [1], locations: [tier], costs: costs, policy: policy, hasAccelerator: hasAccelerator,
-                                              copySlots: placement.acceleratorCacheSlots > 0 ? 1 : 0)
+                                              copySlots: placement.acceleratorCacheSlots > 0 ? 1 : 0, remoteHosts: max(1, hosts.count))
                 cpu += p * d.cpu; accelerator += p * d.accelerator; link += p * d.link; disk += p * d.disk
+                // A host's round trip is paid once per layer that sends it anything.
+                if tier == .remote { onHosts += p * (d.remote - costs.remoteRoundTrip); hostShare += p }
                 switch tier {
                 case .accelerator: fiddler += p * costs.accelerator(tokens: 1)
                 case .ram: fiddler += p * Double(expertBytes) / HardwareProfile.fiddlerCPUBandwidth
                 case .disk, .remote: fiddler += p * (costs.diskSeconds + Double(expertBytes) / HardwareProfile.fiddlerCPUBandwidth)
                 }
             }
-            decodeOverlapped += max(cpu, accelerator, link, disk)
-            decodeSummed += cpu + accelerator + link + disk
+            onHosts += costs.remoteRoundTrip * min(1, hostShare)
+            decodeOverlapped += max(cpu, accelerator, link, disk, onHosts)
+            decodeSummed += cpu + accelerator + link + disk + onHosts
             // Prefill: each expert takes its expected share of the T tokens.
             let tokens = keys.map { Int((T * k * share($0)).rounded()) }
             let active = keys.indices.filter { tokens[$0] > 0 }
             let d = LayerScheduler.decide(tokens: active.map { tokens[$0] }, locations: active.map { effective[keys[$0]] ?? .ram },
                                           costs: costs, policy: policy, hasAccelerator: hasAccelerator,
-                                          copySlots: placement.acceleratorCacheSlots)
+                                          copySlots: placement.acceleratorCacheSlots, remoteHosts: max(1, hosts.count))
             prefill += d.makespan
             // The pipeline as the executor would choose it for this layer.
-            var moved = 0, reads = 0, cpuMoved = 0.0, acceleratorMoved = 0.0
-            for (j, i) in active.enumerated() {
-                let action = d.actions[j]
-                guard action == .readThenCPU || action == .readThenCopy || action == .copyToAccelerator else { continue }
-                moved += 1
-                if action != .copyToAccelerator { reads += 1 }
-                if action.runsOnAccelerator { acceleratorMoved += costs.accelerator(tokens: tokens[i]) } else { cpuMoved += costs.cpu(tokens: tokens[i]) }
-            }
-            let pipeline = ExpertPipeline.choose(movement: max(d.disk, d.link), compute: max(cpuMoved, acceleratorMoved), floor: d.makespan,
-                                                 overhead: costs.groupOverheadSeconds, moved: moved, reads: reads,
-                                                 slots: placement.ramCacheSlots, setting: .auto)
+            let (pipeline, _) = ExpertPipeline.forLayer(d, tokens: active.map { tokens[$0] }, costs: costs, hosts: hosts.count,
+                                                        slots: placement.ramCacheSlots, setting: .auto)
             pipelined += pipeline.predicted
             unpipelined += pipeline.unpipelined
             groups.append(pipeline.overlapped ? pipeline.groups : 1)
@@ -154,12 +164,15 @@ public enum Planner {
         var bytes: [Tier: Int] = [:]
         bytes[.accelerator] = placement.acceleratorTensorBytes
             + (placement.experts(on: .accelerator).count + placement.acceleratorCacheSlots) * slotOnAccelerator
-        bytes[.ram] = placement.alwaysHostBytes + options.reservedHostBytes + placement.experts(on: .ram).count * expertBytes
+        bytes[.ram] = placement.alwaysHostBytes + options.reservedHostBytes + placement.experts(on: .ram).filter { remote[$0] == nil }.count * expertBytes
             + placement.ramCacheSlots * slotInRAM
-        bytes[.disk] = placement.experts(on: .disk).count * expertBytes
+        bytes[.disk] = placement.experts(on: .disk).filter { remote[$0] == nil }.count * expertBytes
+        bytes[.remote] = remote.count * expertBytes
         return Plan(
             footprint: footprint, placement: placement, hardware: hardware, acceleratorMemory: acceleratorMemory, ramBudget: ramBudget,
             reservedHostBytes: options.reservedHostBytes, bytesPerTier: bytes,
+            expertsOnHosts: hosts.indices.map { h in remote.values.filter { $0 == h }.count },
+            pinnedExperts: Dictionary(grouping: placement.order) { remote[$0] == nil ? placement.homes[$0] ?? .ram : .remote }.mapValues(\.count),
             decodeOverlapped: 1 / max(decodeOverlapped, 1e-9), decodeSummed: 1 / max(decodeSummed, 1e-9),
             prefillOverlapped: T / max(prefill, 1e-9), prefillTokens: prefillTokens,
             prefillPipelined: T / max(pipelined, 1e-9), prefillUnpipelined: T / max(unpipelined, 1e-9), pipelineGroups: groups,

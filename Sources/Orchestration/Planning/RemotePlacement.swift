@@ -14,7 +14,8 @@ public struct HostCapacity: Sendable, Equatable {
 extension ExpertPlacement {
     /// Which routed experts run on which expert host (a tier between RAM and disk: only tokens
     /// cross the link, never weights). A host with its own set keeps it. The others take, up to
-    /// their memory: under a RAM budget, the experts it left on disk, most popular first; without
+    /// their memory: under a RAM budget, the experts it left on disk, most popular first and dealt
+    /// in turn; without
     /// one, an equal share of every layer (tier 1 and each host alike, as EPS-MoE spreads experts
     /// over devices), so each step's experts run on every machine at once.
     /// - Parameters:
@@ -30,7 +31,11 @@ extension ExpertPlacement {
         var room = hosts.map { $0.memory / expertBytes }
         var candidates: [(key: ExpertKey, hosts: [Int])]
         if ramBudget != nil {
-            candidates = experts(on: .disk).filter { result[$0] == nil }.map { ($0, assignable) }
+            // In turn over the hosts, so each computes a share of every step.
+            candidates = experts(on: .disk).filter { result[$0] == nil }.enumerated().map { i, key in
+                let first = i % assignable.count
+                return (key, Array(assignable[first...] + assignable[..<first]))
+            }
         } else {
             // Participant 0 is tier 1; experts are dealt in turn within each layer, the deal
             // starting one further each layer so no participant takes every layer's most popular.

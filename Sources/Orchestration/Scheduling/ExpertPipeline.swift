@@ -98,6 +98,40 @@ public struct ExpertPipeline: Sendable, Equatable {
         }
     }
 
+    /// The pipeline of one layer as the scheduler decided it (`decision` over experts of `tokens`
+    /// tokens each): the experts that move (in order; none under the naive policy, which reads
+    /// each when it computes), their movement (the busiest link; a host's includes its round
+    /// trip) and their compute (on the busiest device; hosts' spread over `hosts`). Execution and
+    /// `plan` both call it.
+    public static func forLayer(_ decision: LayerScheduler.Decision, tokens: [Int], costs: CostModel, hosts: Int, slots: Int,
+                                setting: PipelineSetting, naive: Bool = false) -> (pipeline: ExpertPipeline, moved: [Int]) {
+        let moving: Set<ExpertAction> = [.readThenCPU, .readThenCopy, .copyToAccelerator, .remote]
+        let moved = naive ? [] : decision.actions.indices.filter { moving.contains(decision.actions[$0]) }
+        var cpu = 0.0, accelerator = 0.0, remote = 0.0, transfer = 0.0, reads = 0
+        for i in moved {
+            let n = tokens[i]
+            switch decision.actions[i] {
+            case .remote:
+                remote += costs.cpu(tokens: n) * costs.remoteComputeScale
+                transfer += costs.remoteTransfer(tokens: n)
+            case .copyToAccelerator:
+                accelerator += costs.accelerator(tokens: n)
+            case .readThenCopy:
+                accelerator += costs.accelerator(tokens: n)
+                reads += 1
+            default:
+                cpu += costs.cpu(tokens: n)
+                reads += 1
+            }
+        }
+        let spread = Double(max(1, hosts))
+        let pipeline = choose(
+            movement: max(decision.disk, decision.link, transfer > 0 ? costs.remoteRoundTrip + transfer / spread : 0),
+            compute: max(cpu, accelerator, remote / spread), floor: decision.makespan, overhead: costs.groupOverheadSeconds,
+            moved: moved.count, reads: reads, slots: slots, setting: setting)
+        return (pipeline, moved)
+    }
+
     /// The group of the `index`-th moved expert (in movement order) of `moved`: consecutive runs of
     /// nearly equal size.
     public func group(ofMoved index: Int, moved: Int) -> Int {
