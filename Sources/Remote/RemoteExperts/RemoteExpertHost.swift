@@ -145,14 +145,6 @@ public final class RemoteExpertHost: ExpertHost, @unchecked Sendable {
         }
     }
 
-    /// The host's status now (a health check).
-    public func refreshStatus() throws(LinkFailure) -> ExpertHostStatus {
-        let id = send { id, b in ExpertWire.status(id: id, into: &b) }
-        guard case .status(let s) = try reply(id) else { throw LinkFailure("the expert host at \(address) answered status with something else") }
-        status = s
-        return s
-    }
-
     public func run(layer: Int, tasks: [ExpertTask], input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
                     hidden: Int) -> Completion {
         let done = Completion()
