@@ -128,6 +128,9 @@ let package = Package(
         ], swiftSettings: tuned),
 
         // --- Surfaces.
+        // Perplexity and KL divergence over a text, as llama-perplexity computes them, and the base
+        // log-probability files in its layout.
+        .target(name: "Evaluation", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
         // Sampling, stop strings, streaming text, the one decode loop.
         .target(name: "Generation", dependencies: ["Models", "Tokenizers", "SwitchyardSupport"], swiftSettings: tuned),
         // Continuous batching: a pure step planner, the model runner and the output processor.
@@ -149,7 +152,7 @@ let package = Package(
         ], swiftSettings: tuned),
         // The commands every binary has: parse flags into the engine's options, call it, print.
         .target(name: "Commands", dependencies: [
-            "Engine", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
+            "Engine", "Evaluation", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
             "SwitchyardSupport", "NPY", "AttentionWire", "AttentionWorker", "RemoteAttention", "ExpertWorker", "ExpertWire", "RemoteExperts",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -167,7 +170,7 @@ let package = Package(
 
         // A seeded mutation fuzzer over every parser of outside input; CI runs it for a bounded time.
         .executableTarget(name: "switchyard-fuzz", dependencies: [
-            "Batching", "ChatTemplates", "Kernels", "Models", "Orchestration", "SafeTensors", "Server", "SwitchyardJSON", "SwitchyardSupport",
+            "Batching", "ChatTemplates", "Evaluation", "Kernels", "Models", "Orchestration", "SafeTensors", "Server", "SwitchyardJSON", "SwitchyardSupport",
             "Tokenizers", "AttentionWire", "AttentionWorker", "ExpertWire", "ExpertWorker", "Runtime", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: tuned),
 
@@ -175,6 +178,9 @@ let package = Package(
         // error measures.
         .target(name: "SwitchyardTestSupport", dependencies: ["NPY", "SafeTensors", "SwitchyardJSON", "SwitchyardSupport"], path: "Tests/SwitchyardTestSupport"),
         .testTarget(name: "SwitchyardSupportTests", dependencies: ["SwitchyardSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: [
+            "Evaluation", "Engine", "Kernels", "Models", "Tokenizers", "NPY", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport",
+        ], exclude: ["Fixtures"]),
         .testTarget(name: "WeightFilesTests", dependencies: ["WeightFiles", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "SwitchyardSupport", "SwitchyardTestSupport"]),

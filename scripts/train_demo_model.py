@@ -5,6 +5,10 @@ Bible, with its own SentencePiece-style tokenizer, on the CPU.
     apt-get install bible-kjv          # the text (public domain), and the program that prints it
     pip install torch transformers sentencepiece protobuf matplotlib
     python3 scripts/train_demo_model.py [--minutes 55] [--out models/switchyard-kjv-moe]
+    python3 scripts/train_demo_model.py --held-out-only   # only rewrite held-out.txt
+
+Writes held-out.txt too: the 20 chapters kept out of training (every 50th), one per paragraph, the
+text `switchyard perplexity` measures the bundled model on.
 
 Writes a Hugging Face folder (config.json, generation_config.json, model.safetensors in bf16,
 tokenizer.json, tokenizer_config.json with a chat template) and a model card (README.md) with the
@@ -57,6 +61,15 @@ def kjv_chapters():
     return chapters
 
 
+HELD_OUT_EVERY = 50
+
+
+def write_held_out(chapters, folder):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "held-out.txt"), "w") as f:
+        f.write("\n\n".join(chapters[i] for i in range(0, len(chapters), HELD_OUT_EVERY)) + "\n")
+
+
 def train_tokenizer(chapters, folder):
     """A 4096-token BPE with byte fallback (SentencePiece), converted to tokenizer.json by transformers."""
     import sentencepiece as spm
@@ -101,7 +114,11 @@ def main():
     parser.add_argument("--minutes", type=float, default=55.0, help="training time budget")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--held-out-only", action="store_true", help="write held-out.txt and stop")
     args = parser.parse_args()
+    if args.held_out_only:
+        write_held_out(kjv_chapters(), args.out)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from transformers import GenerationConfig, MixtralConfig, MixtralForCausalLM
@@ -109,7 +126,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     chapters = kjv_chapters()
     tok = train_tokenizer(chapters, args.out)
-    held_out = set(range(0, len(chapters), 50))  # 2% of chapters for validation
+    held_out = set(range(0, len(chapters), HELD_OUT_EVERY))  # 2% of chapters for validation
+    write_held_out(chapters, args.out)
     def encode(indices):
         ids = []
         for i in indices:

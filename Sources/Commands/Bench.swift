@@ -119,7 +119,8 @@ struct Bench: ParsableCommand {
                     o["tokens_per_second"] = .double(r.mean)
                     o["stddev"] = .double(r.stddev)
                     o["threads"] = .int(threads)
-                    o["precision"] = .string(modelOptions.precision.rawValue)
+                    o["precision"] = .string(engine.precision.rawValue)
+                    o["precision_requested"] = .string(modelOptions.precision.rawValue)
                     if let t = twoTier[r.test] {
                         o["micro_batches"] = .int(t.microBatches)
                         o["attention_round_trip_seconds"] = .double(t.roundTrip)
@@ -136,7 +137,7 @@ struct Bench: ParsableCommand {
             }
             writeOut("| model | size | params | threads | precision | test | t/s |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n")
             for r in results {
-                writeOut("| \(model.config.modelType) | \(formatBytes(info.weightBytes, digits: 2)) | \(formatCount(info.totalParameters)) | \(threads) | \(modelOptions.precision.rawValue) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
+                writeOut("| \(model.config.modelType) | \(formatBytes(info.weightBytes, digits: 2)) | \(formatCount(info.totalParameters)) | \(threads) | \(engine.precision.rawValue) | \(r.test) | \(fixed(r.mean, 2)) ± \(fixed(r.stddev, 2)) |\n")
             }
             for r in results {
                 guard let t = twoTier[r.test] else { continue }

@@ -26,8 +26,8 @@ public struct ModelOptions: ParsableArguments {
     var threads: Int?
 
     @Option(name: .long, help: ArgumentHelp(
-        "Activation precision: f32, int8, bf16 or auto.",
-        discussion: "f32: float32 activations and accumulation, weights widened exactly. int8: products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products (AVX512-VNNI or AVX2 where present), as llama.cpp does: faster, about 1e-2 off. bf16: products with bf16 weights round activations to bf16 and use AVX512-BF16's dot product where present, as llama.cpp does. auto: the fastest path that keeps every fixture within 1e-2 of transformers with identical greedy tokens (f32 for now)."))
+        "Activation precision: f32, int8, bf16, int8+bf16 or auto.",
+        discussion: "f32: float32 activations and accumulation, weights widened exactly (what the parity tests use). int8: products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products (AVX512-VNNI or AVX2 where present), as llama.cpp does. bf16: products with bf16 weights round activations to bf16 and use AVX512-BF16's dot product where present, as llama.cpp does. int8+bf16: both. auto (the default): per weight type, the fastest of these this CPU has a kernel for, all within the precision contract (KL divergence from f32 measured with `switchyard perplexity`; README); `bench` and `generate --json` say which ran."))
     var precision: EngineOptions.Precision = .auto
 
     @Option(help: ArgumentHelp(
@@ -235,6 +235,11 @@ public func printError(_ message: String) {
     var line = message
     if !line.hasSuffix("\n") { line += "\n" }
     writeAll(2, line)  // nowhere left to report a failure to
+}
+
+/// Standard error without a line end added (a progress bar redrawn in place).
+func writeError(_ text: String) {
+    writeAll(2, text)
 }
 
 /// Standard output, unbuffered, so streamed text appears as it is generated. A reader that went

@@ -65,6 +65,7 @@ struct Generate: ParsableCommand {
                     "prompt_tokens_per_second": .double(result.promptTokensPerSecond),
                     "tokens_per_second": .double(result.tokensPerSecond),
                     "peak_resident_bytes": .int(peakResidentBytes()),
+                    "precision": .string(engine.precision.rawValue),
                 ]
                 if let tiers = engine.tiers, case .object(var o) = object {
                     o["tiers"] = tiers.report

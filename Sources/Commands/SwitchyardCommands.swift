@@ -7,7 +7,7 @@ import SwitchyardSupport
 public enum SwitchyardCommands {
     public static let compute: [any ParsableCommand.Type] = [
         Generate.self, Chat.self, Logits.self, Tokenize.self, Detokenize.self, Template.self, Info.self, Profile.self,
-        PlanCommand.self, Bench.self, Quantize.self, AttentionWorkerCommand.self, AttentionStatusCommand.self, ExpertWorkerCommand.self,
+        PlanCommand.self, Bench.self, PerplexityCommand.self, Quantize.self, AttentionWorkerCommand.self, AttentionStatusCommand.self, ExpertWorkerCommand.self,
         ExpertStatusCommand.self,
     ]
 

@@ -25,6 +25,8 @@ public final class Engine: @unchecked Sendable {
     public let expertKernelChoice: ExpertKernelChoice?
     /// Things a user should know (a fallback taken).
     public let notes: [String]
+    /// The activation precision the products run at (`auto` resolved for this CPU).
+    public var precision: ActivationPrecision { model.device.precision }
     public let loadSeconds: Double
 
     private init(options: EngineOptions, model: Model, tiers: TieredExecutor?, kernelChoice: KernelChoice?, expertKernelChoice: ExpertKernelChoice?,

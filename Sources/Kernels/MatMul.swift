@@ -347,7 +347,7 @@ func matmulProducts<Items: ProductItems>(
         }
     }
     switch element {
-    case .q8_0 where precision == .int8, .q4_0 where precision == .int8, .q4_k where precision == .int8:
+    case .q8_0 where precision.quantizesActivations, .q4_0 where precision.quantizesActivations, .q4_k where precision.quantizesActivations:
         let blocks = n / 32
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, tokens * n)) { values in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, 2 * tokens * blocks)) { scales in
@@ -372,7 +372,7 @@ func matmulProducts<Items: ProductItems>(
                 }
             }
         }
-    case .q8_0x4 where precision == .int8, .q4_0x4 where precision == .int8:
+    case .q8_0x4 where precision.quantizesActivations, .q4_0x4 where precision.quantizesActivations:
         let q4 = element == .q4_0x4, blocks = n / 32, lanes = n / 8
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, 2 * tokens * n)) { values in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * (blocks + lanes))) { scales in
@@ -423,7 +423,7 @@ func matmulProducts<Items: ProductItems>(
                 return s
             }
         }
-    case .bf16 where precision == .bf16 && n % 32 == 0:
+    case .bf16 where precision.roundsActivationsToBF16 && n % 32 == 0:
         withUnsafeTemporaryAllocation(of: UInt16.self, capacity: max(1, tokens * n)) { rounded in
             roundToBF16(input, inputStride: inputStride, columns: n, tokens: tokens, output: rounded.baseAddress!)
             let x = UnsafePointer(rounded.baseAddress!)

@@ -56,6 +56,13 @@ public enum ActivationPrecision: String, Sendable, CaseIterable {
     case int8
     /// Rounded to bf16 for products with bf16 weights (`vdpbf16ps` where the CPU has it).
     case bf16
+    /// Both: int8 for block-quantised weights, bf16 for bf16 ones (a model quantised in part).
+    case int8bf16 = "int8+bf16"
+
+    /// Whether products with block-quantised weights take int8 activations.
+    public var quantizesActivations: Bool { self == .int8 || self == .int8bf16 }
+    /// Whether products with bf16 weights take activations rounded to bf16.
+    public var roundsActivationsToBF16: Bool { self == .bf16 || self == .int8bf16 }
 }
 
 /// Which memory a weight's bytes are in. A value, so a device decides where a product runs without

@@ -42,7 +42,11 @@ static inline void dp_tile(const uint8_t *rows, long row_bytes, int blocks, cons
         __m512i w[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *p = rows + r * row_bytes + 64 * k;
-            __builtin_prefetch(p + SY_PREFETCH_DISTANCE);
+            // The next tile's rows (the next row's, one row at a time), as the f32 tile fetches
+            // them: a fixed distance past each row lands in the row below when rows are short
+            // (2 KiB at 1024 columns), which this tile reads already, and left the stream unfetched
+            // (2 tokens from memory, 1 thread, AMD EPYC Zen 5: 13.4 GB/s against the f32 tile's 22.9).
+            __builtin_prefetch(p + R * row_bytes);
             w[r] = _mm512_loadu_si512((const void *)p);
         }
         for (int t = 0; t < T; t++) {

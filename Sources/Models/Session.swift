@@ -62,24 +62,35 @@ public final class Session {
     /// vocab] when `allLogits`, otherwise [1, vocab] for the last token.
     /// - Parameter workspace: work memory to use instead of the session's own (to observe routing).
     public func forward(_ tokens: [Int], allLogits: Bool = false, workspace external: Workspace? = nil) throws(ModelError) -> [Float] {
+        try forward(tokens, logitsFrom: allLogits ? 0 : max(0, tokens.count - 1), workspace: external)
+    }
+
+    /// Runs `tokens` at the next positions and returns the logits of those from index `first` on,
+    /// [tokens.count - first, vocab]: a perplexity pass scores only the second half of its window,
+    /// and the output head is a large share of a small model's work.
+    public func forward(_ tokens: [Int], logitsFrom first: Int, workspace external: Workspace? = nil) throws(ModelError) -> [Float] {
         let workspace = external ?? self.workspace
         let c = model.config
         try model.validate(tokens, at: position, capacity: capacity)
+        guard (0..<tokens.count).contains(first) else {
+            throw ModelError("logits from token \(first) of \(tokens.count): outside the tokens")
+        }
         let vocab = c.vocabularySize
-        var logits = [Float](repeating: 0, count: (allLogits ? tokens.count : 1) * vocab)
+        var logits = [Float](repeating: 0, count: max(0, tokens.count - first) * vocab)
         var start = 0
         var attempt = 0
         while start < tokens.count {
             try model.recoverLostCaches([self])
             let end = min(tokens.count, start + chunkSize)
             let chunk = Array(tokens[start..<end])
-            let isLast = end == tokens.count
-            let first = position
-            let slots = chunk.indices.map { TokenSlot(sequence: sequence, position: first + $0) }
+            let firstSlot = position
+            let slots = chunk.indices.map { TokenSlot(sequence: sequence, position: firstSlot + $0) }
+            // The rows of this chunk that return logits, and where the first of them goes.
+            let from = max(start, first)
+            let rows = from < end ? Array((from - start)..<chunk.count) : []
             do {
                 try logits.withUnsafeMutableBufferPointer { (out) throws(ModelError) in
-                    let target: UnsafeMutablePointer<Float>? = allLogits ? out.baseAddress! + start * vocab : isLast ? out.baseAddress! : nil
-                    let rows = allLogits ? Array(chunk.indices) : isLast ? [chunk.count - 1] : []
+                    let target: UnsafeMutablePointer<Float>? = rows.isEmpty ? nil : out.baseAddress! + (from - first) * vocab
                     try model.run(chunk, slots: slots, workspace: workspace, logits: target, logitRows: rows)
                 }
             } catch {

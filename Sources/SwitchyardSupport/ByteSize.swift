@@ -57,3 +57,8 @@ public func fixed(_ value: Double, _ digits: Int) -> String {
     while fraction.count < digits { fraction = "0" + fraction }
     return (value < 0 && rounded > 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + fraction : "")
 }
+
+/// `text` right-aligned in `width` columns.
+public func padded(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text : String(repeating: " ", count: width - text.count) + text
+}

@@ -37,12 +37,12 @@ enum Fuzz {
         let seed = number("--seed", UInt64(1)) { _ in true }
         let out = option("--out") ?? "/tmp/switchyard-fuzz"
         guard let target = arguments.first, ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "all"].contains(target) else {
-            printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|wire|expert-wire|batch|upload|all [--seconds N] [--seed S] [--out DIR]")
+            printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|wire|expert-wire|batch|upload|logprobs|all [--seconds N] [--seed S] [--out DIR]")
             exit(2)
         }
         let root = repositoryRoot()
         CrashCatcher.install(directory: out)
-        let targets = target == "all" ? ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload"] : [target]
+        let targets = target == "all" ? ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "logprobs"] : [target]
         for name in targets {
             let fuzzer: Target
             switch name {
@@ -55,6 +55,7 @@ enum Fuzz {
             case "expert-wire": fuzzer = ExpertWireTarget(root: root)
             case "batch": fuzzer = BatchTarget()
             case "upload": fuzzer = UploadTarget()
+            case "logprobs": fuzzer = LogProbabilityTarget()
             default: fuzzer = RequestTarget(root: root)
             }
             run(fuzzer, name: name, root: root, seconds: seconds / Double(targets.count), seed: seed)

@@ -52,7 +52,7 @@ public struct LoadedModel: @unchecked Sendable {
             tensors = try source.openTensors()
             // Quantised weights regrouped below are copied out and their file pages released as
             // they go; reading the whole file in first would hold both at once.
-            let regroupsStored = regroup && precision == .int8 && tensors.allTensors.contains { $0.element?.isBlockQuantized ?? false }
+            let regroupsStored = regroup && precision.quantizesActivations && tensors.allTensors.contains { $0.element?.isBlockQuantized ?? false }
             if residency == .mappedInHugePages && !regroupsStored {
                 // Before converting at load, so the weights kept as stored are read in 2 MiB pages.
                 hugePages = tensors.files.map { $0.holdInHugePages() }
@@ -68,7 +68,7 @@ public struct LoadedModel: @unchecked Sendable {
         let bound = try DecoderWeights.bind(config, from: tensors, naming: randomWeights ? config.naming : source.naming(for: config))
         var storage: [HostBuffer] = []
         var weights = quantization.map { bound.quantized($0, pool: pool, storage: &storage) } ?? bound
-        if regroup && precision == .int8 {
+        if regroup && precision.quantizesActivations {
             weights = weights.regrouped(pool: pool, storage: &storage, fileBacked: !tensors.files.isEmpty)
         }
         if residency == .copied && !tensors.files.isEmpty {
