@@ -157,6 +157,19 @@ def main():
     with open(conversation, "w") as f:
         f.write('[{"role": "user", "content": "hi"}]')
 
+    def short_text():
+        path = os.path.join(work, "short.txt")
+        with open(path, "w") as f:
+            f.write("In the beginning God created the heaven and the earth.\n")
+        return path
+
+    def cut_base():
+        # A valid header (context 8, vocabulary 32000, 2 chunks, tokens) and no rows.
+        path = os.path.join(work, "cut.kld")
+        with open(path, "wb") as f:
+            f.write(b"_logits_" + struct.pack("<Iii", 8, 32000, 2) + struct.pack("<16i", *range(16)))
+        return path
+
     huge = str(2 ** 63 - 1)
     gen = ["generate", "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"]
     cases = [
@@ -189,6 +202,11 @@ def main():
         ("unwritable trace", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--trace", "/nonexistent/dir/t.jsonl"], "t.jsonl"),
         ("a pipeline group count of 0", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--expert-pipeline", "0"], "--expert-pipeline"),
         ("--ubatch near Int64.max", gen + ["--model", FIXTURE, "--ubatch", huge], "--ubatch"),
+        ("perplexity on a text too short", ["perplexity", "--model", FIXTURE, "-f", short_text(), "-c", "64"], "at least 128"),
+        ("perplexity --ctx-size near Int64.max", ["perplexity", "--model", FIXTURE, "-f", short_text(), "-c", huge], "--ctx-size"),
+        ("--kl-divergence without a base", ["perplexity", "--model", FIXTURE, "--kl-divergence"], "--kl-divergence-base"),
+        ("not a base file", ["perplexity", "--model", FIXTURE, "--kl-divergence", "--kl-divergence-base", short_text()], "_logits_"),
+        ("a base file cut short", ["perplexity", "--model", FIXTURE, "--kl-divergence", "--kl-divergence-base", cut_base()], "the file has"),
         ("not a link rate", gen + ["--model", FIXTURE, "--accelerator", "emulated", "--accelerator-memory", "64MiB",
                                    "--accelerator-link", "fast"], "fast"),
         ("a link rate without the emulated accelerator", gen + ["--model", FIXTURE, "--accelerator-link", "1GB/s"], "--accelerator-link"),

@@ -55,8 +55,8 @@ struct PerplexityCommand: ParsableCommand {
                 let bytes = try readFileBytes(file!)
                 let started = ContinuousClock.now
                 let tokens = tokenizer.prefixTokens + tokenizer.encode(String(decoding: bytes, as: UTF8.self), addSpecialTokens: false)
-                status("tokenized \(file!): \(formatBytes(bytes.count)), \(tokens.count) tokens in \(fixed((ContinuousClock.now - started).seconds, 2)) s")
                 plan = try PerplexityPlan(tokens: tokens, prefix: tokenizer.prefixTokens, context: contextSize, chunkLimit: chunks)
+                status("tokenized \(file!): \(formatBytes(bytes.count)), \(tokens.count) tokens in \(fixed((ContinuousClock.now - started).seconds, 2)) s")
             }
             let engine = try modelOptions.loadEngine(kvPositions: plan.context)
             let model = engine.model
