@@ -142,6 +142,7 @@ struct BackendConformanceTests {
         for arch in allArchitectures {
             let prompt = [1, 15, 302, 77, 9, 1000, 4, 250]
             var cpuOptions = EngineOptions(model: fixturePath(arch))
+            cpuOptions.precision = .f32  // the references are f32's
             cpuOptions.threads = 2
             cpuOptions.tuneKernels = false
             let expected = try Engine.load(cpuOptions).model.makeSession(contextLength: 16).forward(prompt, allLogits: true)

@@ -195,6 +195,7 @@ struct FailingStepTests {
         let copy = try ExpertsLastCheckpoint(copying: fixturePath("mixtral"), to: "/tmp/switchyard-failing-serve-\(getpid())")
         defer { copy.remove() }
         var options = EngineOptions(model: copy.directory)
+        options.precision = .f32  // the references are f32's
         options.threads = 2
         options.costDirectory = costDirectory
         options.kvPositions = 64

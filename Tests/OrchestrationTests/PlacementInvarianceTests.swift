@@ -32,6 +32,7 @@ let testPositions = 64
 func tiered(_ arch: String, directory: String? = nil, accelerator acceleratorMemory: Int? = nil,
             _ configure: (inout EngineOptions, _ always: Int, _ slot: Int) -> Void) throws -> (Model, TieredExecutor) {
     var options = EngineOptions(model: directory ?? fixturePath(arch))
+    options.precision = .f32  // the references are f32's
     options.threads = 2
     options.costDirectory = costDirectory
     options.kvPositions = testPositions
@@ -222,6 +223,7 @@ struct ExpertKernelInvarianceTests {
         let reference = try run(Model(directory: fixturePath(arch), threads: 2))
         for kernel in [EngineOptions.ExpertKernel.grouped, .dense] {
             var options = EngineOptions(model: fixturePath(arch))
+            options.precision = .f32  // the references are f32's
             options.threads = 2
             options.tuneKernels = false
             options.expertKernel = kernel

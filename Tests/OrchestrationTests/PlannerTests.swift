@@ -103,6 +103,7 @@ struct PlannerTests {
                 config, element: .bf16, hardware: fiddlerMachine, acceleratorMemory: acceleratorMemory, ramBudget: ramBudget,
                 contextLength: testPositions, popularity: profile ? popularity : nil, policy: policy)
             var options = EngineOptions(model: fixturePath(arch))
+            options.precision = .f32  // the references are f32's
             options.threads = 2
             options.costDirectory = costDirectory
             options.kvPositions = testPositions
