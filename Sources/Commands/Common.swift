@@ -27,7 +27,7 @@ public struct ModelOptions: ParsableArguments {
 
     @Option(name: .long, help: ArgumentHelp(
         "Activation precision: f32, int8, bf16, int8+bf16 or auto.",
-        discussion: "f32: float32 activations and accumulation, weights widened exactly (what the parity tests use). int8: products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products (AVX512-VNNI or AVX2 where present), as llama.cpp does. bf16: products with bf16 weights round activations to bf16 and use AVX512-BF16's dot product where present, as llama.cpp does. int8+bf16: both. auto (the default): per weight type, the fastest of these this CPU has a kernel for, all within the precision contract (KL divergence from f32 measured with `switchyard perplexity`; README); `bench` and `generate --json` say which ran."))
+        discussion: "f32: float32 activations and accumulation, weights widened exactly (what the parity tests use). int8: products with Q8_0/Q4_0/Q4_K weights quantise activations per block of 32 and use integer dot products (AVX512-VNNI, AVX-VNNI or AVX2 where present), as llama.cpp does. bf16: products with bf16 weights round activations to bf16 and use AVX512-BF16's dot product where present, as llama.cpp does. int8+bf16: both. auto (the default): per weight type, the fastest of these this CPU has a kernel for, all within the precision contract (KL divergence from f32 measured with `switchyard perplexity`; README); `bench` and `generate --json` say which ran."))
     var precision: EngineOptions.Precision = .auto
 
     @Option(help: ArgumentHelp(

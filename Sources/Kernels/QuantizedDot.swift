@@ -127,17 +127,19 @@ public struct QuantizedActivations {
     }
 }
 
-/// Which instruction set the integer dot products use here: "avx512-vnni", "avx2" or "portable".
+/// Which instruction set the integer dot products use here: "avx512-vnni", "avx-vnni", "avx2" or
+/// "portable".
 public var quantizedDotInstructions: String {
     switch sy_quantized_dot_level() {
-    case 2: return "avx512-vnni"
+    case 3: return "avx512-vnni"
+    case 2: return "avx-vnni"
     case 1: return "avx2"
     default: return "portable"
     }
 }
 
-/// Restricts the integer dot products to a level (0 portable C, 1 AVX2, 2 AVX512-VNNI; never
-/// beyond what the CPU has) or, with nil, lets them use the best: for tests of every path.
+/// Restricts the integer dot products to a level (0 portable C, 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI;
+/// never beyond what the CPU has) or, with nil, lets them use the best: for tests of every path.
 public func forceQuantizedDotLevel(_ level: Int?) {
     sy_force_quantized_dot_level(Int32(level ?? 99))
 }

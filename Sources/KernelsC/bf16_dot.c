@@ -26,7 +26,7 @@ int sy_bf16dp_level(void) {
     }
     int forced = sy_forced_level();
     // A cap below AVX-512 (the tests' way to run the Swift paths) turns it off too.
-    return forced >= 0 && forced < 2 ? 0 : dp_detected;
+    return forced >= 0 && forced < SY_LEVEL_AVX512_VNNI ? 0 : dp_detected;
 }
 
 // R rows x T tokens (constants after inlining): R x T accumulators, each weight vector serving T

@@ -116,9 +116,10 @@ int sy_bf16_level(void) {
             bf16_detected = 0;
         }
     }
-    int level = bf16_detected;
+    // An integer cap below AVX-512 (AVX-VNNI, AVX2) allows these kernels AVX2 (1); a cap of 0, none.
     int forced = sy_forced_level();
-    return forced >= 0 && forced < level ? forced : level;
+    int cap = forced < 0 || forced >= SY_LEVEL_AVX512_VNNI ? 2 : forced >= SY_LEVEL_AVX2 ? 1 : 0;
+    return cap < bf16_detected ? cap : bf16_detected;
 }
 
 #define SY_TILE_TOKENS 5

@@ -78,6 +78,23 @@ static inline __m256i lanes_avx2(const uint8_t *group, int q4, int half, const i
     return _mm256_add_epi32(p0, p1);
 }
 
+// The same lanes with AVX-VNNI's vpdpbusd on 256 bits, as the AVX512-VNNI tiles take them: unsigned
+// weights (Q8_0's stored xor 0x80, Q4_0's nibbles) from `corr`, exact, so no saturation to avoid.
+__attribute__((target("avxvnni,avx2,fma,f16c"), always_inline))
+static inline __m256i lanes_avxvnni(const uint8_t *group, int q4, int half, const int8_t *xg, const int32_t *corr) {
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + 32 * half));
+    __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * half));
+    __m256i s = _mm256_loadu_si256((const __m256i *)(corr + 8 * half));
+    if (q4) {
+        const __m256i nibble = _mm256_set1_epi8(0x0F);
+        __m256i raw = _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half));
+        s = _mm256_dpbusd_avx_epi32(s, _mm256_and_si256(raw, nibble), x0);
+        return _mm256_dpbusd_avx_epi32(s, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble), x1);
+    }
+    s = _mm256_dpbusd_avx_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half)), x0);
+    return _mm256_dpbusd_avx_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 72 + 32 * half)), x1);
+}
+
 __attribute__((target("avx2,fma,f16c")))
 static inline float reduce_ymm(__m256 lo, __m256 hi) {
     float a[16];
@@ -86,32 +103,40 @@ static inline float reduce_ymm(__m256 lo, __m256 hi) {
     return sy_reduce16(a);
 }
 
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void grouped_avx2_n(const uint8_t *row, int groups, const int q4, const int8_t *x, const float *dx,
-                                  const int32_t *corr, int stride, const int tokens, float *out) {
-    const int group_bytes = q4 ? 72 : 136;
-    const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    __m256 lo[4], hi[4];
-    for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_ps();
-    for (int g = 0; g < groups; g++) {
-        const uint8_t *group = row + (long)g * group_bytes;
-        // Every line the group spans, as the VNNI tiles do.
-        __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE);
-        if (!q4) __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + 64);
-        __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + group_bytes - 1);
-        __m256 d = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group)));
-        __m256 d0 = _mm256_permutevar8x32_ps(d, first), d1 = _mm256_permutevar8x32_ps(d, second);
-        for (int t = 0; t < tokens; t++) {
-            const long at = (long)t * (stride / 8) + 16 * g;
-            const int8_t *xg = x + (long)t * stride + 128 * g;
-            __m256 f0 = _mm256_cvtepi32_ps(lanes_avx2(group, q4, 0, xg, corr + at));
-            __m256 f1 = _mm256_cvtepi32_ps(lanes_avx2(group, q4, 1, xg, corr + at));
-            lo[t] = _mm256_fmadd_ps(f0, _mm256_mul_ps(d0, _mm256_loadu_ps(dx + at)), lo[t]);
-            hi[t] = _mm256_fmadd_ps(f1, _mm256_mul_ps(d1, _mm256_loadu_ps(dx + at + 8)), hi[t]);
-        }
+// One row against up to 4 tokens on 256-bit vectors, LANES (lanes_avx2 or lanes_avxvnni) making
+// each half group's integer lane sums.
+#define SY_GROUPED_YMM(NAME, LANES, TARGET)                                                        \
+    __attribute__((target(TARGET), always_inline))                                                 \
+    static inline void NAME(const uint8_t *row, int groups, const int q4, const int8_t *x, const float *dx, \
+                            const int32_t *corr, int stride, const int tokens, float *out) {      \
+        const int group_bytes = q4 ? 72 : 136;                                                     \
+        const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);                           \
+        const __m256i second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);                          \
+        __m256 lo[4], hi[4];                                                                       \
+        for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_ps();                           \
+        for (int g = 0; g < groups; g++) {                                                         \
+            const uint8_t *group = row + (long)g * group_bytes;                                    \
+            /* Every line the group spans, as the VNNI tiles do. */                                \
+            __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE);                              \
+            if (!q4) __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + 64);                \
+            __builtin_prefetch(group + SY_GROUPED_PREFETCH_DISTANCE + group_bytes - 1);            \
+            __m256 d = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)group))); \
+            __m256 d0 = _mm256_permutevar8x32_ps(d, first), d1 = _mm256_permutevar8x32_ps(d, second); \
+            for (int t = 0; t < tokens; t++) {                                                     \
+                const long at = (long)t * (stride / 8) + 16 * g;                                   \
+                const int8_t *xg = x + (long)t * stride + 128 * g;                                 \
+                __m256 f0 = _mm256_cvtepi32_ps(LANES(group, q4, 0, xg, corr + at));                \
+                __m256 f1 = _mm256_cvtepi32_ps(LANES(group, q4, 1, xg, corr + at));                \
+                lo[t] = _mm256_fmadd_ps(f0, _mm256_mul_ps(d0, _mm256_loadu_ps(dx + at)), lo[t]);   \
+                hi[t] = _mm256_fmadd_ps(f1, _mm256_mul_ps(d1, _mm256_loadu_ps(dx + at + 8)), hi[t]); \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < tokens; t++) out[t] = reduce_ymm(lo[t], hi[t]);                        \
     }
-    for (int t = 0; t < tokens; t++) out[t] = reduce_ymm(lo[t], hi[t]);
-}
+
+SY_GROUPED_YMM(grouped_avx2_n, lanes_avx2, "avx2,fma,f16c")
+SY_GROUPED_YMM(grouped_avxvnni_n, lanes_avxvnni, "avxvnni,avx2,fma,f16c")
+#undef SY_GROUPED_YMM
 
 // AVX512-VNNI: dpbusd takes unsigned weights, so Q8_0's are stored xor 0x80 (value + 128) and
 // Q4_0's nibbles as they are; each token's lane sums start from `corr`, -128 or -8 times the sum of
@@ -195,20 +220,25 @@ static void grouped_vnni_tile(const uint8_t *row, long row_bytes, int groups, in
 #undef SY_TILE_CASES
 
 // Both the format and the token count become constants in each copy of the kernel.
-__attribute__((target("avx2,fma,f16c")))
-static void grouped_avx2(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx, const int32_t *corr,
-                         int stride, int tokens, float *out) {
-    switch (4 * (q4 != 0) + (tokens < 4 ? tokens : 4) - 1) {
-    case 0: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 1, out); break;
-    case 1: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 2, out); break;
-    case 2: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 3, out); break;
-    case 3: grouped_avx2_n(row, groups, 0, x, dx, corr, stride, 4, out); break;
-    case 4: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 1, out); break;
-    case 5: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 2, out); break;
-    case 6: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 3, out); break;
-    default: grouped_avx2_n(row, groups, 1, x, dx, corr, stride, 4, out); break;
+#define SY_GROUPED_YMM_CASES(NAME, KERNEL, TARGET)                                                 \
+    __attribute__((target(TARGET)))                                                                \
+    static void NAME(const uint8_t *row, int groups, int q4, const int8_t *x, const float *dx, const int32_t *corr, \
+                     int stride, int tokens, float *out) {                                         \
+        switch (4 * (q4 != 0) + (tokens < 4 ? tokens : 4) - 1) {                                   \
+        case 0: KERNEL(row, groups, 0, x, dx, corr, stride, 1, out); break;                        \
+        case 1: KERNEL(row, groups, 0, x, dx, corr, stride, 2, out); break;                        \
+        case 2: KERNEL(row, groups, 0, x, dx, corr, stride, 3, out); break;                        \
+        case 3: KERNEL(row, groups, 0, x, dx, corr, stride, 4, out); break;                        \
+        case 4: KERNEL(row, groups, 1, x, dx, corr, stride, 1, out); break;                        \
+        case 5: KERNEL(row, groups, 1, x, dx, corr, stride, 2, out); break;                        \
+        case 6: KERNEL(row, groups, 1, x, dx, corr, stride, 3, out); break;                        \
+        default: KERNEL(row, groups, 1, x, dx, corr, stride, 4, out); break;                       \
+        }                                                                                          \
     }
-}
+
+SY_GROUPED_YMM_CASES(grouped_avx2, grouped_avx2_n, "avx2,fma,f16c")
+SY_GROUPED_YMM_CASES(grouped_avxvnni, grouped_avxvnni_n, "avxvnni,avx2,fma,f16c")
+#undef SY_GROUPED_YMM_CASES
 
 // Round half away from zero: nearest-even, then exact ties (x - even = ±0.5) step away from zero,
 // as QuantizedActivations.roundedToInt8 does.
@@ -259,7 +289,7 @@ static void quantize_grouped_avx512(const float *input, long input_stride, int c
 int sy_quantize_grouped(const float *input, long input_stride, int columns, int tokens, int q4, int8_t *values, float *scales,
                         int32_t *corrections) {
 #if defined(__x86_64__)
-    if (sy_integer_level_in_force() == 2) {
+    if (sy_integer_level_in_force() == SY_LEVEL_AVX512_VNNI) {
         quantize_grouped_avx512(input, input_stride, columns, tokens, q4, values, scales, corrections);
         return 1;
     }
@@ -274,7 +304,7 @@ void sy_rows_grouped_q8(const void *base, long row_bytes, int nrows, int groups,
     const int level = sy_integer_level_in_force();
     int r = 0;
 #if defined(__x86_64__)
-    if (level == 2) {
+    if (level == SY_LEVEL_AVX512_VNNI) {
         while (r < nrows) {
             const int tile = nrows - r >= 4 ? 4 : 1;
             grouped_vnni_tile((const uint8_t *)base + r * row_bytes, row_bytes, groups, q4, x, dx, corr, stride, tile, tokens, out + r,
@@ -287,7 +317,9 @@ void sy_rows_grouped_q8(const void *base, long row_bytes, int nrows, int groups,
     for (; r < nrows; r++) {
         const uint8_t *row = (const uint8_t *)base + r * row_bytes;
 #if defined(__x86_64__)
-        if (level == 1) {
+        if (level == SY_LEVEL_AVX_VNNI) {
+            grouped_avxvnni(row, groups, q4, x, dx, corr, stride, tokens, sums);
+        } else if (level == SY_LEVEL_AVX2) {
             grouped_avx2(row, groups, q4, x, dx, corr, stride, tokens, sums);
         } else {
             grouped_portable(row, groups, q4, x, dx, stride, tokens, sums);

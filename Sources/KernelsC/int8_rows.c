@@ -259,15 +259,19 @@ static inline void q4k_vnni_n(const uint8_t *row, int superblocks, const int8_t 
 SY_INSTANTIATE_Q4K(q4k_avx2, q4k_avx2_n, "avx2,fma,f16c")
 SY_INSTANTIATE_Q4K(q4k_vnni, q4k_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
 
-static int detected = -1;
+static int detected = -1, avx_vnni = 0;
 
 int sy_quantized_dot_level(void) {
     if (detected < 0) {
         __builtin_cpu_init();
+        const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        avx_vnni = avx2 && __builtin_cpu_supports("avxvnni");
         if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
-            detected = 2;
-        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-            detected = 1;
+            detected = SY_LEVEL_AVX512_VNNI;
+        } else if (avx_vnni) {
+            detected = SY_LEVEL_AVX_VNNI;
+        } else if (avx2) {
+            detected = SY_LEVEL_AVX2;
         } else {
             detected = 0;
         }
@@ -294,7 +298,9 @@ int sy_forced_level(void) { return forced; }
 
 int sy_integer_level_in_force(void) {
 #if defined(__x86_64__)
-    return forced >= 0 ? forced : sy_quantized_dot_level();
+    const int level = forced >= 0 ? forced : sy_quantized_dot_level();
+    // A CPU with AVX512-VNNI may lack AVX-VNNI (Ice Lake): capped there, it runs AVX2.
+    return level == SY_LEVEL_AVX_VNNI && !avx_vnni ? SY_LEVEL_AVX2 : level;
 #else
     return 0;
 #endif
@@ -302,9 +308,11 @@ int sy_integer_level_in_force(void) {
 
 static row_kernel chosen_kernel(void) {
 #if defined(__x86_64__)
+    // The ungrouped rows (the disk tier's, as stored) have no AVX-VNNI path: AVX2 there.
     switch (sy_integer_level_in_force()) {
-    case 2: return dot_vnni;
-    case 1: return dot_avx2;
+    case SY_LEVEL_AVX512_VNNI: return dot_vnni;
+    case SY_LEVEL_AVX_VNNI:
+    case SY_LEVEL_AVX2: return dot_avx2;
     default: return dot_portable;
     }
 #else
@@ -339,8 +347,9 @@ void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblock
     q4k_kernel kernel = q4k_portable;
 #if defined(__x86_64__)
     switch (sy_integer_level_in_force()) {
-    case 2: kernel = q4k_vnni; break;
-    case 1: kernel = q4k_avx2; break;
+    case SY_LEVEL_AVX512_VNNI: kernel = q4k_vnni; break;
+    case SY_LEVEL_AVX_VNNI:
+    case SY_LEVEL_AVX2: kernel = q4k_avx2; break;
     default: break;
     }
 #endif

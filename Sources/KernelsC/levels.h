@@ -1,8 +1,13 @@
 #ifndef SWITCHYARD_KERNELS_C_LEVELS_H
 #define SWITCHYARD_KERNELS_C_LEVELS_H
 
-// The integer kernels' level after sy_force_quantized_dot_level's cap (2 = AVX512-VNNI, 1 = AVX2,
-// 0 = portable C): shared by the kernel files, not part of the module's interface.
+// The integer kernels' levels: AVX512-VNNI, AVX-VNNI (vpdpbusd on 256 bits, VEX-encoded: CPUs with
+// it and without AVX-512, as Intel's since Alder Lake), AVX2 (maddubs), portable C.
+#define SY_LEVEL_AVX512_VNNI 3
+#define SY_LEVEL_AVX_VNNI 2
+#define SY_LEVEL_AVX2 1
+// The integer kernels' level after sy_force_quantized_dot_level's cap (a cap of SY_LEVEL_AVX_VNNI on
+// a CPU without AVX-VNNI runs AVX2): shared by the kernel files, not part of the module's interface.
 int sy_integer_level_in_force(void);
 // The cap sy_force_quantized_dot_level set (-1: none), which the bf16 kernels honour too.
 int sy_forced_level(void);

@@ -11,7 +11,7 @@ struct GroupedDotTests {
     @Test(arguments: [(WeightElement.q8_0, 7, 128, 1), (.q8_0, 19, 384, 3), (.q8_0, 5, 640, 6), (.q4_0, 7, 128, 1), (.q4_0, 33, 384, 4),
                       (.q4_0, 5, 640, 9)])
     func groupedKernelIsItsTwin(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
-        for level in [0, 1, 2, nil] {
+        for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)
             check(element, rows: rows, columns: columns, tokens: tokens)
         }
@@ -20,7 +20,7 @@ struct GroupedDotTests {
     /// Float16 scales below 2^-14, which the kernels widen four at a time.
     @Test(arguments: [WeightElement.q8_0, .q4_0])
     func subnormalScales(element: WeightElement) {
-        for level in [0, 1, 2, nil] {
+        for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)
             check(element, rows: 5, columns: 256, tokens: 2, scale: 1e-4)
         }

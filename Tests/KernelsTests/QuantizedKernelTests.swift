@@ -109,7 +109,7 @@ struct QuantizedDotTests {
     func integerPathMatchesItsTwinAndStaysClose(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
         // Every instruction-set path this CPU has, then the best again (tests in this suite run
         // one at a time, so the setting is theirs).
-        for level in [0, 1, 2, nil] {
+        for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)
             checkIntegerPath(element: element, rows: rows, columns: columns, tokens: tokens)
         }
@@ -119,7 +119,7 @@ struct QuantizedDotTests {
     /// without the F16C instruction.
     @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k])
     func subnormalScales(element: WeightElement) {
-        for level in [0, 1, 2, nil] {
+        for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)
             checkIntegerPath(element: element, rows: 5, columns: 256, tokens: 2, scale: 1e-4)
         }
@@ -203,7 +203,7 @@ struct BF16KernelTests {
             bf16Product(weights, input, rows: rows, columns: columns, tokens: tokens, offset: offset, level: level, precision: .f32, pool: pool)
         }
         let swift = run(0, tokens: tokens)
-        for level in [1, 2] {
+        for level in [1, 2, 3] {
             let first = firstBitDifference(run(level, tokens: tokens), swift)
             #expect(first == nil, "level \(level): first difference at \(first ?? -1)")
         }

@@ -21,6 +21,8 @@ typedef void (*grouped_fn)(const void *, long, int, int, int, const int8_t *, co
 void A_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long, int);
 void B_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long, int);
 void A_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *, long);
+void A_sy_force_quantized_dot_level(int);
+void B_sy_force_quantized_dot_level(int);
 void B_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *, long);
 
 enum { copies = 24, max_side = 8192, max_tokens = 6, repetitions = 20 };
@@ -80,6 +82,10 @@ static void *second_thread(void *unused) {
 }
 
 int main(int argc, char **argv) {
+    // A_LEVEL / B_LEVEL cap a version's integer kernels (1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI): two
+    // paths of one tree side by side (`A_LEVEL=1 B_LEVEL=2 run.sh q8_0 . .`).
+    if (getenv("A_LEVEL")) A_sy_force_quantized_dot_level(atoi(getenv("A_LEVEL")));
+    if (getenv("B_LEVEL")) B_sy_force_quantized_dot_level(atoi(getenv("B_LEVEL")));
     const char *k = argc > 1 ? argv[1] : "";
     kind = !strcmp(k, "bf16") ? bf16 : !strcmp(k, "q8_0") ? q8_0 : !strcmp(k, "q4_0") ? q4_0 : -1;
     threads = argc > 2 ? atoi(argv[2]) : 0;

@@ -5,7 +5,9 @@
 # (grouped_dot.c), the int8 path for stored Q8_0 and Q4_0 weights. REV_B defaults to the working tree, which "." names too. Both versions are linked into one
 # program, which alternates them 20 times per token count (1-6) and keeps each one's best, so both
 # see the same noise. A_CFLAGS and B_CFLAGS add compiler flags to one version (-DNAME=VALUE to try
-# a tuning constant). Shapes: gate/up (3584 x 1024) and down (1024 x 3584).
+# a tuning constant). A_LEVEL and B_LEVEL cap a version's integer kernels (1 AVX2, 2 AVX-VNNI, 3
+# AVX512-VNNI), to set two paths of one tree side by side. Shapes: gate/up (3584 x 1024) and down
+# (1024 x 3584).
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 kind=${1:-}; a=${2:-}; b=${3:-}; threads=${4:-2}

@@ -65,7 +65,7 @@ def innermost_loops(assembly):
 def describe(body):
     counts = {}
     for t in body:
-        op = t.split()[0]
+        op = t.replace("{vex}", "").split()[0]  # AVX-VNNI's vpdpbusd is the VEX form
         for d in DOTS:
             if op.startswith(d):
                 counts[op] = counts.get(op, 0) + 1

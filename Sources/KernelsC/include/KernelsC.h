@@ -42,10 +42,12 @@ void sy_rows_grouped_q8(const void *rows, long row_bytes, int nrows, int groups,
 int sy_quantize_grouped(const float *input, long input_stride, int columns, int tokens, int q4, int8_t *values, float *scales,
                         int32_t *corrections);
 
-// Which instruction set the dot products use: 2 = AVX512-VNNI, 1 = AVX2, 0 = portable C.
+// Which instruction set the dot products use: 3 = AVX512-VNNI, 2 = AVX-VNNI (256-bit vpdpbusd; the
+// grouped kernels, the others run AVX2 there), 1 = AVX2, 0 = portable C.
 int sy_quantized_dot_level(void);
 // Caps every kernel family at `level` from now on (a level at or above the CPU's best lifts the
-// cap): for tests of every path.
+// cap; a cap below 3 keeps the bf16 kernels off AVX-512, and a cap of 2 on a CPU without AVX-VNNI
+// runs AVX2): for tests of every path.
 void sy_force_quantized_dot_level(int level);
 
 // bf16 rows against float32 activations permuted per block of 32 (even-indexed values, then odd),
