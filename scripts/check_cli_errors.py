@@ -202,7 +202,7 @@ def main():
         ("unwritable trace", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--trace", "/nonexistent/dir/t.jsonl"], "t.jsonl"),
         ("a pipeline group count of 0", gen + ["--model", FIXTURE, "--ram-budget", "1GB", "--expert-pipeline", "0"], "--expert-pipeline"),
         ("--ubatch near Int64.max", gen + ["--model", FIXTURE, "--ubatch", huge], "--ubatch"),
-        ("perplexity on a text too short", ["perplexity", "--model", FIXTURE, "-f", short_text(), "-c", "64"], "at least 128"),
+        ("perplexity on a text too short", ["perplexity", "--model", FIXTURE, "-f", short_text(), "-c", "64"], "at least twice"),
         ("perplexity --ctx-size near Int64.max", ["perplexity", "--model", FIXTURE, "-f", short_text(), "-c", huge], "--ctx-size"),
         ("--kl-divergence without a base", ["perplexity", "--model", FIXTURE, "--kl-divergence"], "--kl-divergence-base"),
         ("not a base file", ["perplexity", "--model", FIXTURE, "--kl-divergence", "--kl-divergence-base", short_text()], "_logits_"),

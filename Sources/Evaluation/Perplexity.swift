@@ -15,8 +15,8 @@ public struct PerplexityPlan: Sendable {
     public init(tokens: [Int], prefix: [Int], context: Int, chunkLimit: Int? = nil) throws(EvaluationError) {
         guard context >= 3 else { throw EvaluationError("a context of \(context) tokens scores nothing: use --ctx-size 3 or more") }
         guard prefix.count < context / 2 else { throw EvaluationError("the tokenizer's prefix (\(prefix.count) tokens) fills half of a \(context)-token context") }
-        guard tokens.count >= 2 * context else {
-            throw EvaluationError("the text tokenizes to \(tokens.count) tokens; a context of \(context) needs at least \(2 * context) (use a longer text or a smaller --ctx-size)")
+        guard tokens.count / 2 >= context else {  // not 2 * context: a context from outside may be any Int
+            throw EvaluationError("the text tokenizes to \(tokens.count) tokens; a context of \(context) needs at least twice that many (use a longer text or a smaller --ctx-size)")
         }
         if let chunkLimit, chunkLimit < 1 { throw EvaluationError("--chunks must be at least 1, found \(chunkLimit)") }
         let chunks = min(tokens.count / context, chunkLimit ?? Int.max)
@@ -26,10 +26,15 @@ public struct PerplexityPlan: Sendable {
         self.prefix = prefix
     }
 
-    /// The plan a base file was written with.
+    /// The plan a base file was written with (one chunk is enough: `--chunks 1` writes such files).
     public init(_ header: LogProbabilityFileHeader, prefix: [Int]) throws(EvaluationError) {
-        try self.init(tokens: header.tokens, prefix: prefix, context: header.context)
-        guard chunks == header.chunks else { throw EvaluationError("the base file's \(header.chunks) chunks do not fill its tokens") }
+        guard prefix.count < header.context / 2 else {
+            throw EvaluationError("the tokenizer's prefix (\(prefix.count) tokens) fills half of the base file's \(header.context)-token context")
+        }
+        tokens = header.tokens
+        context = header.context
+        chunks = header.chunks
+        self.prefix = prefix
     }
 
     /// Positions from which logits are needed, and how many of those rows are scored.

@@ -177,6 +177,9 @@ struct EvaluationTests {
         #expect(throws: EvaluationError.self) { try PerplexityPlan(tokens: tokens, prefix: [1], context: 121) }
         #expect(throws: EvaluationError.self) { try PerplexityPlan(tokens: tokens, prefix: [1], context: 2) }
         #expect(throws: EvaluationError.self) { try PerplexityPlan(tokens: tokens, prefix: [1], context: 64, chunkLimit: 0) }
+        // A base file of one chunk (llama-perplexity's --chunks 1) is a plan of one chunk.
+        let one = try PerplexityPlan(LogProbabilityFileHeader(context: 64, vocabulary: 400, chunks: 1, tokens: Array(100..<164)), prefix: [1])
+        #expect(one.chunks == 1 && one.window(0) == [1] + Array(101..<164))
     }
 
     /// The contract `auto` rests on, held on the bundled model: each activation format it may choose,
