@@ -18,8 +18,8 @@ public final class Engine: @unchecked Sendable {
     public let model: Model
     /// The tiers, when the model runs across them.
     public let tiers: TieredExecutor?
-    /// The bf16 kernel choice measured at load (nil when the model's products fit the caches, or
-    /// the CPU has no tiles).
+    /// The bf16 kernel choice measured at load (nil when the model's products fit the caches, the
+    /// CPU has no tiles, or bf16 products run vdpbf16ps).
     public let kernelChoice: KernelChoice?
     /// The grouped-or-dense expert kernel choice measured at load (nil when not measured).
     public let expertKernelChoice: ExpertKernelChoice?
@@ -73,7 +73,7 @@ public final class Engine: @unchecked Sendable {
         // models, whose products fit the caches, keep the default).
         var choice: KernelChoice?
         if options.tuneKernels, let expert = loaded.weights.sampleExpert, expert.gate.element == .bf16,
-           expert.gate.byteCount >= 1 << 20, KernelChoice.tileAvailable {
+           expert.gate.byteCount >= 1 << 20, KernelChoice.matters(at: precision) {
             choice = KernelChoice.measure(rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
         }
         var tuning = choice?.tuning ?? .default

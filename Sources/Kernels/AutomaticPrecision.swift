@@ -21,8 +21,9 @@ import KernelsC
 ///
 /// Speed decides among the formats within the contract: int8 products use integer dot products
 /// (AVX512-VNNI, AVX-VNNI or AVX2) and read no more than f32's; bf16 products with `vdpbf16ps` do half of
-/// f32's arithmetic per weight (AVX512-BF16); without that instruction bf16 activations go through
-/// the Swift twin, slower than f32's kernels, so such CPUs keep f32 for bf16 weights.
+/// f32's arithmetic per weight (AVX512-BF16); without that instruction bf16 activations would go
+/// through the Swift twin, which defines the bits rather than competing with f32's C kernels, so
+/// such CPUs keep f32 for bf16 weights.
 public enum AutomaticPrecision {
     public static let maximumMeanDivergence = 0.001
     public static let minimumSameTop = 0.99

@@ -19,6 +19,13 @@ public struct KernelChoice: Sendable {
     /// Whether this machine has the tiles (AVX-512).
     public static var tileAvailable: Bool { sy_bf16_level() == 2 }
 
+    /// Whether products at `precision` run the tiles this choice is about: with activations rounded
+    /// to bf16 and AVX512-BF16 present, bf16 products go to the vdpbf16ps kernel instead, and a
+    /// choice measured at load would be start-up time spent for nothing.
+    public static func matters(at precision: ActivationPrecision) -> Bool {
+        tileAvailable && !(precision.roundsActivationsToBF16 && sy_bf16dp_level() > 0)
+    }
+
     /// Times a product of a bf16 expert-sized matrix (`rows` x `columns`, read from memory, as a
     /// routed expert is) at 5...12 tokens with each kernel, best of `repetitions`.
     public static func measure(rows: Int = 3584, columns: Int = 1024, repetitions: Int = 3, pool: ThreadPool) -> KernelChoice {

@@ -76,7 +76,7 @@ public final class Session {
             throw ModelError("logits from token \(first) of \(tokens.count): outside the tokens")
         }
         let vocab = c.vocabularySize
-        var logits = [Float](repeating: 0, count: max(0, tokens.count - first) * vocab)
+        var logits = [Float](repeating: 0, count: (tokens.count - first) * vocab)
         var start = 0
         var attempt = 0
         while start < tokens.count {

@@ -48,9 +48,8 @@ public final class Tokenizer: @unchecked Sendable {
     static let idLimit = 1 << 24
 
     public var vocabularySize: Int { tokens.count }
-    /// What the post-processor puts before a sequence (a BOS token, or nothing), and after it.
+    /// What the post-processor puts before a sequence: a BOS token, or nothing.
     public var prefixTokens: [Int] { prefixIDs }
-    public var suffixTokens: [Int] { suffixIDs }
 
     /// The most bytes of text one token stands for (its stored form is never shorter): a text of
     /// n bytes has at least n / longestTokenBytes tokens, which lets a server refuse an over-long

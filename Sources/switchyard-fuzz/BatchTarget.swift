@@ -25,9 +25,7 @@ final class BatchTarget: Target {
         if let parsed {
             for r in parsed.requests { precondition(!r.customID.isEmpty && r.body.objectValue != nil) }
         }
-        guard let file = fopen(path, "wb") else { return false }
-        _ = input.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
-        fclose(file)
+        guard writeInput(input, to: path) else { return false }
         if let results = try? BatchResultFile(path: path) {
             // What is left after the cut must reopen with the same lines, nothing cut.
             let again = try? BatchResultFile(path: path)

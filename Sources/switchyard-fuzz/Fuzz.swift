@@ -36,13 +36,14 @@ enum Fuzz {
         let seconds = number("--seconds", 10.0) { $0.isFinite && $0 >= 0 && $0 <= 86_400 }
         let seed = number("--seed", UInt64(1)) { _ in true }
         let out = option("--out") ?? "/tmp/switchyard-fuzz"
-        guard let target = arguments.first, ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "all"].contains(target) else {
-            printLine("usage: switchyard-fuzz json|safetensors|config|tokenizer|template|request|wire|expert-wire|batch|upload|logprobs|all [--seconds N] [--seed S] [--out DIR]")
+        let names = ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "logprobs"]
+        guard let target = arguments.first, target == "all" || names.contains(target) else {
+            printLine("usage: switchyard-fuzz \(names.joined(separator: "|"))|all [--seconds N] [--seed S] [--out DIR]")
             exit(2)
         }
         let root = repositoryRoot()
         CrashCatcher.install(directory: out)
-        let targets = target == "all" ? ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "logprobs"] : [target]
+        let targets = target == "all" ? names : [target]
         for name in targets {
             let fuzzer: Target
             switch name {
@@ -90,6 +91,14 @@ enum Fuzz {
 protocol Target {
     var seeds: [[UInt8]] { get }
     @discardableResult func exercise(_ input: [UInt8]) -> Bool
+}
+
+/// Writes a mutated input where a target's parser reads files from; false if it cannot.
+func writeInput(_ input: [UInt8], to path: String) -> Bool {
+    guard let file = fopen(path, "wb") else { return false }
+    _ = input.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+    fclose(file)
+    return true
 }
 
 func printLine(_ text: String) {

@@ -28,9 +28,7 @@ final class LogProbabilityTarget: Target {
     }
 
     func exercise(_ input: [UInt8]) -> Bool {
-        guard let file = fopen(path, "wb") else { return false }
-        _ = input.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
-        fclose(file)
+        guard writeInput(input, to: path) else { return false }
         guard let reader = try? LogProbabilityReader(path: path) else { return false }
         let h = reader.header
         var rows = [UInt16](repeating: 0, count: h.chunkWords)

@@ -47,9 +47,7 @@ final class SafeTensorsTarget: Target {
         seeds = [seed]
     }
     func exercise(_ input: [UInt8]) -> Bool {
-        guard let file = fopen(path, "wb") else { return false }
-        _ = input.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
-        fclose(file)
+        guard writeInput(input, to: path) else { return false }
         guard let parsed = try? SafeTensorsFile(path: path) else { return false }
         // Read every tensor's bytes, as a binder would: a header that lies must have been caught.
         var sum: UInt8 = 0
