@@ -61,6 +61,24 @@ ARCHITECTURES = {
                                            original_max_position_embeddings=128)),
     "olmoe": dict(model_type="olmoe", num_hidden_layers=2, intermediate_size=24, num_experts=4, num_experts_per_tok=2,
                   norm_topk_prob=False, clip_qkv=3.0),
+    # Latent attention with the plain query path, YaRN with DeepSeek's mscale (as V2-Lite has it),
+    # softmax routing limited to the 2 best of 4 groups, a dense first layer, a shared expert.
+    "deepseek_v2": dict(model_type="deepseek_v2", num_hidden_layers=3, intermediate_size=64, q_lora_rank=None,
+                        kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
+                        n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=24, n_shared_experts=1,
+                        topk_method="group_limited_greedy", n_group=4, topk_group=2, routed_scaling_factor=1.5,
+                        first_k_dense_replace=1, num_key_value_heads=4,
+                        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
+                                             original_max_position_embeddings=128, mscale=0.707, mscale_all_dim=0.707,
+                                             beta_fast=32, beta_slow=1)),
+    # The compressed query path, values narrower than keys, sigmoid routing with a selection bias
+    # (set below: transformers starts it at zero) over the best 2 of 4 groups, normalised and scaled.
+    "deepseek_v3": dict(model_type="deepseek_v3", num_hidden_layers=3, intermediate_size=64, q_lora_rank=24,
+                        kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=12,
+                        n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=24, n_shared_experts=1,
+                        n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5,
+                        first_k_dense_replace=1, num_key_value_heads=4, rope_interleave=True,
+                        rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
 }
 
 
@@ -83,6 +101,9 @@ def build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer, shard=Fa
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # large enough to change which experts win
+                b.copy_(0.3 * torch.randn_like(b))
     model = model.to(torch.bfloat16)
     os.makedirs(folder, exist_ok=True)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
@@ -134,7 +155,7 @@ def build(args):
     out = os.path.abspath(args.out)
     tokenizer_dir = os.path.join(out, "tokenizers", "llama-spm")
     make_tokenizer(tokenizer_dir)
-    for arch in ARCHITECTURES:
+    for arch in args.only or ARCHITECTURES:
         seed = 1234
         while True:
             folder = os.path.join(out, "models", arch)
@@ -197,6 +218,7 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build")
     b.add_argument("--out", default=os.path.join(ROOT, "fixtures"))
+    b.add_argument("--only", nargs="*", choices=list(ARCHITECTURES), help="rebuild these architectures only")
     c = sub.add_parser("check")
     c.add_argument("--switchyard", default=os.path.join(ROOT, ".build", "release", "switchyard"))
     c.add_argument("--seed", type=int, default=98765)

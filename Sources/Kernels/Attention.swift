@@ -22,14 +22,16 @@ public func attendGroup(
     keys: UnsafePointer<Float>, values: UnsafePointer<Float>, rowStride: Int, first: Int, last: Int,
     tile: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
 ) {
-    attendGroup(queries: queries, group: group, headDim: headDim, scale: scale, keys: F32Rows(keys, rowStride), values: F32Rows(values, rowStride),
-                first: first, last: last, tile: tile, output: output)
+    attendGroup(queries: queries, group: group, headDim: headDim, valueDim: headDim, scale: scale, keys: F32Rows(keys, rowStride),
+                values: F32Rows(values, rowStride), first: first, last: last, tile: tile, output: output)
 }
 
-/// The same over cached rows of any element (float32, bf16, int8 with a scale per row).
+/// The same over cached rows of any element (float32, bf16, int8 with a scale per row), with
+/// values of `valueDim` per head (latent attention's values are wider or narrower than its keys);
+/// output [group x valueDim].
 @inlinable
-public func attendGroup<Rows: KeyValueRows>(
-    queries: UnsafePointer<Float>, group: Int, headDim: Int, scale: Float, keys: Rows, values: Rows, first: Int, last: Int,
+public func attendGroup<Keys: KeyValueRows, Values: KeyValueRows>(
+    queries: UnsafePointer<Float>, group: Int, headDim: Int, valueDim: Int, scale: Float, keys: Keys, values: Values, first: Int, last: Int,
     tile: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
 ) {
     // Per head: the running maximum and the sum of weights so far. A group is at most a few
@@ -39,7 +41,7 @@ public func attendGroup<Rows: KeyValueRows>(
         let maximum = state.baseAddress!, total = maximum + group
         maximum.update(repeating: -Float.infinity, count: group)
         total.update(repeating: 0, count: group)
-        output.update(repeating: 0, count: group * headDim)
+        output.update(repeating: 0, count: group * valueDim)
         var start = first
         while start <= last {
             let n = min(16, last - start + 1)
@@ -55,8 +57,8 @@ public func attendGroup<Rows: KeyValueRows>(
                     // e^-inf is 0: the first tile rescales nothing.
                     let factor = expf(maximum[g] - tileMaximum)
                     total[g] *= factor
-                    let o = output + g * headDim
-                    for i in 0..<headDim { o[i] *= factor }
+                    let o = output + g * valueDim
+                    for i in 0..<valueDim { o[i] *= factor }
                     maximum[g] = tileMaximum
                 }
                 let raw = UnsafeMutableRawPointer(scores)
@@ -68,13 +70,13 @@ public func attendGroup<Rows: KeyValueRows>(
             }
             // Values second, so each value row is read once for every head of the group.
             for j in 0..<n {
-                for g in 0..<group { values.axpy(tile[g * 16 + j], start + j, output + g * headDim, headDim) }
+                for g in 0..<group { values.axpy(tile[g * 16 + j], start + j, output + g * valueDim, valueDim) }
             }
             start += n
         }
         for g in 0..<group {
-            let inverse = 1 / total[g], o = output + g * headDim
-            for i in 0..<headDim { o[i] *= inverse }
+            let inverse = 1 / total[g], o = output + g * valueDim
+            for i in 0..<valueDim { o[i] *= inverse }
         }
     }
 }

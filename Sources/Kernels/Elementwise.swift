@@ -134,3 +134,21 @@ public func applyRotary(
         }
     }
 }
+
+/// RoPE over adjacent pairs (x0, x1), (x2, x3)... of the first `rotaryDim` values of each head,
+/// as DeepSeek lays out its rotary dimensions; pair i turns by frequency i. Same arguments as
+/// `applyRotary`.
+@inlinable
+public func applyInterleavedRotary(
+    _ x: UnsafeMutablePointer<Float>, heads: Int, headDim: Int, rotaryDim: Int,
+    cos: UnsafePointer<Float>, sin: UnsafePointer<Float>
+) {
+    for h in 0..<heads {
+        let v = x + h * headDim
+        for i in 0..<(rotaryDim / 2) {
+            let a = v[2 * i], b = v[2 * i + 1]
+            v[2 * i] = a * cos[i] - b * sin[i]
+            v[2 * i + 1] = b * cos[i] + a * sin[i]
+        }
+    }
+}

@@ -201,7 +201,7 @@ extension Model {
         let maxTopK = c.feedForward.compactMap { $0.moe?.expertsPerToken }.max() ?? 1
         s.residual.reserve(T * H); s.normed.reserve(T * H)
         s.query.reserve(T * qW); s.key.reserve(T * kvW); s.value.reserve(T * kvW)
-        s.attention.reserve(T * qW); s.projected.reserve(T * H)
+        s.attention.reserve(T * c.attentionOutputWidth); s.projected.reserve(T * H)
         s.gate.reserve(T * maxInner); s.up.reserve(T * maxInner)
         s.routerLogits.reserve(T * max(maxExperts, 1))
         s.gathered.reserve(T * maxTopK * H); s.expertOutput.reserve(T * max(maxTopK, 1) * H)

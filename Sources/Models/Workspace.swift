@@ -14,6 +14,8 @@ public final class Workspace {
     let attention = FloatBuffer(), projected = FloatBuffer(), scores = FloatBuffer()
     let gate = FloatBuffer(), up = FloatBuffer()
     let routerLogits = FloatBuffer(), gathered = FloatBuffer(), expertOutput = FloatBuffer()
+    /// Latent attention: the compressed query, every head's full query, every head's values.
+    let compressedQuery = FloatBuffer(), fullQuery = FloatBuffer(), headValues = FloatBuffer()
     /// Per token of the step: cos then sin of its position, rotaryDim / 2 each.
     let cosSin = FloatBuffer()
     var rotaryDim = 0

@@ -93,11 +93,48 @@ public enum QueryKeyNorm: Sendable, Equatable {
     case wholeProjection
 }
 
-/// Which attention block a family's layers use. A new variant (DeepSeek's latent attention) is a
-/// case here and a file under Layers/Attention.
+/// DeepSeek's multi-head latent attention: keys and values are up-projected from one small latent
+/// per token (`kv_lora_rank` values, RMS-normed) plus one rotary key shared by every head; only
+/// the latent and the rotary key are cached.
+public struct LatentAttentionConfig: Sendable, Equatable {
+    /// Rank of the compressed query path (q_a_proj, its norm, q_b_proj), nil for a plain q_proj.
+    public var queryRank: Int?
+    /// Values of the cached latent per token (kv_lora_rank).
+    public var latentRank: Int
+    /// Per head: the query and key values without position (qk_nope_head_dim), with rotary
+    /// position (qk_rope_head_dim, shared by every head on the key side), and values (v_head_dim).
+    public var noPositionDim: Int
+    public var rotaryDim: Int
+    public var valueDim: Int
+    /// Rotary pairs are adjacent values (x0, x1), (x2, x3)... (DeepSeek's layout) rather than the
+    /// two halves of the rotated part.
+    public var interleavedRotary: Bool
+    /// The softmax scale: (qk_nope + qk_rope)^-0.5, times YaRN's mscale(factor, mscale_all_dim)².
+    public var softmaxScale: Float
+
+    public init(queryRank: Int?, latentRank: Int, noPositionDim: Int, rotaryDim: Int, valueDim: Int, interleavedRotary: Bool,
+                softmaxScale: Float) {
+        self.queryRank = queryRank
+        self.latentRank = latentRank
+        self.noPositionDim = noPositionDim
+        self.rotaryDim = rotaryDim
+        self.valueDim = valueDim
+        self.interleavedRotary = interleavedRotary
+        self.softmaxScale = softmaxScale
+    }
+
+    /// Per head, the query's width as projected: no-position then rotary values.
+    public var queryHeadDim: Int { noPositionDim + rotaryDim }
+    /// One cached row: the latent, then the rotary key.
+    public var cachedWidth: Int { latentRank + rotaryDim }
+}
+
+/// Which attention block a family's layers use; each is a file under Layers/Attention.
 public enum AttentionKind: Sendable, Equatable {
     /// Multi-head attention with grouped KV heads (Llama, Mistral, Qwen, Mixtral, OLMoE).
     case groupedQuery
+    /// DeepSeek-V2/V3's multi-head latent attention.
+    case latent(LatentAttentionConfig)
 }
 
 /// Everything the decoder needs to know about a model, independent of which architecture's
@@ -131,8 +168,30 @@ public struct DecoderConfig: Sendable {
     public var bosTokenID: Int?
     public var eosTokenIDs: [Int]
 
-    public var queryWidth: Int { headCount * headDim }
-    public var keyValueWidth: Int { keyValueHeadCount * headDim }
+    /// Per token, the queries the attention executor gets: every head's [head_dim] (grouped-query),
+    /// or every head's query in latent space, [kv_lora_rank + qk_rope] (latent attention, absorbed).
+    public var queryWidth: Int {
+        switch attention {
+        case .groupedQuery: return headCount * headDim
+        case .latent(let m): return headCount * m.cachedWidth
+        }
+    }
+    /// Per token, the keys (and the values) the attention executor stores: [kv_heads x head_dim],
+    /// or the cached latent row [kv_lora_rank + qk_rope] (whose leading values are the values).
+    public var keyValueWidth: Int {
+        switch attention {
+        case .groupedQuery: return keyValueHeadCount * headDim
+        case .latent(let m): return m.cachedWidth
+        }
+    }
+    /// Per token, the attention executor's output: every head's values, [heads x head_dim], or
+    /// [heads x kv_lora_rank] in latent space.
+    public var attentionOutputWidth: Int {
+        switch attention {
+        case .groupedQuery: return headCount * headDim
+        case .latent(let m): return headCount * m.latentRank
+        }
+    }
     public var isMixtureOfExperts: Bool { feedForward.contains { $0.moe != nil } }
 
     /// [rows, columns] of each attention matrix of one layer, in the block's `matrices` order (for
@@ -141,6 +200,13 @@ public struct DecoderConfig: Sendable {
         switch attention {
         case .groupedQuery:
             return [(queryWidth, hiddenSize), (keyValueWidth, hiddenSize), (keyValueWidth, hiddenSize), (hiddenSize, queryWidth)]
+        case .latent(let m):
+            let query: [(rows: Int, columns: Int)] = m.queryRank.map { [($0, hiddenSize), (headCount * m.queryHeadDim, $0)] }
+                ?? [(headCount * m.queryHeadDim, hiddenSize)]
+            return query + [
+                (m.cachedWidth, hiddenSize), (headCount * (m.noPositionDim + m.valueDim), m.latentRank),
+                (headCount * m.latentRank, m.noPositionDim), (hiddenSize, headCount * m.valueDim),
+            ]
         }
     }
 
@@ -148,6 +214,8 @@ public struct DecoderConfig: Sendable {
     public var kvLayout: KVLayout {
         switch attention {
         case .groupedQuery: return KVLayout(layers: layerCount, keyWidth: keyValueWidth, valueWidth: keyValueWidth)
+        // The values are the latent itself, the leading values of each key row: none stored apart.
+        case .latent(let m): return KVLayout(layers: layerCount, keyWidth: m.cachedWidth, valueWidth: 0)
         }
     }
 }

@@ -32,6 +32,7 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
         if name.hasSuffix("experts.gate_up_proj") || name.hasSuffix("e_score_correction_bias") { return false }
         if name.hasSuffix("o_proj.bias") { return c.outputBias }
         if name.hasSuffix("q_proj.bias") || name.hasSuffix("k_proj.bias") || name.hasSuffix("v_proj.bias") { return c.queryKeyValueBias }
+        if name.hasSuffix("q_a_proj.bias") || name.hasSuffix("kv_a_proj_with_mqa.bias") { return c.queryKeyValueBias }
         return true
     }
 

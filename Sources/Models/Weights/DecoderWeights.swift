@@ -45,6 +45,7 @@ public struct DecoderWeights: Sendable {
             let attention: any AttentionBlock
             switch config.attention {
             case .groupedQuery: attention = try GroupedQueryAttention.bind(layer: i, b)
+            case .latent(let m): attention = try LatentAttention.bind(layer: i, m, b)
             }
             let feedForward: FeedForwardLayerWeights
             switch config.feedForward[i] {

@@ -6,6 +6,10 @@ public enum TensorName: Hashable, Sendable {
         case query, key, value, output
         case queryBias, keyBias, valueBias, outputBias
         case queryNorm, keyNorm
+        // Latent attention (DeepSeek): the compressed query path, the latent KV projection (with
+        // the shared rotary key), its norm and up-projection.
+        case queryDown, queryDownBias, queryDownNorm, queryUp
+        case latentDown, latentDownBias, latentNorm, latentUp
     }
 
     case embedding
@@ -43,12 +47,15 @@ public struct HuggingFaceNaming: TensorNaming, Equatable {
     public var expertGate: String
     public var expertUp: String
     public var expertDown: String
+    /// The shared expert's name in the MoE block: "shared_expert" (Qwen2-MoE), "shared_experts" (DeepSeek).
+    public var sharedExpert: String
 
-    public init(moeBlock: String, expertGate: String, expertUp: String, expertDown: String) {
+    public init(moeBlock: String, expertGate: String, expertUp: String, expertDown: String, sharedExpert: String = "shared_expert") {
         self.moeBlock = moeBlock
         self.expertGate = expertGate
         self.expertUp = expertUp
         self.expertDown = expertDown
+        self.sharedExpert = sharedExpert
     }
 
     public static let standard = HuggingFaceNaming(moeBlock: "mlp", expertGate: "gate_proj", expertUp: "up_proj", expertDown: "down_proj")
@@ -75,6 +82,14 @@ public struct HuggingFaceNaming: TensorNaming, Equatable {
             case .outputBias: return a + "o_proj.bias"
             case .queryNorm: return a + "q_norm.weight"
             case .keyNorm: return a + "k_norm.weight"
+            case .queryDown: return a + "q_a_proj.weight"
+            case .queryDownBias: return a + "q_a_proj.bias"
+            case .queryDownNorm: return a + "q_a_layernorm.weight"
+            case .queryUp: return a + "q_b_proj.weight"
+            case .latentDown: return a + "kv_a_proj_with_mqa.weight"
+            case .latentDownBias: return a + "kv_a_proj_with_mqa.bias"
+            case .latentNorm: return a + "kv_a_layernorm.weight"
+            case .latentUp: return a + "kv_b_proj.weight"
             }
         case .mlp(let l, let p): return layer(l) + "mlp." + projection(p) + ".weight"
         case .router(let l): return layer(l) + moeBlock + ".gate.weight"
@@ -84,7 +99,7 @@ public struct HuggingFaceNaming: TensorNaming, Equatable {
             return layer(l) + moeBlock + ".experts.\(e)." + stored + ".weight"
         case .stackedExpertsGateUp(let l): return layer(l) + moeBlock + ".experts.gate_up_proj"
         case .stackedExpertsDown(let l): return layer(l) + moeBlock + ".experts.down_proj"
-        case .sharedExpert(let l, let p): return layer(l) + moeBlock + ".shared_expert." + projection(p) + ".weight"
+        case .sharedExpert(let l, let p): return layer(l) + moeBlock + "." + sharedExpert + "." + projection(p) + ".weight"
         case .sharedExpertGate(let l): return layer(l) + moeBlock + ".shared_expert_gate.weight"
         }
     }

@@ -17,7 +17,7 @@ import SwitchyardSupport
 /// per layer only what attention needs crosses: queries and new keys/values out, outputs back.
 public enum AttentionWire {
     /// Bumped on any change of a frame's layout.
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     /// The largest frame either side accepts (a prefill chunk of 64 tokens of a 70B-class model is
     /// about 3 MiB).
     public static let maxFrameBytes = 256 << 20
@@ -70,11 +70,9 @@ public struct AttendHeader: Sendable, Equatable {
         self.slots = slots
     }
 
-    public var queryWidth: Int { shape.heads * shape.headDim }
-    public var keyValueWidth: Int { shape.keyValueHeads * shape.headDim }
     /// Fixed fields, then 12 bytes per slot.
-    static let fixedBytes = 7 * 4
-    public var tensorBytes: Int { slots.count * (queryWidth + 2 * keyValueWidth) * 4 }
+    static let fixedBytes = 9 * 4
+    public var tensorBytes: Int { slots.count * (shape.queryWidth + shape.keyWidth + shape.valueWidth) * 4 }
     public var payloadBytes: Int { Self.fixedBytes + slots.count * 12 + tensorBytes }
 }
 
@@ -84,7 +82,7 @@ public enum WireRequest: Sendable {
     case reserve(capacity: Int)
     case free(sequence: UInt64)
     case truncate(sequence: UInt64, length: Int)
-    /// Queries [T, heads x head_dim], keys and values [T, kv_heads x head_dim], float32.
+    /// Queries [T, shape.queryWidth], keys [T, shape.keyWidth], values [T, shape.valueWidth], float32.
     case attend(AttendHeader, queries: [Float], keys: [Float], values: [Float])
     case status
 }
@@ -116,7 +114,7 @@ public enum WireReply: Sendable {
     case reserved(sequence: UInt64, inUse: Int)
     case freed(inUse: Int)
     case truncated
-    /// Outputs [T, heads x head_dim], float32.
+    /// Outputs [T, shape.outputWidth], float32.
     case attended([Float])
     case status(WorkerStatus)
     case error(String)
@@ -196,7 +194,7 @@ extension AttentionWire {
         values: UnsafePointer<Float>, into b: inout ByteBuffer
     ) {
         precondition(rows.count == header.slots.count)
-        let qW = header.queryWidth, kvW = header.keyValueWidth
+        let qW = header.shape.queryWidth, kW = header.shape.keyWidth, vW = header.shape.valueWidth
         b.reserveCapacity(minimumWritableBytes: 13 + header.payloadBytes)
         let start = b.startFrame(.attend, id: id)
         b.writeU32(header.layer)
@@ -205,14 +203,16 @@ extension AttentionWire {
         b.writeU32(header.shape.headDim)
         b.writeInteger(header.shape.scale.bitPattern, endianness: .little)
         b.writeU32(header.shape.window ?? 0)
+        b.writeU32(header.shape.valueDim)
+        b.writeU32(header.shape.valuesInKeys ? 1 : 0)
         b.writeU32(header.slots.count)
         for slot in header.slots {
             b.writeU64(slot.sequence)
             b.writeU32(slot.position)
         }
         for r in rows { b.writeFloats(queries + r * qW, count: qW) }
-        for r in rows { b.writeFloats(keys + r * kvW, count: kvW) }
-        for r in rows { b.writeFloats(values + r * kvW, count: kvW) }
+        for r in rows { b.writeFloats(keys + r * kW, count: kW) }
+        for r in rows { b.writeFloats(values + r * vW, count: vW) }
         b.finishFrame(at: start)
     }
 
@@ -374,7 +374,8 @@ extension AttentionWire {
         case .attend:
             let layer = try r.u32("layer"), heads = try r.u32("heads"), kvHeads = try r.u32("kv heads"), headDim = try r.u32("head dim")
             let scale = Float(bitPattern: UInt32(try r.u32("scale")))
-            let window = try r.u32("window"), count = try r.u32("tokens")
+            let window = try r.u32("window"), valueDim = try r.u32("value dim"), inKeys = try r.u32("values-in-keys flag")
+            let count = try r.u32("tokens")
             try check(layer, 0...(maxLayers - 1), "layer", r.what)
             try check(heads, 1...maxHeads, "heads", r.what)
             try check(kvHeads, 1...heads, "kv heads", r.what)
@@ -382,6 +383,11 @@ extension AttentionWire {
             try check(headDim, 1...maxHeadDim, "head dim", r.what)
             guard scale.isFinite else { throw WireError("\(r.what): the scale is not finite") }
             try check(window, 0...maxPositions, "window", r.what)
+            try check(valueDim, 1...maxHeadDim, "value dim", r.what)
+            try check(inKeys, 0...1, "values-in-keys flag", r.what)
+            guard inKeys == 0 || valueDim <= headDim else {
+                throw WireError("\(r.what): values of \(valueDim) cannot be the leading values of keys of \(headDim)")
+            }
             try check(count, 1...maxTokens, "tokens", r.what)
             var slots: [RemoteSlot] = []
             slots.reserveCapacity(count)
@@ -391,15 +397,17 @@ extension AttentionWire {
                 slots.append(RemoteSlot(sequence: sequence, position: position))
             }
             let header = AttendHeader(
-                layer: layer, shape: AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: headDim, scale: scale, window: window == 0 ? nil : window),
+                layer: layer,
+                shape: AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: headDim, scale: scale, window: window == 0 ? nil : window,
+                                      valueDim: valueDim, valuesInKeys: inKeys == 1),
                 slots: slots)
             // Each factor is bounded above, so these products cannot overflow.
             guard r.buffer.readableBytes == header.tensorBytes else {
                 throw WireError("\(r.what): \(r.buffer.readableBytes) bytes of tensors for \(count) tokens of \(heads) query and \(kvHeads) kv heads of \(headDim), \(header.tensorBytes) expected")
             }
-            let q = try r.floats(count * header.queryWidth, "queries")
-            let k = try r.floats(count * header.keyValueWidth, "keys")
-            let v = try r.floats(count * header.keyValueWidth, "values")
+            let q = try r.floats(count * header.shape.queryWidth, "queries")
+            let k = try r.floats(count * header.shape.keyWidth, "keys")
+            let v = try r.floats(count * header.shape.valueWidth, "values")
             request = .attend(header, queries: q, keys: k, values: v)
         default:
             throw WireError("unknown request kind \(frame.kind)")

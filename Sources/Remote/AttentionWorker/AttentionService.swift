@@ -126,11 +126,11 @@ public final class AttentionService {
         let cache = try ready()
         let layout = cache.layout
         guard h.layer < layout.layers else { throw WireError("attend: layer \(h.layer) of a model of \(layout.layers) layers") }
-        guard h.keyValueWidth == layout.keyWidth, h.keyValueWidth == layout.valueWidth else {
-            throw WireError("attend: \(h.shape.keyValueHeads) kv heads of \(h.shape.headDim) do not match the KV layout (\(layout.keyWidth) + \(layout.valueWidth))")
+        guard h.shape.keyWidth == layout.keyWidth, h.shape.valueWidth == layout.valueWidth else {
+            throw WireError("attend: keys of \(h.shape.keyWidth) and values of \(h.shape.valueWidth) per token do not match the KV layout (\(layout.keyWidth) + \(layout.valueWidth))")
         }
-        guard element != .int8 || h.shape.headDim % 16 == 0 else {
-            throw WireError("attend: an int8 KV cache needs a head width that is a multiple of 16, not \(h.shape.headDim)")
+        guard element != .int8 || (h.shape.headDim % 16 == 0 && h.shape.valueDim % 16 == 0) else {
+            throw WireError("attend: an int8 KV cache needs head widths that are multiples of 16, not \(h.shape.headDim) and \(h.shape.valueDim)")
         }
         // Every position must follow what the sequence holds, in order: attention never reads a
         // row that was not written.
@@ -151,7 +151,7 @@ public final class AttentionService {
             slots.append(TokenSlot(sequence: id, position: slot.position))
         }
         for (id, f) in filled where f > sequences[id]!.filled[h.layer] { sequences[id]!.filled[h.layer] = f }
-        var out = [Float](repeating: 0, count: h.slots.count * h.queryWidth)
+        var out = [Float](repeating: 0, count: h.slots.count * h.shape.outputWidth)
         let attention = attention!
         q.withUnsafeBufferPointer { q in
             k.withUnsafeBufferPointer { k in

@@ -252,12 +252,13 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
         /// The link each request went on (not a worker index: the worker list may change meanwhile).
         var requests: [(link: WorkerLink, id: UInt64, rows: [Int])] = []
         let output: UnsafeMutablePointer<Float>
-        let queryWidth: Int
+        /// Per token, the outputs' width.
+        let outputWidth: Int
         let layer: Int
         let sent = ContinuousClock.now
-        init(output: UnsafeMutablePointer<Float>, queryWidth: Int, layer: Int) {
+        init(output: UnsafeMutablePointer<Float>, outputWidth: Int, layer: Int) {
             self.output = output
-            self.queryWidth = queryWidth
+            self.outputWidth = outputWidth
             self.layer = layer
         }
     }
@@ -290,7 +291,7 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
                 remoteSlots[p.worker, default: []].append(RemoteSlot(sequence: p.remote, position: slot.position))
             }
             // Every worker's request goes out before any reply is awaited: the workers compute at once.
-            let pending = Pending(output: output, queryWidth: shape.heads * shape.headDim, layer: layer)
+            let pending = Pending(output: output, outputWidth: shape.outputWidth, layer: layer)
             for (w, r) in rows.sorted(by: { $0.key < $1.key }) {
                 let header = AttendHeader(layer: layer, shape: shape, slots: remoteSlots[w]!)
                 let id = workers[w].link!.send { id, b in
@@ -310,7 +311,7 @@ public final class RemoteAttention: AsynchronousAttention, RelocatableKVCache, @
 
     public func finish(_ pending: any PendingAttention) throws(WorkFailure) {
         let p = pending as! Pending
-        let qW = p.queryWidth
+        let qW = p.outputWidth
         try locked { () throws(WorkFailure) in
             var failure: WorkFailure?
             var latest = p.sent

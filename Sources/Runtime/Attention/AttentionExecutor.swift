@@ -6,18 +6,33 @@ import SwitchyardSupport
 public struct AttentionShape: Sendable, Equatable {
     public var heads: Int
     public var keyValueHeads: Int
+    /// Per head, the width of queries and keys.
     public var headDim: Int
     public var scale: Float
     /// Attend to the last `window` positions only (nil: all of them).
     public var window: Int?
+    /// Per head, the width of values and of the output: `headDim` but for latent attention.
+    public var valueDim: Int
+    /// The values are the leading `valueDim` values of each key row, none stored apart (latent
+    /// attention, whose key row is the latent then the rotary key).
+    public var valuesInKeys: Bool
 
-    public init(heads: Int, keyValueHeads: Int, headDim: Int, scale: Float, window: Int?) {
+    public init(heads: Int, keyValueHeads: Int, headDim: Int, scale: Float, window: Int?, valueDim: Int? = nil, valuesInKeys: Bool = false) {
         self.heads = heads
         self.keyValueHeads = keyValueHeads
         self.headDim = headDim
         self.scale = scale
         self.window = window
+        self.valueDim = valueDim ?? headDim
+        self.valuesInKeys = valuesInKeys
     }
+
+    /// Per token: queries [heads x headDim], keys [kv_heads x headDim], values [kv_heads x
+    /// valueDim] (none when in the keys), outputs [heads x valueDim].
+    public var queryWidth: Int { heads * headDim }
+    public var keyWidth: Int { keyValueHeads * headDim }
+    public var valueWidth: Int { valuesInKeys ? 0 : keyValueHeads * valueDim }
+    public var outputWidth: Int { heads * valueDim }
 }
 
 /// Where attention over the KV cache is computed: on this host over host rows (`LocalAttention`),
@@ -26,8 +41,8 @@ public struct AttentionShape: Sendable, Equatable {
 public protocol AttentionExecutor: AnyObject, Sendable {
     /// The cache holding every sequence's keys and values.
     var cache: any KVCache { get }
-    /// For each token t of the step: stores keys[t] and values[t] ([keyValueHeads x headDim] each)
-    /// at `slots[t]` of `layer`, then writes output[t] ([heads x headDim]) = softmax(q · Kᵀ ·
+    /// For each token t of the step: stores keys[t] and values[t] ([shape.keyWidth] and
+    /// [shape.valueWidth]) at `slots[t]` of `layer`, then writes output[t] ([shape.outputWidth]) = softmax(q · Kᵀ ·
     /// scale) · V over its own sequence's positions up to and including `slots[t].position` (the
     /// last `window` of them with a window). Tokens of one sequence come in position order.
     /// - Parameter scratch: work memory the executor may use during the call.
@@ -86,35 +101,47 @@ public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
         layer: Int, shape: AttentionShape, queries: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
         slots: [TokenSlot], output: UnsafeMutablePointer<Float>, scratch: FloatBuffer
     ) throws(WorkFailure) {
-        let kvW = shape.keyValueHeads * shape.headDim
-        precondition(hostCache.layout.keyWidth == kvW && hostCache.layout.valueWidth == kvW, "a grouped-query cache row is [kv_heads x head_dim]")
+        let kW = shape.keyWidth, vW = shape.valueWidth
+        precondition(hostCache.layout.keyWidth == kW && hostCache.layout.valueWidth == vW, "the cache's rows are the shape's keys and values")
         for (t, slot) in slots.enumerated() {
-            hostCache.append(slot.sequence, layer: layer, position: slot.position, keys: keys + t * kvW, values: values + t * kvW, count: 1)
+            hostCache.append(slot.sequence, layer: layer, position: slot.position, keys: keys + t * kW, values: values + t * vW, count: 1)
         }
-        let hd = shape.headDim, rowBytes = hostCache.element.rowBytes(kvW)
+        // Latent attention reads its values from the key rows.
+        let valueRows = shape.valuesInKeys ? kW : vW, vd = shape.valueDim
+        let hd = shape.headDim, keyBytes = hostCache.element.rowBytes(kW), valueBytes = hostCache.element.rowBytes(valueRows)
         switch hostCache.element {
         case .f32:
-            attendAll(layer, shape, queries, slots, output, scratch) { row, kv in F32Rows(row.assumingMemoryBound(to: Float.self) + kv * hd, kvW) }
+            attendAll(layer, shape, queries, slots, output, scratch,
+                      keyRows: { row, kv in F32Rows(row.assumingMemoryBound(to: Float.self) + kv * hd, kW) },
+                      valueRows: { row, kv in F32Rows(row.assumingMemoryBound(to: Float.self) + kv * vd, valueRows) })
         case .bf16:
-            attendAll(layer, shape, queries, slots, output, scratch) { row, kv in BF16Rows(row.assumingMemoryBound(to: UInt16.self) + kv * hd, kvW) }
+            attendAll(layer, shape, queries, slots, output, scratch,
+                      keyRows: { row, kv in BF16Rows(row.assumingMemoryBound(to: UInt16.self) + kv * hd, kW) },
+                      valueRows: { row, kv in BF16Rows(row.assumingMemoryBound(to: UInt16.self) + kv * vd, valueRows) })
         case .int8:
-            precondition(hd % 16 == 0, "int8 rows need a head width that is a multiple of 16")
-            attendAll(layer, shape, queries, slots, output, scratch) { row, kv in
-                Int8Rows(row.assumingMemoryBound(to: Int8.self) + kv * hd, rowBytes,
-                         scales: (row + kvW).assumingMemoryBound(to: Float.self) + kv * hd / 16, scaleStride: rowBytes / 4)
-            }
+            precondition(hd % 16 == 0 && vd % 16 == 0, "int8 rows need head widths that are multiples of 16")
+            attendAll(layer, shape, queries, slots, output, scratch,
+                      keyRows: { row, kv in
+                          Int8Rows(row.assumingMemoryBound(to: Int8.self) + kv * hd, keyBytes,
+                                   scales: (row + kW).assumingMemoryBound(to: Float.self) + kv * hd / 16, scaleStride: keyBytes / 4)
+                      },
+                      valueRows: { row, kv in
+                          Int8Rows(row.assumingMemoryBound(to: Int8.self) + kv * vd, valueBytes,
+                                   scales: (row + valueRows).assumingMemoryBound(to: Float.self) + kv * vd / 16, scaleStride: valueBytes / 4)
+                      })
         }
     }
 
-    /// Every (token, KV head) through the kernel; `rows(slab, kvHead)` reads one KV head's rows of
-    /// a slab (called once per work item, never per value).
-    private func attendAll<Rows: KeyValueRows>(
+    /// Every (token, KV head) through the kernel; `keyRows(slab, kvHead)` and `valueRows` read one
+    /// KV head's rows of a slab (called once per work item, never per value).
+    private func attendAll<Keys: KeyValueRows, Values: KeyValueRows>(
         _ layer: Int, _ shape: AttentionShape, _ queries: UnsafePointer<Float>, _ slots: [TokenSlot], _ output: UnsafeMutablePointer<Float>,
-        _ scratch: FloatBuffer, rows: (UnsafeRawPointer, Int) -> Rows
+        _ scratch: FloatBuffer, keyRows: (UnsafeRawPointer, Int) -> Keys, valueRows: (UnsafeRawPointer, Int) -> Values
     ) {
         let T = slots.count
-        let heads = shape.heads, kvHeads = shape.keyValueHeads, hd = shape.headDim
-        let qW = heads * hd
+        let heads = shape.heads, kvHeads = shape.keyValueHeads, hd = shape.headDim, vd = shape.valueDim
+        let qW = shape.queryWidth, oW = shape.outputWidth
+        let inKeys = shape.valuesInKeys
         // Each sequence's rows once per call, not once per token and head.
         var slabs: [SequenceID: (keys: UnsafeRawPointer, values: UnsafeRawPointer)] = [:]
         for slot in slots where slabs[slot.sequence] == nil { slabs[slot.sequence] = hostCache.rows(of: slot.sequence, layer: layer) }
@@ -127,10 +154,10 @@ public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
             let t = item / kvHeads, kv = item % kvHeads
             let position = slots[t].position
             attendGroup(
-                queries: queries + t * qW + kv * group * hd, group: group, headDim: hd, scale: scale,
-                keys: rows(bases[t].keys, kv), values: rows(bases[t].values, kv),
+                queries: queries + t * qW + kv * group * hd, group: group, headDim: hd, valueDim: vd, scale: scale,
+                keys: keyRows(bases[t].keys, kv), values: valueRows(inKeys ? bases[t].keys : bases[t].values, kv),
                 first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
-                tile: tiles + item * group * 16, output: output + t * qW + kv * group * hd)
+                tile: tiles + item * group * 16, output: output + t * oW + kv * group * vd)
         }
     }
 }
