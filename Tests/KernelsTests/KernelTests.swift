@@ -218,13 +218,13 @@ struct AttentionTests {
         }
         var tile = [Float](repeating: 0, count: group * 16), out = [Float](repeating: 0, count: group * hd)
         kb.withUnsafeBufferPointer { kp in vb.withUnsafeBufferPointer { vp in
-            attendGroup(queries: q, group: group, headDim: hd, scale: 0.2, keys: BF16Rows(kp.baseAddress! + hd, stride), values: BF16Rows(vp.baseAddress! + hd, stride),
+            attendGroup(queries: q, group: group, headDim: hd, valueDim: hd, scale: 0.2, keys: BF16Rows(kp.baseAddress! + hd, stride), values: BF16Rows(vp.baseAddress! + hd, stride),
                         first: 0, last: positions - 1, tile: &tile, output: &out)
         } }
         let bf16Expected = reference(kb.map { Float(bitPattern: UInt32($0) << 16) }, vb.map { Float(bitPattern: UInt32($0) << 16) })
         for (a, b) in zip(out, bf16Expected) { #expect(abs(a - b) <= 1e-5 * max(1, abs(b))) }
         kc.withUnsafeBufferPointer { kp in vc.withUnsafeBufferPointer { vp in ks.withUnsafeBufferPointer { kss in vs.withUnsafeBufferPointer { vss in
-            attendGroup(queries: q, group: group, headDim: hd, scale: 0.2,
+            attendGroup(queries: q, group: group, headDim: hd, valueDim: hd, scale: 0.2,
                         keys: Int8Rows(kp.baseAddress! + hd, stride, scales: kss.baseAddress! + hd / 16, scaleStride: stride / 16),
                         values: Int8Rows(vp.baseAddress! + hd, stride, scales: vss.baseAddress! + hd / 16, scaleStride: stride / 16),
                         first: 0, last: positions - 1, tile: &tile, output: &out)

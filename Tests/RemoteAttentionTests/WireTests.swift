@@ -79,7 +79,7 @@ struct WireTests {
         func reply(_ f: Frame) -> WireReply { service.handle(f, connection: 1) }
         // Before hello the layout is unknown.
         #expect(errorText(reply(try frame { AttentionWire.reserve(id: 1, capacity: 4, into: &$0) }))?.contains("no hello") == true)
-        #expect(errorText(reply(rawFrame(1, [2, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0, 0])))?.contains("version") == true)
+        #expect(errorText(reply(rawFrame(1, [1, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0, 0])))?.contains("version") == true)
         guard case .hello = reply(try frame { AttentionWire.hello(id: 1, layout: layout, into: &$0) }) else { Issue.record("hello refused"); return }
         guard case .reserved(let seq, _) = reply(try frame { AttentionWire.reserve(id: 2, capacity: 4, into: &$0) }) else {
             Issue.record("reserve refused"); return
