@@ -220,7 +220,7 @@ extension Model {
     }
 
     private func context(_ b: MicroBatch) -> LayerContext {
-        LayerContext(config: config, device: device, attention: attention, workspace: b.workspace)
+        LayerContext(config: config, device: device, attention: attention, workspace: b.workspace, latentForm: latentAttentionForm)
     }
 
     /// The first half of layer `b.layer`: input norm, projections, and the attention started.
@@ -232,6 +232,7 @@ extension Model {
             rmsNorm(x + t * H, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, output: xn + t * H, count: H)
         }
         let shape = layer.attention.project(layer: b.layer, input: xn, tokens: T, context: context(b))
+        if layer.attention.attendDirectly(layer: b.layer, shape: shape, slots: b.slots, context: context(b)) { return }
         b.pending = try attention.start(
             layer: b.layer, shape: shape, queries: s.query.pointer, keys: s.key.pointer, values: s.value.pointer, slots: b.slots,
             output: s.attention.pointer, scratch: s.scores)

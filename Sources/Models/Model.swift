@@ -28,6 +28,10 @@ public final class Model: @unchecked Sendable {
     /// Prompt tokens new sessions push through the layers at once (`Session.chunkSize`).
     public var promptChunk = Model.defaultPromptChunk
     public static let defaultPromptChunk = 64
+    /// How latent attention (DeepSeek) computes each step: by the cost of each form for the
+    /// step's tokens and context (automatic), or always one form. Both give the same results
+    /// within float32 rounding.
+    public var latentAttentionForm = LatentAttentionForm.automatic
 
     /// - Parameters:
     ///   - loaded: the model as read; its weights are used unless placement gives `weights`.

@@ -16,6 +16,11 @@ public final class Workspace {
     let routerLogits = FloatBuffer(), gathered = FloatBuffer(), expertOutput = FloatBuffer()
     /// Latent attention: the compressed query, every head's full query, every head's values.
     let compressedQuery = FloatBuffer(), fullQuery = FloatBuffer(), headValues = FloatBuffer()
+    /// Latent attention expanded: a sequence's cached rows widened to float32, and one head's keys
+    /// and values up-projected from them.
+    let latentRows = FloatBuffer(), expandedRows = FloatBuffer()
+    /// Whether the latest latent attention step ran expanded (its outputs are per-head values).
+    var latentExpanded = false
     /// Per token of the step: cos then sin of its position, rotaryDim / 2 each.
     let cosSin = FloatBuffer()
     var rotaryDim = 0

@@ -65,9 +65,49 @@ struct FixtureNumericsTests {
     }
 }
 
+@Suite("Latent attention: both forms")
+struct LatentAttentionFormTests {
+    /// Each form alone, in one pass, in chunks of 3 and token by token through the latent cache,
+    /// against transformers; and the two forms against each other.
+    @Test(arguments: ["deepseek_v2", "deepseek_v3"], [LatentAttentionForm.absorbed, .expanded])
+    func formMatchesTransformers(arch: String, form: LatentAttentionForm) throws {
+        let reference = try Reference(arch)
+        let model = try Model(directory: fixturePath(arch), threads: 2)
+        model.latentAttentionForm = form
+        let v = reference.vocab
+        let whole = try model.makeSession(contextLength: 64).forward(reference.promptTokens, allLogits: true)
+        let chunked = try model.makeSession(contextLength: 64)
+        chunked.chunkSize = 3
+        let parts = try chunked.forward(reference.promptTokens, allLogits: true)
+        let stepped = try model.makeSession(contextLength: 64)
+        var steps: [Float] = []
+        for token in reference.promptTokens { steps += try stepped.forward([token]) }
+        #expect(stepped.workspace.latentExpanded == (form == .expanded), "the step did not run \(form)")
+        for logits in [whole, parts, steps] {
+            #expect(worstPositionError(logits, reference.logits, vocab: v) <= 1e-4, "\(arch) \(form)")
+        }
+        model.latentAttentionForm = form == .absorbed ? .expanded : .absorbed
+        let other = try model.makeSession(contextLength: 64).forward(reference.promptTokens, allLogits: true)
+        #expect(worstPositionError(other, whole, vocab: v) <= 1e-5, "\(arch): the forms differ")
+    }
+
+    @Test func automaticChoiceFollowsTheCost() throws {
+        // DeepSeek-V2-Lite's attention: decode is cheaper absorbed, a long first chunk expanded.
+        let m = LatentAttentionConfig(queryRank: nil, latentRank: 512, noPositionDim: 128, rotaryDim: 64, valueDim: 128,
+                                      interleavedRotary: true, softmaxScale: 1)
+        let decode = LatentAttentionForm.cost(m, tokens: 1, positionsSeen: 1000, context: 1000)
+        #expect(decode.absorbed < decode.expanded)
+        let prefill = LatentAttentionForm.cost(m, tokens: 512, positionsSeen: 512 * 513 / 2, context: 512)
+        #expect(prefill.expanded < prefill.absorbed)
+        // A chunk of 64 late in a long prompt re-expands the whole context: absorbed wins again.
+        let late = LatentAttentionForm.cost(m, tokens: 64, positionsSeen: 64 * 4000, context: 4064)
+        #expect(late.absorbed < late.expanded)
+    }
+}
+
 @Suite("batched steps")
 struct BatchedForwardTests {
-    @Test("several sequences in one step give exactly their solo logits", arguments: ["qwen2_moe", "mixtral", "olmoe"])
+    @Test("several sequences in one step give exactly their solo logits", arguments: ["qwen2_moe", "mixtral", "olmoe", "deepseek_v2", "deepseek_v3"])
     func batchEqualsSolo(arch: String) throws {
         let model = try Model(directory: fixturePath(arch), threads: 2)
         let prompts = [[1, 450, 2030], [1, 15043, 3186, 29892, 2748], [1, 2]]

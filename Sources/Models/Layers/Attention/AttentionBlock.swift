@@ -11,6 +11,8 @@ public struct LayerContext {
     public let attention: AttentionExecutor
     /// Work memory of this step.
     public let workspace: Workspace
+    /// How latent attention computes this step.
+    public let latentForm: LatentAttentionForm
 }
 
 /// One layer's attention: its weights and how it computes, one variant per file in this folder
@@ -29,17 +31,25 @@ public protocol AttentionBlock: Sendable {
     func project(layer: Int, input: UnsafePointer<Float>, tokens: Int, context: LayerContext) -> AttentionShape
     /// output[T, hidden] from the workspace's attention outputs [T, heads x head_dim].
     func outputProjection(output: UnsafeMutablePointer<Float>, tokens: Int, context: LayerContext)
+    /// Stores the step's keys and values and computes its attention itself, when the block has a
+    /// cheaper way for this step than the executor's (latent attention expanded per head, over a
+    /// cache on this host); false leaves both to the executor.
+    func attendDirectly(layer: Int, shape: AttentionShape, slots: [TokenSlot], context: LayerContext) -> Bool
 }
 
 extension AttentionBlock {
+    public func attendDirectly(layer: Int, shape: AttentionShape, slots: [TokenSlot], context: LayerContext) -> Bool { false }
+
     /// output[T, hidden] = attention(input[T, hidden]) for the step's tokens at `slots`, the
     /// attention itself through `context.attention` (which stores the new keys and values).
     public func forward(layer: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, slots: [TokenSlot],
                         context: LayerContext) throws(WorkFailure) {
         let s = context.workspace
         let shape = project(layer: layer, input: input, tokens: slots.count, context: context)
-        try context.attention.attend(layer: layer, shape: shape, queries: s.query.pointer, keys: s.key.pointer, values: s.value.pointer,
-                                     slots: slots, output: s.attention.pointer, scratch: s.scores)
+        if !attendDirectly(layer: layer, shape: shape, slots: slots, context: context) {
+            try context.attention.attend(layer: layer, shape: shape, queries: s.query.pointer, keys: s.key.pointer, values: s.value.pointer,
+                                         slots: slots, output: s.attention.pointer, scratch: s.scores)
+        }
         outputProjection(output: output, tokens: slots.count, context: context)
     }
 }

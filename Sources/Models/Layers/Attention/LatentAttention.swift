@@ -112,6 +112,7 @@ public struct LatentAttention: AttentionBlock {
         let H = c.hiddenSize, heads = c.headCount, qhd = m.queryHeadDim, R = m.latentRank, cw = m.cachedWidth
         let nope = m.noPositionDim, rope = m.rotaryDim
         let fullWidth = heads * qhd
+        s.latentExpanded = false
         s.fullQuery.reserve(T * fullWidth)
         let full = s.fullQuery.pointer
         if let queryDown, let norm = queryDownNorm {
@@ -157,8 +158,9 @@ public struct LatentAttention: AttentionBlock {
         let H = c.hiddenSize, heads = c.headCount, R = m.latentRank, v = m.valueDim, perHead = m.noPositionDim + m.valueDim
         s.headValues.reserve(T * heads * v)
         let values = s.headValues.pointer, latent = s.attention.pointer
-        // Each head's output out of latent space: W_UV_h · (attention-weighted latent).
-        for h in 0..<heads {
+        // Each head's output out of latent space: W_UV_h · (attention-weighted latent), unless the
+        // expanded form computed the values themselves.
+        for h in 0..<heads where !s.latentExpanded {
             device.linear(latentUp.rows(h * perHead + m.noPositionDim..<(h + 1) * perHead), input: latent + h * R, inputStride: heads * R,
                           output: values + h * v, outputStride: heads * v, tokens: T)
         }
@@ -166,5 +168,112 @@ public struct LatentAttention: AttentionBlock {
         if let b = outputBias {
             for t in 0..<T { for i in 0..<H { out[t * H + i] += b[i] } }
         }
+    }
+
+    public func attendDirectly(layer: Int, shape: AttentionShape, slots: [TokenSlot], context: LayerContext) -> Bool {
+        guard case .latent(let m) = context.config.attention, context.latentForm != .absorbed,
+              let local = context.attention as? LocalAttention else { return false }
+        // Each sequence's tokens in the step, in order, and the context its last one sees.
+        var order: [SequenceID] = []
+        var tokens: [SequenceID: [Int]] = [:]
+        for (t, slot) in slots.enumerated() {
+            if tokens[slot.sequence] == nil { order.append(slot.sequence) }
+            tokens[slot.sequence, default: []].append(t)
+        }
+        if context.latentForm == .automatic {
+            var absorbed = 0, expanded = 0
+            for sequence in order {
+                let mine = tokens[sequence]!
+                let seen = mine.reduce(0) { $0 + slots[$1].position + 1 }
+                let cost = LatentAttentionForm.cost(m, tokens: mine.count, positionsSeen: seen, context: slots[mine.last!].position + 1)
+                absorbed += cost.absorbed
+                expanded += cost.expanded
+            }
+            guard expanded < absorbed else { return false }
+        }
+        attendExpanded(layer: layer, m, cache: local.hostCache, pool: local.pool, order: order, tokens: tokens, slots: slots, context: context)
+        return true
+    }
+
+    /// Attention with keys and values up-projected per head from the cached rows: for each sequence
+    /// of the step, its rows 0...last widened to float32, then per head K_h = [W_UK_h c, k_r] and
+    /// V_h = W_UV_h c for every position, and each of its tokens attends over them, straight into
+    /// the per-head values that `outputProjection` takes.
+    private func attendExpanded(
+        layer: Int, _ m: LatentAttentionConfig, cache: any HostKVCache, pool: ThreadPool, order: [SequenceID], tokens: [SequenceID: [Int]],
+        slots: [TokenSlot], context: LayerContext
+    ) {
+        let c = context.config, s = context.workspace, device = context.device
+        let heads = c.headCount, R = m.latentRank, cw = m.cachedWidth, nope = m.noPositionDim, rope = m.rotaryDim
+        let qhd = m.queryHeadDim, v = m.valueDim, perHead = nope + v, fullWidth = heads * qhd
+        let rowWidth = qhd + v  // one position of one head: [k_nope, k_rope, v]
+        let k = s.key.pointer
+        for (t, slot) in slots.enumerated() {
+            cache.append(slot.sequence, layer: layer, position: slot.position, keys: k + t * cw, values: k, count: 1)
+        }
+        s.latentExpanded = true
+        s.headValues.reserve(slots.count * heads * v)
+        let full = s.fullQuery.pointer, out = s.headValues.pointer
+        for sequence in order {
+            let mine = tokens[sequence]!
+            let positions = slots[mine.last!].position + 1
+            s.latentRows.reserve(positions * cw)
+            s.expandedRows.reserve(positions * rowWidth)
+            s.scores.reserve(mine.count * 16)
+            let rows = s.latentRows.pointer, expanded = s.expandedRows.pointer, tiles = s.scores.pointer
+            Self.widen(cache, sequence: sequence, layer: layer, width: cw, positions: positions, into: rows, pool: pool)
+            for h in 0..<heads {
+                device.linear(latentUp.rows(h * perHead..<h * perHead + nope), input: rows, inputStride: cw,
+                              output: expanded, outputStride: rowWidth, tokens: positions)
+                device.linear(latentUp.rows(h * perHead + nope..<(h + 1) * perHead), input: rows, inputStride: cw,
+                              output: expanded + qhd, outputStride: rowWidth, tokens: positions)
+                for j in 0..<positions { (expanded + j * rowWidth + nope).update(from: rows + j * cw + R, count: rope) }
+                pool.parallelFor(mine.count) { i in
+                    let t = mine[i]
+                    attendGroup(
+                        queries: full + t * fullWidth + h * qhd, group: 1, headDim: qhd, valueDim: v, scale: m.softmaxScale,
+                        keys: F32Rows(expanded, rowWidth), values: F32Rows(expanded + qhd, rowWidth), first: 0, last: slots[t].position,
+                        tile: tiles + i * 16, output: out + t * heads * v + h * v)
+                }
+            }
+        }
+    }
+
+    /// Rows 0..<positions of a sequence's cached latent rows, as float32 [positions, width].
+    static func widen(_ cache: any HostKVCache, sequence: SequenceID, layer: Int, width: Int, positions: Int,
+                      into out: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        let base = cache.rows(of: sequence, layer: layer).keys, rowBytes = cache.element.rowBytes(width)
+        out.update(repeating: 0, count: positions * width)
+        for j in 0..<positions {
+            let row = base + j * rowBytes, o = out + j * width
+            switch cache.element {
+            case .f32: o.update(from: row.assumingMemoryBound(to: Float.self), count: width)
+            case .bf16: BF16Rows(row.assumingMemoryBound(to: UInt16.self), width).axpy(1, 0, o, width)
+            case .int8:
+                Int8Rows(row.assumingMemoryBound(to: Int8.self), rowBytes, scales: (row + width).assumingMemoryBound(to: Float.self),
+                         scaleStride: rowBytes / 4).axpy(1, 0, o, width)
+            }
+        }
+    }
+}
+
+/// How latent attention computes a step. Absorbed: each head's query is taken into latent space and
+/// attends over the cached rows (per token and head: kv_lora_rank x (qk_nope + v_head) for the
+/// projections, 2 kv_lora_rank + qk_rope per position seen). Expanded: every position's keys and
+/// values are up-projected per head (kv_lora_rank x (qk_nope + v_head) per position of the
+/// context), then attention is plain (qk_nope + qk_rope + v_head per position seen). Absorbed wins
+/// for decode; expanded for prefill steps of many tokens over a short context.
+public enum LatentAttentionForm: String, Sendable, CaseIterable {
+    case absorbed, expanded
+    /// The form of fewer multiply-adds for each step (expanded only where attention runs on this host).
+    case automatic = "auto"
+
+    /// Multiply-adds per head of each form for one sequence's `tokens` in a step, which see
+    /// `positionsSeen` cached positions in all, the last of them `context`.
+    public static func cost(_ m: LatentAttentionConfig, tokens: Int, positionsSeen: Int, context: Int) -> (absorbed: Int, expanded: Int) {
+        let projections = m.latentRank * (m.noPositionDim + m.valueDim)
+        let absorbed = tokens * projections + positionsSeen * (2 * m.latentRank + m.rotaryDim)
+        let expanded = context * projections + positionsSeen * (m.queryHeadDim + m.valueDim)
+        return (absorbed, expanded)
     }
 }
