@@ -9,6 +9,7 @@ import SwitchyardSupport
 extension EngineOptions.Precision: ExpressibleByArgument {}
 extension EngineOptions.AcceleratorKind: ExpressibleByArgument {}
 extension EngineOptions.ExpertKernel: ExpressibleByArgument {}
+extension LatentAttentionForm: ExpressibleByArgument {}
 extension PipelineSetting: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
 }
@@ -79,6 +80,11 @@ public struct ModelOptions: ParsableArguments {
         "auto, grouped or dense: how a layer's experts run on the CPU.",
         discussion: "grouped: all of them in one pass (two parallel regions); dense: one product each; auto: grouped below the tokens per expert where it measured faster at load. Same bits either way."))
     var expertKernel: EngineOptions.ExpertKernel = .auto
+
+    @Option(name: .customLong("latent-attention"), help: ArgumentHelp(
+        "How DeepSeek's latent attention computes a step: auto, absorbed, expanded.",
+        discussion: "absorbed attends over the cached latent rows (decode's form); expanded up-projects every position's keys and values per head (cheaper for long prefill chunks, on this host only); auto takes the form of fewer operations per step. Same results within float32 rounding."))
+    var latentAttention: LatentAttentionForm = .automatic
 
     @Option(name: .customLong("ubatch"), help: "Prompt tokens per forward pass (default: 64; 512 with --ram-budget or an accelerator, where each pass moves the experts it needs once).")
     var ubatch: Int?
@@ -166,6 +172,7 @@ public struct ModelOptions: ParsableArguments {
         o.learnCosts = !noCostLearning
         o.promptChunk = ubatch
         o.expertKernel = expertKernel
+        o.latentAttention = latentAttention
         o.quantization = quantize.map { WeightQuantization(format: $0, all: quantizeAll) }
         o.randomWeights = randomWeights
         o.residency = noMmap ? .copied : noHugePages ? .mapped : .hugePages

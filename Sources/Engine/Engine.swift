@@ -136,6 +136,7 @@ public final class Engine: @unchecked Sendable {
         }
         let model = Model(loaded, device: device, pool: pool, weights: tiers?.weights, attention: attention, expertExecutor: tiers)
         model.promptChunk = options.effectivePromptChunk
+        model.latentAttentionForm = options.latentAttention
         return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, expertKernelChoice: expertChoice, notes: notes,
                       loadSeconds: (ContinuousClock.now - started).seconds)
     }

@@ -89,6 +89,8 @@ public struct EngineOptions: Sendable {
     public enum ExpertKernel: String, Sendable, CaseIterable {
         case auto, grouped, dense
     }
+    /// How latent attention (DeepSeek) computes each step.
+    public var latentAttention = LatentAttentionForm.automatic
     /// Refuse weights that hold a NaN or an infinity (a pass over every byte at load).
     public var checkTensors = false
     /// Hold every weight the process computes with in its own memory rather than in the files'

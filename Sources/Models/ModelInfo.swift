@@ -13,6 +13,11 @@ public struct ModelInfo: Sendable {
     public var dtypes: [(dtype: String, tensors: Int, bytes: Int)]
     /// float32 keys and values, all layers.
     public var kvCacheBytesPerToken: Int
+    /// Values cached per token per layer: keys and values of every KV head, or latent attention's
+    /// kv_lora_rank + qk_rope.
+    public var kvValuesPerTokenPerLayer: Int
+    /// Weights made at load beside the stored ones (latent attention's W_UKᵀ per head).
+    public var derivedWeightBytes: Int
 
     public init(_ model: Model) {
         let c = model.config
@@ -44,5 +49,7 @@ public struct ModelInfo: Sendable {
         weightBytes = bytes
         dtypes = byType.map { ($0.key, $0.value.0, $0.value.1) }.sorted { $0.bytes > $1.bytes }
         kvCacheBytesPerToken = c.kvLayout.bytesPerPosition
+        kvValuesPerTokenPerLayer = c.kvLayout.keyWidth + c.kvLayout.valueWidth
+        derivedWeightBytes = model.weights.layers.reduce(0) { $0 + (($1.attention as? LatentAttention)?.keyAbsorb.byteCount ?? 0) }
     }
 }
