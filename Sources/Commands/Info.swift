@@ -20,14 +20,22 @@ struct Info: ParsableCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
-    @Flag(name: .customLong("random-weights"), help: "Describe the model from config.json alone, with random weights.")
+    @Flag(name: .customLong("random-weights"), help: "Describe the model from config.json alone (no weights are read or made).")
     var randomWeights = false
 
     func run() throws {
         try reportingErrors {
-            let m = try Model(directory: modelDirectory(model), threads: 1, randomWeights: randomWeights)
-            let c = m.config
-            let info = ModelInfo(m)
+            let info: ModelInfo, c: DecoderConfig
+            if randomWeights {
+                // From config.json alone: no weights are made.
+                let source = try ModelFormats.open(try modelDirectory(model))
+                c = try source.readConfig()
+                info = ModelInfo(config: c, element: try source.storedElement())
+            } else {
+                let m = try Model(directory: modelDirectory(model), threads: 1)
+                c = m.config
+                info = ModelInfo(m)
+            }
             let context = min(contextLength ?? c.maxPositions, c.maxPositions)
             let kv = info.kvCacheBytesPerToken * context
             let moe = c.feedForward.compactMap(\.moe).first
@@ -85,7 +93,7 @@ struct Info: ParsableCommand {
             lines += [
                 "parameters        \(formatCount(info.totalParameters)) total, \(formatCount(info.activeParameters)) active per token\(info.expertParameters > 0 ? ", \(formatCount(info.expertParameters)) in experts" : "")",
                 "dtypes            " + info.dtypes.map { "\($0.dtype): \($0.tensors) tensors, \(formatBytes($0.bytes, digits: 2))" }.joined(separator: "; "),
-                "weights           \(formatBytes(info.weightBytes, digits: 2)) (memory-mapped)"
+                "weights           \(formatBytes(info.weightBytes, digits: 2)) (\(randomWeights ? "from config.json" : "memory-mapped"))"
                     + (info.derivedWeightBytes > 0 ? ", \(formatBytes(info.derivedWeightBytes, digits: 2)) made at load (W_UK transposed per head)" : ""),
                 "KV cache (f32)    \(formatBytes(info.kvCacheBytesPerToken, digits: 2)) per token (\(kvShape)), \(formatBytes(kv, digits: 2)) at \(context) tokens",
                 "memory needed     \(formatBytes(info.weightBytes + info.derivedWeightBytes + kv, digits: 2)) at \(context) tokens",

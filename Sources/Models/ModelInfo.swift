@@ -52,4 +52,47 @@ public struct ModelInfo: Sendable {
         kvValuesPerTokenPerLayer = c.kvLayout.keyWidth + c.kvLayout.valueWidth
         derivedWeightBytes = model.weights.layers.reduce(0) { $0 + (($1.attention as? LatentAttention)?.keyAbsorb.byteCount ?? 0) }
     }
+
+    /// From the config alone, every tensor stored as `element` (what `info --random-weights`
+    /// reports, without making weights: a 671B model's would not fit in memory).
+    public init(config c: DecoderConfig, element: WeightElement) {
+        let H = c.hiddenSize
+        var tensors = 0, values = 0, bytes = 0, experts = 0, inactive = 0, derived = 0
+        func add(_ rows: Int, _ columns: Int, count: Int = 1) {
+            tensors += count
+            values += count * rows * columns
+            bytes += count * rows * (columns % element.blockValues == 0 ? element.rowBytes(columns) : 4 * columns)
+        }
+        add(c.vocabularySize, H)
+        if !c.tieWordEmbeddings { add(c.vocabularySize, H) }
+        add(1, H)
+        for kind in c.feedForward {
+            add(1, H, count: 2)
+            for shape in c.attentionMatrixShapes {
+                if shape.derived { derived += shape.rows * element.rowBytes(shape.columns) } else { add(shape.rows, shape.columns) }
+            }
+            for length in c.attentionVectorLengths { add(1, length) }
+            switch kind {
+            case .dense(let inner):
+                add(inner, H, count: 2); add(H, inner)
+            case .mixtureOfExperts(let m):
+                add(m.expertCount, H)
+                if m.router.selectionBias { add(1, m.expertCount) }
+                if let s = m.sharedExpertIntermediateSize { add(s, H, count: 2); add(H, s) }
+                if m.sharedExpertGated { add(1, H) }
+                let perExpert = 3 * m.expertIntermediateSize * H
+                add(m.expertIntermediateSize, H, count: 2 * m.expertCount); add(H, m.expertIntermediateSize, count: m.expertCount)
+                experts += m.expertCount * perExpert
+                inactive += (m.expertCount - m.expertsPerToken) * perExpert
+            }
+        }
+        totalParameters = values
+        expertParameters = experts
+        activeParameters = values - inactive
+        weightBytes = bytes
+        dtypes = [("\(element)", tensors, bytes)]
+        kvCacheBytesPerToken = c.kvLayout.bytesPerPosition
+        kvValuesPerTokenPerLayer = c.kvLayout.keyWidth + c.kvLayout.valueWidth
+        derivedWeightBytes = derived
+    }
 }

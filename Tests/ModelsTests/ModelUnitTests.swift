@@ -227,6 +227,14 @@ struct RandomWeightsTests {
         }
         #expect(describe(random) == describe(saved))
         #expect(ModelInfo(random).totalParameters == ModelInfo(saved).totalParameters)
+        // From config.json alone, without weights: the same counts and bytes.
+        let planned = ModelInfo(config: saved.config, element: .bf16), loaded = ModelInfo(saved)
+        #expect(planned.totalParameters == loaded.totalParameters, "\(arch)")
+        #expect(planned.activeParameters == loaded.activeParameters, "\(arch)")
+        #expect(planned.expertParameters == loaded.expertParameters, "\(arch)")
+        #expect(planned.weightBytes == loaded.weightBytes, "\(arch)")
+        #expect(planned.derivedWeightBytes == loaded.derivedWeightBytes, "\(arch)")
+        #expect(planned.dtypes.first?.tensors == loaded.dtypes.first?.tensors, "\(arch)")
         let logits = try random.makeSession(contextLength: 8).forward([1, 2, 3])
         #expect(logits.allSatisfy { $0.isFinite })
     }

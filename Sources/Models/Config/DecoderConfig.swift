@@ -195,18 +195,39 @@ public struct DecoderConfig: Sendable {
     public var isMixtureOfExperts: Bool { feedForward.contains { $0.moe != nil } }
 
     /// [rows, columns] of each attention matrix of one layer, in the block's `matrices` order (for
-    /// planning from the config alone).
-    public var attentionMatrixShapes: [(rows: Int, columns: Int)] {
+    /// planning from the config alone); `derived` marks one made at load rather than stored.
+    public var attentionMatrixShapes: [(rows: Int, columns: Int, derived: Bool)] {
         switch attention {
         case .groupedQuery:
-            return [(queryWidth, hiddenSize), (keyValueWidth, hiddenSize), (keyValueWidth, hiddenSize), (hiddenSize, queryWidth)]
+            return [(queryWidth, hiddenSize, false), (keyValueWidth, hiddenSize, false), (keyValueWidth, hiddenSize, false),
+                    (hiddenSize, queryWidth, false)]
         case .latent(let m):
-            let query: [(rows: Int, columns: Int)] = m.queryRank.map { [($0, hiddenSize), (headCount * m.queryHeadDim, $0)] }
-                ?? [(headCount * m.queryHeadDim, hiddenSize)]
+            let query: [(rows: Int, columns: Int, derived: Bool)] = m.queryRank.map { [($0, hiddenSize, false), (headCount * m.queryHeadDim, $0, false)] }
+                ?? [(headCount * m.queryHeadDim, hiddenSize, false)]
             return query + [
-                (m.cachedWidth, hiddenSize), (headCount * (m.noPositionDim + m.valueDim), m.latentRank),
-                (headCount * m.latentRank, m.noPositionDim), (hiddenSize, headCount * m.valueDim),
+                (m.cachedWidth, hiddenSize, false), (headCount * (m.noPositionDim + m.valueDim), m.latentRank, false),
+                (headCount * m.latentRank, m.noPositionDim, true), (hiddenSize, headCount * m.valueDim, false),
             ]
+        }
+    }
+
+    /// The length of every vector a layer's attention stores (biases, norm weights), from the config.
+    public var attentionVectorLengths: [Int] {
+        switch attention {
+        case .groupedQuery:
+            var lengths = queryKeyValueBias ? [queryWidth, keyValueWidth, keyValueWidth] : []
+            if outputBias { lengths.append(hiddenSize) }
+            switch queryKeyNorm {
+            case .none: break
+            case .perHead: lengths += [headDim, headDim]
+            case .wholeProjection: lengths += [queryWidth, keyValueWidth]
+            }
+            return lengths
+        case .latent(let m):
+            var lengths = [m.latentRank] + (m.queryRank.map { [$0] } ?? [])
+            if queryKeyValueBias { lengths += (m.queryRank.map { [$0] } ?? []) + [m.cachedWidth] }
+            if outputBias { lengths.append(hiddenSize) }
+            return lengths
         }
     }
 

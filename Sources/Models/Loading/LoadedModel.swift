@@ -47,7 +47,9 @@ public struct LoadedModel: @unchecked Sendable {
         let tensors: TensorSource
         var hugePages: [HugePageResidency] = []
         if randomWeights {
-            tensors = RandomTensors(config: config, element: try source.storedElement(), pool: pool)
+            // The matrices --quantize converts are made random in their quantised format at once: a
+            // model whose bf16 weights would not fit in memory can then be benchmarked.
+            tensors = RandomTensors(config: config, element: try source.storedElement(), quantization: quantization, pool: pool)
         } else {
             tensors = try source.openTensors()
             // Quantised weights regrouped below are copied out and their file pages released as

@@ -12,8 +12,12 @@ public enum QuantizedCheckpoint {
     /// Whether `quantize` converts a tensor: float matrices whose rows are whole blocks; the
     /// routed experts only unless `all`, and never the embedding, routers or norms.
     public static func converts(_ t: TensorView, format: WeightQuantization.Format, all: Bool) -> Bool {
-        let name = t.name
         guard [.bf16, .f16, .f32].contains(t.dtype), t.shape.count >= 2, format.stored(columns: t.shape.last!) != nil else { return false }
+        return converts(name: t.name, all: all)
+    }
+
+    /// Whether a matrix of this name is one `quantize` converts (given rows of whole blocks).
+    public static func converts(name: String, all: Bool) -> Bool {
         if name.contains("embed_tokens") || name.hasSuffix(".gate.weight") || name.hasSuffix("shared_expert_gate.weight") { return false }
         return all || name.contains(".experts.")
     }

@@ -8,6 +8,8 @@ import WeightFiles
 final class RandomTensors: TensorSource, @unchecked Sendable {
     let config: DecoderConfig
     let element: WeightElement
+    /// Matrices this converts are made in its format directly (never as floats).
+    let quantization: WeightQuantization?
     let pool: ThreadPool
     private var made: [StoredTensor] = []
     private var seed: UInt64 = 0x5EED
@@ -19,10 +21,11 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
         deinit { pointer.deallocate() }
     }
 
-    init(config: DecoderConfig, element: WeightElement, pool: ThreadPool) {
+    init(config: DecoderConfig, element: WeightElement, quantization: WeightQuantization? = nil, pool: ThreadPool) {
         precondition([.bf16, .f16, .f32].contains(element), "random weights are plain floats")
         self.config = config
         self.element = element
+        self.quantization = quantization
         self.pool = pool
     }
 
@@ -40,6 +43,10 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
     var files: [MappedFile] { [] }
 
     func tensor(_ name: String, shape: [Int]) throws(ModelError) -> StoredTensor {
+        if let q = quantization, shape.count == 2, let format = q.format.stored(columns: shape[1]),
+           QuantizedCheckpoint.converts(name: name, all: q.all) {
+            return quantizedTensor(name, rows: shape[0], columns: shape[1], format: format)
+        }
         let count = shape.reduce(1, *)
         let bytes = element.rowBytes(count)
         let buffer = Buffer(bytes: bytes)
@@ -48,6 +55,30 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
         fillRandom(buffer.pointer, count: count, center: isNorm ? 1 : 0, halfWidth: isNorm ? 0.1 : 0.02 * 3.0.squareRoot(), seed: seed)
         let tensor = StoredTensor(name: name, element: element, typeName: "\(element)".uppercased(), shape: shape,
                                   data: UnsafeRawPointer(buffer.pointer), byteCount: bytes, file: "(random weights)", owner: buffer)
+        made.append(tensor)
+        return tensor
+    }
+
+    /// Random values of the same distribution, quantised row by row into `format`'s blocks.
+    private func quantizedTensor(_ name: String, rows: Int, columns: Int, format: WeightQuantization.Format) -> StoredTensor {
+        let rowBytes = format.element.rowBytes(columns)
+        let buffer = Buffer(bytes: rows * rowBytes)
+        seed &+= 0x9E37_79B9_7F4A_7C15
+        let seed = self.seed, halfWidth = 0.02 * 3.0.squareRoot()
+        pool.parallelFor((rows + 63) / 64) { chunk in
+            let row = UnsafeMutablePointer<Float>.allocate(capacity: columns)
+            defer { row.deallocate() }
+            for r in (chunk * 64)..<min(rows, chunk * 64 + 64) {
+                var state = seed ^ (UInt64(r) &* 0xD1B5_4A32_D192_ED03) | 1
+                for c in 0..<columns {
+                    state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+                    row[c] = Float((2 * Double((state &* 0x2545_F491_4F6C_DD1D) >> 11) * 0x1.0p-53 - 1) * halfWidth)
+                }
+                format.quantize(row, count: columns, into: buffer.pointer + r * rowBytes)
+            }
+        }
+        let tensor = StoredTensor(name: name, element: format.element, typeName: format.rawValue, shape: [rows, columns],
+                                  data: UnsafeRawPointer(buffer.pointer), byteCount: rows * rowBytes, file: "(random weights)", owner: buffer)
         made.append(tensor)
         return tensor
     }
