@@ -79,6 +79,13 @@ ARCHITECTURES = {
                         n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5,
                         first_k_dense_replace=1, num_key_value_heads=4, rope_interleave=True,
                         rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    # Attention sinks (set below, large enough to matter), a sliding window shorter than the prompt
+    # alternating with full attention, biases everywhere, a swiglu_limit that clamps, YaRN.
+    "gpt_oss": dict(model_type="gpt_oss", num_hidden_layers=2, intermediate_size=24, num_local_experts=4,
+                    num_experts_per_tok=2, head_dim=8, sliding_window=3,
+                    layer_types=["sliding_attention", "full_attention"], swiglu_limit=1.5,
+                    rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0, beta_slow=1.0,
+                                         truncate=False, original_max_position_embeddings=128)),
 }
 
 
@@ -101,6 +108,8 @@ def build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer, shard=Fa
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
+            elif name.endswith("sinks"):
+                p.copy_(torch.randn_like(p))
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):  # large enough to change which experts win
                 b.copy_(0.3 * torch.randn_like(b))

@@ -28,11 +28,12 @@ public func attendGroup(
 
 /// The same over cached rows of any element (float32, bf16, int8 with a scale per row), with
 /// values of `valueDim` per head (latent attention's values are wider or narrower than its keys);
-/// output [group x valueDim].
+/// output [group x valueDim]. With `sinks` ([group], GPT-OSS), each head's softmax has one more
+/// logit, its sink, which has no value: the weights of the positions sum to less than one.
 @inlinable
 public func attendGroup<Keys: KeyValueRows, Values: KeyValueRows>(
     queries: UnsafePointer<Float>, group: Int, headDim: Int, valueDim: Int, scale: Float, keys: Keys, values: Values, first: Int, last: Int,
-    tile: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
+    tile: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>, sinks: UnsafePointer<Float>? = nil
 ) {
     // Per head: the running maximum and the sum of weights so far. A group is at most a few
     // dozen heads; the stack holds them.
@@ -75,6 +76,8 @@ public func attendGroup<Keys: KeyValueRows, Values: KeyValueRows>(
             start += n
         }
         for g in 0..<group {
+            // The sink's e^(s - max) joins the denominator (it may exceed every position's).
+            if let sinks { total[g] += expf(sinks[g] - maximum[g]) }
             let inverse = 1 / total[g], o = output + g * valueDim
             for i in 0..<valueDim { o[i] *= inverse }
         }

@@ -86,6 +86,26 @@ public func siluMultiply(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointe
     }
 }
 
+/// GPT-OSS's gated activation: gate[i] = g x sigmoid(alpha x g) x (u + 1), with g = min(gate[i],
+/// limit) and u = up[i] clamped to [-limit, limit] (transformers' `_apply_gate`).
+@inlinable
+public func clampedSiluMultiply(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, _ n: Int, alpha: Float, limit: Float) {
+    let rg = UnsafeMutableRawPointer(gate), ru = UnsafeRawPointer(up)
+    let one = Vector16(repeating: 1), a = Vector16(repeating: alpha), high = Vector16(repeating: limit), low = Vector16(repeating: -limit)
+    var i = 0
+    while i + 16 <= n {
+        let g = rg.loadUnaligned(fromByteOffset: i * 4, as: Vector16.self).clamped(lowerBound: Vector16(repeating: -.infinity), upperBound: high)
+        let u = ru.loadUnaligned(fromByteOffset: i * 4, as: Vector16.self).clamped(lowerBound: low, upperBound: high)
+        rg.storeBytes(of: g / (one + exp16(-(g * a))) * (u + one), toByteOffset: i * 4, as: Vector16.self)
+        i += 16
+    }
+    while i < n {
+        let g = min(gate[i], limit), u = min(max(up[i], -limit), limit)
+        gate[i] = g / (1 + expf(-(g * alpha))) * (u + 1)
+        i += 1
+    }
+}
+
 /// e^x for 16 floats, within 1 ulp of the exact value (0.88 at worst in the tests) over
 /// [-87.3, 88.3]; inputs beyond are clamped there (e^x below 1.2e-38 or above 2.1e38; NaN stays
 /// NaN). Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r,

@@ -11,7 +11,7 @@ func loadWidened(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     case .bf16:
         let raw = (row + index * 2).loadUnaligned(as: SIMD16<UInt16>.self)
         return unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: raw) &<< 16, to: Vector16.self)
-    case .q8_0, .q4_0, .q4_k, .q8_0x4, .q4_0x4:
+    case .q8_0, .q4_0, .q4_k, .q8_0x4, .q4_0x4, .mxfp4:
         preconditionFailure("block-quantised rows have their own kernels")
     }
 }
@@ -26,6 +26,7 @@ public func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ ind
     case .q8_0: return Q8_0.value(row, index)
     case .q4_0: return Q4_0.value(row, index)
     case .q4_k: return Q4_K.value(row, index)
+    case .mxfp4: return MXFP4.value(row, index)
     case .q8_0x4, .q4_0x4: return GroupedBlocks.value(row, index, q4: element == .q4_0x4)
     }
 }
@@ -347,7 +348,8 @@ func matmulProducts<Items: ProductItems>(
         }
     }
     switch element {
-    case .q8_0 where precision.quantizesActivations, .q4_0 where precision.quantizesActivations, .q4_k where precision.quantizesActivations:
+    case .q8_0 where precision.quantizesActivations, .q4_0 where precision.quantizesActivations, .q4_k where precision.quantizesActivations,
+         .mxfp4 where precision.quantizesActivations:
         let blocks = n / 32
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, tokens * n)) { values in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, 2 * tokens * blocks)) { scales in
@@ -366,6 +368,8 @@ func matmulProducts<Items: ProductItems>(
                                         xs + t0 * blocks, Int32(n), t, out, outputStride)
                     case .q4_0:
                         sy_rows_q4_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
+                    case .mxfp4:
+                        sy_rows_mxfp4_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     default:
                         sy_rows_q8_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     }
@@ -412,14 +416,17 @@ func matmulProducts<Items: ProductItems>(
             Q4_K.dotRow(row, n, input + t0 * inputStride, inputStride, count, &s)
             return s
         }
-    case .q8_0, .q4_0:
+    case .q8_0, .q4_0, .mxfp4:
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * n)) { permuted in
             Q8_0.permute(input, inputStride: inputStride, columns: n, tokens: tokens, output: permuted.baseAddress!)
             let perm = UnsafePointer(permuted.baseAddress!)
-            let q4 = element == .q4_0
             rowBlocks { row, t0, count in
                 var s = SIMD4<Float>()
-                if q4 { Q4_0.dotRow(row, n, perm + t0 * n, count, &s) } else { Q8_0.dotRow(row, n, perm + t0 * n, count, &s) }
+                switch element {
+                case .q4_0: Q4_0.dotRow(row, n, perm + t0 * n, count, &s)
+                case .mxfp4: MXFP4.dotRow(row, n, perm + t0 * n, count, &s)
+                default: Q8_0.dotRow(row, n, perm + t0 * n, count, &s)
+                }
                 return s
             }
         }

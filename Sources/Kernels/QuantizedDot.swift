@@ -199,8 +199,16 @@ public func quantizedDotReference(
                     w[j] = Int32(byte & 0x0F) - 8
                     w[j + 16] = Int32(byte >> 4) - 8
                 }
+            case .mxfp4:
+                let block = row + b * MXFP4.blockBytes
+                dw = MXFP4.halfScale(block.load(as: UInt8.self))
+                for j in 0..<16 {
+                    let byte = block.load(fromByteOffset: 1 + j, as: UInt8.self)
+                    w[j] = Int32(MXFP4.doubledValues[Int(byte & 0x0F)])
+                    w[j + 16] = Int32(MXFP4.doubledValues[Int(byte >> 4)])
+                }
             default:
-                preconditionFailure("integer dot products take Q8_0, Q4_0 or Q4_K weights")
+                preconditionFailure("integer dot products take Q8_0, Q4_0, MXFP4 or Q4_K weights")
             }
             let d = dw * scales[t * (stride / 32) + b]
             var lanes = SIMD8<Float>()

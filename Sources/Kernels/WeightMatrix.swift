@@ -11,6 +11,8 @@ public enum WeightElement: Sendable, Equatable {
     case q4_0
     /// GGUF's Q4_K: super-blocks of 256 values with 6-bit scales and mins per 32, 4-bit values.
     case q4_k
+    /// OCP MXFP4 in GGUF's blocks: 32 E2M1 values sharing one E8M0 scale, 17 bytes (GPT-OSS's experts).
+    case mxfp4
     /// Q8_0 and Q4_0 regrouped at load for the integer kernels: groups of 4 blocks with their
     /// scales together (see GroupedBlocks); the same bytes per row as GGUF's.
     case q8_0x4, q4_0x4
@@ -22,7 +24,7 @@ public enum WeightElement: Sendable, Equatable {
     @inlinable public var blockValues: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q8_0, .q4_0: return 32
+        case .q8_0, .q4_0, .mxfp4: return 32
         case .q4_k: return Q4_K.blockValues
         case .q8_0x4, .q4_0x4: return GroupedBlocks.groupValues
         }
@@ -41,6 +43,7 @@ public enum WeightElement: Sendable, Equatable {
         case .q8_0: return columns / 32 * Q8_0.blockBytes
         case .q4_0: return columns / 32 * Q4_0.blockBytes
         case .q4_k: return columns / Q4_K.blockValues * Q4_K.blockBytes
+        case .mxfp4: return columns / 32 * MXFP4.blockBytes
         case .q8_0x4, .q4_0x4: return columns / 128 * GroupedBlocks.groupBytes(q4: self == .q4_0x4)
         }
     }
@@ -126,6 +129,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .q8_0: return Q8_0.value(data + r * rowBytes, c)
         case .q4_0: return Q4_0.value(data + r * rowBytes, c)
         case .q4_k: return Q4_K.value(data + r * rowBytes, c)
+        case .mxfp4: return MXFP4.value(data + r * rowBytes, c)
         case .q8_0x4, .q4_0x4: return GroupedBlocks.value(data + r * rowBytes, c, q4: element == .q4_0x4)
         }
     }

@@ -56,9 +56,22 @@ static void q4k_portable(const uint8_t *row, int superblocks, const int8_t *xq, 
     }
 }
 
+// MXFP4's E2M1 codes as their doubled values (exact int8), and its E8M0 scale halved to match.
+static const int8_t mxfp4_doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+static inline float e8m0_half(uint8_t e) {
+    uint32_t bits = e >= 2 ? (uint32_t)(e - 1) << 23 : (e == 1 ? 0x00400000u : 0x00200000u);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+// The weight format of a row kernel: Q8_0, Q4_0 (q4 = 1) or MXFP4 (q4 = 2), GGUF's blocks.
+static inline int format_block_bytes(int q4) { return q4 == 2 ? 17 : q4 ? 18 : 34; }
+
 // Portable: the definition, lane by lane.
 static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
-    const int block_bytes = q4 ? 18 : 34;
+    const int block_bytes = format_block_bytes(q4);
     for (int t = 0; t < tokens; t++) {
         float acc[8] = {0};
         for (int b = 0; b < blocks; b++) {
@@ -66,7 +79,14 @@ static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *x
             uint16_t h;
             memcpy(&h, block, 2);
             int8_t w[32];
-            if (q4) {
+            float dw;
+            if (q4 == 2) {
+                for (int j = 0; j < 16; j++) {
+                    w[j] = mxfp4_doubled[block[1 + j] & 0x0F];
+                    w[j + 16] = mxfp4_doubled[block[1 + j] >> 4];
+                }
+                dw = e8m0_half(block[0]);
+            } else if (q4) {
                 for (int j = 0; j < 16; j++) {
                     w[j] = (int8_t)((block[2 + j] & 0x0F) - 8);
                     w[j + 16] = (int8_t)((block[2 + j] >> 4) - 8);
@@ -74,8 +94,9 @@ static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *x
             } else {
                 memcpy(w, block + 2, 32);
             }
+            if (q4 != 2) dw = sy_half(h);
             const int8_t *x = xq + t * stride + b * 32;
-            float d = sy_half(h) * xd[t * (stride / 32) + b];
+            float d = dw * xd[t * (stride / 32) + b];
             for (int lane = 0; lane < 8; lane++) {
                 int32_t s = 0;
                 for (int k = 0; k < 4; k++) s += (int32_t)w[4 * lane + k] * (int32_t)x[4 * lane + k];
@@ -97,6 +118,15 @@ static inline float half_exact(const uint8_t *p) {
 
 __attribute__((target("avx2,fma,f16c")))
 static inline __m256i load_weights(const uint8_t *block, int q4) {
+    if (q4 == 2) {
+        // Codes to doubled values by a byte shuffle of the 16-entry table.
+        const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                               0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+        __m128i packed = _mm_loadu_si128((const __m128i *)(block + 1));
+        __m128i low = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
+        __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F));
+        return _mm256_shuffle_epi8(table, _mm256_set_m128i(high, low));
+    }
     if (q4) {
         __m128i packed = _mm_loadu_si128((const __m128i *)(block + 2));
         __m128i low = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
@@ -119,13 +149,13 @@ static inline float reduce256(__m256 v) {
 // accumulator in a register and unrolls the token loop: with a run-time count they lived on the
 // stack and each block waited on a store and a reload.
 #define SY_KERNEL_BODY(QUADS)                                                                      \
-    const int block_bytes = q4 ? 18 : 34;                                                          \
+    const int block_bytes = format_block_bytes(q4);                                                \
     const int scales = stride / 32;                                                                \
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                 \
     __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                                 \
     for (int b = 0; b < blocks; b++) {                                                             \
         const uint8_t *block = row + b * block_bytes;                                              \
-        float dw = half_exact(block);                                                                 \
+        float dw = q4 == 2 ? e8m0_half(block[0]) : half_exact(block);                              \
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE);                                          \
         __m256i w = load_weights(block, q4);                                                       \
         __m256i aw = _mm256_sign_epi8(w, w); /* |w| as unsigned bytes */                           \
@@ -162,7 +192,14 @@ static inline void dot_vnni_n(const uint8_t *row, int blocks, const int q4, cons
     __attribute__((target(TARGET)))                                                                \
     static void NAME(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd,    \
                      int stride, int tokens, float *out) {                                         \
-        if (q4) {                                                                                  \
+        if (q4 == 2) {                                                                             \
+            switch (tokens) {                                                                      \
+            case 1: KERNEL(row, blocks, 2, xq, xd, stride, 1, out); break;                         \
+            case 2: KERNEL(row, blocks, 2, xq, xd, stride, 2, out); break;                         \
+            case 3: KERNEL(row, blocks, 2, xq, xd, stride, 3, out); break;                         \
+            default: KERNEL(row, blocks, 2, xq, xd, stride, 4, out); break;                        \
+            }                                                                                      \
+        } else if (q4) {                                                                           \
             switch (tokens) {                                                                      \
             case 1: KERNEL(row, blocks, 1, xq, xd, stride, 1, out); break;                         \
             case 2: KERNEL(row, blocks, 1, xq, xd, stride, 2, out); break;                         \
@@ -338,6 +375,11 @@ void sy_rows_q8_0_q8(const void *base, long row_bytes, int nrows, int blocks, co
 void sy_rows_q4_0_q8(const void *base, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
                      int tokens, float *out, long out_stride) {
     rows(base, row_bytes, nrows, blocks, 1, xq, xd, stride, tokens, out, out_stride);
+}
+
+void sy_rows_mxfp4_q8(const void *base, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
+                      int tokens, float *out, long out_stride) {
+    rows(base, row_bytes, nrows, blocks, 2, xq, xd, stride, tokens, out, out_stride);
 }
 
 typedef void (*q4k_kernel)(const uint8_t *, int, const int8_t *, const float *, const float *, int, int, float *);

@@ -10,7 +10,7 @@ extension Model {
         func bytes(_ m: WeightMatrix) -> Int { m.byteCount }
         var total = weights.lmHead.byteCount + weights.embedding.rowBytes
         for (layer, kind) in zip(weights.layers, config.feedForward) {
-            total += layer.attention.matrices.reduce(0) { $0 + bytes($1) }
+            total += layer.attention.decodeBytes
             switch layer.feedForward {
             case .dense(let f):
                 total += f.byteCount

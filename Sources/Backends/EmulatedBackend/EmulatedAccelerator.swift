@@ -113,7 +113,7 @@ public final class EmulatedAccelerator: Accelerator, @unchecked Sendable {
         _ weights: FeedForwardWeights, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, tokens: Int,
         after: [Completion]
     ) -> Completion {
-        let w = FeedForwardWeights(weights.matrices.map(resident))
+        let w = weights.mapMatrices(resident)
         let kernels = self.kernels, scratch = self.scratch
         nonisolated(unsafe) let input = input, output = output
         return kernelStream.submit(after: after) {

@@ -19,6 +19,10 @@ void sy_rows_q8_0_q8(const void *rows, long row_bytes, int nrows, int blocks, co
                      int tokens, float *out, long out_stride);
 void sy_rows_q4_0_q8(const void *rows, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
                      int tokens, float *out, long out_stride);
+// MXFP4 rows (GGUF's blocks: an E8M0 scale byte, 16 bytes of E2M1 codes) against int8 activations,
+// as the two above; the codes' doubled values are exact int8 (MXFP4.swift is the twin).
+void sy_rows_mxfp4_q8(const void *rows, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
+                      int tokens, float *out, long out_stride);
 // Q4_K rows (super-blocks of 256 in 144 bytes, GGUF's layout) against the same activations plus
 // `xs` [tokens][stride / 32]: each block's scale times the sum of its int8 values, for the mins.
 // `superblocks` = columns / 256.

@@ -10,7 +10,7 @@ protocol ArchitectureFamily: Sendable {
 
 enum Architectures {
     static let families: [any ArchitectureFamily.Type] = [
-        LlamaFamily.self, MixtralFamily.self, Qwen2Family.self, Qwen3Family.self, OLMoEFamily.self, DeepSeekFamily.self,
+        LlamaFamily.self, MixtralFamily.self, Qwen2Family.self, Qwen3Family.self, OLMoEFamily.self, DeepSeekFamily.self, GptOssFamily.self,
     ]
 
     static var supportedModelTypes: [String] { families.flatMap { $0.modelTypes } }

@@ -14,6 +14,12 @@ public struct MoEConfig: Sendable, Equatable {
     public var sharedExpertIntermediateSize: Int?
     /// The shared expert's output is scaled by sigmoid(x · gate) (Qwen2-MoE).
     public var sharedExpertGated: Bool
+    /// The router's product has a bias (GPT-OSS), added to its logits.
+    public var routerLogitBias = false
+    /// Every expert's three products have biases (GPT-OSS).
+    public var expertBiases = false
+    /// What joins the experts' gate and up products.
+    public var activation = GatedActivation.swiGLU
 
     public init(
         expertCount: Int, expertsPerToken: Int, expertIntermediateSize: Int, router: RouterConfig,
@@ -165,6 +171,8 @@ public struct DecoderConfig: Sendable {
     /// reads them when present).
     public var queryKeyValueBias: Bool = false
     public var outputBias: Bool = false
+    /// Each attention head has a learned sink logit (GPT-OSS).
+    public var attentionSinks = false
     public var bosTokenID: Int?
     public var eosTokenIDs: [Int]
 
@@ -217,6 +225,7 @@ public struct DecoderConfig: Sendable {
         case .groupedQuery:
             var lengths = queryKeyValueBias ? [queryWidth, keyValueWidth, keyValueWidth] : []
             if outputBias { lengths.append(hiddenSize) }
+            if attentionSinks { lengths.append(headCount) }
             switch queryKeyNorm {
             case .none: break
             case .perHead: lengths += [headDim, headDim]

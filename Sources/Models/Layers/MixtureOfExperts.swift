@@ -13,6 +13,7 @@ extension Model {
         let experts = moe.expertCount
         let logits = scratch.routerLogits.pointer
         device.linear(w.router, input: input, inputStride: hidden, output: logits, outputStride: experts, tokens: tokens)
+        if let b = w.routerLogitBias { for t in 0..<tokens { for e in 0..<experts { logits[t * experts + e] += b[e] } } }
         var assigned = [[(token: Int, weight: Float)]](repeating: [], count: experts)
         var chosen: [[Int]] = []
         w.withRouterBias { bias in

@@ -32,7 +32,8 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
     func contains(_ name: String) -> Bool {
         let c = config
         if name == "lm_head.weight" { return !c.tieWordEmbeddings }
-        if name.hasSuffix("experts.gate_up_proj") || name.hasSuffix("e_score_correction_bias") { return false }
+        if name.hasSuffix("e_score_correction_bias") { return false }
+        if name.hasSuffix("experts.gate_up_proj") { return c.naming.stackedExpertsTransposed }
         if name.hasSuffix("o_proj.bias") { return c.outputBias }
         if name.hasSuffix("q_proj.bias") || name.hasSuffix("k_proj.bias") || name.hasSuffix("v_proj.bias") { return c.queryKeyValueBias }
         if name.hasSuffix("q_a_proj.bias") || name.hasSuffix("kv_a_proj_with_mqa.bias") { return c.queryKeyValueBias }

@@ -18,6 +18,7 @@ extension StoredTensor {
         case .q8_0: count = byteCount / Q8_0.blockBytes
         case .q4_0: count = byteCount / Q4_0.blockBytes
         case .q4_k: count = byteCount / Q4_K.blockBytes
+        case .mxfp4: count = byteCount / MXFP4.blockBytes
         case .q8_0x4, .q4_0x4: return nil  // only made at load, from checked tensors
         }
         let data = self.data
@@ -38,6 +39,8 @@ extension StoredTensor {
                     let d = data.loadUnaligned(fromByteOffset: i * Q4_K.blockBytes, as: UInt16.self)
                     let dmin = data.loadUnaligned(fromByteOffset: i * Q4_K.blockBytes + 2, as: UInt16.self)
                     bad = d & 0x7C00 == 0x7C00 || dmin & 0x7C00 == 0x7C00
+                // E8M0's all-ones scale is its NaN.
+                case .mxfp4: bad = data.load(fromByteOffset: i * MXFP4.blockBytes, as: UInt8.self) == 0xFF
                 case .q8_0x4, .q4_0x4: bad = false
                 }
                 if bad { found[item] = i; return }

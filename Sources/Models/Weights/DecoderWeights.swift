@@ -1,10 +1,13 @@
 import Kernels
 import Runtime
+import WeightFiles
 
 public struct MoEWeights: Sendable {
     public var router: WeightMatrix        // [experts, hidden]
     /// The router's selection bias, [experts] (DeepSeek-V3), when the config has one.
     public var routerBias: [Float]?
+    /// The router's logit bias, [experts] (GPT-OSS), added to its product.
+    public var routerLogitBias: [Float]?
     public var experts: [FeedForwardWeights]
     public var sharedExpert: FeedForwardWeights?
     public var sharedExpertGate: WeightMatrix?  // [1, hidden]
@@ -35,6 +38,8 @@ public struct DecoderWeights: Sendable {
     public var layers: [LayerWeights]
     public var finalNorm: [Float]       // [hidden]
     public var lmHead: WeightMatrix     // [vocab, hidden], the embedding when tied
+    /// Memory of weights rearranged at binding (GPT-OSS's input-major experts), kept alive with them.
+    var storage: [HostBuffer] = []
 
     static func bind(_ config: DecoderConfig, from source: TensorSource, naming: TensorNaming) throws(ModelError) -> DecoderWeights {
         let b = WeightBinder(source: source, config: config, naming: naming)
@@ -64,7 +69,7 @@ public struct DecoderWeights: Sendable {
         // Tied models use the embedding as the output projection (transformers ignores a stored
         // lm_head.weight then, since the two are one parameter).
         let lmHead = config.tieWordEmbeddings ? embedding : try b.matrix(.outputHead, [config.vocabularySize, hidden], "vocab_size, hidden_size")
-        return DecoderWeights(embedding: embedding, layers: layers, finalNorm: finalNorm, lmHead: lmHead)
+        return DecoderWeights(embedding: embedding, layers: layers, finalNorm: finalNorm, lmHead: lmHead, storage: b.storage.buffers)
     }
 
     /// These weights with `transform` applied to the routed experts' matrices and, when `all`, to
@@ -73,7 +78,7 @@ public struct DecoderWeights: Sendable {
     public func mapMatrices(all: Bool, _ transform: (WeightMatrix) -> WeightMatrix) -> DecoderWeights {
         var out = self
         func convert(_ f: FeedForwardWeights) -> FeedForwardWeights {
-            FeedForwardWeights(gate: transform(f.gate), up: transform(f.up), down: transform(f.down))
+            f.mapMatrices(transform)
         }
         for i in out.layers.indices {
             switch out.layers[i].feedForward {

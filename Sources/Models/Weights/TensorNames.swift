@@ -10,6 +10,8 @@ public enum TensorName: Hashable, Sendable {
         // the shared rotary key), its norm and up-projection.
         case queryDown, queryDownBias, queryDownNorm, queryUp
         case latentDown, latentDownBias, latentNorm, latentUp
+        /// One learned logit per head (GPT-OSS's attention sinks).
+        case sinks
     }
 
     case embedding
@@ -28,6 +30,12 @@ public enum TensorName: Hashable, Sendable {
     case stackedExpertsGateUp(layer: Int)
     /// Every expert's down projection stacked: [experts, hidden, intermediate].
     case stackedExpertsDown(layer: Int)
+    /// Every expert's gate and up biases, [experts, 2 x intermediate], and down biases,
+    /// [experts, hidden] (GPT-OSS).
+    case stackedExpertsGateUpBias(layer: Int)
+    case stackedExpertsDownBias(layer: Int)
+    /// The router's logit bias, [experts] (GPT-OSS).
+    case routerLogitBias(layer: Int)
     case sharedExpert(layer: Int, Projection)
     /// The scalar gate of the shared expert's output (Qwen2-MoE).
     case sharedExpertGate(layer: Int)
@@ -49,13 +57,21 @@ public struct HuggingFaceNaming: TensorNaming, Equatable {
     public var expertDown: String
     /// The shared expert's name in the MoE block: "shared_expert" (Qwen2-MoE), "shared_experts" (DeepSeek).
     public var sharedExpert: String
+    /// The router's name in the MoE block: "gate", or "router" (GPT-OSS).
+    public var router: String
+    /// Stacked experts are stored input-major, [experts, in, out], with the gate and up outputs
+    /// interleaved (GPT-OSS), rather than [experts, out, in] with the gate rows first.
+    public var stackedExpertsTransposed: Bool
 
-    public init(moeBlock: String, expertGate: String, expertUp: String, expertDown: String, sharedExpert: String = "shared_expert") {
+    public init(moeBlock: String, expertGate: String, expertUp: String, expertDown: String, sharedExpert: String = "shared_expert",
+                router: String = "gate", stackedExpertsTransposed: Bool = false) {
         self.moeBlock = moeBlock
         self.expertGate = expertGate
         self.expertUp = expertUp
         self.expertDown = expertDown
         self.sharedExpert = sharedExpert
+        self.router = router
+        self.stackedExpertsTransposed = stackedExpertsTransposed
     }
 
     public static let standard = HuggingFaceNaming(moeBlock: "mlp", expertGate: "gate_proj", expertUp: "up_proj", expertDown: "down_proj")
@@ -90,15 +106,19 @@ public struct HuggingFaceNaming: TensorNaming, Equatable {
             case .latentDownBias: return a + "kv_a_proj_with_mqa.bias"
             case .latentNorm: return a + "kv_a_layernorm.weight"
             case .latentUp: return a + "kv_b_proj.weight"
+            case .sinks: return a + "sinks"
             }
         case .mlp(let l, let p): return layer(l) + "mlp." + projection(p) + ".weight"
-        case .router(let l): return layer(l) + moeBlock + ".gate.weight"
-        case .routerBias(let l): return layer(l) + moeBlock + ".gate.e_score_correction_bias"
+        case .router(let l): return layer(l) + moeBlock + "." + router + ".weight"
+        case .routerBias(let l): return layer(l) + moeBlock + "." + router + ".e_score_correction_bias"
+        case .routerLogitBias(let l): return layer(l) + moeBlock + "." + router + ".bias"
         case .expert(let l, let e, let p):
             let stored = p == .gate ? expertGate : p == .up ? expertUp : expertDown
             return layer(l) + moeBlock + ".experts.\(e)." + stored + ".weight"
         case .stackedExpertsGateUp(let l): return layer(l) + moeBlock + ".experts.gate_up_proj"
         case .stackedExpertsDown(let l): return layer(l) + moeBlock + ".experts.down_proj"
+        case .stackedExpertsGateUpBias(let l): return layer(l) + moeBlock + ".experts.gate_up_proj_bias"
+        case .stackedExpertsDownBias(let l): return layer(l) + moeBlock + ".experts.down_proj_bias"
         case .sharedExpert(let l, let p): return layer(l) + moeBlock + "." + sharedExpert + "." + projection(p) + ".weight"
         case .sharedExpertGate(let l): return layer(l) + moeBlock + ".shared_expert_gate.weight"
         }

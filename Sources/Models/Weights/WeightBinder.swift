@@ -1,5 +1,6 @@
 import Kernels
 import Runtime
+import WeightFiles
 
 /// Binds tensors by logical name: asks the source for the format's stored name and checks each
 /// tensor's element and shape against the config.
@@ -7,6 +8,12 @@ struct WeightBinder {
     let source: TensorSource
     let config: DecoderConfig
     let naming: TensorNaming
+    /// Buffers of weights rearranged while binding.
+    let storage = Storage()
+
+    final class Storage {
+        var buffers: [HostBuffer] = []
+    }
 
     func tensor(_ name: TensorName, _ shape: [Int]) throws(ModelError) -> StoredTensor {
         try source.tensor(naming.stored(name), shape: shape)
@@ -33,11 +40,51 @@ struct WeightBinder {
         return WeightMatrix(element: try element(t), rows: shape[0], columns: shape[1], data: t.data)
     }
 
-    func vector(_ name: TensorName, _ length: Int) throws(ModelError) -> [Float] {
-        let t = try tensor(name, [length])
-        try checkShape(t, [length], "from config.json")
+    /// A vector of `length` values, widened to f32; stored with `shape` when that is not [length].
+    func vector(_ name: TensorName, _ length: Int, shape: [Int]? = nil) throws(ModelError) -> [Float] {
+        let t = try tensor(name, shape ?? [length])
+        try checkShape(t, shape ?? [length], "from config.json")
         let m = WeightMatrix(element: try element(t), rows: 1, columns: length, data: t.data)
         return (0..<length).map { m.value(0, $0) }
+    }
+
+    /// GPT-OSS's stacked experts, stored input-major: gate_up_proj [experts, hidden, 2 x inner]
+    /// (gate and up outputs interleaved) and down_proj [experts, inner, hidden], rearranged once
+    /// into the [out, in] rows every kernel reads.
+    func transposedExperts(layer l: Int, _ moe: MoEConfig) throws(ModelError) -> [FeedForwardWeights] {
+        let hidden = config.hiddenSize, inner = moe.expertIntermediateSize, count = moe.expertCount
+        let gateUp = try tensor(.stackedExpertsGateUp(layer: l), [count, hidden, 2 * inner])
+        try checkShape(gateUp, [count, hidden, 2 * inner], "experts, hidden_size, 2 x intermediate_size")
+        let down = try tensor(.stackedExpertsDown(layer: l), [count, inner, hidden])
+        try checkShape(down, [count, inner, hidden], "experts, intermediate_size, hidden_size")
+        let element = try self.element(gateUp)
+        guard [.bf16, .f16, .f32].contains(element), try self.element(down) == element else {
+            throw ModelError("\(gateUp.file): stacked experts of \(gateUp.typeName) and \(down.typeName): expected one float dtype")
+        }
+        let size = element == .f32 ? 4 : 2
+        let perExpert = 3 * inner * hidden
+        let buffer = HostBuffer(count * perExpert * size)
+        storage.buffers.append(buffer)
+        let out = buffer.pointer
+        // Expert e: gate [inner, hidden], up [inner, hidden], down [hidden, inner], back to back.
+        for e in 0..<count {
+            let base = out + e * perExpert * size
+            let gu = gateUp.data + e * hidden * 2 * inner * size, dp = down.data + e * inner * hidden * size
+            for i in 0..<inner {
+                for h in 0..<hidden {
+                    (base + (i * hidden + h) * size).copyMemory(from: gu + (h * 2 * inner + 2 * i) * size, byteCount: size)
+                    (base + ((inner + i) * hidden + h) * size).copyMemory(from: gu + (h * 2 * inner + 2 * i + 1) * size, byteCount: size)
+                    (base + (2 * inner * hidden + h * inner + i) * size).copyMemory(from: dp + (i * hidden + h) * size, byteCount: size)
+                }
+            }
+        }
+        return (0..<count).map { e in
+            let base = UnsafeRawPointer(out + e * perExpert * size)
+            return FeedForwardWeights(
+                gate: WeightMatrix(element: element, rows: inner, columns: hidden, data: base),
+                up: WeightMatrix(element: element, rows: inner, columns: hidden, data: base + inner * hidden * size),
+                down: WeightMatrix(element: element, rows: hidden, columns: inner, data: base + 2 * inner * hidden * size))
+        }
     }
 
     func optionalVector(_ name: TensorName, _ length: Int) throws(ModelError) -> [Float]? {
@@ -55,8 +102,10 @@ struct WeightBinder {
     func moe(layer l: Int, _ moe: MoEConfig) throws(ModelError) -> MoEWeights {
         let hidden = config.hiddenSize
         let inner = moe.expertIntermediateSize
-        let experts: [FeedForwardWeights]
-        if source.contains(naming.stored(.stackedExpertsGateUp(layer: l))) {
+        var experts: [FeedForwardWeights]
+        if (naming as? HuggingFaceNaming)?.stackedExpertsTransposed == true {
+            experts = try transposedExperts(layer: l, moe)
+        } else if source.contains(naming.stored(.stackedExpertsGateUp(layer: l))) {
             // transformers 5's in-memory layout, stacked: gate_up_proj [experts, 2 x inner, hidden]
             // (gate rows first), down_proj [experts, hidden, inner].
             let gateUp = try tensor(.stackedExpertsGateUp(layer: l), [moe.expertCount, 2 * inner, hidden])
@@ -78,10 +127,24 @@ struct WeightBinder {
             }
             experts = list
         }
+        if moe.expertBiases {
+            // Stacked: [experts, 2 x inner] with gate and up interleaved, and [experts, hidden].
+            let gateUp = try vector(.stackedExpertsGateUpBias(layer: l), moe.expertCount * 2 * inner, shape: [moe.expertCount, 2 * inner])
+            let down = try vector(.stackedExpertsDownBias(layer: l), moe.expertCount * hidden, shape: [moe.expertCount, hidden])
+            for e in experts.indices {
+                let pairs = gateUp[(e * 2 * inner)..<((e + 1) * 2 * inner)]
+                experts[e].biases = FeedForwardBiases(
+                    gate: stride(from: pairs.startIndex, to: pairs.endIndex, by: 2).map { pairs[$0] },
+                    up: stride(from: pairs.startIndex + 1, to: pairs.endIndex, by: 2).map { pairs[$0] },
+                    down: Array(down[(e * hidden)..<((e + 1) * hidden)]))
+            }
+        }
+        for e in experts.indices { experts[e].activation = moe.activation }
         var weights = MoEWeights(
             router: try matrix(.router(layer: l), [moe.expertCount, hidden], "num_experts, hidden_size"),
             experts: experts)
         if moe.router.selectionBias { weights.routerBias = try vector(.routerBias(layer: l), moe.expertCount) }
+        if moe.routerLogitBias { weights.routerLogitBias = try vector(.routerLogitBias(layer: l), moe.expertCount) }
         if let shared = moe.sharedExpertIntermediateSize {
             weights.sharedExpert = try feedForward({ .sharedExpert(layer: l, $0) }, intermediate: shared)
             if moe.sharedExpertGated {

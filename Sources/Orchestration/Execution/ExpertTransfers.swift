@@ -34,7 +34,7 @@ extension TieredExecutor {
                 }
             }
         }
-        let entry = CacheEntry(key: key, slot: slot, weights: FeedForwardWeights(shapes), ready: ready)
+        let entry = CacheEntry(key: key, slot: slot, weights: storedExpert(key).withMatrices(shapes), ready: ready)
         entry.prefetched = prefetched
         if options.learnCosts { movements.append(Movement(done: ready, bytes: ranges.reduce(0) { $0 + $1.bytes }, link: .disk)) }
         cache.store(entry)
@@ -73,13 +73,16 @@ extension TieredExecutor {
             }
             matrices.append(storedShapes(key)[i].moved(to: buffer + layout[i] + start))
         }
-        return FeedForwardWeights(matrices)
+        return storedExpert(key).withMatrices(matrices)
     }
 
     /// One routed expert's matrices where they are stored (for their shapes).
-    func storedShapes(_ key: ExpertKey) -> [WeightMatrix] {
+    func storedShapes(_ key: ExpertKey) -> [WeightMatrix] { storedExpert(key).matrices }
+
+    /// One routed expert as stored: its matrices' shapes, its biases and activation.
+    func storedExpert(_ key: ExpertKey) -> FeedForwardWeights {
         guard case .mixtureOfExperts(let m) = weights.layers[key.layer].feedForward else { preconditionFailure("\(key) is not an expert") }
-        return m.experts[key.expert].matrices
+        return m.experts[key.expert]
     }
 
     // MARK: Layouts
@@ -87,7 +90,7 @@ extension TieredExecutor {
     /// An expert in an accelerator slot: its three matrices back to back, 64-byte aligned.
     static func compactLayout(_ f: FeedForwardWeights, atOffset base: Int, accelerator: any Accelerator) -> FeedForwardWeights {
         let o = ExpertPlacement.acceleratorSlotOffsets(f.matrices.map(\.byteCount))
-        return FeedForwardWeights(f.matrices.enumerated().map { i, m in accelerator.matrix(m, at: base + o[i]) })
+        return f.withMatrices(f.matrices.enumerated().map { i, m in accelerator.matrix(m, at: base + o[i]) })
     }
 
     /// Copies an expert from host memory into an accelerator slot: the completion of each matrix's

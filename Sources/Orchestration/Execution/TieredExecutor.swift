@@ -611,7 +611,7 @@ extension TieredExecutor {
         }
         weights.visitAlways(tiedHead: config.tieWordEmbeddings) { _, m, _ in m = copy(m) }
         for key in local {
-            experts[key.layer][key.expert] = FeedForwardWeights(experts[key.layer][key.expert].matrices.map(copy))
+            experts[key.layer][key.expert] = experts[key.layer][key.expert].mapMatrices(copy)
         }
         return buffer
     }

@@ -70,10 +70,10 @@ public struct AttendHeader: Sendable, Equatable {
         self.slots = slots
     }
 
-    /// Fixed fields, then 12 bytes per slot.
-    static let fixedBytes = 9 * 4
+    /// Fixed fields, the sinks, then 12 bytes per slot.
+    static let fixedBytes = 10 * 4
     public var tensorBytes: Int { slots.count * (shape.queryWidth + shape.keyWidth + shape.valueWidth) * 4 }
-    public var payloadBytes: Int { Self.fixedBytes + slots.count * 12 + tensorBytes }
+    public var payloadBytes: Int { Self.fixedBytes + (shape.sinks?.count ?? 0) * 4 + slots.count * 12 + tensorBytes }
 }
 
 /// Requests as the worker reads them.
@@ -205,6 +205,8 @@ extension AttentionWire {
         b.writeU32(header.shape.window ?? 0)
         b.writeU32(header.shape.valueDim)
         b.writeU32(header.shape.valuesInKeys ? 1 : 0)
+        b.writeU32(header.shape.sinks?.count ?? 0)
+        if let sinks = header.shape.sinks { sinks.withUnsafeBufferPointer { b.writeFloats($0.baseAddress!, count: $0.count) } }
         b.writeU32(header.slots.count)
         for slot in header.slots {
             b.writeU64(slot.sequence)
@@ -375,6 +377,11 @@ extension AttentionWire {
             let layer = try r.u32("layer"), heads = try r.u32("heads"), kvHeads = try r.u32("kv heads"), headDim = try r.u32("head dim")
             let scale = Float(bitPattern: UInt32(try r.u32("scale")))
             let window = try r.u32("window"), valueDim = try r.u32("value dim"), inKeys = try r.u32("values-in-keys flag")
+            let sinkCount = try r.u32("sinks")
+            try check(heads, 1...maxHeads, "heads", r.what)
+            guard sinkCount == 0 || sinkCount == heads else { throw WireError("\(r.what): \(sinkCount) sinks for \(heads) heads") }
+            let sinks = sinkCount == 0 ? nil : try r.floats(sinkCount, "sinks")
+            guard sinks?.allSatisfy(\.isFinite) ?? true else { throw WireError("\(r.what): a sink is not finite") }
             let count = try r.u32("tokens")
             try check(layer, 0...(maxLayers - 1), "layer", r.what)
             try check(heads, 1...maxHeads, "heads", r.what)
@@ -399,7 +406,7 @@ extension AttentionWire {
             let header = AttendHeader(
                 layer: layer,
                 shape: AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: headDim, scale: scale, window: window == 0 ? nil : window,
-                                      valueDim: valueDim, valuesInKeys: inKeys == 1),
+                                      valueDim: valueDim, valuesInKeys: inKeys == 1, sinks: sinks),
                 slots: slots)
             // Each factor is bounded above, so these products cannot overflow.
             guard r.buffer.readableBytes == header.tensorBytes else {

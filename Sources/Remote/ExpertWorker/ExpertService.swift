@@ -78,13 +78,13 @@ public final class ExpertService: FrameService {
         let buffer = HostBuffer(max(bytes, 64))
         var offset = 0
         for (e, f) in zip(unique, sources) {
-            held[e] = FeedForwardWeights(f.matrices.map { m in
+            held[e] = f.mapMatrices { m in
                 let target = buffer.pointer + offset
                 target.copyMemory(from: m.data, byteCount: m.byteCount)
                 dropPages(m.data, m.byteCount)
                 offset += (m.byteCount + 63) & ~63
                 return m.moved(to: UnsafeRawPointer(target))
-            })
+            }
         }
         storage = buffer
         inUse = bytes

@@ -16,8 +16,12 @@ public struct AttentionShape: Sendable, Equatable {
     /// The values are the leading `valueDim` values of each key row, none stored apart (latent
     /// attention, whose key row is the latent then the rotary key).
     public var valuesInKeys: Bool
+    /// Per head, a learned logit that joins the softmax without a value (GPT-OSS's attention
+    /// sinks): it takes its share of the weight away from the positions.
+    public var sinks: [Float]?
 
-    public init(heads: Int, keyValueHeads: Int, headDim: Int, scale: Float, window: Int?, valueDim: Int? = nil, valuesInKeys: Bool = false) {
+    public init(heads: Int, keyValueHeads: Int, headDim: Int, scale: Float, window: Int?, valueDim: Int? = nil, valuesInKeys: Bool = false,
+                sinks: [Float]? = nil) {
         self.heads = heads
         self.keyValueHeads = keyValueHeads
         self.headDim = headDim
@@ -25,6 +29,7 @@ public struct AttentionShape: Sendable, Equatable {
         self.window = window
         self.valueDim = valueDim ?? headDim
         self.valuesInKeys = valuesInKeys
+        self.sinks = sinks
     }
 
     /// Per token: queries [heads x headDim], keys [kv_heads x headDim], values [kv_heads x
@@ -150,14 +155,18 @@ public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
         scratch.reserve(T * kvHeads * group * 16)
         let tiles = scratch.pointer
         let window = shape.window, scale = shape.scale
-        pool.parallelFor(T * kvHeads) { item in
-            let t = item / kvHeads, kv = item % kvHeads
-            let position = slots[t].position
-            attendGroup(
-                queries: queries + t * qW + kv * group * hd, group: group, headDim: hd, valueDim: vd, scale: scale,
-                keys: keyRows(bases[t].keys, kv), values: valueRows(inKeys ? bases[t].keys : bases[t].values, kv),
-                first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
-                tile: tiles + item * group * 16, output: output + t * oW + kv * group * vd)
+        let sinks = shape.sinks ?? []
+        sinks.withUnsafeBufferPointer { sinks in
+            pool.parallelFor(T * kvHeads) { item in
+                let t = item / kvHeads, kv = item % kvHeads
+                let position = slots[t].position
+                attendGroup(
+                    queries: queries + t * qW + kv * group * hd, group: group, headDim: hd, valueDim: vd, scale: scale,
+                    keys: keyRows(bases[t].keys, kv), values: valueRows(inKeys ? bases[t].keys : bases[t].values, kv),
+                    first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
+                    tile: tiles + item * group * 16, output: output + t * oW + kv * group * vd,
+                    sinks: sinks.isEmpty ? nil : sinks.baseAddress! + kv * group)
+            }
         }
     }
 }

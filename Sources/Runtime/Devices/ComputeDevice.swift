@@ -27,9 +27,10 @@ extension ComputeDevice {
         linear(second, input: input, inputStride: inputStride, output: outputs.1, outputStride: outputStride, tokens: tokens)
     }
 
-    /// output[T, hidden] = down(silu(gate · x) * (up · x)): the one SwiGLU of the engine. Dense
-    /// layers, shared experts and routed experts on every device run through it, so an expert's
-    /// output is the same bits wherever it runs.
+    /// output[T, hidden] = down(silu(gate · x) * (up · x)): the one SwiGLU of the engine (with the
+    /// network's biases and activation when it has others). Dense layers, shared experts and
+    /// routed experts on every device run through it, so an expert's output is the same bits
+    /// wherever it runs.
     /// - Parameters:
     ///   - gate, up: scratch of [tokens, intermediate] each.
     public func feedForward(
@@ -38,8 +39,9 @@ extension ComputeDevice {
     ) {
         let hidden = w.down.rows, inner = w.intermediateSize
         linear(w.gate, w.up, input: input, inputStride: hidden, outputs: (gate, up), outputStride: inner, tokens: tokens)
-        for t in 0..<tokens { siluMultiply(gate + t * inner, up + t * inner, inner) }
+        w.activate(gate: gate, up: up, rows: 0..<tokens)
         linear(w.down, input: gate, inputStride: inner, output: output, outputStride: hidden, tokens: tokens)
+        w.addDownBias(output, rows: 0..<tokens)
     }
 }
 
@@ -94,6 +96,33 @@ public struct GroupedExpert {
     }
 }
 
+extension FeedForwardWeights {
+    /// Rows `rows` of the gate and up products ([*, intermediate]) through the biases and the
+    /// activation, into the gate rows.
+    @inlinable
+    func activate(gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+        let inner = intermediateSize
+        for t in rows {
+            let g = gate + t * inner, u = up + t * inner
+            if let b = biases {
+                for i in 0..<inner {
+                    g[i] += b.gate[i]
+                    u[i] += b.up[i]
+                }
+            }
+            activation.apply(g, u, inner)
+        }
+    }
+
+    /// The down product's bias added to rows `rows` of output [*, hidden].
+    @inlinable
+    func addDownBias(_ output: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+        guard let b = biases?.down else { return }
+        let hidden = down.rows
+        for t in rows { for i in 0..<hidden { output[t * hidden + i] += b[i] } }
+    }
+}
+
 extension CPUDevice {
     /// Several experts' SwiGLU as one grouped pass: every gate and up product in one parallel
     /// region, every down product in another (EPS-MoE's GroupGemm), instead of two regions per
@@ -127,8 +156,13 @@ extension CPUDevice {
         }
         matmulSegments(gateUp, input: input, inputStride: hidden, outputs: (gate, up), outputStride: inner, pool: pool,
                        precision: precision, tuning: tuning)
-        for t in 0..<row { siluMultiply(gate + t * inner, up + t * inner, inner) }
+        row = 0
+        for e in experts {
+            e.weights.activate(gate: gate, up: up, rows: row..<(row + e.tokens))
+            row += e.tokens
+        }
         matmulSegments(down, input: gate, inputStride: inner, outputs: (output, nil), outputStride: hidden, pool: pool,
                        precision: precision, tuning: tuning)
+        for e in experts { e.weights.addDownBias(output, rows: e.firstRow..<(e.firstRow + e.tokens)) }
     }
 }

@@ -23,6 +23,8 @@ public struct LayerContext {
 public protocol AttentionBlock: Sendable {
     /// Every weight matrix of the block (biases and norm weights are small and stay on the host).
     var matrices: [WeightMatrix] { get }
+    /// Weight bytes one decoded token reads (all of `matrices` unless some serve other steps only).
+    var decodeBytes: Int { get }
     /// The block with each matrix replaced by `transform(matrix)`, in `matrices` order.
     func mapMatrices(_ transform: (WeightMatrix) -> WeightMatrix) -> Self
     /// The projections of input[T, hidden] and whatever the variant does to queries and keys,
@@ -38,6 +40,8 @@ public protocol AttentionBlock: Sendable {
 }
 
 extension AttentionBlock {
+    public var decodeBytes: Int { matrices.reduce(0) { $0 + $1.byteCount } }
+
     public func attendDirectly(layer: Int, shape: AttentionShape, slots: [TokenSlot], context: LayerContext) -> Bool { false }
 
     /// output[T, hidden] = attention(input[T, hidden]) for the step's tokens at `slots`, the

@@ -18,6 +18,7 @@ public struct GroupedQueryAttention: AttentionBlock {
     public var outputBias: [Float]?  // [hidden]
     public var queryNorm: [Float]?   // [head_dim] per head, or [heads x head_dim] whole
     public var keyNorm: [Float]?     // [head_dim] per head, or [kv_heads x head_dim] whole
+    public var sinks: [Float]?       // [heads]
 
     public var matrices: [WeightMatrix] { [query, key, value, output] }
 
@@ -42,6 +43,7 @@ public struct GroupedQueryAttention: AttentionBlock {
         a.keyBias = try b.optionalVector(.attention(layer: l, .keyBias), c.keyValueWidth)
         a.valueBias = try b.optionalVector(.attention(layer: l, .valueBias), c.keyValueWidth)
         a.outputBias = try b.optionalVector(.attention(layer: l, .outputBias), hidden)
+        if c.attentionSinks { a.sinks = try b.vector(.attention(layer: l, .sinks), c.headCount) }
         switch c.queryKeyNorm {
         case .none: break
         case .perHead:
@@ -94,7 +96,8 @@ public struct GroupedQueryAttention: AttentionBlock {
             applyRotary(q + t * qW, heads: heads, headDim: hd, rotaryDim: rotaryDim, cos: cs, sin: cs + half)
             applyRotary(k + t * kvW, heads: kvHeads, headDim: hd, rotaryDim: rotaryDim, cos: cs, sin: cs + half)
         }
-        return AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hd, scale: 1 / Float(hd).squareRoot(), window: c.slidingWindows[layer])
+        return AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hd, scale: 1 / Float(hd).squareRoot(), window: c.slidingWindows[layer],
+                              sinks: sinks)
     }
 
     public func outputProjection(output out: UnsafeMutablePointer<Float>, tokens T: Int, context: LayerContext) {

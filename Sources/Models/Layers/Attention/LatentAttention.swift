@@ -43,6 +43,9 @@ public struct LatentAttention: AttentionBlock {
 
     public var matrices: [WeightMatrix] { (queryDown.map { [$0] } ?? []) + [query, latentDown, latentUp, keyAbsorb, output] }
 
+    /// Absorbed decode reads W_UK as `keyAbsorb`, not as `latentUp`'s key rows.
+    public var decodeBytes: Int { matrices.reduce(0) { $0 + $1.byteCount } - keyAbsorb.byteCount }
+
     public func mapMatrices(_ transform: (WeightMatrix) -> WeightMatrix) -> LatentAttention {
         var a = self
         a.queryDown = queryDown.map(transform)
