@@ -31,6 +31,33 @@ public enum MXFP4 {
         return magnitude.replacing(with: 0 &- magnitude, where: (codes & 8) .!= 0)
     }
 
+    /// Quantises `count` (a multiple of 32) floats into blocks at `out` as ggml's reference does:
+    /// the scale from the block's largest magnitude, 2^(floor(log2 amax) - 2), each value to the
+    /// nearest doubled code (the first of two equally near).
+    public static func quantize(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutableRawPointer) {
+        for b in 0..<(count / blockValues) {
+            let v = x + b * blockValues
+            var amax: Float = 0
+            for j in 0..<blockValues { amax = max(amax, abs(v[j])) }
+            let e = amax > 0 ? UInt8(clamping: Int(amax.exponent) - 2 + 127) : 0
+            let d = halfScale(e)
+            func nearest(_ value: Float) -> UInt8 {
+                var best = 0, bestError = Float.infinity
+                for (i, q) in doubledValues.enumerated() {
+                    let error = abs(value - Float(q))
+                    if error < bestError { best = i; bestError = error }
+                }
+                return UInt8(best)
+            }
+            let block = out + b * blockBytes
+            block.storeBytes(of: e, as: UInt8.self)
+            for j in 0..<16 {
+                let low = nearest(v[j] / d), high = nearest(v[j + 16] / d)
+                block.storeBytes(of: low | high << 4, toByteOffset: 1 + j, as: UInt8.self)
+            }
+        }
+    }
+
     /// Element `index` of an MXFP4 row, widened.
     @inlinable
     public static func value(_ row: UnsafeRawPointer, _ index: Int) -> Float {

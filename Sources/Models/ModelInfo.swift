@@ -58,8 +58,9 @@ public struct ModelInfo: Sendable {
     public init(config c: DecoderConfig, element: WeightElement) {
         let H = c.hiddenSize
         var tensors = 0, values = 0, bytes = 0, experts = 0, inactive = 0, derived = 0
-        func add(_ rows: Int, _ columns: Int, count: Int = 1) {
-            tensors += count
+        /// `count` matrices of [rows, columns], stored as `count` tensors or as one stacked.
+        func add(_ rows: Int, _ columns: Int, count: Int = 1, stacked: Bool = false) {
+            tensors += stacked ? 1 : count
             values += count * rows * columns
             bytes += count * rows * (columns % element.blockValues == 0 ? element.rowBytes(columns) : 4 * columns)
         }
@@ -78,10 +79,21 @@ public struct ModelInfo: Sendable {
             case .mixtureOfExperts(let m):
                 add(m.expertCount, H)
                 if m.router.selectionBias { add(1, m.expertCount) }
+                if m.routerLogitBias { add(1, m.expertCount) }
                 if let s = m.sharedExpertIntermediateSize { add(s, H, count: 2); add(H, s) }
                 if m.sharedExpertGated { add(1, H) }
                 let perExpert = 3 * m.expertIntermediateSize * H
-                add(m.expertIntermediateSize, H, count: 2 * m.expertCount); add(H, m.expertIntermediateSize, count: m.expertCount)
+                if c.naming.stackedExpertsTransposed {
+                    // GPT-OSS: [experts, hidden, 2 x inner] and [experts, inner, hidden].
+                    add(H, 2 * m.expertIntermediateSize, count: m.expertCount, stacked: true)
+                    add(m.expertIntermediateSize, H, count: m.expertCount, stacked: true)
+                } else {
+                    add(m.expertIntermediateSize, H, count: 2 * m.expertCount); add(H, m.expertIntermediateSize, count: m.expertCount)
+                }
+                if m.expertBiases {
+                    add(1, 2 * m.expertIntermediateSize, count: m.expertCount, stacked: true)
+                    add(1, H, count: m.expertCount, stacked: true)
+                }
                 experts += m.expertCount * perExpert
                 inactive += (m.expertCount - m.expertsPerToken) * perExpert
             }

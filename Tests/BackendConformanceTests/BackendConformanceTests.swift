@@ -56,6 +56,7 @@ func testMatrix(_ element: WeightElement, rows: Int, columns: Int, seed: Int) ->
             case .q8_0: Q8_0.quantize(row, count: columns, into: out)
             case .q4_0: Q4_0.quantize(row, count: columns, into: out)
             case .q4_k: Q4_K.quantize(row, count: columns, into: out)
+            case .mxfp4: MXFP4.quantize(row, count: columns, into: out)
             case .q8_0x4, .q4_0x4: preconditionFailure("grouped matrices are made by regrouping")
             }
         }
@@ -71,6 +72,7 @@ func activations(tokens: Int, columns: Int, seed: Int) -> [Float] {
 struct BackendConformanceTests {
     static let elements: [(WeightElement, ActivationPrecision)] = [
         (.f32, .f32), (.f16, .f32), (.bf16, .f32), (.q8_0, .f32), (.q4_0, .f32), (.q4_k, .f32), (.q8_0, .int8), (.q4_0, .int8), (.q4_k, .int8),
+        (.mxfp4, .f32), (.mxfp4, .int8),
     ]
     /// Awkward sizes: one row, rows that are not whole tiles, one token, token counts past a tile.
     static let shapes: [(rows: Int, columns: Int, tokens: Int)] = [(1, 256, 1), (5, 256, 3), (37, 512, 7), (64, 256, 17)]

@@ -10,7 +10,7 @@ func matrix(_ element: WeightElement, rows: Int, columns: Int, seed: UInt64, sto
     case .f32: bytes = values.withUnsafeBytes { Array($0) }
     case .f16: bytes = values.map { Float16($0) }.withUnsafeBytes { Array($0) }
     case .bf16: bytes = values.map { bf16Bits($0) }.withUnsafeBytes { Array($0) }
-    case .q8_0, .q4_0, .q4_k: bytes = quantized(element, values)
+    case .q8_0, .q4_0, .q4_k, .mxfp4: bytes = quantized(element, values)
     case .q8_0x4, .q4_0x4:
         let stored: WeightElement = element == .q8_0x4 ? .q8_0 : .q4_0
         bytes = quantized(stored, values)

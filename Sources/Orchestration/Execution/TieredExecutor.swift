@@ -185,7 +185,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             var ranges: [FileRange] = []
             for m in experts[key.layer][key.expert].matrices {
                 guard let place = reader!.location(of: m.data, bytes: m.byteCount) else {
-                    throw OrchestrationError("\(key): its weights are not in the model files")
+                    throw OrchestrationError("\(key): its weights are not in the model files as used (rearranged at load: GPT-OSS's experts are stored input-major), so the disk tier cannot read them; give a RAM budget that holds every expert")
                 }
                 ranges.append(FileRange(file: place.file, offset: place.offset, bytes: m.byteCount))
             }
