@@ -61,6 +61,36 @@ def q4_k_cases(library, path):
     return cases
 
 
+def mxfp4_every_code_and_scale():
+    """256 blocks, block e with scale byte e and element j holding code j % 16 (GGUF's layout: low
+    nibble of byte j is element j, high nibble element j + 16), their values by the gguf package
+    as float32 bit patterns (2^128 overflows to infinity), and the same blocks in Hugging Face's
+    layout (byte k: element 2k low, 2k + 1 high; scales apart), checked here against transformers'
+    own dequantisation (equal as numbers; its code 8 is -0.0, gguf's +0.0)."""
+    gguf_blocks = np.zeros((256, 17), dtype=np.uint8)
+    hf_blocks = np.zeros((256, 16), dtype=np.uint8)
+    for e in range(256):
+        codes = [j % 16 for j in range(32)]
+        gguf_blocks[e, 0] = e
+        for j in range(16):
+            gguf_blocks[e, 1 + j] = codes[j] | codes[j + 16] << 4
+            hf_blocks[e, j] = codes[2 * j] | codes[2 * j + 1] << 4
+    values = quants.dequantize(gguf_blocks.reshape(1, -1), GGMLQuantizationType.MXFP4).reshape(256, 32).astype(np.float32)
+    try:
+        import torch
+        from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+        # [experts=1, rows=256, blocks=1, 16] -> transposed [1, 32, 256].
+        theirs = convert_moe_packed_tensors(torch.from_numpy(hf_blocks.reshape(1, 256, 1, 16)),
+                                            torch.from_numpy(np.arange(256, dtype=np.uint8).reshape(1, 256, 1)),
+                                            dtype=torch.float32)[0].T.numpy()
+        # Equal as values: transformers' code 8 is -0.0 where gguf's is +0.0.
+        assert np.array_equal(theirs, values), "gguf and transformers disagree on MXFP4"
+    except ImportError:
+        pass
+    return dict(gguf=gguf_blocks.tobytes().hex(), hf_blocks=hf_blocks.tobytes().hex(),
+                value_bits=[int(b) for b in values.view(np.uint32).reshape(-1)])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ggml-quants", help="a shared library of ggml's ggml-quants.c, for the Q4_K rows")
@@ -68,13 +98,15 @@ def main():
     cases = []
     for r in rows():
         entry = dict(values=[float(v) for v in r])
-        for name, kind in (("q8_0", GGMLQuantizationType.Q8_0), ("q4_0", GGMLQuantizationType.Q4_0)):
+        for name, kind in (("q8_0", GGMLQuantizationType.Q8_0), ("q4_0", GGMLQuantizationType.Q4_0),
+                           ("mxfp4", GGMLQuantizationType.MXFP4)):
             entry[name] = quants.quantize(r[None, :], kind)[0].tobytes().hex()
         cases.append(entry)
     path = os.path.join(ROOT, "fixtures", "quant", "vectors.json")
     q4_k = q4_k_cases(args.ggml_quants, path)
+    mxfp4 = mxfp4_every_code_and_scale()
     with open(path, "w") as f:
-        json.dump(dict(cases=cases, q4_k_cases=q4_k), f)
+        json.dump(dict(cases=cases, q4_k_cases=q4_k, mxfp4_every_code=mxfp4), f)
     print(f"{len(cases)} rows, {len(q4_k)} Q4_K rows")
 
 

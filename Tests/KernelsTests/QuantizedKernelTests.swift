@@ -308,3 +308,49 @@ struct Q4_KTests {
         }
     }
 }
+
+@Suite("MXFP4")
+struct MXFP4Tests {
+    /// The gguf package's (ggml's) quantiser on the test rows: the same bytes.
+    @Test func quantizationIsGGUFs() {
+        for c in quantVectors("mxfp4") { #expect(quantized(.mxfp4, c.values) == c.bytes) }
+    }
+
+    /// Every code under every scale byte (2^-128 through 2^127 and its overflow to infinity):
+    /// GGUF's blocks widen to the gguf package's values (which transformers' own dequantisation of
+    /// the same blocks in Hugging Face's layout equals, checked when the vectors were made), and
+    /// Hugging Face's `_blocks` / `_scales` layout packs into the same GGUF blocks.
+    @Test func everyCodeAndScaleIsTheReference() throws {
+        let json = try JSONValue.parse(try readFileBytes(repositoryRoot + "/fixtures/quant/vectors.json"))["mxfp4_every_code"]!
+        func bytes(_ key: String) -> [UInt8] {
+            let hex = Array(json[key]!.stringValue!)
+            return stride(from: 0, to: hex.count, by: 2).map { UInt8(String(hex[$0...$0 + 1]), radix: 16)! }
+        }
+        let gguf = bytes("gguf"), pairs = bytes("hf_blocks")
+        let expected = json["value_bits"]!.arrayValue!.map { Float(bitPattern: UInt32($0.intValue!)) }
+        #expect(gguf.count == 256 * MXFP4.blockBytes && expected.count == 256 * 32)
+        gguf.withUnsafeBytes { g in
+            for e in 0..<256 {
+                for j in 0..<32 {
+                    let value = MXFP4.value(g.baseAddress! + e * MXFP4.blockBytes, j)
+                    // As numbers: -0 and +0 are one value (transformers' code 8 is -0).
+                    #expect(value == expected[e * 32 + j], "scale \(e) element \(j): \(value) vs \(expected[e * 32 + j])")
+                }
+            }
+        }
+        var packed = [UInt8](repeating: 0, count: gguf.count)
+        pairs.withUnsafeBytes { p in
+            packed.withUnsafeMutableBytes { out in
+                for e in 0..<256 {
+                    MXFP4.pack(pairs: p.baseAddress! + e * 16, scale: UInt8(e), into: out.baseAddress! + e * MXFP4.blockBytes)
+                }
+            }
+        }
+        #expect(packed == gguf)
+    }
+
+    @Test(arguments: [(7, 32, 1), (19, 96, 3), (5, 224, 6)])
+    func floatPathMatchesReference(rows: Int, columns: Int, tokens: Int) {
+        _ = checkFloatPath(.mxfp4, rows: rows, columns: columns, tokens: tokens, seed: UInt64(rows + columns))
+    }
+}
