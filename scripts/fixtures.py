@@ -86,7 +86,46 @@ ARCHITECTURES = {
                     layer_types=["sliding_attention", "full_attention"], swiglu_limit=1.5,
                     rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0, beta_slow=1.0,
                                          truncate=False, original_max_position_embeddings=128)),
+    # The same with its experts in MXFP4 as OpenAI released GPT-OSS (`_blocks` / `_scales`, made
+    # below from the bf16 experts; rows of whole blocks of 32 need intermediate_size 32).
+    "gpt_oss_mxfp4": dict(model_type="gpt_oss", num_hidden_layers=2, intermediate_size=32, num_local_experts=4,
+                          num_experts_per_tok=2, head_dim=8, sliding_window=3,
+                          layer_types=["sliding_attention", "full_attention"], swiglu_limit=1.5,
+                          rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0,
+                                               beta_slow=1.0, truncate=False, original_max_position_embeddings=128)),
 }
+
+
+def mxfp4_experts(folder, write_blocks):
+    """GPT-OSS's bf16 experts rounded to MXFP4 by the gguf package: with write_blocks False, the
+    rounded values are written back as bf16 (exact: E2M1 times a power of two), the checkpoint
+    transformers' reference runs on; with True, they are replaced by Hugging Face's MXFP4 tensors
+    (byte k of a block holds elements 2k and 2k + 1; rows are outputs), as OpenAI's release has them."""
+    from gguf import GGMLQuantizationType, quants
+    from safetensors.torch import load_file, save_file
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    for name in [n for n in tensors if n.endswith("experts.gate_up_proj") or n.endswith("experts.down_proj")]:
+        rows = tensors[name].float().transpose(1, 2).contiguous().numpy()  # [E, out, in]
+        E, R, C = rows.shape
+        blocks = quants.quantize(rows.reshape(E * R, C), GGMLQuantizationType.MXFP4).reshape(E, R, C // 32, 17)
+        if not write_blocks:
+            back = quants.dequantize(blocks.reshape(E * R, -1), GGMLQuantizationType.MXFP4).reshape(E, R, C)
+            tensors[name] = torch.from_numpy(back).transpose(1, 2).contiguous().to(torch.bfloat16)
+            continue
+        codes = np.concatenate([blocks[..., 1:] & 0x0F, blocks[..., 1:] >> 4], axis=-1)  # element order
+        pairs = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+        del tensors[name]
+        tensors[name + "_blocks"] = torch.from_numpy(np.ascontiguousarray(pairs))
+        tensors[name + "_scales"] = torch.from_numpy(np.ascontiguousarray(blocks[..., 0]))
+    save_file(tensors, path, metadata={"format": "pt"})
+    if write_blocks:
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["quantization_config"] = dict(quant_method="mxfp4", modules_to_not_convert=[
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"])
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
 
 
 def make_tokenizer(out_dir):
@@ -170,8 +209,12 @@ def build(args):
             folder = os.path.join(out, "models", arch)
             shutil.rmtree(folder, ignore_errors=True)
             build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer=True)
+            if arch.endswith("_mxfp4"):
+                mxfp4_experts(folder, write_blocks=False)
             prompt, logits, greedy, margin = reference(folder)
             if margin > 1e-3:
+                if arch.endswith("_mxfp4"):
+                    mxfp4_experts(folder, write_blocks=True)
                 break
             seed += 1
         ref = os.path.join(folder, "reference")
@@ -195,8 +238,12 @@ def check(args):
         while True:
             build_checkpoint(arch, folder, seed, tokenizer_dir, link_tokenizer=False,
                              shard=arch in ("mixtral", "qwen3_moe"))
+            if arch.endswith("_mxfp4"):
+                mxfp4_experts(folder, write_blocks=False)
             prompt, logits, greedy, margin = reference(folder)
             if margin > 1e-3:
+                if arch.endswith("_mxfp4"):
+                    mxfp4_experts(folder, write_blocks=True)
                 break
             seed += 1
         npy = os.path.join(work, arch + ".npy")

@@ -53,6 +53,7 @@ struct WeightBinder {
     /// into the [out, in] rows every kernel reads.
     func transposedExperts(layer l: Int, _ moe: MoEConfig) throws(ModelError) -> [FeedForwardWeights] {
         let hidden = config.hiddenSize, inner = moe.expertIntermediateSize, count = moe.expertCount
+        if source.contains(naming.stored(.stackedExpertsGateUp(layer: l)) + "_blocks") { return try mxfp4Experts(layer: l, moe) }
         let gateUp = try tensor(.stackedExpertsGateUp(layer: l), [count, hidden, 2 * inner])
         try checkShape(gateUp, [count, hidden, 2 * inner], "experts, hidden_size, 2 x intermediate_size")
         let down = try tensor(.stackedExpertsDown(layer: l), [count, inner, hidden])
@@ -84,6 +85,60 @@ struct WeightBinder {
                 gate: WeightMatrix(element: element, rows: inner, columns: hidden, data: base),
                 up: WeightMatrix(element: element, rows: inner, columns: hidden, data: base + inner * hidden * size),
                 down: WeightMatrix(element: element, rows: hidden, columns: inner, data: base + 2 * inner * hidden * size))
+        }
+    }
+
+    /// GPT-OSS's experts as released: MXFP4 in Hugging Face's layout, `gate_up_proj_blocks`
+    /// [experts, 2 x inner, hidden / 32, 16] with `_scales` [experts, 2 x inner, hidden / 32]
+    /// (rows are outputs, gate and up interleaved) and `down_proj_blocks` [experts, hidden, inner /
+    /// 32, 16]; repacked once into GGUF's MXFP4 blocks (scale byte first), gate rows then up rows.
+    func mxfp4Experts(layer l: Int, _ moe: MoEConfig) throws(ModelError) -> [FeedForwardWeights] {
+        let hidden = config.hiddenSize, inner = moe.expertIntermediateSize, count = moe.expertCount
+        guard hidden % 32 == 0, inner % 32 == 0 else {
+            throw ModelError("MXFP4 experts need hidden_size (\(hidden)) and intermediate_size (\(inner)) to be multiples of 32")
+        }
+        func raw(_ name: String, _ shape: [Int]) throws(ModelError) -> StoredTensor {
+            let t = try source.tensor(name, shape: shape)
+            guard t.typeName.uppercased() == "U8", t.shape == shape, t.byteCount == shape.reduce(1, *) else {
+                throw ModelError("\(t.file): tensor '\(name)' is \(t.typeName) \(t.shape); MXFP4 needs U8 \(shape)")
+            }
+            return t
+        }
+        let gateUpName = naming.stored(.stackedExpertsGateUp(layer: l)), downName = naming.stored(.stackedExpertsDown(layer: l))
+        let gateUpBlocks = try raw(gateUpName + "_blocks", [count, 2 * inner, hidden / 32, 16])
+        let gateUpScales = try raw(gateUpName + "_scales", [count, 2 * inner, hidden / 32])
+        let downBlocks = try raw(downName + "_blocks", [count, hidden, inner / 32, 16])
+        let downScales = try raw(downName + "_scales", [count, hidden, inner / 32])
+        let element = WeightElement.mxfp4
+        let gateBytes = inner * element.rowBytes(hidden), downBytes = hidden * element.rowBytes(inner)
+        let perExpert = 2 * gateBytes + downBytes
+        let buffer = HostBuffer(count * perExpert)
+        storage.buffers.append(buffer)
+        let out = buffer.pointer
+        /// Row `row` of one stacked tensor (its `groups` blocks) into GGUF blocks at `target`.
+        func pack(_ blocks: StoredTensor, _ scales: StoredTensor, row: Int, groups: Int, into target: UnsafeMutableRawPointer) {
+            for g in 0..<groups {
+                MXFP4.pack(pairs: blocks.data + (row * groups + g) * 16, scale: scales.data.load(fromByteOffset: row * groups + g, as: UInt8.self),
+                           into: target + g * MXFP4.blockBytes)
+            }
+        }
+        for e in 0..<count {
+            let base = out + e * perExpert
+            for i in 0..<inner {
+                pack(gateUpBlocks, gateUpScales, row: e * 2 * inner + 2 * i, groups: hidden / 32, into: base + i * element.rowBytes(hidden))
+                pack(gateUpBlocks, gateUpScales, row: e * 2 * inner + 2 * i + 1, groups: hidden / 32,
+                     into: base + gateBytes + i * element.rowBytes(hidden))
+            }
+            for h in 0..<hidden {
+                pack(downBlocks, downScales, row: e * hidden + h, groups: inner / 32, into: base + 2 * gateBytes + h * element.rowBytes(inner))
+            }
+        }
+        return (0..<count).map { e in
+            let base = UnsafeRawPointer(out + e * perExpert)
+            return FeedForwardWeights(
+                gate: WeightMatrix(element: element, rows: inner, columns: hidden, data: base),
+                up: WeightMatrix(element: element, rows: inner, columns: hidden, data: base + gateBytes),
+                down: WeightMatrix(element: element, rows: hidden, columns: inner, data: base + 2 * gateBytes))
         }
     }
 
