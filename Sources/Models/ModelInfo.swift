@@ -24,7 +24,9 @@ public struct ModelInfo: Sendable {
         var total = 0, bytes = 0
         var byType: [String: (Int, Int)] = [:]
         for t in model.tensors.allTensors {
-            total += t.elementCount
+            // MXFP4 as released: two values a byte in `_blocks`, and `_scales` that are not values.
+            let mxfp4 = t.typeName.uppercased() == "U8" && t.element == nil
+            total += mxfp4 ? (t.name.hasSuffix("_blocks") ? 2 * t.elementCount : 0) : t.elementCount
             bytes += t.byteCount
             let key = t.typeName.lowercased()
             byType[key, default: (0, 0)].0 += 1
@@ -59,7 +61,8 @@ public struct ModelInfo: Sendable {
         let H = c.hiddenSize
         var tensors = 0, values = 0, bytes = 0, experts = 0, inactive = 0, derived = 0
         /// `count` matrices of [rows, columns], stored as `count` tensors or as one stacked.
-        func add(_ rows: Int, _ columns: Int, count: Int = 1, stacked: Bool = false) {
+        func add(_ rows: Int, _ columns: Int, count: Int = 1, stacked: Bool = false, as stored: WeightElement? = nil) {
+            let element = stored ?? element
             tensors += stacked ? 1 : count
             values += count * rows * columns
             bytes += count * rows * (columns % element.blockValues == 0 ? element.rowBytes(columns) : 4 * columns)
@@ -83,7 +86,12 @@ public struct ModelInfo: Sendable {
                 if let s = m.sharedExpertIntermediateSize { add(s, H, count: 2); add(H, s) }
                 if m.sharedExpertGated { add(1, H) }
                 let perExpert = 3 * m.expertIntermediateSize * H
-                if c.naming.stackedExpertsTransposed {
+                if m.expertElement == .mxfp4 {
+                    // As released: `_blocks` and `_scales` of each stacked tensor.
+                    add(2 * m.expertIntermediateSize, H, count: m.expertCount, stacked: true, as: .mxfp4)
+                    add(H, m.expertIntermediateSize, count: m.expertCount, stacked: true, as: .mxfp4)
+                    tensors += 2
+                } else if c.naming.stackedExpertsTransposed {
                     // GPT-OSS: [experts, hidden, 2 x inner] and [experts, inner, hidden].
                     add(H, 2 * m.expertIntermediateSize, count: m.expertCount, stacked: true)
                     add(m.expertIntermediateSize, H, count: m.expertCount, stacked: true)
@@ -102,7 +110,7 @@ public struct ModelInfo: Sendable {
         expertParameters = experts
         activeParameters = values - inactive
         weightBytes = bytes
-        dtypes = [("\(element)", tensors, bytes)]
+        dtypes = [("\(element)\(c.feedForward.contains { $0.moe?.expertElement != nil } ? " (experts as stored)" : "")", tensors, bytes)]
         kvCacheBytesPerToken = c.kvLayout.bytesPerPosition
         kvValuesPerTokenPerLayer = c.kvLayout.keyWidth + c.kvLayout.valueWidth
         derivedWeightBytes = derived

@@ -1,3 +1,4 @@
+import Kernels
 import Runtime
 import SwitchyardSupport
 
@@ -48,6 +49,13 @@ enum GptOssFamily: ArchitectureFamily {
         moe.routerLogitBias = true
         moe.expertBiases = true
         moe.activation = .clampedSwiGLU(alpha: Float(alpha), limit: Float(limit))
+        if let q = try c.object("quantization_config") {
+            let method = try q.string("quant_method") ?? "none"
+            guard method == "mxfp4" else {
+                throw ModelError("\(c.file): quantization_config's quant_method '\(method)' is not supported for gpt_oss (supported: mxfp4)")
+            }
+            moe.expertElement = .mxfp4
+        }
         d.feedForward = Array(repeating: .mixtureOfExperts(moe), count: d.layerCount)
         d.naming = HuggingFaceNaming(moeBlock: "mlp", expertGate: "gate_proj", expertUp: "up_proj", expertDown: "down_proj",
                                      router: "router", stackedExpertsTransposed: true)

@@ -1,3 +1,4 @@
+import Kernels
 import Runtime
 import SwitchyardJSON
 import SwitchyardSupport
@@ -20,6 +21,8 @@ public struct MoEConfig: Sendable, Equatable {
     public var expertBiases = false
     /// What joins the experts' gate and up products.
     public var activation = GatedActivation.swiGLU
+    /// How the checkpoint stores the routed experts when not in its float dtype (GPT-OSS: MXFP4).
+    public var expertElement: WeightElement?
 
     public init(
         expertCount: Int, expertsPerToken: Int, expertIntermediateSize: Int, router: RouterConfig,

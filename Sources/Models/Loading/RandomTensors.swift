@@ -33,6 +33,7 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
         let c = config
         if name == "lm_head.weight" { return !c.tieWordEmbeddings }
         if name.hasSuffix("e_score_correction_bias") { return false }
+        if name.hasSuffix("_blocks") { return c.feedForward.contains { $0.moe?.expertElement == .mxfp4 } }
         if name.hasSuffix("experts.gate_up_proj") { return c.naming.stackedExpertsTransposed }
         if name.hasSuffix("o_proj.bias") { return c.outputBias }
         if name.hasSuffix("q_proj.bias") || name.hasSuffix("k_proj.bias") || name.hasSuffix("v_proj.bias") { return c.queryKeyValueBias }
@@ -44,6 +45,7 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
     var files: [MappedFile] { [] }
 
     func tensor(_ name: String, shape: [Int]) throws(ModelError) -> StoredTensor {
+        if name.hasSuffix("_blocks") || name.hasSuffix("_scales") { return mxfp4Bytes(name, shape: shape) }
         if let q = quantization, shape.count == 2, let format = q.format.stored(columns: shape[1]),
            QuantizedCheckpoint.converts(name: name, all: q.all) {
             return quantizedTensor(name, rows: shape[0], columns: shape[1], format: format)
@@ -56,6 +58,28 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
         fillRandom(buffer.pointer, count: count, center: isNorm ? 1 : 0, halfWidth: isNorm ? 0.1 : 0.02 * 3.0.squareRoot(), seed: seed)
         let tensor = StoredTensor(name: name, element: element, typeName: "\(element)".uppercased(), shape: shape,
                                   data: UnsafeRawPointer(buffer.pointer), byteCount: bytes, file: "(random weights)", owner: buffer)
+        made.append(tensor)
+        return tensor
+    }
+
+    /// MXFP4 as released, U8: random codes, and scale bytes 2^-8...2^-6 that give values of about
+    /// the same spread as the float weights.
+    private func mxfp4Bytes(_ name: String, shape: [Int]) -> StoredTensor {
+        let count = shape.reduce(1, *)
+        let buffer = Buffer(bytes: count)
+        seed &+= 0x9E37_79B9_7F4A_7C15
+        let seed = self.seed, scales = name.hasSuffix("_scales")
+        let chunk = 1 << 16
+        pool.parallelFor((count + chunk - 1) / chunk) { item in
+            var state = seed ^ (UInt64(item) &* 0xD1B5_4A32_D192_ED03) | 1
+            for i in (item * chunk)..<min(count, (item + 1) * chunk) {
+                state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+                let r = UInt8(truncatingIfNeeded: (state &* 0x2545_F491_4F6C_DD1D) >> 56)
+                buffer.pointer.storeBytes(of: scales ? 119 + r % 3 : r, toByteOffset: i, as: UInt8.self)
+            }
+        }
+        let tensor = StoredTensor(name: name, element: nil, typeName: "U8", shape: shape, data: UnsafeRawPointer(buffer.pointer),
+                                  byteCount: count, file: "(random weights)", owner: buffer)
         made.append(tensor)
         return tensor
     }

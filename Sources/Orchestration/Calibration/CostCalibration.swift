@@ -28,7 +28,8 @@ extension CostModel {
         let layout = ExpertPlacement.ramSlotOffsets(sizes)
         var matrices: [WeightMatrix] = []
         var diskRate = 0.0
-        if let reader {
+        // Experts rearranged at load (GPT-OSS's) are not in the files: nothing is read from disk then.
+        if let reader, let first = sample.matrices.first, reader.location(of: first.data, bytes: first.byteCount) != nil {
             var readBytes = 0, seconds = 0.0
             let picks = [layers[0][0], layers[layers.count / 2][layers[0].count / 2], layers[layers.count - 1][layers[0].count - 1]]
             for (p, f) in picks.enumerated() {
@@ -53,7 +54,7 @@ extension CostModel {
                 matrices.append(m.moved(to: buffer + layout[i]))
             }
         }
-        let expert = FeedForwardWeights(matrices)
+        let expert = sample.withMatrices(matrices)
         let counts = CostModel.measuredTokenCounts
         let largest = counts.last!
         let x = UnsafeMutablePointer<Float>.allocate(capacity: largest * hidden)

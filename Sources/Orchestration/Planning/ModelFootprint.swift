@@ -68,6 +68,7 @@ public struct ModelFootprint: Sendable, Equatable {
         self.always = always
         if let m = c.feedForward.compactMap(\.moe).first {
             let inner = m.expertIntermediateSize
+            let element = m.expertElement ?? element
             expertMatrixBytes = [inner * element.rowBytes(H), inner * element.rowBytes(H), H * element.rowBytes(inner)]
             expertParameters = 3 * inner * H
         } else {
