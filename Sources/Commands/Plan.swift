@@ -158,6 +158,9 @@ struct PlanCommand: ParsableCommand {
                 writeOut("| \(label) (\(count) x \(formatBytes(expertSize, digits: 2))) | \(formatBytes(count * expertSize, digits: 2)) | \(tier) |\n")
             }
             writeOut("\nmemory: " + tiers.map { "\($0.rawValue) \(formatBytes(plan.bytesPerTier[$0] ?? 0, digits: 2))" }.joined(separator: ", ") + "\n")
+            if config.naming.stackedExpertsTransposed && (plan.pinnedExperts[.disk] ?? 0) > 0 {
+                writeOut("note: \(config.modelType)'s experts are rearranged at load, so the disk tier cannot read them from the files: running this placement is refused; a RAM budget of every expert runs\n")
+            }
             writeOut("predicted decode: \(fixed(plan.decodeOverlapped, 1)) tok/s with CPU, accelerator, copies and reads overlapped (\(fixed(plan.decodeSummed, 1)) if summed)\n")
             writeOut("predicted prefill (\(plan.prefillTokens) tokens a pass): \(fixed(plan.prefillPipelined, 0)) tok/s with the expert pipeline (groups per MoE layer: \(plan.pipelineGroups.map(String.init).joined(separator: " "))), \(fixed(plan.prefillUnpipelined, 0)) tok/s without; \(fixed(plan.prefillOverlapped, 0)) tok/s if every transfer overlapped perfectly\n")
             writeOut("Fiddler's kernels on this placement: \(fixed(plan.decodeFiddler, 2)) tok/s decode; predicted gap \(fixed(plan.decodeOverlapped / plan.decodeFiddler, 1))x\n")

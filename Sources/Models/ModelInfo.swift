@@ -110,7 +110,8 @@ public struct ModelInfo: Sendable {
         expertParameters = experts
         activeParameters = values - inactive
         weightBytes = bytes
-        dtypes = [("\(element)\(c.feedForward.contains { $0.moe?.expertElement != nil } ? " (experts as stored)" : "")", tensors, bytes)]
+        let expertNote = c.feedForward.compactMap { $0.moe?.expertElement }.first.map { ", experts \($0)" } ?? ""
+        dtypes = [("\(element)\(expertNote)", tensors, bytes)]
         kvCacheBytesPerToken = c.kvLayout.bytesPerPosition
         kvValuesPerTokenPerLayer = c.kvLayout.keyWidth + c.kvLayout.valueWidth
         derivedWeightBytes = derived
