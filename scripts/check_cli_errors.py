@@ -73,6 +73,18 @@ def edit_json(work, name, file, change):
     return d
 
 
+def edited_config(work, name, source, change):
+    """A folder holding only a published config (benchmarks/configs/SOURCE) with `change` made."""
+    d = os.path.join(work, name)
+    os.makedirs(d)
+    with open(os.path.join(ROOT, "benchmarks", "configs", source, "config.json")) as f:
+        obj = json.load(f)
+    change(obj)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(obj, f)
+    return d
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build", "debug", "switchyard")
     work = tempfile.mkdtemp()
@@ -229,6 +241,15 @@ def main():
         ("full standard output", ["tokenize", "--model", FIXTURE, "--text", "Hello"], "write error", "/dev/full"),
         # config.json values a file may hold, each checked before it sizes anything.
         ("sliding_window 0", ["info", "--model", edit_json(work, "sw0", "config.json", lambda c: c.update(sliding_window=0))], "sliding_window"),
+        ("DeepSeek n_group not dividing the experts", ["info", "--random-weights", "--model",
+                                                       edited_config(work, "dsg", "deepseek-v3", lambda c: c.update(n_group=7))], "n_group"),
+        ("DeepSeek unknown topk_method", ["plan", "--model", edited_config(work, "dsm", "deepseek-v3", lambda c: c.update(topk_method="random"))],
+         "topk_method"),
+        ("DeepSeek kv_lora_rank 2^40", ["info", "--random-weights", "--model",
+                                        edited_config(work, "dsr", "deepseek-v2-lite", lambda c: c.update(kv_lora_rank=2 ** 40))], "kv_lora_rank"),
+        ("GPT-OSS unknown quantization", ["info", "--random-weights", "--model",
+                                          edited_config(work, "goq", "gpt-oss-120b", lambda c: c["quantization_config"].update(quant_method="fp8"))],
+         "quant_method"),
         ("sliding_window negative", gen + ["--model", edit_json(work, "swneg", "config.json", lambda c: c.update(sliding_window=-4))],
          "sliding_window"),
         ("max_position_embeddings 2^40", gen + ["--model", edit_json(work, "maxpos", "config.json",

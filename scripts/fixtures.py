@@ -62,10 +62,12 @@ ARCHITECTURES = {
     "olmoe": dict(model_type="olmoe", num_hidden_layers=2, intermediate_size=24, num_experts=4, num_experts_per_tok=2,
                   norm_topk_prob=False, clip_qkv=3.0),
     # Latent attention with the plain query path, YaRN with DeepSeek's mscale (as V2-Lite has it),
-    # softmax routing limited to the 2 best of 4 groups, a dense first layer, a shared expert.
+    # softmax routing limited to the 2 best of 4 groups (with groups scored by their best expert, the
+    # limit can only exclude one of the top k when k exceeds topk_group: 3 here), a dense first
+    # layer, a shared expert.
     "deepseek_v2": dict(model_type="deepseek_v2", num_hidden_layers=3, intermediate_size=64, q_lora_rank=None,
                         kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
-                        n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=24, n_shared_experts=1,
+                        n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=24, n_shared_experts=1,
                         topk_method="group_limited_greedy", n_group=4, topk_group=2, routed_scaling_factor=1.5,
                         first_k_dense_replace=1, num_key_value_heads=4,
                         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
@@ -199,6 +201,25 @@ def reference(folder):
     return ids[0].tolist(), logits, greedy, min(margins)
 
 
+def routing_rules_matter(folder):
+    """For the DeepSeek fixtures: the group limit (and V3's selection bias) must change transformers'
+    logits, or the fixture would not test them."""
+    tok = tokenizers.Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    ids = torch.tensor([tok.encode(PROMPT).ids])
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        base = model(ids).logits
+        routers = [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+        for r in routers:
+            r.num_group, r.topk_group = 1, 1
+        ungrouped = model(ids).logits
+        assert not torch.allclose(base, ungrouped, rtol=1e-4), f"{folder}: the group limit excludes no chosen expert"
+        if hasattr(routers[0], "e_score_correction_bias"):
+            for r in routers:
+                r.e_score_correction_bias.zero_()
+            assert not torch.allclose(ungrouped, model(ids).logits, rtol=1e-4), f"{folder}: the selection bias changes no choice"
+
+
 def build(args):
     out = os.path.abspath(args.out)
     tokenizer_dir = os.path.join(out, "tokenizers", "llama-spm")
@@ -215,6 +236,8 @@ def build(args):
             if margin > 1e-3:
                 if arch.endswith("_mxfp4"):
                     mxfp4_experts(folder, write_blocks=True)
+                if arch.startswith("deepseek"):
+                    routing_rules_matter(folder)
                 break
             seed += 1
         ref = os.path.join(folder, "reference")

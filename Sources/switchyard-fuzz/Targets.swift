@@ -63,9 +63,11 @@ final class SafeTensorsTarget: Target {
 struct ConfigTarget: Target {
     let seeds: [[UInt8]]
     init(root: String) {
-        seeds = ["llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"].compactMap {
-            try? readFileBytes(root + "/fixtures/models/\($0)/config.json")
-        } + [(try? readFileBytes(root + "/benchmarks/configs/mixtral-8x7b/config.json")) ?? []]
+        seeds = ["llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "gpt_oss_mxfp4"]
+            .compactMap { try? readFileBytes(root + "/fixtures/models/\($0)/config.json") }
+            + ["mixtral-8x7b", "deepseek-v2-lite", "deepseek-v3", "gpt-oss-120b"].compactMap {
+                try? readFileBytes(root + "/benchmarks/configs/\($0)/config.json")
+            }
     }
     func exercise(_ input: [UInt8]) -> Bool {
         guard let json = try? JSONValue.parse(input),

@@ -38,6 +38,25 @@ struct KernelTests {
         }
     }
 
+    /// A sink is one more logit in each head's softmax, with no value: one position of score s and a
+    /// sink z give the value times e^s / (e^s + e^z); a very negative sink changes nothing.
+    @Test func sinksTakeTheirShare() {
+        let q: [Float] = [1, 0, 0, 2, 0, 0], k: [Float] = [0.5, 0, 0], v: [Float] = [3, -1, 2]
+        var tile = [Float](repeating: 0, count: 2 * 16), out = [Float](repeating: 0, count: 6)
+        let sinks: [Float] = [0.25, -1000]
+        k.withUnsafeBufferPointer { kp in
+            v.withUnsafeBufferPointer { vp in
+                attendGroup(queries: q, group: 2, headDim: 3, valueDim: 3, scale: 1, keys: F32Rows(kp.baseAddress!, 3),
+                            values: F32Rows(vp.baseAddress!, 3), first: 0, last: 0, tile: &tile, output: &out, sinks: sinks)
+            }
+        }
+        let share = exp(Float(0.5)) / (exp(Float(0.5)) + exp(Float(0.25)))
+        for i in 0..<3 {
+            #expect(abs(out[i] - share * v[i]) <= 1e-6)
+            #expect(abs(out[3 + i] - v[i]) <= 1e-6)
+        }
+    }
+
     @Test func bf16WideningIsExact() {
         let values: [Float] = [1, -2.5, 3.140625, 0, -0.0, 65280]
         let bits = values.map(bf16Bits)

@@ -107,7 +107,7 @@ struct LatentAttentionFormTests {
 
 @Suite("batched steps")
 struct BatchedForwardTests {
-    @Test("several sequences in one step give exactly their solo logits", arguments: ["qwen2_moe", "mixtral", "olmoe", "deepseek_v2", "deepseek_v3"])
+    @Test("several sequences in one step give exactly their solo logits", arguments: ["qwen2_moe", "mixtral", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "gpt_oss_mxfp4"])
     func batchEqualsSolo(arch: String) throws {
         let model = try Model(directory: fixturePath(arch), threads: 2)
         let prompts = [[1, 450, 2030], [1, 15043, 3186, 29892, 2748], [1, 2]]

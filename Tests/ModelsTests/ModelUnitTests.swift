@@ -1,4 +1,5 @@
 import Testing
+import Runtime
 import Kernels
 import SafeTensors
 import SwitchyardJSON
@@ -60,6 +61,39 @@ struct ConfigTests {
         #expect(llama.rope.theta == 10_000 && llama.rmsNormEpsilon == 1e-6 && llama.headDim == 16 && llama.keyValueHeadCount == 4)
         let olmoe = try config(with("olmoe"))
         #expect(olmoe.feedForward[1].moe?.router.normalize == false && olmoe.queryKeyNorm == .wholeProjection)
+    }
+
+    /// DeepSeek's and GPT-OSS's keys map onto the routing rules and attention they name.
+    @Test func deepSeekAndGptOssConfigs() throws {
+        let v2 = try config(with("deepseek_v2", ["q_lora_rank": .null, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+                                                 "v_head_dim": 12, "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+                                                 "topk_method": "group_limited_greedy", "n_group": 4, "topk_group": 2,
+                                                 "routed_scaling_factor": 1.5, "first_k_dense_replace": 1]))
+        guard case .latent(let m2) = v2.attention else { Issue.record("not latent"); return }
+        #expect(m2.queryRank == nil && m2.cachedWidth == 40 && m2.interleavedRotary && v2.headDim == 8)
+        #expect(v2.kvLayout == KVLayout(layers: 2, keyWidth: 40, valueWidth: 0))
+        #expect(v2.feedForward[0].moe == nil)
+        let r2 = try #require(v2.feedForward[1].moe)
+        #expect(r2.router == RouterConfig(gating: .softmax, selection: .groupLimited(groups: 4, topGroups: 2, score: .max), normalize: false, scale: 1.5))
+        #expect(r2.sharedExpertIntermediateSize == 2 * 24 && !r2.sharedExpertGated)
+        // q_lora_rank missing is transformers' default rank; V3 routes by sigmoid plus a bias, top-2 sums.
+        let v3 = try config(with("deepseek_v3", ["kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+                                                 "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "first_k_dense_replace": 0,
+                                                 "rope_interleave": false]))
+        guard case .latent(let m3) = v3.attention else { Issue.record("not latent"); return }
+        #expect(m3.queryRank == 1536 && !m3.interleavedRotary)
+        let r3 = try #require(v3.feedForward[0].moe)
+        #expect(r3.router == RouterConfig(gating: .sigmoid, selection: .groupLimited(groups: 2, topGroups: 1, score: .topTwoSum),
+                                          selectionBias: true, normalize: true, scale: 2.5))
+        expectModelError(containing: ["n_group", "multiple"]) { _ = try config(with("deepseek_v3", ["n_routed_experts": 8, "n_group": 3])) }
+        expectModelError(containing: ["topk_method 'random'"]) { _ = try config(with("deepseek_v2", ["topk_method": "random"])) }
+        let oss = try config(with("gpt_oss", ["num_local_experts": 4, "sliding_window": 3]))
+        #expect(oss.attentionSinks && oss.queryKeyValueBias && oss.outputBias && oss.rope.kind == .yarn)
+        #expect(oss.slidingWindows == [3, nil])
+        let ro = try #require(oss.feedForward[0].moe)
+        #expect(ro.routerLogitBias && ro.expertBiases && ro.activation == .clampedSwiGLU(alpha: 1.702, limit: 7) && ro.expertElement == nil)
+        let released = try config(with("gpt_oss", ["quantization_config": ["quant_method": "mxfp4"]]))
+        #expect(released.feedForward[0].moe?.expertElement == .mxfp4)
     }
 
     @Test func ropeInBothConfigForms() throws {

@@ -99,10 +99,12 @@ public enum TwoTierPlanner {
         }
         func attention(_ b: Int) -> Double {
             let reads = Double(b) * Double(i.meanPositions) * kvPerPositionLayer
-            let ops = 4 * Double(b) * Double(i.meanPositions) * Double(c.queryWidth)
+            // Per position seen: every head's score and its values, 2 operations a value.
+            let ops = 2 * Double(b) * Double(i.meanPositions) * Double(c.queryWidth + c.attentionOutputWidth)
             return max(reads / bw, ops / flops)
         }
-        let wirePerToken = (2 * c.queryWidth + 2 * c.keyValueWidth) * 4 + 12
+        // Queries and keys (and values, unless latent) out, outputs back.
+        let wirePerToken = (c.queryWidth + c.kvLayout.keyWidth + c.kvLayout.valueWidth + c.attentionOutputWidth) * 4 + 12
         let headTime = Double(head.reduce(0) { $0 + $1.bytes }) / bw
         func step(_ B: Int, _ M: Int) -> Double {
             let b = (B + M - 1) / M

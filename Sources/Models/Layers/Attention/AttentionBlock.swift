@@ -16,7 +16,7 @@ public struct LayerContext {
 }
 
 /// One layer's attention: its weights and how it computes, one variant per file in this folder
-/// (grouped-query attention; DeepSeek's latent attention next), in two halves around the
+/// (grouped-query attention, DeepSeek's latent attention), in two halves around the
 /// attention executor, so that the attention itself may run elsewhere while tier 1 works on
 /// another micro-batch. The tiers move and convert the weights through `matrices` and
 /// `mapMatrices`.
