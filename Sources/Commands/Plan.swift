@@ -159,7 +159,7 @@ struct PlanCommand: ParsableCommand {
             }
             writeOut("\nmemory: " + tiers.map { "\($0.rawValue) \(formatBytes(plan.bytesPerTier[$0] ?? 0, digits: 2))" }.joined(separator: ", ") + "\n")
             if config.naming.stackedExpertsTransposed && (plan.pinnedExperts[.disk] ?? 0) > 0 {
-                writeOut("note: \(config.modelType)'s experts are rearranged at load, so the disk tier cannot read them from the files: running this placement is refused; a RAM budget of every expert runs\n")
+                writeOut("note: \(config.modelType)'s experts are rearranged at load (all of them in memory once); those on disk are then written to a spill file in $TMPDIR, which needs \(formatBytes((plan.pinnedExperts[.disk] ?? 0) * plan.footprint.expertBytes, digits: 2)) free\n")
             }
             writeOut("predicted decode: \(fixed(plan.decodeOverlapped, 1)) tok/s with CPU, accelerator, copies and reads overlapped (\(fixed(plan.decodeSummed, 1)) if summed)\n")
             writeOut("predicted prefill (\(plan.prefillTokens) tokens a pass): \(fixed(plan.prefillPipelined, 0)) tok/s with the expert pipeline (groups per MoE layer: \(plan.pipelineGroups.map(String.init).joined(separator: " "))), \(fixed(plan.prefillUnpipelined, 0)) tok/s without; \(fixed(plan.prefillOverlapped, 0)) tok/s if every transfer overlapped perfectly\n")

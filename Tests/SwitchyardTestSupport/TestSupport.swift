@@ -18,9 +18,6 @@ public let demoModelPath = repositoryRoot + "/models/switchyard-kjv-moe"
 /// Every fixture architecture, and those with routed experts.
 public let allArchitectures = ["llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "gpt_oss_mxfp4"]
 public let moeArchitectures = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "gpt_oss_mxfp4"]
-/// MoE architectures whose experts are used as their files store them, so the disk tier can read
-/// them; GPT-OSS's are rearranged at load (input-major in the files).
-public let diskTierArchitectures = moeArchitectures.filter { !$0.hasPrefix("gpt_oss") }
 
 /// A fresh cost-table cache per test process, so tests measure rather than trust another run's table.
 public let costDirectory = "/tmp/switchyard-tests-costs-\(getpid())"

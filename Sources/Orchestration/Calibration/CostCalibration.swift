@@ -28,10 +28,11 @@ extension CostModel {
         let layout = ExpertPlacement.ramSlotOffsets(sizes)
         var matrices: [WeightMatrix] = []
         var diskRate = 0.0
-        // Experts rearranged at load (GPT-OSS's) are not in the files: nothing is read from disk then.
-        if let reader, let first = sample.matrices.first, reader.location(of: first.data, bytes: first.byteCount) != nil {
+        let picks = [layers[0][0], layers[layers.count / 2][layers[0].count / 2], layers[layers.count - 1][layers[0].count - 1]]
+        // Experts rearranged at load (GPT-OSS's) are in the files only when spilled: timed reads
+        // need three that are.
+        if let reader, picks.allSatisfy({ $0.matrices.allSatisfy { reader.location(of: $0.data, bytes: $0.byteCount) != nil } }) {
             var readBytes = 0, seconds = 0.0
-            let picks = [layers[0][0], layers[layers.count / 2][layers[0].count / 2], layers[layers.count - 1][layers[0].count - 1]]
             for (p, f) in picks.enumerated() {
                 let started = ContinuousClock.now
                 for (i, m) in f.matrices.enumerated() {

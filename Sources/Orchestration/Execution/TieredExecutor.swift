@@ -56,6 +56,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
     let config: DecoderConfig
     let cpu: CPUDevice
     let reader: DirectReader?
+    /// The spill file of experts rearranged at load that the disk tier reads (unlinked once open).
+    private(set) var spillFile: MappedFile?
     var homes: [[ExpertHome]]
     let acceleratorCache: ExpertCache?
     let ramCache: ExpertCache?
@@ -103,6 +105,13 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         self.hosts = hosts
         self.cpu = cpu
         config = loaded.config
+        footprint = ModelFootprint(weights: loaded.weights, config: config)
+        let placement = try ExpertPlacement.place(
+            footprint, options.budgets(acceleratorMemory: accelerator?.capacity, acceleratorUsed: accelerator?.used ?? 0))
+        self.placement = placement
+        // Experts rearranged at load (GPT-OSS's) that the placement puts on disk: written to a spill
+        // file the disk tier reads, their memory released.
+        var spilled: [ExpertKey: FeedForwardWeights] = [:]
         if options.ramBudget != nil {
             guard loaded.quantization == nil else {
                 throw OrchestrationError("--ram-budget reads experts from the model files as stored, so it cannot be combined with --quantize")
@@ -110,7 +119,23 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             guard !loaded.tensors.files.isEmpty else {
                 throw OrchestrationError("--ram-budget reads experts from the model files, so it cannot be combined with --random-weights")
             }
-            do { reader = try DirectReader(files: loaded.tensors.files) } catch { throw OrchestrationError(error.description) }
+            var files = loaded.tensors.files
+            let outside = placement.experts(on: .disk).filter { key in
+                TieredExecutor.storedExpert(loaded.weights, key).matrices.contains { m in
+                    !files.contains { UnsafeRawPointer(m.data) >= $0.base && m.data + m.byteCount <= $0.base + $0.size }
+                }
+            }
+            var spill: MappedFile?
+            if !outside.isEmpty {
+                let (file, moved) = try TieredExecutor.spill(outside.map { ($0, TieredExecutor.storedExpert(loaded.weights, $0)) })
+                files.append(file)
+                spilled = moved
+                spill = file
+            }
+            do { reader = try DirectReader(files: files) } catch { throw OrchestrationError(error.description) }
+            // Open by the reader and mapped: the name is no longer needed, and the file goes with the process.
+            if let spill { unlink(spill.path) }
+            spillFile = spill
         } else if !hosts.isEmpty && options.copyHostWeights && !loaded.tensors.files.isEmpty {
             // Weights held in memory, experts on hosts: a host lost is read back with errors that
             // fail a step, never through a mapping that a changed file could take away.
@@ -118,10 +143,6 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         } else {
             reader = nil
         }
-        footprint = ModelFootprint(weights: loaded.weights, config: config)
-        let placement = try ExpertPlacement.place(
-            footprint, options.budgets(acceleratorMemory: accelerator?.capacity, acceleratorUsed: accelerator?.used ?? 0))
-        self.placement = placement
         var remote: [ExpertKey: Int] = [:]
         if !hosts.isEmpty && footprint.expertBytes > 0 {
             let onHost = footprint.expertMatrixBytes.reduce(0) { $0 + (($1 + 63) & ~63) }
@@ -141,6 +162,12 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             guard let moved = accelerator.moveIn(m) else { preconditionFailure("the placement's tensors fit the accelerator") }
             dropPages(m.data, m.byteCount)
             m = moved
+        }
+        for (key, f) in spilled {
+            guard case .mixtureOfExperts(var m) = placed.layers[key.layer].feedForward else { continue }
+            for old in m.experts[key.expert].matrices { dropPages(old.data, old.byteCount) }
+            m.experts[key.expert] = f
+            placed.layers[key.layer].feedForward = .mixtureOfExperts(m)
         }
         var experts: [[FeedForwardWeights]] = placed.layers.map { layer in
             if case .mixtureOfExperts(let m) = layer.feedForward { return m.experts }
@@ -185,7 +212,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             var ranges: [FileRange] = []
             for m in experts[key.layer][key.expert].matrices {
                 guard let place = reader!.location(of: m.data, bytes: m.byteCount) else {
-                    throw OrchestrationError("\(key): its weights are not in the model files as used (rearranged at load: GPT-OSS's experts are stored input-major), so the disk tier cannot read them; give a RAM budget that holds every expert")
+                    preconditionFailure("\(key): an expert on disk is in the model files or the spill file")
                 }
                 ranges.append(FileRange(file: place.file, offset: place.offset, bytes: m.byteCount))
             }
@@ -614,5 +641,53 @@ extension TieredExecutor {
             experts[key.layer][key.expert] = experts[key.layer][key.expert].mapMatrices(copy)
         }
         return buffer
+    }
+}
+
+extension TieredExecutor {
+    /// Expert `key` of `weights` as bound.
+    static func storedExpert(_ weights: DecoderWeights, _ key: ExpertKey) -> FeedForwardWeights {
+        guard case .mixtureOfExperts(let m) = weights.layers[key.layer].feedForward else { preconditionFailure("\(key) is not an expert") }
+        return m.experts[key.expert]
+    }
+
+    /// Writes `experts`' matrices to a new file in the temporary folder (each at a 4 KiB boundary,
+    /// for direct reads) and maps it: the experts with their matrices in that mapping.
+    static func spill(_ experts: [(ExpertKey, FeedForwardWeights)]) throws(OrchestrationError) -> (MappedFile, [ExpertKey: FeedForwardWeights]) {
+        let folder = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        var template = Array("\(folder)/switchyard-spill-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw OrchestrationError("\(folder): cannot create a spill file for the experts rearranged at load: \(errorText())") }
+        let path = String(cString: template)
+        defer { close(fd) }
+        var offsets: [[Int]] = []
+        var end = 0
+        for (key, f) in experts {
+            var mine: [Int] = []
+            for m in f.matrices {
+                var done = 0
+                while done < m.byteCount {
+                    let n = pwrite(fd, m.data + done, m.byteCount - done, off_t(end + done))
+                    guard n > 0 else {
+                        unlink(path)
+                        throw OrchestrationError("\(path): cannot write \(key)'s weights to the spill file: \(errorText())")
+                    }
+                    done += n
+                }
+                mine.append(end)
+                end = (end + m.byteCount + 4095) / 4096 * 4096
+            }
+            offsets.append(mine)
+        }
+        let file: MappedFile
+        do { file = try MappedFile(path: path) } catch {
+            unlink(path)
+            throw OrchestrationError(error.description)
+        }
+        var moved: [ExpertKey: FeedForwardWeights] = [:]
+        for ((key, f), mine) in zip(experts, offsets) {
+            moved[key] = f.withMatrices(zip(f.matrices, mine).map { m, offset in m.moved(to: file.base + offset) })
+        }
+        return (file, moved)
     }
 }
