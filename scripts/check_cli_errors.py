@@ -247,6 +247,8 @@ def main():
          "topk_method"),
         ("DeepSeek kv_lora_rank 2^40", ["info", "--random-weights", "--model",
                                         edited_config(work, "dsr", "deepseek-v2-lite", lambda c: c.update(kv_lora_rank=2 ** 40))], "kv_lora_rank"),
+        ("quantize GPT-OSS's input-major experts", ["quantize", "--model", os.path.join(ROOT, "fixtures", "models", "gpt_oss"), "--type", "q8_0",
+                                                    "--out", os.path.join(work, "oss-q8")], "input-major"),
         ("GPT-OSS unknown quantization", ["info", "--random-weights", "--model",
                                           edited_config(work, "goq", "gpt-oss-120b", lambda c: c["quantization_config"].update(quant_method="fp8"))],
          "quant_method"),

@@ -27,6 +27,11 @@ public enum QuantizedCheckpoint {
                              pool: ThreadPool) throws(ModelError) -> (converted: Int, bytes: Int) {
         let checkpoint: Checkpoint
         do { checkpoint = try Checkpoint(directory: directory) } catch { throw ModelError(error.description) }
+        // Blocks run along a row's inputs; input-major stacked experts would be blocked along outputs.
+        let config = try HuggingFaceFolder(directory: directory).readConfig()
+        if config.naming.stackedExpertsTransposed {
+            throw ModelError("\(directory): \(config.modelType)'s experts are stored input-major; quantise them at load with --quantize instead")
+        }
         guard mkdir(output, 0o755) == 0 || errno == EEXIST else {
             throw ModelError("\(output): cannot create the folder: \(errorText())")
         }
