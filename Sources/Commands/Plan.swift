@@ -33,6 +33,11 @@ struct PlanCommand: ParsableCommand {
     @Option(name: .customLong("expert-policy"), help: "scheduled, cpu, copy or naive, as for the compute commands.")
     var expertPolicy: ExpertPolicy = .scheduled
 
+    @Option(help: ArgumentHelp(
+        "Plan the routed experts in q8_0, q4_0 or q4_k.",
+        discussion: "As a folder `switchyard quantize` wrote holds them (what --ram-budget runs read from disk), or as --quantize converts them at load without a RAM budget. Experts a config stores in a block format (GPT-OSS's MXFP4) stay as stored."))
+    var quantize: WeightQuantization.Format?
+
     @Option(name: .customLong("context-length"), help: "KV cache positions the RAM budget must hold (default: min(4096, the model's maximum)).")
     var contextLength: Int?
 
@@ -110,7 +115,7 @@ struct PlanCommand: ParsableCommand {
             let hosts = (0..<(expertHosts ?? 0)).map { _ in HostCapacity(memory: hostBytes, fixed: nil) }
             let plan = try Planner.plan(config, element: element, hardware: machine, acceleratorMemory: accelerator, ramBudget: ram,
                                         contextLength: context, popularity: popularity, policy: expertPolicy, hosts: hosts,
-                                        hostRoundTrip: hostRTT / 1000, hostBandwidth: hostGbps * 1e9 / 8)
+                                        hostRoundTrip: hostRTT / 1000, hostBandwidth: hostGbps * 1e9 / 8, expertElement: quantize?.element)
             let p = plan.placement
             let experts: [String: Int] = [
                 "accelerator_pinned": p.experts(on: .accelerator).count, "accelerator_cache_slots": p.acceleratorCacheSlots,
@@ -143,7 +148,8 @@ struct PlanCommand: ParsableCommand {
             }
             let profileNote = popularity == nil ? "experts placed uniformly (no --profile)" : "experts placed by popularity from \(profile!)"
             writeOut("hardware: \(machine.name) — \(machine.description)\n")
-            writeOut("budgets: accelerator \(accelerator.map { formatBytes($0, digits: 2) } ?? "none"), RAM \(formatBytes(ram, digits: 2)); weights \(element); \(profileNote)\n\n")
+            let stored = config.feedForward.compactMap { $0.moe?.expertElement }.first ?? quantize?.element
+            writeOut("budgets: accelerator \(accelerator.map { formatBytes($0, digits: 2) } ?? "none"), RAM \(formatBytes(ram, digits: 2)); weights \(element)\(stored.map { ", routed experts \($0)" } ?? ""); \(profileNote)\n\n")
             let onAccelerator = p.alwaysOnAccelerator.filter { $0 }.count
             let eligible = plan.footprint.always.filter(\.acceleratorEligible).count
             writeOut("| what | size | where |\n| --- | ---: | --- |\n")

@@ -62,6 +62,18 @@ struct PlannerTests {
         #expect(plan.decodeOverlapped > 1.5 * plan.decodeFiddler)
     }
 
+    /// Experts planned in a block format (--quantize), or as the config stores them (GPT-OSS's
+    /// MXFP4 wins over --quantize); everything else stays in the checkpoint's element.
+    @Test func expertElementSizesTheExperts() throws {
+        let c = try HuggingFaceFolder(directory: repositoryRoot + "/benchmarks/configs/mixtral-8x7b").readConfig()
+        let plain = ModelFootprint(config: c, element: .bf16), q4 = ModelFootprint(config: c, element: .bf16, expertElement: .q4_0)
+        #expect(plain.expertBytes == 3 * 14336 * 4096 * 2)
+        #expect(q4.expertBytes == 3 * 14336 * 4096 / 32 * 18)
+        #expect(q4.always == plain.always)
+        let oss = try HuggingFaceFolder(directory: repositoryRoot + "/benchmarks/configs/gpt-oss-120b").readConfig()
+        #expect(ModelFootprint(config: oss, element: .bf16, expertElement: .q4_0).expertBytes == 3 * 2880 * 2880 / 32 * 17)
+    }
+
     @Test func popularExpertsGoToFastMemoryFirst() throws {
         // Layer 0: expert 3 takes almost every token; with room for one expert on the accelerator
         // (besides what every token touches), it is 3.

@@ -43,8 +43,9 @@ public struct ModelFootprint: Sendable, Equatable {
         expertsPerToken = c.feedForward.map { $0.moe?.expertsPerToken ?? 0 }
     }
 
-    /// From the config alone, every matrix stored as `element`.
-    public init(config c: DecoderConfig, element: WeightElement) {
+    /// From the config alone, every matrix stored as `element`, the routed experts as
+    /// `expertElement` when given (converted at load) unless the config says how they are stored.
+    public init(config c: DecoderConfig, element: WeightElement, expertElement: WeightElement? = nil) {
         var always: [Tensor] = []
         let H = c.hiddenSize
         func add(_ name: String, _ rows: Int, _ columns: Int, eligible: Bool = true) {
@@ -68,7 +69,7 @@ public struct ModelFootprint: Sendable, Equatable {
         self.always = always
         if let m = c.feedForward.compactMap(\.moe).first {
             let inner = m.expertIntermediateSize
-            let element = m.expertElement ?? element
+            let element = m.expertElement ?? expertElement ?? element
             expertMatrixBytes = [inner * element.rowBytes(H), inner * element.rowBytes(H), H * element.rowBytes(inner)]
             expertParameters = 3 * inner * H
         } else {

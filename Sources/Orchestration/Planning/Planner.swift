@@ -50,9 +50,9 @@ public enum Planner {
     public static func plan(
         _ c: DecoderConfig, element: WeightElement, hardware: HardwareProfile, acceleratorMemory: Int?, ramBudget: Int?,
         contextLength: Int, popularity: [[Double]]? = nil, policy: ExpertPolicy = .scheduled, prefillTokens: Int = 512,
-        hosts: [HostCapacity] = [], hostRoundTrip: Double = 0, hostBandwidth: Double = 0
+        hosts: [HostCapacity] = [], hostRoundTrip: Double = 0, hostBandwidth: Double = 0, expertElement: WeightElement? = nil
     ) throws(OrchestrationError) -> Plan {
-        let footprint = ModelFootprint(config: c, element: element)
+        let footprint = ModelFootprint(config: c, element: element, expertElement: expertElement)
         var options = TierOptions()
         options.ramBudget = ramBudget
         options.reservedHostBytes = TierOptions.hostReservation(c, positions: contextLength)
