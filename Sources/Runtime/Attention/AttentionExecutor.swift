@@ -152,20 +152,24 @@ public final class LocalAttention: AttentionExecutor, @unchecked Sendable {
         for slot in slots where slabs[slot.sequence] == nil { slabs[slot.sequence] = hostCache.rows(of: slot.sequence, layer: layer) }
         let bases = slots.map { slabs[$0.sequence]! }
         let group = heads / kvHeads
+        // A large group (latent attention's one KV head for every head) is split into parts of at
+        // most 8 heads, so one token's attention spreads over the cores; each head's arithmetic is
+        // the same either way.
+        let part = (1...min(8, group)).last { group % $0 == 0 }!, parts = group / part
         scratch.reserve(T * kvHeads * group * 16)
         let tiles = scratch.pointer
         let window = shape.window, scale = shape.scale
         let sinks = shape.sinks ?? []
         sinks.withUnsafeBufferPointer { sinks in
-            pool.parallelFor(T * kvHeads) { item in
-                let t = item / kvHeads, kv = item % kvHeads
+            pool.parallelFor(T * kvHeads * parts) { item in
+                let t = item / (kvHeads * parts), kv = item / parts % kvHeads, head0 = (kv * parts + item % parts) * part
                 let position = slots[t].position
                 attendGroup(
-                    queries: queries + t * qW + kv * group * hd, group: group, headDim: hd, valueDim: vd, scale: scale,
+                    queries: queries + t * qW + head0 * hd, group: part, headDim: hd, valueDim: vd, scale: scale,
                     keys: keyRows(bases[t].keys, kv), values: valueRows(inKeys ? bases[t].keys : bases[t].values, kv),
                     first: window.map { max(0, position - $0 + 1) } ?? 0, last: position,
-                    tile: tiles + item * group * 16, output: output + t * oW + kv * group * vd,
-                    sinks: sinks.isEmpty ? nil : sinks.baseAddress! + kv * group)
+                    tile: tiles + item * part * 16, output: output + t * oW + head0 * vd,
+                    sinks: sinks.isEmpty ? nil : sinks.baseAddress! + head0)
             }
         }
     }

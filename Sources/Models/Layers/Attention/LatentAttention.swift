@@ -43,8 +43,11 @@ public struct LatentAttention: AttentionBlock {
 
     public var matrices: [WeightMatrix] { (queryDown.map { [$0] } ?? []) + [query, latentDown, latentUp, keyAbsorb, output] }
 
-    /// Absorbed decode reads W_UK as `keyAbsorb`, not as `latentUp`'s key rows.
-    public var decodeBytes: Int { matrices.reduce(0) { $0 + $1.byteCount } - keyAbsorb.byteCount }
+    /// Absorbed decode reads W_UK as `keyAbsorb`, not as `latentUp`'s key rows (heads x qk_nope).
+    public var decodeBytes: Int {
+        let keyRows = keyAbsorb.rows / latentUp.columns * keyAbsorb.columns
+        return matrices.reduce(0) { $0 + $1.byteCount } - keyRows * latentUp.rowBytes
+    }
 
     public func mapMatrices(_ transform: (WeightMatrix) -> WeightMatrix) -> LatentAttention {
         var a = self
@@ -224,7 +227,7 @@ public struct LatentAttention: AttentionBlock {
             s.expandedRows.reserve(positions * rowWidth)
             s.scores.reserve(mine.count * 16)
             let rows = s.latentRows.pointer, expanded = s.expandedRows.pointer, tiles = s.scores.pointer
-            Self.widen(cache, sequence: sequence, layer: layer, width: cw, positions: positions, into: rows, pool: pool)
+            Self.widen(cache, sequence: sequence, layer: layer, width: cw, positions: positions, into: rows)
             for h in 0..<heads {
                 device.linear(latentUp.rows(h * perHead..<h * perHead + nope), input: rows, inputStride: cw,
                               output: expanded, outputStride: rowWidth, tokens: positions)
@@ -244,7 +247,7 @@ public struct LatentAttention: AttentionBlock {
 
     /// Rows 0..<positions of a sequence's cached latent rows, as float32 [positions, width].
     static func widen(_ cache: any HostKVCache, sequence: SequenceID, layer: Int, width: Int, positions: Int,
-                      into out: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+                      into out: UnsafeMutablePointer<Float>) {
         let base = cache.rows(of: sequence, layer: layer).keys, rowBytes = cache.element.rowBytes(width)
         out.update(repeating: 0, count: positions * width)
         for j in 0..<positions {
