@@ -147,15 +147,15 @@ def read_frame(s):
 def bad_wire(address):
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(frame(1, 1, struct.pack("<IIII", 1, 2, 8, 8)))
+        s.sendall(frame(1, 1, struct.pack("<IIII", 2, 2, 8, 8)))  # wire version 2
         check("hello answered", read_frame(s)[0] == 0x81)
-        s.sendall(frame(5, 2, struct.pack("<IIIIfII", 0, 4, 2, 4, 0.5, 0, 1) + struct.pack("<QI", 12345, 0) + b"\0" * 128))
+        s.sendall(frame(5, 2, struct.pack("<IIIIfIIIII", 0, 4, 2, 4, 0.5, 0, 4, 0, 0, 1) + struct.pack("<QI", 12345, 0) + b"\0" * 128))
         kind, rid, payload = read_frame(s)
         check("attend for an unknown sequence: an error reply", kind == 0xFF and rid == 2 and b"not on this worker" in payload, payload)
         s.sendall(frame(2, 3, struct.pack("<I", 4)))
         kind, _, payload = read_frame(s)
         seq = struct.unpack("<Q", payload[:8])[0]
-        s.sendall(frame(5, 4, struct.pack("<IIIIfII", 0, 4, 2, 4, 0.5, 0, 1) + struct.pack("<QI", seq, 0) + b"\0" * 100))
+        s.sendall(frame(5, 4, struct.pack("<IIIIfIIIII", 0, 4, 2, 4, 0.5, 0, 4, 0, 0, 1) + struct.pack("<QI", seq, 0) + b"\0" * 100))
         kind, _, payload = read_frame(s)
         check("attend with wrong tensor sizes: an error reply", kind == 0xFF and b"bytes of tensors" in payload, payload)
         s.sendall(frame(0x33, 5, b""))
