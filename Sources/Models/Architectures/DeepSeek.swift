@@ -1,7 +1,7 @@
 import Runtime
 import SwitchyardSupport
 
-/// DeepSeek-V2 and V3 (and Kimi-K2, a V3): multi-head latent attention, `first_k_dense_replace`
+/// DeepSeek-V2 and V3 (and R1, a V3): multi-head latent attention, `first_k_dense_replace`
 /// dense layers, then MoE layers of routed experts plus always-on shared experts. V2 routes by
 /// softmax, optionally within the best groups by their best expert (`group_limited_greedy`); V3 by
 /// sigmoid scores plus a selection-only bias, within the best groups by their two best experts
