@@ -107,10 +107,13 @@ struct ExpertHostTests {
         #expect(s.diskBytesRead == 0, "every expert that did not fit went to the host")
     }
 
-    @Test("a host lost mid-run: its experts come back to tier 1 (from disk under a RAM budget, or with the weights held in memory as a server holds them), the outputs do not change")
-    func lostHostFallsBack() throws {
+    /// GPT-OSS's experts are rearranged at load: tier 1 keeps its copies of a host's experts in
+    /// memory (or, under a RAM budget, in the spill file), never a released page.
+    @Test("a host lost mid-run: its experts come back to tier 1 (from disk under a RAM budget, or with the weights held in memory as a server holds them), the outputs do not change",
+          arguments: ["qwen2_moe", "gpt_oss"])
+    func lostHostFallsBack(arch: String) throws {
         for (budgeted, hold) in [(false, false), (true, false), (false, true)] {
-            let path = fixturePath("qwen2_moe")
+            let path = fixturePath(arch)
             let reference = try run(engine(path).model)
             let hosts = try Hosts(model: path, fixed: [nil, "*:1-2"])
             var budget: Int?
@@ -128,7 +131,7 @@ struct ExpertHostTests {
             let s = try #require(e.tiers).statistics
             #expect(s.hostsLost == 1)
             #expect(notes.count == 1 && notes[0].contains(hosts.addresses[1]) && notes[0].contains("lost"), "\(notes)")
-            if budgeted || hold { #expect(s.diskBytesRead > 0, "read back from the files") }
+            if budgeted || (hold && arch != "gpt_oss") { #expect(s.diskBytesRead > 0, "read back from the files") }
         }
     }
 

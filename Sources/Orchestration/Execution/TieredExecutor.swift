@@ -121,9 +121,7 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
             }
             var files = loaded.tensors.files
             let outside = placement.experts(on: .disk).filter { key in
-                TieredExecutor.storedExpert(loaded.weights, key).matrices.contains { m in
-                    !files.contains { UnsafeRawPointer(m.data) >= $0.base && m.data + m.byteCount <= $0.base + $0.size }
-                }
+                !TieredExecutor.storedExpert(loaded.weights, key).matrices.allSatisfy { TieredExecutor.isMapped($0, from: files) }
             }
             var spill: MappedFile?
             if !outside.isEmpty {
@@ -221,7 +219,8 @@ public final class TieredExecutor: ExpertExecutor, @unchecked Sendable {
         if !remote.isEmpty {
             for (key, h) in remote {
                 var local = homes[key.layer][key.expert]
-                if case .ramPinned(let f) = local {
+                // Experts rearranged at load (in no file) stay in memory for the host's loss.
+                if case .ramPinned(let f) = local, f.matrices.allSatisfy({ TieredExecutor.isMapped($0, from: loaded.tensors.files) }) {
                     if options.copyHostWeights, let reader {
                         var ranges: [FileRange] = []
                         for m in f.matrices {
@@ -645,6 +644,11 @@ extension TieredExecutor {
 }
 
 extension TieredExecutor {
+    /// Whether a matrix lies in one of `files`' mappings (not in memory made at load).
+    static func isMapped(_ m: WeightMatrix, from files: [MappedFile]) -> Bool {
+        files.contains { UnsafeRawPointer(m.data) >= $0.base && m.data + m.byteCount <= $0.base + $0.size }
+    }
+
     /// Expert `key` of `weights` as bound.
     static func storedExpert(_ weights: DecoderWeights, _ key: ExpertKey) -> FeedForwardWeights {
         guard case .mixtureOfExperts(let m) = weights.layers[key.layer].feedForward else { preconditionFailure("\(key) is not an expert") }
