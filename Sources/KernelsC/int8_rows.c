@@ -188,32 +188,26 @@ static inline void dot_vnni_n(const uint8_t *row, int blocks, const int q4, cons
     SY_KERNEL_BODY(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx))
 }
 
-#define SY_INSTANTIATE(NAME, KERNEL, TARGET)                                                       \
-    __attribute__((target(TARGET)))                                                                \
-    static void NAME(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd,    \
-                     int stride, int tokens, float *out) {                                         \
-        if (q4 == 2) {                                                                             \
-            switch (tokens) {                                                                      \
-            case 1: KERNEL(row, blocks, 2, xq, xd, stride, 1, out); break;                         \
-            case 2: KERNEL(row, blocks, 2, xq, xd, stride, 2, out); break;                         \
-            case 3: KERNEL(row, blocks, 2, xq, xd, stride, 3, out); break;                         \
-            default: KERNEL(row, blocks, 2, xq, xd, stride, 4, out); break;                        \
-            }                                                                                      \
-        } else if (q4) {                                                                           \
-            switch (tokens) {                                                                      \
-            case 1: KERNEL(row, blocks, 1, xq, xd, stride, 1, out); break;                         \
-            case 2: KERNEL(row, blocks, 1, xq, xd, stride, 2, out); break;                         \
-            case 3: KERNEL(row, blocks, 1, xq, xd, stride, 3, out); break;                         \
-            default: KERNEL(row, blocks, 1, xq, xd, stride, 4, out); break;                        \
-            }                                                                                      \
-        } else {                                                                                   \
-            switch (tokens) {                                                                      \
-            case 1: KERNEL(row, blocks, 0, xq, xd, stride, 1, out); break;                         \
-            case 2: KERNEL(row, blocks, 0, xq, xd, stride, 2, out); break;                         \
-            case 3: KERNEL(row, blocks, 0, xq, xd, stride, 3, out); break;                         \
-            default: KERNEL(row, blocks, 0, xq, xd, stride, 4, out); break;                        \
-            }                                                                                      \
-        }                                                                                          \
+// One format (a literal) for every token count 1-4, each instantiated with its constants.
+#define SY_TOKEN_CASES(KERNEL, FORMAT)                                                         \
+    switch (tokens) {                                                                          \
+    case 1: KERNEL(row, blocks, FORMAT, xq, xd, stride, 1, out); break;                        \
+    case 2: KERNEL(row, blocks, FORMAT, xq, xd, stride, 2, out); break;                        \
+    case 3: KERNEL(row, blocks, FORMAT, xq, xd, stride, 3, out); break;                        \
+    default: KERNEL(row, blocks, FORMAT, xq, xd, stride, 4, out); break;                       \
+    }
+
+#define SY_INSTANTIATE(NAME, KERNEL, TARGET)                                                   \
+    __attribute__((target(TARGET)))                                                            \
+    static void NAME(const uint8_t *row, int blocks, int q4, const int8_t *xq, const float *xd, \
+                     int stride, int tokens, float *out) {                                     \
+        if (q4 == 2) {                                                                         \
+            SY_TOKEN_CASES(KERNEL, 2)                                                          \
+        } else if (q4) {                                                                       \
+            SY_TOKEN_CASES(KERNEL, 1)                                                          \
+        } else {                                                                               \
+            SY_TOKEN_CASES(KERNEL, 0)                                                          \
+        }                                                                                      \
     }
 
 SY_INSTANTIATE(dot_avx2, dot_avx2_n, "avx2,fma,f16c")

@@ -80,10 +80,7 @@ extension TieredExecutor {
     func storedShapes(_ key: ExpertKey) -> [WeightMatrix] { storedExpert(key).matrices }
 
     /// One routed expert as stored: its matrices' shapes, its biases and activation.
-    func storedExpert(_ key: ExpertKey) -> FeedForwardWeights {
-        guard case .mixtureOfExperts(let m) = weights.layers[key.layer].feedForward else { preconditionFailure("\(key) is not an expert") }
-        return m.experts[key.expert]
-    }
+    func storedExpert(_ key: ExpertKey) -> FeedForwardWeights { TieredExecutor.storedExpert(weights, key) }
 
     // MARK: Layouts
 

@@ -179,6 +179,8 @@ public struct LatentAttention: AttentionBlock {
     public func attendDirectly(layer: Int, shape: AttentionShape, slots: [TokenSlot], context: LayerContext) -> Bool {
         guard case .latent(let m) = context.config.attention, context.latentForm != .absorbed,
               let local = context.attention as? LocalAttention else { return false }
+        // One token (a decode step) never costs less expanded: it re-projects its whole context.
+        if context.latentForm == .automatic && slots.count == 1 { return false }
         // Each sequence's tokens in the step, in order, and the context its last one sees.
         var order: [SequenceID] = []
         var tokens: [SequenceID: [Int]] = [:]
