@@ -49,10 +49,13 @@ let package = Package(
         .target(name: "WeightFiles", dependencies: ["SwitchyardSupport"], swiftSettings: tuned),
         // Safetensors files and sharded checkpoints; validates every header.
         .target(name: "SafeTensors", dependencies: ["SwitchyardJSON", "WeightFiles", "SwitchyardSupport"], swiftSettings: tuned),
+        // GGUF files (llama.cpp's format), one or split: metadata of every type, tensor infos, the
+        // data mapped; every count and offset validated.
+        .target(name: "GGUF", dependencies: ["WeightFiles", "SwitchyardSupport"], swiftSettings: tuned),
         // NumPy .npy arrays: the logits contract with transformers.
         .target(name: "NPY", dependencies: ["SwitchyardSupport"]),
         // Hugging Face tokenizer.json.
-        .target(name: "Tokenizers", dependencies: ["SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
+        .target(name: "Tokenizers", dependencies: ["GGUF", "SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
         // Chat templates: a Jinja interpreter as transformers' apply_chat_template renders them.
         .target(name: "ChatTemplates", dependencies: ["SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
 
@@ -187,7 +190,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "KernelsC", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"],
                     swiftSettings: tuned),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Kernels", "SwitchyardSupport"]),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["GGUF", "Tokenizers", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "CUDATests", dependencies: ["CUDA", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "ModelsTests", dependencies: [
