@@ -57,7 +57,7 @@ let package = Package(
         // Hugging Face tokenizer.json.
         .target(name: "Tokenizers", dependencies: ["GGUF", "SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
         // Chat templates: a Jinja interpreter as transformers' apply_chat_template renders them.
-        .target(name: "ChatTemplates", dependencies: ["SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
+        .target(name: "ChatTemplates", dependencies: ["GGUF", "SwitchyardJSON", "SwitchyardSupport"], swiftSettings: tuned),
 
         // --- Compute.
         // Integer and bf16 micro-kernels that need instructions Swift cannot spell (AVX2 maddubs,
@@ -116,7 +116,7 @@ let package = Package(
         // Model definitions: configs, one file per architecture family, layers (attention variants,
         // routing, MoE), weights bound by logical name, loading from a format-neutral source, the
         // forward pass and sessions.
-        .target(name: "Models", dependencies: ["Runtime", "Kernels", "SwitchyardJSON", "SafeTensors", "WeightFiles", "SwitchyardSupport"],
+        .target(name: "Models", dependencies: ["Runtime", "Kernels", "SwitchyardJSON", "SafeTensors", "GGUF", "WeightFiles", "SwitchyardSupport"],
                 swiftSettings: tuned),
         // Tiers: one placement for `plan` and execution, the per-layer makespan scheduler, expert
         // caches and prefetch, measured costs, traces, routing profiles.

@@ -1,3 +1,4 @@
+import GGUF
 import SwitchyardJSON
 import SwitchyardSupport
 
@@ -105,6 +106,10 @@ public struct ChatTemplateConfiguration: Sendable {
     /// Reads `chat_template.jinja`, or `chat_template` in tokenizer_config.json (a string, or a list
     /// of named templates of which "default" is used), as transformers does.
     public init(directory: String, templateFile: String? = nil) throws(TemplateError) {
+        if templateFile == nil, isGGUFFile(directory) {
+            self = try ChatTemplateConfiguration(gguf: directory)
+            return
+        }
         let configPath = directory + "/tokenizer_config.json"
         var config = JSONObject()
         if let bytes = try? readFileBytes(configPath) {
@@ -140,5 +145,26 @@ public struct ChatTemplateConfiguration: Sendable {
                 if let s = v.stringValue { specialTokens[name] = .string(s) } else if let c = v["content"]?.stringValue { specialTokens[name] = .string(c) }
             }
         }
+    }
+}
+
+extension ChatTemplateConfiguration {
+    /// The template in a GGUF file's metadata (`tokenizer.chat_template`), with its BOS and EOS
+    /// tokens as the template's `bos_token` and `eos_token`.
+    init(gguf path: String) throws(TemplateError) {
+        let file: GGUFFile
+        do { file = try GGUFFile(path: path) } catch { throw TemplateError(error.description, line: 0) }
+        guard let source = file.metadata["tokenizer.chat_template"]?.stringValue else {
+            throw TemplateError("\(path) has no chat template (no 'tokenizer.chat_template' in its metadata)", line: 0)
+        }
+        var specialTokens: [String: JSONValue] = [:]
+        if let tokens = file.metadata["tokenizer.ggml.tokens"]?.arrayValue {
+            for (name, key) in [("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id")] {
+                if let id = file.metadata[key]?.intValue, tokens.indices.contains(id), let text = tokens[id].stringValue {
+                    specialTokens[name] = .string(text)
+                }
+            }
+        }
+        self.init(template: try ChatTemplate(source: source), specialTokens: specialTokens)
     }
 }

@@ -344,3 +344,13 @@ struct Reader {
         }
     }
 }
+
+/// Whether `path` is a file (not a folder) that starts with GGUF's magic number.
+public func isGGUFFile(_ path: String) -> Bool {
+    guard let file = fopen(path, "rb") else { return false }
+    defer { fclose(file) }
+    var info = stat()
+    guard fstat(fileno(file), &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return false }
+    var magic = [UInt8](repeating: 0, count: 4)
+    return fread(&magic, 1, 4, file) == 4 && magic == Array("GGUF".utf8)
+}

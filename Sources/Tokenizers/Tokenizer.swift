@@ -1,3 +1,4 @@
+import GGUF
 import Synchronization
 import SwitchyardJSON
 import SwitchyardSupport
@@ -56,8 +57,14 @@ public final class Tokenizer: @unchecked Sendable {
     /// prompt before tokenising it.
     public var longestTokenBytes: Int { max(1, tokens.lazy.map(\.count).max() ?? 1) }
 
-    /// Loads `tokenizer.json` from a model folder.
+    /// Loads `tokenizer.json` from a model folder, or the tokenizer in a GGUF file's metadata.
     public convenience init(directory: String) throws(TokenizerError) {
+        if isGGUFFile(directory) {
+            let file: GGUFFile
+            do { file = try GGUFFile(path: directory) } catch { throw TokenizerError(error.description) }
+            try self.init(gguf: file.metadata, path: directory)
+            return
+        }
         let path = directory + "/tokenizer.json"
         let bytes = try readFile(path)
         let json: JSONValue

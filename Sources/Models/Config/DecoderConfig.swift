@@ -176,6 +176,9 @@ public struct DecoderConfig: Sendable {
     public var outputBias: Bool = false
     /// Each attention head has a learned sink logit (GPT-OSS).
     public var attentionSinks = false
+    /// Grouped-query attention's rotary pairs are adjacent values (x0, x1), (x2, x3)... rather than
+    /// halves: llama.cpp's converter permutes llama's q/k rows into that order.
+    public var interleavedRotary = false
     public var bosTokenID: Int?
     public var eosTokenIDs: [Int]
 

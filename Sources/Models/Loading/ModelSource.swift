@@ -1,3 +1,4 @@
+import GGUF
 import Kernels
 import SwitchyardJSON
 import SwitchyardSupport
@@ -23,7 +24,8 @@ public enum ModelFormats {
     /// The model at `path`, in whichever format it is.
     public static func open(_ path: String) throws(ModelError) -> ModelSource {
         if fileExists(path + "/config.json") { return HuggingFaceFolder(directory: path) }
-        throw ModelError("\(path): no config.json (is this a Hugging Face model folder?)")
+        if isGGUFFile(path) { return try GGUFSource(path: path) }
+        throw ModelError("\(path): neither a GGUF file nor a folder with config.json (a Hugging Face model folder)")
     }
 }
 

@@ -91,10 +91,11 @@ public struct GroupedQueryAttention: AttentionBlock {
             }
         }
         let rotaryDim = s.rotaryDim, half = rotaryDim / 2
+        let rotate = c.interleavedRotary ? applyInterleavedRotary : applyRotary
         for t in 0..<T {
             let cs = s.cosSin.pointer + t * 2 * half
-            applyRotary(q + t * qW, heads: heads, headDim: hd, rotaryDim: rotaryDim, cos: cs, sin: cs + half)
-            applyRotary(k + t * kvW, heads: kvHeads, headDim: hd, rotaryDim: rotaryDim, cos: cs, sin: cs + half)
+            rotate(q + t * qW, heads, hd, rotaryDim, cs, cs + half)
+            rotate(k + t * kvW, kvHeads, hd, rotaryDim, cs, cs + half)
         }
         return AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hd, scale: 1 / Float(hd).squareRoot(), window: c.slidingWindows[layer],
                               sinks: sinks)
