@@ -11,7 +11,7 @@ func loadWidened(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int
     case .bf16:
         let raw = (row + index * 2).loadUnaligned(as: SIMD16<UInt16>.self)
         return unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: raw) &<< 16, to: Vector16.self)
-    case .q8_0, .q4_0, .q4_k, .q8_0x4, .q4_0x4, .mxfp4:
+    case .q8_0, .q4_0, .q4_k, .q8_0x4, .q4_0x4, .mxfp4, .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs:
         preconditionFailure("block-quantised rows have their own kernels")
     }
 }
@@ -28,6 +28,7 @@ public func widenScalar(_ element: WeightElement, _ row: UnsafeRawPointer, _ ind
     case .q4_k: return Q4_K.value(row, index)
     case .mxfp4: return MXFP4.value(row, index)
     case .q8_0x4, .q4_0x4: return GroupedBlocks.value(row, index, q4: element == .q4_0x4)
+    case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs: return GGMLBlocks.value(element, row, index)
     }
 }
 
@@ -414,6 +415,13 @@ func matmulProducts<Items: ProductItems>(
         rowBlocks { row, t0, count in
             var s = SIMD4<Float>()
             Q4_K.dotRow(row, n, input + t0 * inputStride, inputStride, count, &s)
+            return s
+        }
+    case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs:
+        // Float32 activations whatever the precision asks: these formats have no integer kernel.
+        rowBlocks { row, t0, count in
+            var s = SIMD4<Float>()
+            GGMLBlocks.dotRow(element, row, n, input + t0 * inputStride, inputStride, count, &s)
             return s
         }
     case .q8_0, .q4_0, .mxfp4:

@@ -13,6 +13,9 @@ public enum WeightElement: Sendable, Equatable {
     case q4_k
     /// OCP MXFP4 in GGUF's blocks: 32 E2M1 values sharing one E8M0 scale, 17 bytes (GPT-OSS's experts).
     case mxfp4
+    /// The rest of GGUF's formats (see GGMLBlocks): Q4_1, Q5_0, Q5_1 (32 values a block), the
+    /// K-quants Q2_K, Q3_K, Q5_K, Q6_K (256), IQ4_NL (32) and IQ4_XS (256).
+    case q4_1, q5_0, q5_1, q2_k, q3_k, q5_k, q6_k, iq4_nl, iq4_xs
     /// Q8_0 and Q4_0 regrouped at load for the integer kernels: groups of 4 blocks with their
     /// scales together (see GroupedBlocks); the same bytes per row as GGUF's.
     case q8_0x4, q4_0x4
@@ -24,8 +27,8 @@ public enum WeightElement: Sendable, Equatable {
     @inlinable public var blockValues: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q8_0, .q4_0, .mxfp4: return 32
-        case .q4_k: return Q4_K.blockValues
+        case .q8_0, .q4_0, .mxfp4, .q4_1, .q5_0, .q5_1, .iq4_nl: return 32
+        case .q4_k, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_xs: return Q4_K.blockValues
         case .q8_0x4, .q4_0x4: return GroupedBlocks.groupValues
         }
     }
@@ -44,6 +47,7 @@ public enum WeightElement: Sendable, Equatable {
         case .q4_0: return columns / 32 * Q4_0.blockBytes
         case .q4_k: return columns / Q4_K.blockValues * Q4_K.blockBytes
         case .mxfp4: return columns / 32 * MXFP4.blockBytes
+        case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs: return columns / blockValues * GGMLBlocks.blockBytes(self)
         case .q8_0x4, .q4_0x4: return columns / 128 * GroupedBlocks.groupBytes(q4: self == .q4_0x4)
         }
     }
@@ -119,6 +123,15 @@ public struct WeightMatrix: @unchecked Sendable {
         WeightMatrix(element: element, rows: rows, columns: columns, data: data, location: location)
     }
 
+    /// Row `r` widened to f32 into `out` (`columns` values; host memory only): an embedding lookup.
+    public func widenRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        if GGMLBlocks.handles(element) {
+            GGMLBlocks.widenRow(element, data + r * rowBytes, columns, into: out)
+        } else {
+            for c in 0..<columns { out[c] = value(r, c) }
+        }
+    }
+
     /// Element (r, c) widened to f32; for tests and slow paths (host memory only).
     public func value(_ r: Int, _ c: Int) -> Float {
         let offset = r * columns + c
@@ -130,6 +143,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .q4_0: return Q4_0.value(data + r * rowBytes, c)
         case .q4_k: return Q4_K.value(data + r * rowBytes, c)
         case .mxfp4: return MXFP4.value(data + r * rowBytes, c)
+        case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs: return GGMLBlocks.value(element, data + r * rowBytes, c)
         case .q8_0x4, .q4_0x4: return GroupedBlocks.value(data + r * rowBytes, c, q4: element == .q4_0x4)
         }
     }

@@ -210,8 +210,7 @@ extension Model {
         s.cosSin.reserve(T * 2 * max(half, 1))
         let x = s.residual.pointer
         for (t, token) in b.tokens.enumerated() {
-            let row = weights.embedding
-            for i in 0..<H { x[t * H + i] = row.value(token, i) }
+            weights.embedding.widenRow(token, into: x + t * H)
         }
         for t in 0..<T {
             let cs = s.cosSin.pointer + t * 2 * half

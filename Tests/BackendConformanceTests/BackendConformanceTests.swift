@@ -58,6 +58,7 @@ func testMatrix(_ element: WeightElement, rows: Int, columns: Int, seed: Int) ->
             case .q4_k: Q4_K.quantize(row, count: columns, into: out)
             case .mxfp4: MXFP4.quantize(row, count: columns, into: out)
             case .q8_0x4, .q4_0x4: preconditionFailure("grouped matrices are made by regrouping")
+            default: preconditionFailure("no quantiser for \(element) in these tests")
             }
         }
     }

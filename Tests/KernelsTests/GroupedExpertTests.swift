@@ -20,6 +20,7 @@ func matrix(_ element: WeightElement, rows: Int, columns: Int, seed: UInt64, sto
                 _ = GroupedBlocks.regroup(WeightMatrix(element: stored, rows: rows, columns: columns, data: s.baseAddress!), into: t.baseAddress!, pool: pool)
             }
         }
+    default: preconditionFailure("no quantiser for \(element) in these tests")
     }
     storage.append(bytes)
     let pointer = storage[storage.count - 1].withUnsafeBytes { UnsafeRawPointer($0.baseAddress!) }

@@ -174,6 +174,15 @@ final class GGUFTensors: TensorSource {
         case .q4_0: return .q4_0
         case .q4_K: return .q4_k
         case .mxfp4: return .mxfp4
+        case .q4_1: return .q4_1
+        case .q5_0: return .q5_0
+        case .q5_1: return .q5_1
+        case .q2_K: return .q2_k
+        case .q3_K: return .q3_k
+        case .q5_K: return .q5_k
+        case .q6_K: return .q6_k
+        case .iq4_nl: return .iq4_nl
+        case .iq4_xs: return .iq4_xs
         default: return nil
         }
     }

@@ -20,7 +20,9 @@ extension StoredTensor {
         case .q4_k: count = byteCount / Q4_K.blockBytes
         case .mxfp4: count = byteCount / MXFP4.blockBytes
         case .q8_0x4, .q4_0x4: return nil  // only made at load, from checked tensors
+        case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs: count = byteCount / GGMLBlocks.blockBytes(element)
         }
+        let scaleOffsets = GGMLBlocks.handles(element) ? GGMLBlocks.scaleOffsets(element) : []
         let data = self.data
         let found = UnsafeMutablePointer<Int>.allocate(capacity: (count + chunk - 1) / chunk + 1)
         defer { found.deallocate() }
@@ -42,6 +44,9 @@ extension StoredTensor {
                 // E8M0's all-ones scale is its NaN.
                 case .mxfp4: bad = data.load(fromByteOffset: i * MXFP4.blockBytes, as: UInt8.self) == 0xFF
                 case .q8_0x4, .q4_0x4: bad = false
+                case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs:
+                    let block = i * GGMLBlocks.blockBytes(element)
+                    bad = scaleOffsets.contains { data.loadUnaligned(fromByteOffset: block + $0, as: UInt16.self) & 0x7C00 == 0x7C00 }
                 }
                 if bad { found[item] = i; return }
             }

@@ -1,0 +1,209 @@
+/// The rest of llama.cpp's block formats: Q4_1, Q5_0, Q5_1, the K-quants Q2_K, Q3_K, Q5_K, Q6_K, and
+/// the non-linear IQ4_NL and IQ4_XS. Each block is widened to floats exactly as the `gguf` Python
+/// package's `dequantize` does (the same products, in the same order, no fused multiply-adds: the
+/// bits are the same, which the tests check on every format), and the product kernel runs over the
+/// widened block with float32 activations. Q8_0, Q4_0, Q4_K and MXFP4 have their own integer kernels
+/// (Q8_0.swift, Q4_K.swift, MXFP4.swift).
+///
+/// Layouts (bytes per block; `d`, `dmin`, `m` float16):
+/// - Q4_1 (20): d, m, 16 bytes: element j in byte j's low nibble, j + 16 in its high one; d·q + m.
+/// - Q5_0 (22): d, 32 high bits (element i's fifth bit is bit i), nibbles as Q4_1; d·(q − 16).
+/// - Q5_1 (24): d, m, high bits, nibbles; d·q + m.
+/// - Q2_K (84): 16 scale bytes (low nibble scale, high nibble min, per 16 values), 64 bytes of 2-bit
+///   values (element 128g + 32s + l is bits 2s of byte 32g + l), d, dmin; (d·sc)·q − dmin·m.
+/// - Q3_K (110): 32 bytes of high bits (element 32b + l: bit b of byte l, set meaning +0, clear −4),
+///   64 bytes of 2-bit values as Q2_K, 12 bytes of 6-bit scales (minus 32), d; (d·sc)·q.
+/// - Q5_K (176): d, dmin, Q4_K's 12 scale bytes, 32 bytes of high bits (as Q3_K), 128 bytes of nibbles
+///   (element 64c + 32h + l: nibble h of byte 32c + l); (d·sc)·q − dmin·m.
+/// - Q6_K (210): 128 bytes of low nibbles (element 128g + 64h + l: nibble h of byte 64g + l), 64 bytes
+///   of 2-bit highs (element 128g + 32s + l: bits 2s of byte 32g + l), 16 int8 scales, d; (d·sc)·(q − 32).
+/// - IQ4_NL (18): d, nibbles as Q4_1 indexing a 16-value table; d·table[q].
+/// - IQ4_XS (136): d, 16 bits of scale highs, 4 bytes of scale lows (6-bit scales minus 32, per 32),
+///   128 bytes of nibbles (element 32k + 16h + l: nibble h of byte 16k + l); (d·sc)·table[q].
+public enum GGMLBlocks {
+    /// IQ4_NL's and IQ4_XS's 16 levels.
+    public static let nonLinearLevels: [Int8] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+
+    /// Whether `element` is one of these formats.
+    @inlinable public static func handles(_ element: WeightElement) -> Bool {
+        switch element {
+        case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs: return true
+        default: return false
+        }
+    }
+
+    /// Bytes of one block.
+    @inlinable public static func blockBytes(_ element: WeightElement) -> Int {
+        switch element {
+        case .q4_1: return 20
+        case .q5_0: return 22
+        case .q5_1: return 24
+        case .q2_k: return 84
+        case .q3_k: return 110
+        case .q5_k: return 176
+        case .q6_k: return 210
+        case .iq4_nl: return 18
+        case .iq4_xs: return 136
+        default: preconditionFailure("\(element) is not a GGMLBlocks format")
+        }
+    }
+
+    /// Byte offsets of the float16 scales in a block (what `--check-tensors` reads).
+    public static func scaleOffsets(_ element: WeightElement) -> [Int] {
+        switch element {
+        case .q4_1, .q5_1, .q5_k: return [0, 2]
+        case .q5_0, .iq4_nl, .iq4_xs: return [0]
+        case .q2_k: return [80, 82]
+        case .q3_k: return [108]
+        case .q6_k: return [208]
+        default: return []
+        }
+    }
+
+    @inlinable @inline(__always)
+    static func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
+        Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))))
+    }
+
+    /// Widens the block at `block` into `element.blockValues` floats at `out`.
+    @inlinable
+    public static func dequantize(_ element: WeightElement, _ block: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>) {
+        let b = block.assumingMemoryBound(to: UInt8.self)
+        switch element {
+        case .q4_1:
+            let d = half(block, 0), m = half(block, 2)
+            for j in 0..<16 {
+                out[j] = d * Float(b[4 + j] & 0x0F) + m
+                out[j + 16] = d * Float(b[4 + j] >> 4) + m
+            }
+        case .q5_0, .q5_1:
+            let d = half(block, 0)
+            let one = element == .q5_1
+            let m: Float = one ? half(block, 2) : 0
+            let start = one ? 4 : 2
+            let high = UInt32(littleEndian: block.loadUnaligned(fromByteOffset: start, as: UInt32.self))
+            let q = b + start + 4
+            for j in 0..<16 {
+                let lo = UInt32(q[j] & 0x0F) | ((high >> UInt32(j)) & 1) << 4
+                let hi = UInt32(q[j] >> 4) | ((high >> UInt32(j + 16)) & 1) << 4
+                if one {
+                    out[j] = d * Float(lo) + m
+                    out[j + 16] = d * Float(hi) + m
+                } else {
+                    out[j] = d * Float(Int32(lo) - 16)
+                    out[j + 16] = d * Float(Int32(hi) - 16)
+                }
+            }
+        case .q2_k:
+            let d = half(block, 80), dmin = half(block, 82)
+            for sub in 0..<16 {
+                let dl = d * Float(b[sub] & 0x0F), ml = dmin * Float(b[sub] >> 4)
+                for i in 0..<16 {
+                    let e = 16 * sub + i
+                    let g = e / 128, s = (e % 128) / 32, l = e % 32
+                    let q = (b[16 + 32 * g + l] >> UInt8(2 * s)) & 3
+                    out[e] = dl * Float(q) - ml
+                }
+            }
+        case .q3_k:
+            let d = half(block, 108)
+            let sc = b + 96
+            for k in 0..<16 {
+                let low = k < 8 ? sc[k] & 0x0F : sc[k - 8] >> 4
+                let high = (sc[8 + k % 4] >> UInt8(2 * (k / 4))) & 3
+                let dl = d * Float(Int32(low | high << 4) - 32)
+                for i in 0..<16 {
+                    let e = 16 * k + i
+                    let g = e / 128, s = (e % 128) / 32, l = e % 32
+                    let q = Int32((b[32 + 32 * g + l] >> UInt8(2 * s)) & 3)
+                    let h = (b[l] >> UInt8(e / 32)) & 1
+                    out[e] = dl * Float(q - (h == 0 ? 4 : 0))
+                }
+            }
+        case .q5_k:
+            let d = half(block, 0), dmin = half(block, 2)
+            for j in 0..<8 {
+                let (sc, m) = Q4_K.scaleMin(block + 4, j)
+                let scale = d * Float(sc), offset = dmin * Float(m)
+                for i in 0..<32 {
+                    let e = 32 * j + i
+                    let c = e / 64, h = (e % 64) / 32, l = e % 32
+                    let q = (b[48 + 32 * c + l] >> UInt8(4 * h)) & 0x0F | ((b[16 + l] >> UInt8(e / 32)) & 1) << 4
+                    out[e] = scale * Float(q) - offset
+                }
+            }
+        case .q6_k:
+            let d = half(block, 208)
+            for k in 0..<16 {
+                let dl = d * Float(Int8(bitPattern: b[192 + k]))
+                for i in 0..<16 {
+                    let e = 16 * k + i
+                    let g = e / 128, r = e % 128
+                    let low = (b[64 * g + r % 64] >> UInt8(4 * (r / 64))) & 0x0F
+                    let high = (b[128 + 32 * g + r % 32] >> UInt8(2 * (r / 32))) & 3
+                    out[e] = dl * Float(Int32(low | high << 4) - 32)
+                }
+            }
+        case .iq4_nl:
+            let d = half(block, 0)
+            for j in 0..<16 {
+                out[j] = d * Float(nonLinearLevels[Int(b[2 + j] & 0x0F)])
+                out[j + 16] = d * Float(nonLinearLevels[Int(b[2 + j] >> 4)])
+            }
+        case .iq4_xs:
+            let d = half(block, 0)
+            let highs = UInt16(littleEndian: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+            for k in 0..<8 {
+                let low = (b[4 + k / 2] >> UInt8(4 * (k % 2))) & 0x0F
+                let high = UInt8((highs >> UInt16(2 * k)) & 3)
+                let dl = d * Float(Int32(low | high << 4) - 32)
+                for h in 0..<2 {
+                    for l in 0..<16 {
+                        out[32 * k + 16 * h + l] = dl * Float(nonLinearLevels[Int((b[8 + 16 * k + l] >> UInt8(4 * h)) & 0x0F)])
+                    }
+                }
+            }
+        default:
+            preconditionFailure("\(element) is not a GGMLBlocks format")
+        }
+    }
+
+    /// Element `index` of a row (widens its whole block: for tests and slow paths).
+    public static func value(_ element: WeightElement, _ row: UnsafeRawPointer, _ index: Int) -> Float {
+        let values = element.blockValues
+        return withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { buffer in
+            dequantize(element, row + (index / values) * blockBytes(element), into: buffer.baseAddress!)
+            return buffer[index % values]
+        }
+    }
+
+    /// Widens a whole row of `n` values into `out`.
+    @inlinable
+    public static func widenRow(_ element: WeightElement, _ row: UnsafeRawPointer, _ n: Int, into out: UnsafeMutablePointer<Float>) {
+        let values = element.blockValues, bytes = blockBytes(element)
+        for b in 0..<(n / values) { dequantize(element, row + b * bytes, into: out + b * values) }
+    }
+
+    /// Dot products of one row with up to four activation rows (in element order, `xStride` floats
+    /// apart): each block widened once, then 16 lanes at a time per token, one accumulator each.
+    @inlinable
+    public static func dotRow(_ element: WeightElement, _ row: UnsafeRawPointer, _ n: Int, _ x: UnsafePointer<Float>, _ xStride: Int,
+                              _ tokens: Int, _ out: inout SIMD4<Float>) {
+        var a0 = Vector16(), a1 = Vector16(), a2 = Vector16(), a3 = Vector16()
+        let values = element.blockValues, bytes = blockBytes(element)
+        let raw = UnsafeRawPointer(x), stride = xStride * 4
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { buffer in
+            let w = UnsafeRawPointer(buffer.baseAddress!)
+            for b in 0..<(n / values) {
+                dequantize(element, row + b * bytes, into: buffer.baseAddress!)
+                var i = 0
+                while i < values {
+                    accumulate(&a0, &a1, &a2, &a3, (w + 4 * i).loadUnaligned(as: Vector16.self), (w + 4 * i + 64).loadUnaligned(as: Vector16.self),
+                               raw + (b * values + i) * 4, 64, stride, tokens)
+                    i += 32
+                }
+            }
+        }
+        out = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
+    }
+}
