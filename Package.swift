@@ -186,6 +186,7 @@ let package = Package(
         ], exclude: ["Fixtures"]),
         .testTarget(name: "WeightFilesTests", dependencies: ["WeightFiles", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "SwitchyardJSONTests", dependencies: ["SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "KernelsC", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"],
                     swiftSettings: tuned),
@@ -194,7 +195,7 @@ let package = Package(
         .testTarget(name: "CUDATests", dependencies: ["CUDA", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "SwitchyardJSON", "SwitchyardSupport", "SwitchyardTestSupport"]),
         .testTarget(name: "ModelsTests", dependencies: [
-            "Models", "Runtime", "SafeTensors", "Kernels", "SwitchyardJSON", "NPY", "SwitchyardSupport", "SwitchyardTestSupport",
+            "Models", "Runtime", "SafeTensors", "GGUF", "Kernels", "SwitchyardJSON", "NPY", "SwitchyardSupport", "SwitchyardTestSupport",
         ]),
         .testTarget(name: "OrchestrationTests", dependencies: [
             "Orchestration", "Engine", "Models", "Runtime", "Kernels", "SwitchyardSupport", "SwitchyardTestSupport",

@@ -16,6 +16,13 @@ public func fixturePath(_ arch: String) -> String { repositoryRoot + "/fixtures/
 public let demoModelPath = repositoryRoot + "/models/switchyard-kjv-moe"
 
 /// Every fixture architecture, and those with routed experts.
+/// GGUF fixtures (scripts/gguf_fixtures.py): each case's file and its reference folder; together
+/// they hold every GGUF type Switchyard computes with.
+public let ggufCases = ["llama-q4_k_m", "mixtral-q8_0", "qwen2-q5", "qwen3-iq4", "qwen2_moe-k", "qwen3_moe-mxfp4", "olmoe-k"]
+public let ggufMoECases = ["mixtral-q8_0", "qwen2_moe-k", "qwen3_moe-mxfp4", "olmoe-k"]
+public func ggufFixturePath(_ name: String) -> String { repositoryRoot + "/fixtures/gguf/" + name + ".gguf" }
+public func ggufReferencePath(_ name: String) -> String { repositoryRoot + "/fixtures/gguf/" + name + ".reference" }
+
 public let allArchitectures = ["llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "gpt_oss_mxfp4"]
 public let moeArchitectures = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "gpt_oss_mxfp4"]
 
@@ -29,8 +36,10 @@ public struct Reference {
     public let logits: [Float]
     public let vocab: Int
 
-    public init(_ arch: String) throws {
-        let ref = fixturePath(arch) + "/reference"
+    public init(_ arch: String) throws { try self.init(folder: fixturePath(arch) + "/reference") }
+
+    /// The reference in `ref` (reference.json and prompt_logits.npy).
+    public init(folder ref: String) throws {
         let json = try JSONValue.parse(try readFileBytes(ref + "/reference.json"))
         promptTokens = json["prompt_tokens"]!.arrayValue!.map { $0.intValue! }
         greedyTokens = json["greedy_tokens"]!.arrayValue!.map { $0.intValue! }

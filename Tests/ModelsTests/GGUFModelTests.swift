@@ -1,0 +1,93 @@
+import Testing
+import GGUF
+import Kernels
+@testable import Models
+import SwitchyardSupport
+import SwitchyardTestSupport
+
+@Suite("GGUF models match transformers on the same weights, in float32")
+struct GGUFModelTests {
+    @Test("prompt logits in one pass, in chunks of 3, and greedy tokens", arguments: ggufCases)
+    func matchesTransformers(name: String) throws {
+        let reference = try Reference(folder: ggufReferencePath(name))
+        let model = try Model(directory: ggufFixturePath(name), threads: 2)
+        let v = reference.vocab
+        #expect(model.config.vocabularySize == v)
+        let whole = try model.makeSession(contextLength: 64).forward(reference.promptTokens, allLogits: true)
+        let chunkedSession = try model.makeSession(contextLength: 64)
+        chunkedSession.chunkSize = 3
+        let chunked = try chunkedSession.forward(reference.promptTokens, allLogits: true)
+        for position in reference.promptTokens.indices {
+            let expected = reference.logits[position * v..<(position + 1) * v]
+            let error = relativeError(whole[position * v..<(position + 1) * v], expected)
+            #expect(error <= 1e-4, "\(name) position \(position): relative error \(error)")
+            #expect(relativeError(chunked[position * v..<(position + 1) * v], expected) <= 1e-4, "\(name) position \(position), chunks of 3")
+        }
+        let session = try model.makeSession(contextLength: 64)
+        var logits = try session.forward(reference.promptTokens)
+        var generated: [Int] = []
+        for _ in reference.greedyTokens {
+            let next = logits.indices.max { logits[$0] < logits[$1] }!
+            generated.append(next)
+            logits = try session.forward([next])
+        }
+        #expect(generated == reference.greedyTokens)
+    }
+
+    @Test("every type the fixtures promise is in them")
+    func typesCovered() throws {
+        var types = Set<String>()
+        for name in ggufCases {
+            let file = try GGUFFile(path: ggufFixturePath(name))
+            for t in file.tensors { types.insert(t.type.name) }
+        }
+        #expect(types == ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                          "IQ4_NL", "IQ4_XS", "MXFP4"])
+    }
+
+    @Test("config from metadata: Mixtral stored as llama, tied embeddings, shared experts")
+    func configFromMetadata() throws {
+        let mixtral = try GGUFSource(path: ggufFixturePath("mixtral-q8_0")).readConfig()
+        #expect(mixtral.modelType == "mixtral")
+        #expect(mixtral.interleavedRotary)
+        #expect(mixtral.feedForward.allSatisfy { $0.moe?.expertCount == 4 && $0.moe?.expertsPerToken == 2 })
+        let qwen2 = try GGUFSource(path: ggufFixturePath("qwen2-q5")).readConfig()
+        #expect(qwen2.tieWordEmbeddings && !qwen2.interleavedRotary && qwen2.queryKeyValueBias)
+        let qwen2MoE = try GGUFSource(path: ggufFixturePath("qwen2_moe-k")).readConfig()
+        #expect(qwen2MoE.feedForward[0].moe?.sharedExpertIntermediateSize == 256)
+        #expect(qwen2MoE.eosTokenIDs == [2] && qwen2MoE.bosTokenID == 1)
+    }
+
+    @Test("a merged expert tensor is read one expert at a time, in place")
+    func expertSlices() throws {
+        let source = try GGUFSource(path: ggufFixturePath("qwen3_moe-mxfp4"))
+        let tensors = try source.openTensors()
+        let merged = try #require(source.model.tensor("blk.1.ffn_down_exps.weight"))
+        let third = try tensors.tensor(GGUFNaming().stored(.expert(layer: 1, expert: 2, .down)), shape: [256, 256])
+        #expect(third.shape == [256, 256] && third.element == .mxfp4)
+        #expect(third.data == merged.data + 2 * merged.byteCount / 4)
+        #expect(throws: ModelError.self) { try tensors.tensor("blk.1.ffn_down_exps.weight[4]", shape: [256, 256]) }
+    }
+
+    @Test("bad files: truncated, another architecture, not GGUF")
+    func badFiles() throws {
+        let bytes = try readFileBytes(ggufFixturePath("qwen3-iq4"))
+        let folder = "/tmp/switchyard-gguf-tests-\(getpid())"
+        try makeFolders(folder)
+        let truncated = folder + "/truncated.gguf"
+        try writeFileDurably(truncated, bytes.prefix(bytes.count - 1000))
+        #expect { try Model(directory: truncated, threads: 1) } throws: { "\($0)".contains("truncated") && "\($0)".contains(truncated) }
+        let headerOnly = folder + "/header.gguf"
+        try writeFileDurably(headerOnly, bytes.prefix(300))
+        #expect { try Model(directory: headerOnly, threads: 1) } throws: { "\($0)".contains("truncated") && "\($0)".contains(headerOnly) }
+        // The architecture renamed in place (same length): refused by name.
+        var renamed = bytes
+        let key = Array("qwen3".utf8), replacement = Array("xwen9".utf8)
+        let at = try #require((0..<4096).first { renamed[$0..<$0 + 5].elementsEqual(Array("general.architecture".utf8).prefix(5)) })
+        let value = try #require((at..<at + 64).first { renamed[$0..<$0 + 5].elementsEqual(key) })
+        renamed.replaceSubrange(value..<value + 5, with: replacement)
+        let other = folder + "/other.gguf"
+        try writeFileDurably(other, renamed[...])
+        #expect { try Model(directory: other, threads: 1) } throws: { "\($0)".contains("GGUF architecture 'xwen9' is not supported") }
+    }
+}
