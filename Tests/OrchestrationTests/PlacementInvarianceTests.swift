@@ -242,3 +242,45 @@ struct ExpertKernelInvarianceTests {
         }
     }
 }
+
+@Suite("GGUF models across the tiers, as safetensors ones")
+struct GGUFPlacementTests {
+    /// Experts read from the GGUF file's merged tensors on disk under a RAM budget, copied into the
+    /// emulated accelerator's cache with the rest of RAM and disk, and run as grouped passes: every
+    /// result bit for bit the in-memory one.
+    /// The two whose formats (Q2_K, Q3_K, Q4_0, Q5_K) only GGUF brings; the others' are tested on
+    /// safetensors models above.
+    @Test(arguments: ["qwen2_moe-k", "olmoe-k"])
+    func tiersChangeNothing(name: String) throws {
+        let path = ggufFixturePath(name)
+        let prompt = [1, 450, 203, 17, 300, 42, 99, 5, 250, 3]
+        let reference = try run(Model(directory: path, threads: 2), prompt: prompt)
+        let (model, executor) = try tiered(name, directory: path) { options, always, slot in
+            options.ramBudget = always + 3 * slot
+        }
+        let fromDisk = try run(model, prompt: prompt)
+        #expect(fromDisk.tokens == reference.tokens)
+        #expect(firstDifference(fromDisk.logits, reference.logits) == nil, "\(name) disk: logits differ")
+        #expect(executor.statistics.diskBytesRead > 0)
+
+        let bytes = try Model(directory: path, threads: 1).tensors.allTensors.reduce(0) { $0 + $1.byteCount }
+        let probe = try tiered(name, directory: path, accelerator: 2 * bytes) { _, _, _ in }
+        let room = probe.1.placement.acceleratorTensorBytes + 2 * ExpertPlacement.acceleratorSlotBytes(probe.1.footprint.expertMatrixBytes) + 4096
+        let (everywhere, tiers) = try tiered(name, directory: path, accelerator: room) { options, always, slot in
+            options.ramBudget = always + 2 * slot
+            options.expertPolicy = .copy
+        }
+        let allTiers = try run(everywhere, prompt: prompt)
+        #expect(allTiers.tokens == reference.tokens)
+        #expect(firstDifference(allTiers.logits, reference.logits) == nil, "\(name) all tiers: logits differ")
+        #expect(tiers.statistics.diskBytesRead > 0 && tiers.statistics.bytesCopied > 0)
+
+        let (grouped, groupedTiers) = try tiered(name, directory: path) { o, always, slot in
+            o.ramBudget = always + 8 * slot
+            o.expertKernel = .grouped
+        }
+        let groupedRun = try run(grouped, prompt: prompt)
+        #expect(firstDifference(groupedRun.logits, reference.logits) == nil, "\(name) grouped: logits differ")
+        #expect(groupedTiers.statistics.groupedPasses > 0)
+    }
+}
