@@ -173,7 +173,7 @@ let package = Package(
 
         // A seeded mutation fuzzer over every parser of outside input; CI runs it for a bounded time.
         .executableTarget(name: "switchyard-fuzz", dependencies: [
-            "Batching", "ChatTemplates", "Evaluation", "Kernels", "Models", "Orchestration", "SafeTensors", "Server", "SwitchyardJSON", "SwitchyardSupport",
+            "Batching", "ChatTemplates", "Evaluation", "GGUF", "Kernels", "Models", "Orchestration", "SafeTensors", "Server", "SwitchyardJSON", "SwitchyardSupport",
             "Tokenizers", "AttentionWire", "AttentionWorker", "ExpertWire", "ExpertWorker", "Runtime", .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: tuned),
 

@@ -36,7 +36,7 @@ enum Fuzz {
         let seconds = number("--seconds", 10.0) { $0.isFinite && $0 >= 0 && $0 <= 86_400 }
         let seed = number("--seed", UInt64(1)) { _ in true }
         let out = option("--out") ?? "/tmp/switchyard-fuzz"
-        let names = ["json", "safetensors", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "logprobs"]
+        let names = ["json", "safetensors", "gguf", "config", "tokenizer", "template", "request", "wire", "expert-wire", "batch", "upload", "logprobs"]
         guard let target = arguments.first, target == "all" || names.contains(target) else {
             printLine("usage: switchyard-fuzz \(names.joined(separator: "|"))|all [--seconds N] [--seed S] [--out DIR]")
             exit(2)
@@ -49,6 +49,7 @@ enum Fuzz {
             switch name {
             case "json": fuzzer = JSONTarget(root: root)
             case "safetensors": fuzzer = SafeTensorsTarget(root: root)
+            case "gguf": fuzzer = GGUFTarget(root: root)
             case "config": fuzzer = ConfigTarget(root: root)
             case "tokenizer": fuzzer = TokenizerTarget(root: root)
             case "template": fuzzer = TemplateTarget(root: root)
