@@ -4,11 +4,11 @@ Swift tests check Switchyard's block layout and rounding without Python.
 
     pip install gguf numpy && python3 scripts/quant_vectors.py   # writes fixtures/quant/vectors.json
 
-The gguf package cannot quantise Q4_K (it only dequantises it). With `--ggml-quants LIB`, a shared
-library of ggml's own ggml-quants.c (built by you from a llama.cpp checkout, with
--ffp-contract=off so no multiply-add is fused; never committed here), the Q4_K rows are quantised by
-its quantize_row_q4_K_ref and dequantised by the gguf package; without it they are kept from the
-existing file.
+The gguf package cannot quantise Q4_K or Q6_K (it only dequantises them). With `--ggml-quants LIB`,
+a shared library of ggml's own ggml-quants.c (built by you from a llama.cpp checkout, with
+-ffp-contract=off so no multiply-add is fused, and stubs for the few ggml functions it calls; never
+committed here), those rows are quantised by its quantize_row_q4_K_ref and quantize_row_q6_K_ref
+(Q4_K's also dequantised by the gguf package); without it they are kept from the existing file.
 """
 import argparse
 import ctypes
@@ -57,7 +57,11 @@ def q4_k_cases(library, path):
         out = np.zeros(r.size // 256 * 144, dtype=np.uint8)
         quantize(r.ctypes.data, out.ctypes.data, r.size)
         back = quants.dequantize(out[None, :], GGMLQuantizationType.Q4_K)[0]
-        cases.append(dict(values=[float(v) for v in r], q4_k=out.tobytes().hex(), dequantized=[float(v) for v in back]))
+        q6 = np.zeros(r.size // 256 * 210, dtype=np.uint8)
+        lib.quantize_row_q6_K_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        lib.quantize_row_q6_K_ref(r.ctypes.data, q6.ctypes.data, r.size)
+        cases.append(dict(values=[float(v) for v in r], q4_k=out.tobytes().hex(), dequantized=[float(v) for v in back],
+                          q6_k=q6.tobytes().hex()))
     return cases
 
 

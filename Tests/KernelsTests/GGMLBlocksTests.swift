@@ -76,3 +76,22 @@ struct GGMLBlocksTests {
         }
     }
 }
+
+@Suite("Q6_K quantisation")
+struct Q6_KTests {
+    @Test func quantizationIsGGMLs() {
+        let cases = quantVectors("q6_k", list: "q4_k_cases")
+        #expect(cases.count == 5)
+        for c in cases {
+            var out = [UInt8](repeating: 0, count: c.values.count / 256 * Q6_K.blockBytes)
+            c.values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { Q6_K.quantize(v.baseAddress!, count: v.count, into: $0.baseAddress!) } }
+            #expect(out == c.bytes)
+            // And it widens back within a level of every value.
+            out.withUnsafeBytes { raw in
+                let m = WeightMatrix(element: .q6_k, rows: 1, columns: c.values.count, data: raw.baseAddress!)
+                let largest = c.values.map(abs).max()!
+                for i in c.values.indices { #expect(abs(m.value(0, i) - c.values[i]) <= largest / 16 + 1e-6) }
+            }
+        }
+    }
+}
