@@ -155,7 +155,7 @@ let package = Package(
         ], swiftSettings: tuned),
         // The commands every binary has: parse flags into the engine's options, call it, print.
         .target(name: "Commands", dependencies: [
-            "Engine", "Evaluation", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
+            "Engine", "Evaluation", "GGUF", "Models", "Orchestration", "Runtime", "Generation", "Kernels", "Tokenizers", "ChatTemplates", "SwitchyardJSON",
             "SwitchyardSupport", "NPY", "AttentionWire", "AttentionWorker", "RemoteAttention", "ExpertWorker", "ExpertWire", "RemoteExperts",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),

@@ -1,5 +1,6 @@
 import GGUF
 import SwitchyardJSON
+import SwitchyardSupport
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 enum GGUFTokenType: Int {
@@ -227,5 +228,100 @@ struct GGUFPreTokenizer {
     init?(name: String) {
         guard let found = Self.byName[name] else { return nil }
         self = found
+    }
+}
+
+extension Tokenizer {
+    /// The GGUF metadata that says what a model folder's tokenizer.json (and chat template) says, as
+    /// llama.cpp's converter writes it: byte-level BPE as "gpt2" with its merges and the
+    /// pre-tokenizer named by its split regex; SentencePiece-style BPE (byte fallback) as "llama" with
+    /// scores that rank each token by the merge that makes it (llama.cpp merges by score, so the
+    /// order is the merges'). A GGUF file's own tokenizer keys are copied. Empty for a folder with no
+    /// tokenizer.json.
+    public static func ggufMetadata(model path: String, bosTokenID: Int?, eosTokenID: Int?) throws(TokenizerError) -> [(key: String, value: GGUFValue)] {
+        if isGGUFFile(path) {
+            let file: GGUFFile
+            do { file = try GGUFFile(path: path) } catch { throw TokenizerError(error.description) }
+            return file.keys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, file.metadata[$0]!) }
+        }
+        let jsonPath = path + "/tokenizer.json"
+        guard fileExists(jsonPath) else { return [] }
+        let bytes = try readFile(jsonPath)
+        let json: JSONValue
+        do { json = try JSONValue.parse(bytes) } catch { throw TokenizerError("\(jsonPath): malformed JSON: \(error)") }
+        let tokenizer = try Tokenizer(json: json, path: jsonPath)
+        var out: [(key: String, value: GGUFValue)] = []
+        func strings(_ list: [[UInt8]]) -> GGUFValue { .array(elementType: 8, list.map { .string($0) }) }
+        let count = tokenizer.tokens.count
+        var types = [Int32](repeating: Int32(GGUFTokenType.normal.rawValue), count: count)
+        var present = [Bool](repeating: false, count: count)
+        for id in tokenizer.vocabulary.values { present[id] = true }
+        for a in tokenizer.addedTokens {
+            present[a.id] = true
+            types[a.id] = Int32((a.special ? (a.id == tokenizer.unknownID ? GGUFTokenType.unknown : .control) : .userDefined).rawValue)
+        }
+        var tokens = tokenizer.tokens
+        for id in 0..<count where !present[id] {
+            tokens[id] = Array("[PAD\(id)]".utf8)
+            types[id] = Int32(GGUFTokenType.unused.rawValue)
+        }
+        let byteLevel = json.serialized().contains("\"ByteLevel\"")
+        if byteLevel {
+            out.append(("tokenizer.ggml.model", .string(Array("gpt2".utf8))))
+            let patterns = Self.splitPatterns(json["pre_tokenizer"])
+            let normalized = patterns.map { $0.replacingAll("(?i:'s|'t|'re|'ve|'m|'ll|'d)", with: "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])") }
+            let usesGPT2Regex = json["pre_tokenizer"].map(Self.byteLevelUsesRegex) ?? false
+            let found = usesGPT2Regex && normalized.isEmpty ? "gpt-2"
+                : GGUFPreTokenizer.byName.first { $0.value.patterns == normalized && $0.key != "default" }?.key
+            guard let pre = found else {
+                throw TokenizerError("\(jsonPath): its pre-tokenizer matches none of llama.cpp's (\(GGUFPreTokenizer.known.joined(separator: ", "))); a GGUF tokenizer cannot be written for it")
+            }
+            out.append(("tokenizer.ggml.pre", .string(Array(pre.utf8))))
+            out.append(("tokenizer.ggml.tokens", strings(tokens)))
+            out.append(("tokenizer.ggml.token_type", .array(elementType: 5, types.map { .int32($0) })))
+            let merges = tokenizer.merges.sorted { $0.value.rank < $1.value.rank }.map { key, _ in
+                tokenizer.tokens[Int(key >> 32)] + [0x20] + tokenizer.tokens[Int(key & 0xFFFF_FFFF)]
+            }
+            out.append(("tokenizer.ggml.merges", strings(merges)))
+        } else {
+            guard tokenizer.byteFallback else {
+                throw TokenizerError("\(jsonPath): neither byte-level nor byte-fallback BPE; a GGUF tokenizer cannot be written for it")
+            }
+            out.append(("tokenizer.ggml.model", .string(Array("llama".utf8))))
+            out.append(("tokenizer.ggml.pre", .string(Array("default".utf8))))
+            // Each token scores minus the rank of the first merge that makes it; tokens no merge
+            // makes (characters, bytes, specials) score below every merge.
+            var scores = [Float](repeating: -1e9, count: count)
+            for (_, merge) in tokenizer.merges { scores[merge.id] = max(scores[merge.id], -Float(merge.rank)) }
+            for id in 0..<count where types[id] == Int32(GGUFTokenType.normal.rawValue) {
+                let t = tokens[id]
+                if t.count == 6, t.starts(with: Array("<0x".utf8)), t.last == UInt8(ascii: ">") { types[id] = Int32(GGUFTokenType.byte.rawValue) }
+            }
+            out.append(("tokenizer.ggml.tokens", strings(tokens)))
+            out.append(("tokenizer.ggml.scores", .array(elementType: 6, scores.map { .float32($0) })))
+            out.append(("tokenizer.ggml.token_type", .array(elementType: 5, types.map { .int32($0) })))
+            let prefixed = json.serialized().contains("\"Prepend\"") || (json["pre_tokenizer"]?["prepend_scheme"]?.stringValue ?? "always") != "never"
+            out.append(("tokenizer.ggml.add_space_prefix", .bool(prefixed)))
+        }
+        if let bos = bosTokenID, bos < count { out.append(("tokenizer.ggml.bos_token_id", .uint32(UInt32(bos)))) }
+        if let eos = eosTokenID, eos < count { out.append(("tokenizer.ggml.eos_token_id", .uint32(UInt32(eos)))) }
+        if let unk = tokenizer.unknownID { out.append(("tokenizer.ggml.unknown_token_id", .uint32(UInt32(unk)))) }
+        out.append(("tokenizer.ggml.add_bos_token", .bool(bosTokenID.map { tokenizer.prefixIDs.contains($0) } ?? false)))
+        out.append(("tokenizer.ggml.add_eos_token", .bool(eosTokenID.map { tokenizer.suffixIDs.contains($0) } ?? false)))
+        return out
+    }
+
+    /// The regexes of a pre-tokenizer's Split steps, in order.
+    static func splitPatterns(_ json: JSONValue?) -> [String] {
+        guard let json else { return [] }
+        if json["type"]?.stringValue == "Sequence" { return (json["pretokenizers"]?.arrayValue ?? []).flatMap { splitPatterns($0) } }
+        if json["type"]?.stringValue == "Split", let pattern = json["pattern"]?["Regex"]?.stringValue { return [pattern] }
+        return []
+    }
+
+    /// Whether a pre-tokenizer's ByteLevel step splits with GPT-2's own regex.
+    static func byteLevelUsesRegex(_ json: JSONValue) -> Bool {
+        if json["type"]?.stringValue == "Sequence" { return (json["pretokenizers"]?.arrayValue ?? []).contains { byteLevelUsesRegex($0) } }
+        return json["type"]?.stringValue == "ByteLevel" && (json["use_regex"]?.boolValue ?? true)
     }
 }
