@@ -220,6 +220,13 @@ struct GGUFPreTokenizer {
 
     static var known: [String] { byName.keys.sorted() }
 
+    /// A split regex written one way: tokenizer.json's case-insensitive contractions as llama.cpp
+    /// spells them, and a needlessly escaped quote unescaped.
+    static func canonical(_ pattern: String) -> String {
+        pattern.replacingAll("(?i:'s|'t|'re|'ve|'m|'ll|'d)", with: "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])")
+            .replacingAll(#"\""#, with: "\"")
+    }
+
     init(patterns: [String], ignoresMerges: Bool) {
         self.patterns = patterns
         self.ignoresMerges = ignoresMerges
@@ -269,10 +276,10 @@ extension Tokenizer {
         if byteLevel {
             out.append(("tokenizer.ggml.model", .string(Array("gpt2".utf8))))
             let patterns = Self.splitPatterns(json["pre_tokenizer"])
-            let normalized = patterns.map { $0.replacingAll("(?i:'s|'t|'re|'ve|'m|'ll|'d)", with: "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])") }
+            let normalized = patterns.map(GGUFPreTokenizer.canonical)
             let usesGPT2Regex = json["pre_tokenizer"].map(Self.byteLevelUsesRegex) ?? false
             let found = usesGPT2Regex && normalized.isEmpty ? "gpt-2"
-                : GGUFPreTokenizer.byName.first { $0.value.patterns == normalized && $0.key != "default" }?.key
+                : GGUFPreTokenizer.byName.sorted { $0.key < $1.key }.first { $0.value.patterns.map(GGUFPreTokenizer.canonical) == normalized && $0.key != "default" }?.key
             guard let pre = found else {
                 throw TokenizerError("\(jsonPath): its pre-tokenizer matches none of llama.cpp's (\(GGUFPreTokenizer.known.joined(separator: ", "))); a GGUF tokenizer cannot be written for it")
             }
