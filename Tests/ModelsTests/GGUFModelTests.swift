@@ -91,3 +91,45 @@ struct GGUFModelTests {
         #expect { try Model(directory: other, threads: 1) } throws: { "\($0)".contains("GGUF architecture 'xwen9' is not supported") }
     }
 }
+
+@Suite("Models written as GGUF")
+struct GGUFExportTests {
+    /// Written with experts (or every matrix) quantised, read back: the logits of the same model
+    /// quantised at load from its folder, bit for bit where no rows were permuted (Qwen, OLMoE),
+    /// within float32 reordering where llama's q/k were (Mixtral, the bundled model).
+    @Test(arguments: [("mixtral", WeightQuantization.Format.q8_0, false), ("qwen2", .q4_0, true), ("qwen3", .q8_0, true), ("olmoe", .q4_0, false),
+                      ("demo", .q6_k, true), ("demo", .q4_k, false)])
+    func roundTrip(arch: String, format: WeightQuantization.Format, all: Bool) throws {
+        let folder = arch == "demo" ? demoModelPath : fixturePath(arch)
+        let out = "/tmp/switchyard-gguf-export-\(getpid())-\(arch)-\(format.rawValue).gguf"
+        defer { unlink(out) }
+        let pool = ThreadPool(threads: 2)
+        let written = try GGUFExport.write(from: folder, to: out, format: format, all: all, tokenizer: [], pool: pool)
+        #expect(written.converted > 0)
+        let fromGGUF = try Model(directory: out, threads: 2)
+        let quantized = try Model(directory: folder, threads: 2, quantization: WeightQuantization(format: format, all: all))
+        let prompt = [1, 15, 302, 77, 9, 1000, 4, 250, 31, 8]
+        let a = try fromGGUF.makeSession(contextLength: 32).forward(prompt, allLogits: true)
+        let b = try quantized.makeSession(contextLength: 32).forward(prompt, allLogits: true)
+        if fromGGUF.config.interleavedRotary {
+            #expect(relativeError(a[...], b[...]) <= 1e-5, "\(arch) \(format)")
+        } else {
+            #expect(firstDifference(a, b) == nil, "\(arch) \(format): logits differ")
+        }
+        let file = try GGUFFile(path: out)
+        #expect(file.tensors.contains { $0.type == GGMLType(name: format.rawValue) })
+    }
+
+    @Test("what GGUF cannot say is refused by name")
+    func refusals() throws {
+        let pool = ThreadPool(threads: 1)
+        let out = "/tmp/switchyard-gguf-export-\(getpid())-refused.gguf"
+        #expect { try GGUFExport.write(from: fixturePath("qwen2_moe"), to: out, format: .q8_0, all: false, tokenizer: [], pool: pool) }
+            throws: { "\($0)".contains("dense layers among the MoE layers") }
+        #expect { try GGUFExport.write(from: fixturePath("llama"), to: out, format: .q8_0, all: false, tokenizer: [], pool: pool) }
+            throws: { "\($0)".contains("rope type 'llama3'") }
+        #expect { try GGUFExport.write(from: fixturePath("deepseek_v2"), to: out, format: .q8_0, all: false, tokenizer: [], pool: pool) }
+            throws: { "\($0)".contains("cannot write deepseek_v2 as GGUF") }
+        #expect(!fileExists(out))
+    }
+}
