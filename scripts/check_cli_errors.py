@@ -182,6 +182,30 @@ def main():
             f.write(b"_logits_" + struct.pack("<Iii", 8, 32000, 2) + struct.pack("<16i", *range(16)))
         return path
 
+    gguf_fixture = os.path.join(ROOT, "fixtures", "gguf", "qwen3-iq4.gguf")
+
+    def gguf_variant(name, change):
+        with open(gguf_fixture, "rb") as f:
+            data = bytearray(f.read())
+        change(data)
+        path = os.path.join(work, name + ".gguf")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def gguf_truncate(data):
+        del data[len(data) // 2:]
+
+    def gguf_architecture(data):
+        at = data.index(b"qwen3", data.index(b"general.architecture"))
+        data[at:at + 5] = b"xwen9"
+
+    def gguf_version(data):
+        data[4:8] = struct.pack("<I", 9)
+
+    def gguf_tensor_count(data):
+        data[8:16] = struct.pack("<Q", 2 ** 62)
+
     huge = str(2 ** 63 - 1)
     gen = ["generate", "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"]
     cases = [
@@ -198,6 +222,11 @@ def main():
                                                              lambda c: c.update(hidden_size="32"))], "hidden_size"),
         ("malformed config.json", ["info", "--model", malformed("config.json")], "config.json"),
         ("malformed tokenizer.json", gen + ["--model", bad_tokenizer()], "tokenizer.json"),
+        ("truncated GGUF file", ["info", "--model", gguf_variant("cut", gguf_truncate)], "truncated"),
+        ("GGUF of an unknown architecture", ["info", "--model", gguf_variant("arch", gguf_architecture)], "xwen9"),
+        ("GGUF version 9", gen + ["--model", gguf_variant("version", gguf_version)], "version 9"),
+        ("GGUF tensor count past the file", ["info", "--model", gguf_variant("count", gguf_tensor_count)], "tensor count"),
+        ("quantize q6_k into a folder", ["quantize", "--type", "q6_k", "--out", os.path.join(work, "q6k")], "GGUF files only"),
         ("missing tokenizer.json", gen + ["--model", no_tokenizer()], "tokenizer.json"),
         ("over-long prompt", ["generate", "--prompt", "a prompt that is much longer than three tokens", "--model", FIXTURE, "--context-length", "3"], "context length"),
         ("token outside the vocabulary", ["logits", "--model", FIXTURE, "--tokens", "1,99999", "--out",
