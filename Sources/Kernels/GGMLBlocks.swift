@@ -121,29 +121,9 @@ public enum GGMLBlocks {
                 }
             }
         case .q5_k:
-            let d = half(block, 0), dmin = half(block, 2)
-            for j in 0..<8 {
-                let (sc, m) = Q4_K.scaleMin(block + 4, j)
-                let scale = d * Float(sc), offset = dmin * Float(m)
-                for i in 0..<32 {
-                    let e = 32 * j + i
-                    let c = e / 64, h = (e % 64) / 32, l = e % 32
-                    let q = (b[48 + 32 * c + l] >> UInt8(4 * h)) & 0x0F | ((b[16 + l] >> UInt8(e / 32)) & 1) << 4
-                    out[e] = scale * Float(q) - offset
-                }
-            }
+            for chunk in 0..<16 { (UnsafeMutableRawPointer(out) + 64 * chunk).storeBytes(of: q5kChunk(block, chunk), as: Vector16.self) }
         case .q6_k:
-            let d = half(block, 208)
-            for k in 0..<16 {
-                let dl = d * Float(Int8(bitPattern: b[192 + k]))
-                for i in 0..<16 {
-                    let e = 16 * k + i
-                    let g = e / 128, r = e % 128
-                    let low = (b[64 * g + r % 64] >> UInt8(4 * (r / 64))) & 0x0F
-                    let high = (b[128 + 32 * g + r % 32] >> UInt8(2 * (r / 32))) & 3
-                    out[e] = dl * Float(Int32(low | high << 4) - 32)
-                }
-            }
+            for chunk in 0..<16 { (UnsafeMutableRawPointer(out) + 64 * chunk).storeBytes(of: q6kChunk(block, chunk), as: Vector16.self) }
         case .iq4_nl:
             let d = half(block, 0)
             for j in 0..<16 {
@@ -166,6 +146,31 @@ public enum GGMLBlocks {
         default:
             preconditionFailure("\(element) is not a GGMLBlocks format")
         }
+    }
+
+    /// Values 16c..<16c + 16 of a Q5_K block: sub-block j = c / 2 (its scale and min), nibble
+    /// h = j % 2 of bytes 48 + 32(j / 2) + 16(c % 2)..., fifth bit j of bytes 16 + 16(c % 2)...
+    @inlinable @inline(__always)
+    public static func q5kChunk(_ block: UnsafeRawPointer, _ c: Int) -> Vector16 {
+        let j = c / 2, t = c % 2
+        let (sc, m) = Q4_K.scaleMin(block + 4, j)
+        let scale = half(block, 0) * Float(sc), offset = half(block, 2) * Float(m)
+        let low = (block + 48 + 32 * (j / 2) + 16 * t).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(4 * (j % 2)) & 0x0F
+        let high = ((block + 16 + 16 * t).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(j)) & 1
+        let q = Vector16(SIMD16<Int32>(truncatingIfNeeded: low | high &<< 4))
+        return Vector16(repeating: scale) * q - Vector16(repeating: offset)
+    }
+
+    /// Values 16c..<16c + 16 of a Q6_K block (scale c): in its half g = c / 8, chunk k = c % 8 takes
+    /// nibble k / 4 of bytes 64g + 16(k % 4)... and bits 2(k / 2) of bytes 128 + 32g + 16(k % 2)...
+    @inlinable @inline(__always)
+    public static func q6kChunk(_ block: UnsafeRawPointer, _ c: Int) -> Vector16 {
+        let g = c / 8, k = c % 8
+        let dl = half(block, 208) * Float(block.load(fromByteOffset: 192 + c, as: Int8.self))
+        let low = (block + 64 * g + 16 * (k % 4)).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(4 * (k / 4)) & 0x0F
+        let high = ((block + 128 + 32 * g + 16 * (k % 2)).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(2 * (k / 2))) & 3
+        let q = SIMD16<Int32>(truncatingIfNeeded: low | high &<< 4) &- 32
+        return Vector16(repeating: dl) * Vector16(q)
     }
 
     /// Element `index` of a row (widens its whole block: for tests and slow paths).
@@ -192,6 +197,20 @@ public enum GGMLBlocks {
         var a0 = Vector16(), a1 = Vector16(), a2 = Vector16(), a3 = Vector16()
         let values = element.blockValues, bytes = blockBytes(element)
         let raw = UnsafeRawPointer(x), stride = xStride * 4
+        if element == .q6_k || element == .q5_k {
+            // The K-quants most files mix in: each 32 values widened in registers and used at once.
+            let six = element == .q6_k
+            for b in 0..<(n / values) {
+                let block = row + b * bytes
+                for pair in 0..<8 {
+                    let w0 = six ? q6kChunk(block, 2 * pair) : q5kChunk(block, 2 * pair)
+                    let w1 = six ? q6kChunk(block, 2 * pair + 1) : q5kChunk(block, 2 * pair + 1)
+                    accumulate(&a0, &a1, &a2, &a3, w0, w1, raw + (b * values + 32 * pair) * 4, 64, stride, tokens)
+                }
+            }
+            out = SIMD4<Float>(horizontalSum(a0), horizontalSum(a1), horizontalSum(a2), horizontalSum(a3))
+            return
+        }
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { buffer in
             let w = UnsafeRawPointer(buffer.baseAddress!)
             for b in 0..<(n / values) {

@@ -350,7 +350,7 @@ func matmulProducts<Items: ProductItems>(
     }
     switch element {
     case .q8_0 where precision.quantizesActivations, .q4_0 where precision.quantizesActivations, .q4_k where precision.quantizesActivations,
-         .mxfp4 where precision.quantizesActivations:
+         .mxfp4 where precision.quantizesActivations, .q6_k where precision.quantizesActivations:
         let blocks = n / 32
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, tokens * n)) { values in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, 2 * tokens * blocks)) { scales in
@@ -371,6 +371,8 @@ func matmulProducts<Items: ProductItems>(
                         sy_rows_q4_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     case .mxfp4:
                         sy_rows_mxfp4_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
+                    case .q6_k:
+                        sy_rows_q6_k_q8(rowsAt, rowBytes, Int32(count), Int32(n / 256), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     default:
                         sy_rows_q8_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     }
@@ -418,7 +420,8 @@ func matmulProducts<Items: ProductItems>(
             return s
         }
     case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs:
-        // Float32 activations whatever the precision asks: these formats have no integer kernel.
+        // Float32 activations whatever the precision asks: these formats have no integer kernel
+        // (Q6_K has one, above, for int8 activations).
         rowBlocks { row, t0, count in
             var s = SIMD4<Float>()
             GGMLBlocks.dotRow(element, row, n, input + t0 * inputStride, inputStride, count, &s)

@@ -151,6 +151,36 @@ public func quantizedDotReference(
     _ element: WeightElement, _ row: UnsafeRawPointer, blocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
     sums: UnsafePointer<Float>? = nil, stride: Int, tokens: Int
 ) -> [Float] {
+    if element == .q6_k {
+        // Per 32 values: each lane's Σ(q − 32)·x over 4 values times its sub-block's scale, exact in
+        // int32, then one fused multiply-add with d·xd (KernelsC's q6k kernels).
+        return (0..<tokens).map { t in
+            var acc = SIMD8<Float>()
+            for b in 0..<(blocks / 8) {
+                let block = row + b * Q6_K.blockBytes
+                let d = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 208, as: UInt16.self)))
+                for g in 0..<2 {
+                    for s in 0..<4 {
+                        let dx = d * scales[t * (stride / 32) + b * 8 + 4 * g + s]
+                        var lanes = SIMD8<Float>()
+                        for lane in 0..<8 {
+                            var sum: Int32 = 0
+                            for k in 0..<4 {
+                                let l = 4 * lane + k
+                                let low = (block.load(fromByteOffset: 64 * g + 32 * (s % 2) + l, as: UInt8.self) >> UInt8(4 * (s / 2))) & 0x0F
+                                let high = (block.load(fromByteOffset: 128 + 32 * g + l, as: UInt8.self) >> UInt8(2 * s)) & 3
+                                sum += (Int32(low | high << 4) - 32) * Int32(values[t * stride + b * 256 + 128 * g + 32 * s + l])
+                            }
+                            sum *= Int32(block.load(fromByteOffset: 192 + 8 * g + 2 * s + lane / 4, as: Int8.self))
+                            lanes[lane] = Float(sum)
+                        }
+                        acc.addProduct(lanes, SIMD8(repeating: dx))
+                    }
+                }
+            }
+            return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+        }
+    }
     if element == .q4_k {
         return (0..<tokens).map { t in
             var acc = SIMD8<Float>(), mins: Float = 0

@@ -56,6 +56,41 @@ static void q4k_portable(const uint8_t *row, int superblocks, const int8_t *xq, 
     }
 }
 
+// Q6_K rows against activations quantised per block of 32. For each 32 values (two sub-blocks of 16
+// with their own int8 scales), lane i of the int32 sum holds scale·Σ(q − 32)·x over elements
+// 4i..4i+3 (lanes 0-3 the first sub-block, 4-7 the second); it is converted to float and
+// fused-multiply-added with d·xd of the 32. Kernels' quantizedDotReference is the twin.
+static inline int q6k_level(const uint8_t *block, int g, int s, int l) {
+    const int low = (block[64 * g + 32 * (s % 2) + l] >> (4 * (s / 2))) & 0x0F;
+    const int high = (block[128 + 32 * g + l] >> (2 * s)) & 3;
+    return (low | high << 4) - 32;
+}
+
+static void q6k_portable(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, int stride, int tokens,
+                         float *out) {
+    const int scales = stride / 32;
+    for (int t = 0; t < tokens; t++) {
+        float acc[8] = {0};
+        for (int b = 0; b < superblocks; b++) {
+            const uint8_t *block = row + b * 210;
+            const float d = sy_half((uint16_t)(block[208] | block[209] << 8));
+            for (int g = 0; g < 2; g++) {
+                for (int s = 0; s < 4; s++) {
+                    const int8_t *x = xq + t * stride + b * 256 + 128 * g + 32 * s;
+                    const float dx = d * xd[t * scales + b * 8 + 4 * g + s];
+                    for (int lane = 0; lane < 8; lane++) {
+                        int32_t sum = 0;
+                        for (int k = 0; k < 4; k++) sum += q6k_level(block, g, s, 4 * lane + k) * (int32_t)x[4 * lane + k];
+                        sum *= (int8_t)block[192 + 8 * g + 2 * s + lane / 4];
+                        acc[lane] = fmaf((float)sum, dx, acc[lane]);
+                    }
+                }
+            }
+        }
+        out[t] = reduce8(acc);
+    }
+}
+
 // MXFP4's E2M1 codes as their doubled values (exact int8), and its E8M0 scale halved to match.
 static const int8_t mxfp4_doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
@@ -275,6 +310,61 @@ static inline void q4k_vnni_n(const uint8_t *row, int superblocks, const int8_t 
     SY_Q4K_BODY(SY_DPBUSD)
 }
 
+// The AVX2 form of q6k_portable: maddubs of the unsigned levels (0-63) with x, less maddubs of 32
+// with x, then madd with each half's sub-block scale: the same int32 lanes, exactly.
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, int stride,
+                              const int tokens, float *out) {
+    const int scales = stride / 32;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    const __m256i nibble = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    for (int b = 0; b < superblocks; b++) {
+        const uint8_t *block = row + b * 210;
+        const float d = half_exact(block + 208);
+        __builtin_prefetch(block + SY_PREFETCH_DISTANCE);
+        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
+        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);
+        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 192);
+        for (int g = 0; g < 2; g++) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(block + 64 * g));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(block + 64 * g + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(block + 128 + 32 * g));
+            for (int s = 0; s < 4; s++) {
+                const __m256i lowBytes = (s % 2) ? ql1 : ql0;
+                const __m256i low = _mm256_and_si256(s / 2 ? _mm256_srli_epi16(lowBytes, 4) : lowBytes, nibble);
+                const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), three);
+                const __m256i q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+                const int8_t *sc = (const int8_t *)block + 192 + 8 * g + 2 * s;
+                const __m256i scale16 = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+                for (int t = 0; t < tokens; t++) {
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 256 + 128 * g + 32 * s));
+                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(m32, x));
+                    const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, scale16));
+                    const __m256 dx = _mm256_set1_ps(d * xd[t * scales + b * 8 + 4 * g + s]);
+                    if (t == 0) acc0 = _mm256_fmadd_ps(f, dx, acc0);
+                    if (t == 1) acc1 = _mm256_fmadd_ps(f, dx, acc1);
+                    if (t == 2) acc2 = _mm256_fmadd_ps(f, dx, acc2);
+                    if (t == 3) acc3 = _mm256_fmadd_ps(f, dx, acc3);
+                }
+            }
+        }
+    }
+    out[0] = reduce256(acc0);
+    if (tokens > 1) out[1] = reduce256(acc1);
+    if (tokens > 2) out[2] = reduce256(acc2);
+    if (tokens > 3) out[3] = reduce256(acc3);
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static void q6k_avx2(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+    switch (tokens) {
+    case 1: q6k_avx2_n(row, superblocks, xq, xd, stride, 1, out); break;
+    case 2: q6k_avx2_n(row, superblocks, xq, xd, stride, 2, out); break;
+    case 3: q6k_avx2_n(row, superblocks, xq, xd, stride, 3, out); break;
+    default: q6k_avx2_n(row, superblocks, xq, xd, stride, 4, out); break;
+    }
+}
+
 #define SY_INSTANTIATE_Q4K(NAME, KERNEL, TARGET)                                                   \
     __attribute__((target(TARGET)))                                                                \
     static void NAME(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd,       \
@@ -392,6 +482,21 @@ void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblock
     float sums[4];
     for (int r = 0; r < nrows; r++) {
         kernel((const uint8_t *)base + r * row_bytes, superblocks, xq, xd, xs, stride, tokens, sums);
+        for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
+    }
+}
+
+typedef void (*q6k_kernel)(const uint8_t *, int, const int8_t *, const float *, int, int, float *);
+
+void sy_rows_q6_k_q8(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd, int stride,
+                     int tokens, float *out, long out_stride) {
+    q6k_kernel kernel = q6k_portable;
+#if defined(__x86_64__)
+    if (sy_integer_level_in_force() >= SY_LEVEL_AVX2) kernel = q6k_avx2;
+#endif
+    float sums[4];
+    for (int r = 0; r < nrows; r++) {
+        kernel((const uint8_t *)base + r * row_bytes, superblocks, xq, xd, stride, tokens, sums);
         for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
     }
 }

@@ -26,6 +26,7 @@ func quantized(_ element: WeightElement, _ weights: [Float]) -> [UInt8] {
             case .q8_0: Q8_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
             case .q4_0: Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
             case .mxfp4: MXFP4.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            case .q6_k: Q6_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
             default: Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
             }
         }
@@ -106,7 +107,8 @@ struct QuantizedDotTests {
     // Awkward shapes: block counts that are not multiples of anything, token counts around the
     // 4-token register block.
     @Test(arguments: [(WeightElement.q8_0, 7, 32, 1), (.q8_0, 19, 96, 3), (.q8_0, 5, 224, 6), (.q4_0, 7, 32, 1), (.q4_0, 33, 96, 4), (.q4_0, 5, 160, 9),
-                       (.q4_k, 7, 256, 1), (.q4_k, 13, 512, 4), (.q4_k, 5, 768, 6), (.mxfp4, 7, 32, 1), (.mxfp4, 33, 96, 4), (.mxfp4, 5, 160, 9)])
+                       (.q4_k, 7, 256, 1), (.q4_k, 13, 512, 4), (.q4_k, 5, 768, 6), (.mxfp4, 7, 32, 1), (.mxfp4, 33, 96, 4), (.mxfp4, 5, 160, 9),
+                       (.q6_k, 7, 256, 1), (.q6_k, 13, 512, 4), (.q6_k, 5, 768, 6)])
     func integerPathMatchesItsTwinAndStaysClose(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
         // Every instruction-set path this CPU has, then the best again (tests in this suite run
         // one at a time, so the setting is theirs).
@@ -118,7 +120,7 @@ struct QuantizedDotTests {
 
     /// Weights of 1e-4 give float16 scales below 2^-14 (subnormal), which the C kernels widen
     /// without the F16C instruction.
-    @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k, .mxfp4])
+    @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k, .mxfp4, .q6_k])
     func subnormalScales(element: WeightElement) {
         for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)

@@ -28,6 +28,10 @@ void sy_rows_mxfp4_q8(const void *rows, long row_bytes, int nrows, int blocks, c
 // `superblocks` = columns / 256.
 void sy_rows_q4_k_q8(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
                      const float *xs, int stride, int tokens, float *out, long out_stride);
+// Q6_K rows (super-blocks of 256 in 210 bytes, GGUF's layout) against the activations as above;
+// `superblocks` = columns / 256.
+void sy_rows_q6_k_q8(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd, int stride,
+                     int tokens, float *out, long out_stride);
 
 // Grouped rows (Kernels' WeightElement.q8_0x4 / .q4_0x4, regrouped at load from GGUF's blocks):
 // groups of 4 blocks (128 values), each the 4 blocks' float16 scales (8 bytes) then, for Q4_0, the
