@@ -20,7 +20,7 @@ extension WeightQuantization.Format: ExpressibleByArgument {}
 public struct ModelOptions: ParsableArguments {
     public init() {}
 
-    @Option(name: .long, help: "A Hugging Face model folder (config.json, safetensors, tokenizer.json); default: the bundled demo model.")
+    @Option(name: .long, help: "A Hugging Face model folder (config.json, safetensors, tokenizer.json) or a GGUF file; default: the bundled demo model.")
     var model: String?
 
     @Option(name: [.short, .long], help: "Kernel threads (default: the cores this process may use).")
@@ -92,7 +92,7 @@ public struct ModelOptions: ParsableArguments {
     @Option(help: "Write one JSON line per MoE layer per step: experts, token counts, where each ran, cache and prefetch hits, predicted and measured times.")
     var trace: String?
 
-    @Option(help: "Convert weights at load to a GGUF block format: q8_0, q4_0 or q4_k (the routed experts unless --quantize-all).")
+    @Option(help: "Convert weights at load to a GGUF block format: q8_0, q4_0, q4_k or q6_k (the routed experts unless --quantize-all).")
     var quantize: WeightQuantization.Format?
 
     @Flag(name: .customLong("quantize-all"), help: "Quantise every matrix but the routers and the embedding.")

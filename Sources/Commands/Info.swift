@@ -7,7 +7,7 @@ struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a model's architecture, parameter counts, tensor dtypes and memory needs.")
 
-    @Option(help: "A Hugging Face model folder (default: the bundled demo model).")
+    @Option(help: "A Hugging Face model folder or a GGUF file (default: the bundled demo model).")
     var model: String?
 
     @Option(name: .customLong("context-length"), help: "Context length for the KV cache estimate (default: the model's maximum).")

@@ -34,7 +34,7 @@ struct PlanCommand: ParsableCommand {
     var expertPolicy: ExpertPolicy = .scheduled
 
     @Option(help: ArgumentHelp(
-        "Plan the routed experts in q8_0, q4_0 or q4_k.",
+        "Plan the routed experts in q8_0, q4_0, q4_k or q6_k.",
         discussion: "As a folder `switchyard quantize` wrote holds them (what --ram-budget runs read from disk), or as --quantize converts them at load without a RAM budget. Experts a config stores in a block format (GPT-OSS's MXFP4) stay as stored."))
     var quantize: WeightQuantization.Format?
 
