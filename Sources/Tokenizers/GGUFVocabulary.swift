@@ -159,7 +159,8 @@ extension Tokenizer {
             json.append(("normalizer", .null))
             json.append(("pre_tokenizer", .object(JSONObject([("type", .string("Sequence")), ("pretokenizers", .array(pretokenizers))]))))
             json.append(("decoder", .object(JSONObject([("type", .string("ByteLevel"))]))))
-            addBOS = try flag("tokenizer.ggml.add_bos_token") ?? false
+            // llama.cpp adds BOS by default for Llama 3's vocabularies.
+            addBOS = try flag("tokenizer.ggml.add_bos_token") ?? ["llama3", "llama-v3", "llama-bpe"].contains(pre)
             addEOS = try flag("tokenizer.ggml.add_eos_token") ?? false
         default:
             throw TokenizerError("\(path): metadata 'tokenizer.ggml.model' = '\(model)' is not supported (llama, gpt2)")

@@ -8,6 +8,18 @@ import SwitchyardJSON
 import SwitchyardSupport
 import SwitchyardTestSupport
 
+/// `count` greedy tokens after `prompt`, one at a time through the session's KV cache.
+func greedyContinuation(_ session: Session, prompt: [Int], count: Int) throws -> [Int] {
+    var logits = try session.forward(prompt)
+    var generated: [Int] = []
+    for _ in 0..<count {
+        let next = logits.indices.max { logits[$0] < logits[$1] }!
+        generated.append(next)
+        logits = try session.forward([next])
+    }
+    return generated
+}
+
 @Suite("Fixture models match transformers in float32")
 struct FixtureNumericsTests {
     @Test("prompt logits, all positions in one pass", arguments: allArchitectures)
@@ -41,14 +53,7 @@ struct FixtureNumericsTests {
     func greedyTokens(arch: String) throws {
         let reference = try Reference(arch)
         let model = try Model(directory: fixturePath(arch), threads: 2)
-        let session = try model.makeSession(contextLength: 64)
-        var logits = try session.forward(reference.promptTokens)
-        var generated: [Int] = []
-        for _ in reference.greedyTokens {
-            let next = logits.indices.max { logits[$0] < logits[$1] }!
-            generated.append(next)
-            logits = try session.forward([next])
-        }
+        let generated = try greedyContinuation(model.makeSession(contextLength: 64), prompt: reference.promptTokens, count: reference.greedyTokens.count)
         #expect(generated == reference.greedyTokens)
     }
 

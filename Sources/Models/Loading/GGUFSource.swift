@@ -16,7 +16,7 @@ public struct GGUFSource: ModelSource {
         do { model = try GGUFModel(path: path) } catch { throw ModelError(error.description) }
     }
 
-    /// llama.cpp's architecture names Switchyard reads, and the transformers model_type of each.
+    /// llama.cpp's architecture names Switchyard reads.
     static let architectures = ["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "olmoe"]
 
     public func readConfig() throws(ModelError) -> DecoderConfig {
@@ -129,6 +129,7 @@ public struct GGUFSource: ModelSource {
             }
             // llama.cpp normalises Qwen3-MoE's top-k weights and not Qwen2-MoE's unless the file says.
             c.append(("norm_topk_prob", .bool(normalize ?? (arch == "qwen3moe"))))
+            // The family reads a dense layers' size, which a GGUF of all-MoE layers need not carry.
             if c.first(where: { $0.key == "intermediate_size" }) == nil { c.append(("intermediate_size", .int(1))) }
         case "olmoe":
             c += [("num_experts", .int(experts)), ("num_experts_per_tok", .int(used ?? 8)), ("norm_topk_prob", .bool(normalize ?? false))]

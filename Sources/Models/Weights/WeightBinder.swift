@@ -21,7 +21,7 @@ struct WeightBinder {
 
     func element(_ t: StoredTensor) throws(ModelError) -> WeightElement {
         guard let element = t.element else {
-            throw ModelError("\(t.file): tensor '\(t.name)' has dtype \(t.typeName); supported weight dtypes are BF16, F16 and F32")
+            throw ModelError("\(t.file): tensor '\(t.name)' has dtype \(t.typeName); supported weight dtypes are BF16, F16 and F32 (and in GGUF files Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K-Q6_K, IQ4_NL, IQ4_XS, MXFP4)")
         }
         return element
     }
