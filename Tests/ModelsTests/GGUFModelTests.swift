@@ -113,6 +113,18 @@ struct GGUFExportTests {
         #expect(file.tensors.contains { $0.type == GGMLType(name: format.rawValue) })
     }
 
+    @Test("a GGUF file written again as GGUF keeps its rows in place")
+    func reexport() throws {
+        let out = "/tmp/switchyard-gguf-reexport-\(getpid()).gguf"
+        defer { unlink(out) }
+        _ = try GGUFExport.write(from: ggufFixturePath("mixtral-q8_0"), to: out, format: .q8_0, all: false, tokenizer: [], pool: ThreadPool(threads: 2))
+        let prompt = [1, 450, 203, 17, 300]
+        let a = try Model(directory: out, threads: 2).makeSession(contextLength: 16).forward(prompt, allLogits: true)
+        let b = try Model(directory: ggufFixturePath("mixtral-q8_0"), threads: 2).makeSession(contextLength: 16).forward(prompt, allLogits: true)
+        // The experts are quantised again (Q8_0 of Q8_0 values); permuting q/k twice would be far off.
+        #expect(relativeError(a[...], b[...]) <= 1e-3)
+    }
+
     @Test("what GGUF cannot say is refused by name")
     func refusals() throws {
         let pool = ThreadPool(threads: 1)

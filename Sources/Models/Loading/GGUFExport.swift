@@ -125,8 +125,8 @@ public enum GGUFExport {
         func matrix(_ name: String, _ matrices: [WeightMatrix], quantized wanted: Bool, heads: Int? = nil) throws(ModelError) {
             let first = matrices[0]
             let target = wanted ? format.stored(columns: first.columns) : nil
-            let element = target?.element ?? (heads != nil && first.element.isBlockQuantized ? nil : first.element)
-            guard let element, let type = ggmlType(element) else {
+            let element = target?.element ?? first.element
+            guard let type = ggmlType(element) else {
                 throw ModelError("\(path): tensor '\(name)' is \(first.element); it cannot be written to GGUF as it is (quantise it)")
             }
             if target != nil { converted += 1 }
@@ -170,7 +170,9 @@ public enum GGUFExport {
             guard let a = layer.attention as? GroupedQueryAttention else {
                 throw ModelError("\(path): layer \(l)'s attention has no GGUF form here")
             }
-            let q = permuted ? config.headCount : nil, k = permuted ? config.keyValueHeadCount : nil
+            // A GGUF source's q/k rows are permuted already (it runs with adjacent-pair rotary).
+            let permute = permuted && !config.interleavedRotary
+            let q = permute ? config.headCount : nil, k = permute ? config.keyValueHeadCount : nil
             try matrix(naming.stored(.attention(layer: l, .query)), [a.query], quantized: all, heads: q)
             try matrix(naming.stored(.attention(layer: l, .key)), [a.key], quantized: all, heads: k)
             try matrix(naming.stored(.attention(layer: l, .value)), [a.value], quantized: all)
