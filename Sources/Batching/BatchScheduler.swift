@@ -110,6 +110,9 @@ public final class BatchScheduler: @unchecked Sendable {
         var stopping = false
         var stats = Stats()
         var failure: String?
+        /// Ids in the order their sequences finished, once `recordFinishOrder()` asks (tests: the
+        /// order streams are read in is not the order the scheduler ran them).
+        var finishOrder: [Int]?
     }
 
     private let shared = Mutex(Shared())
@@ -146,6 +149,9 @@ public final class BatchScheduler: @unchecked Sendable {
     }
 
     public var stats: Stats { shared.withLock { $0.stats } }
+
+    func recordFinishOrder() { shared.withLock { $0.finishOrder = [] } }
+    var finishOrder: [Int] { shared.withLock { $0.finishOrder ?? [] } }
 
     /// Why the last model step failed (a weight file that cannot be read), until a step succeeds
     /// again; nil while steps succeed. What `/health` reports.
@@ -340,7 +346,10 @@ public final class BatchScheduler: @unchecked Sendable {
         seq.finished = true
         seq.continuation.yield(event)
         seq.continuation.finish()
-        shared.withLock { $0.stats.promptTokens += seq.request.promptTokens.count }
+        shared.withLock {
+            $0.stats.promptTokens += seq.request.promptTokens.count
+            $0.finishOrder?.append(seq.id)
+        }
     }
 
     private func release(_ seq: Sequence) {

@@ -61,6 +61,7 @@ struct BatchSchedulerTests {
     @Test func interactiveRequestsGoBeforeBatchWork() async throws {
         let scheduler = BatchScheduler(model: model, tokenizer: tokenizer, maxSequences: 1, contextLength: 128, queueLimit: 1)
         defer { scheduler.shutdown() }
+        scheduler.recordFinishOrder()
         var greedy = SamplingParameters()
         greedy.temperature = 0
         var batchRequest = CompletionRequest(promptTokens: tokenizer.encode("In the beginning"), maxTokens: 12, sampling: greedy)
@@ -68,18 +69,12 @@ struct BatchSchedulerTests {
         let batch = try (0..<3).map { _ in try scheduler.submit(batchRequest) }
         let interactive = try scheduler.submit(CompletionRequest(promptTokens: tokenizer.encode("And God said"), maxTokens: 12, sampling: greedy))
         #expect(throws: SchedulerError.self) { try scheduler.submit(CompletionRequest(promptTokens: [1, 2], maxTokens: 2, sampling: greedy)) }
-        let order = OrderLog()
-        await withTaskGroup(of: Void.self) { group in
-            for (name, stream) in [("b0", batch[0].events), ("b1", batch[1].events), ("b2", batch[2].events), ("i", interactive.events)] {
-                group.addTask {
-                    _ = await collect(stream)
-                    order.add(name)
-                }
-            }
-        }
-        let finished = order.names
-        #expect(finished.firstIndex(of: "i")! < finished.firstIndex(of: "b2")!, "\(finished)")
-        #expect(finished.firstIndex(of: "i")! <= 1, "the interactive request ran right after the first batch one: \(finished)")
+        for stream in batch.map(\.events) + [interactive.events] { _ = await collect(stream) }
+        let names = Dictionary(uniqueKeysWithValues: zip(batch.map(\.id) + [interactive.id], ["b0", "b1", "b2", "i"]))
+        let finished = scheduler.finishOrder.map { names[$0] ?? "?" }
+        let i = try #require(finished.firstIndex(of: "i"), "\(finished)"), b2 = try #require(finished.firstIndex(of: "b2"), "\(finished)")
+        #expect(finished.count == 4 && i < b2, "\(finished)")
+        #expect(i <= 1, "the interactive request ran right after the first batch one: \(finished)")
     }
 
     @Test func stopStringsAndLengths() async throws {
@@ -225,22 +220,5 @@ struct FailingStepTests {
             .generate(promptTokens: request.promptTokens, options: { var o = GenerationOptions(); o.sampling = greedy; o.maxTokens = 6; return o }())
         #expect(served.tokens == alone.tokens && served.finish == alone.finishReason)
         #expect(scheduler.stats.kvBytes == 0 && scheduler.stats.running == 0)
-    }
-}
-
-/// The order in which streams ended.
-final class OrderLog: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var list: [String] = []
-    init() { pthread_mutex_init(&mutex, nil) }
-    func add(_ name: String) {
-        pthread_mutex_lock(&mutex)
-        list.append(name)
-        pthread_mutex_unlock(&mutex)
-    }
-    var names: [String] {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return list
     }
 }
