@@ -344,12 +344,13 @@ public final class BatchScheduler: @unchecked Sendable {
     private func finish(_ seq: Sequence, _ event: CompletionEvent) {
         guard !seq.isDone else { return }
         seq.finished = true
-        seq.continuation.yield(event)
-        seq.continuation.finish()
+        // Counted before the stream ends, so a reader that saw it end sees it counted.
         shared.withLock {
             $0.stats.promptTokens += seq.request.promptTokens.count
             $0.finishOrder?.append(seq.id)
         }
+        seq.continuation.yield(event)
+        seq.continuation.finish()
     }
 
     private func release(_ seq: Sequence) {

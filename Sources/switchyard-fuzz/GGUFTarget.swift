@@ -12,7 +12,7 @@ final class GGUFTarget: Target {
 
     init(root: String) {
         var seeds: [[UInt8]] = []
-        for name in ["mixtral-q8_0", "qwen3-iq4"] {
+        for name in ["mixtral-q8_0", "qwen3-iq4", "deepseek_v3-q8"] {
             guard let source = try? GGUFFile(path: root + "/fixtures/gguf/\(name).gguf") else { continue }
             var metadata: [(key: String, value: GGUFValue)] = []
             for key in source.keys {
@@ -20,7 +20,8 @@ final class GGUFTarget: Target {
                 if key.hasPrefix("tokenizer.ggml."), case .array(let type, let values) = value { value = .array(elementType: type, Array(values.prefix(300))) }
                 metadata.append((key, value))
             }
-            let tensors = source.tensors.filter { $0.name.hasPrefix("blk.0.") && $0.byteCount <= 4096 }.map { t in
+            // DeepSeek's attn_k_b and attn_v_b too, which loading joins into one matrix.
+            let tensors = source.tensors.filter { $0.name.hasPrefix("blk.0.") && ($0.byteCount <= 4096 || $0.name.contains("_b.weight")) }.map { t in
                 GGUFWriter.Tensor(name: t.name, type: t.type, dimensions: t.dimensions) { $0.copyMemory(from: t.data, byteCount: t.byteCount) }
             } + [GGUFWriter.Tensor(name: "token_embd.weight", type: .f16, dimensions: [8, 300]) { $0.initializeMemory(as: UInt8.self, repeating: 0x3C, count: 4800) }]
             let seedPath = path + ".seed"
@@ -41,6 +42,9 @@ final class GGUFTarget: Target {
         withExtendedLifetime(sum) {}
         if let source = try? GGUFSource(path: path), let config = try? source.readConfig() {
             _ = config.kvLayout.bytes(positions: min(config.maxPositions, 4096))
+            if let tensors = try? source.openTensors(), let joined = try? tensors.tensor("blk.0.attn_kv_b.weight", shape: []), joined.byteCount > 0 {
+                withExtendedLifetime(joined.data.load(fromByteOffset: joined.byteCount - 1, as: UInt8.self)) {}
+            }
         }
         if let tokenizer = try? Tokenizer(gguf: file.metadata, path: path) {
             _ = tokenizer.decode(tokenizer.encode("Hello wörld 🦙 12345"))

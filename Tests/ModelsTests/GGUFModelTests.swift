@@ -52,6 +52,55 @@ struct GGUFModelTests {
         #expect(qwen2MoE.eosTokenIDs == [2] && qwen2MoE.bosTokenID == 1)
     }
 
+    @Test("config from metadata: DeepSeek V2 and V3, GPT-OSS")
+    func deepSeekAndGptOssConfig() throws {
+        let v2 = try GGUFSource(path: ggufFixturePath("deepseek_v2-q8")).readConfig()
+        #expect(v2.modelType == "deepseek_v2" && v2.feedForward[0].moe == nil)
+        guard case .latent(let latent) = v2.attention else { Issue.record("not latent attention"); return }
+        #expect(latent.queryRank == nil && latent.latentRank == 64 && latent.noPositionDim == 32 && latent.rotaryDim == 32 && latent.valueDim == 32)
+        #expect(latent.interleavedRotary)
+        // YaRN's mscale(4, 0.707)² on 1/sqrt(64), from yarn_log_multiplier = 0.0707.
+        let m = 0.1 * 0.707 * log(4.0) + 1
+        #expect(abs(Double(latent.softmaxScale) - m * m / 8) < 1e-6)
+        let router = try #require(v2.feedForward[1].moe?.router)
+        #expect(router.gating == .softmax && !router.normalize && router.scale == 1.5 && !router.selectionBias)
+        #expect(router.selection == .groupLimited(groups: 2, topGroups: 1, score: .max))
+        #expect(v2.feedForward[1].moe?.sharedExpertIntermediateSize == 256)
+
+        let v3 = try GGUFSource(path: ggufFixturePath("deepseek_v3-q8")).readConfig()
+        guard case .latent(let latent3) = v3.attention else { Issue.record("not latent attention"); return }
+        #expect(v3.modelType == "deepseek_v3" && latent3.queryRank == 64)
+        let router3 = try #require(v3.feedForward[1].moe?.router)
+        #expect(router3.gating == .sigmoid && router3.normalize && router3.scale == 2.5 && router3.selectionBias)
+        #expect(router3.selection == .groupLimited(groups: 2, topGroups: 1, score: .topTwoSum))
+
+        let oss = try GGUFSource(path: ggufFixturePath("gpt_oss-mxfp4")).readConfig()
+        #expect(oss.modelType == "gpt_oss" && oss.slidingWindows == [4, nil] && oss.attentionSinks)
+        #expect(oss.rope.kind == .yarn && !oss.rope.truncate && oss.rope.factor == 4)
+        #expect(oss.feedForward.allSatisfy { $0.moe?.expertBiases == true && $0.moe?.routerLogitBias == true })
+    }
+
+    @Test("DeepSeek's kv_b is joined from llama.cpp's attn_k_b (transposed) and attn_v_b")
+    func joinedLatentUp() throws {
+        for name in ["deepseek_v2-q8", "deepseek_v3-q8"] {
+            let source = try GGUFSource(path: ggufFixturePath(name))
+            let tensors = try source.openTensors()
+            let joined = try tensors.tensor("blk.1.attn_kv_b.weight", shape: [4 * 64, 64])
+            #expect(joined.shape == [4 * 64, 64])
+            // bf16 halves stay bf16; an f16 half with a Q8_0 one is widened to f32.
+            #expect(joined.element == (name == "deepseek_v2-q8" ? .bf16 : .f32))
+            let k = try #require(source.model.tensor("blk.1.attn_k_b.weight")), v = try #require(source.model.tensor("blk.1.attn_v_b.weight"))
+            let keys = WeightMatrix(element: try #require(GGUFTensors.element(k.type)), rows: 4 * 64, columns: 32, data: k.data)
+            let values = WeightMatrix(element: try #require(GGUFTensors.element(v.type)), rows: 4 * 32, columns: 64, data: v.data)
+            let up = WeightMatrix(element: try #require(joined.element), rows: 4 * 64, columns: 64, data: joined.data)
+            for (h, i, r) in [(0, 0, 0), (1, 5, 17), (3, 31, 63), (2, 12, 40)] {
+                #expect(up.value(h * 64 + i, r) == keys.value(h * 64 + r, i), "\(name) key head \(h)")
+                #expect(up.value(h * 64 + 32 + i, r) == values.value(h * 32 + i, r), "\(name) value head \(h)")
+            }
+            #expect(tensors.contains("blk.1.attn_kv_b.weight"))
+        }
+    }
+
     @Test("a merged expert tensor is read one expert at a time, in place")
     func expertSlices() throws {
         let source = try GGUFSource(path: ggufFixturePath("qwen3_moe-mxfp4"))

@@ -18,8 +18,9 @@ public let demoModelPath = repositoryRoot + "/models/switchyard-kjv-moe"
 /// Every fixture architecture, and those with routed experts.
 /// GGUF fixtures (scripts/gguf_fixtures.py): each case's file and its reference folder; together
 /// they hold every GGUF type Switchyard computes with.
-public let ggufCases = ["llama-q4_k_m", "mixtral-q8_0", "qwen2-q5", "qwen3-iq4", "qwen2_moe-k", "qwen3_moe-mxfp4", "olmoe-k"]
-public let ggufMoECases = ["mixtral-q8_0", "qwen2_moe-k", "qwen3_moe-mxfp4", "olmoe-k"]
+public let ggufCases = ["llama-q4_k_m", "mixtral-q8_0", "qwen2-q5", "qwen3-iq4", "qwen2_moe-k", "qwen3_moe-mxfp4", "olmoe-k",
+                        "deepseek_v2-q8", "deepseek_v3-q8", "gpt_oss-mxfp4"]
+public let ggufMoECases = ["mixtral-q8_0", "qwen2_moe-k", "qwen3_moe-mxfp4", "olmoe-k", "deepseek_v2-q8", "deepseek_v3-q8", "gpt_oss-mxfp4"]
 public func ggufFixturePath(_ name: String) -> String { repositoryRoot + "/fixtures/gguf/" + name + ".gguf" }
 public func ggufReferencePath(_ name: String) -> String { repositoryRoot + "/fixtures/gguf/" + name + ".reference" }
 

@@ -1,4 +1,5 @@
 import GGUF
+import Synchronization
 import Kernels
 import SwitchyardJSON
 import SwitchyardSupport
@@ -17,7 +18,7 @@ public struct GGUFSource: ModelSource {
     }
 
     /// llama.cpp's architecture names Switchyard reads.
-    static let architectures = ["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "olmoe"]
+    static let architectures = ["llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "olmoe", "deepseek2", "gpt-oss"]
 
     public func readConfig() throws(ModelError) -> DecoderConfig {
         let json = try huggingFaceConfig()
@@ -72,6 +73,9 @@ public struct GGUFSource: ModelSource {
         case "llama": modelType = experts > 0 ? "mixtral" : "llama"
         case "qwen2moe": modelType = "qwen2_moe"
         case "qwen3moe": modelType = "qwen3_moe"
+        // V3's router: sigmoid scores and a selection bias (V2's: softmax, no bias).
+        case "deepseek2": modelType = try int("expert_gating_func") == 2 || hasLayerTensor("exp_probs_b.bias") ? "deepseek_v3" : "deepseek_v2"
+        case "gpt-oss": modelType = "gpt_oss"
         default: modelType = arch
         }
         c.append(("model_type", .string(modelType)))
@@ -82,8 +86,20 @@ public struct GGUFSource: ModelSource {
             throw ModelError("\(path): metadata '\(arch).attention.head_count' is missing or is a per-layer array (not supported)")
         }
         c.append(("num_attention_heads", .int(heads)))
-        c.append(("num_key_value_heads", .int(try int("attention.head_count_kv") ?? heads)))
-        if let keyLength = try int("attention.key_length") {
+        // DeepSeek's latent attention is stored as one key/value head (MQA over the latent).
+        c.append(("num_key_value_heads", .int(arch == "deepseek2" ? heads : try int("attention.head_count_kv") ?? heads)))
+        if arch == "deepseek2" {
+            // key_length_mla is qk_nope + qk_rope and value_length_mla v_head (files from before
+            // those keys carried them as key_length and value_length).
+            let rotary = try required("rope.dimension_count")
+            let keyLength = try required(value("attention.key_length_mla") != nil ? "attention.key_length_mla" : "attention.key_length")
+            let valueLength = try required(value("attention.value_length_mla") != nil ? "attention.value_length_mla" : "attention.value_length")
+            guard keyLength > rotary else {
+                throw ModelError("\(path): metadata key length (\(keyLength)) must exceed '\(arch).rope.dimension_count' (\(rotary))")
+            }
+            c += [("qk_rope_head_dim", .int(rotary)), ("qk_nope_head_dim", .int(keyLength - rotary)), ("v_head_dim", .int(valueLength)),
+                  ("kv_lora_rank", .int(try required("attention.kv_lora_rank")))]
+        } else if let keyLength = try int("attention.key_length") {
             if let valueLength = try int("attention.value_length"), valueLength != keyLength {
                 throw ModelError("\(path): metadata '\(arch).attention.value_length' (\(valueLength)) differs from key_length (\(keyLength)); not supported for \(arch)")
             }
@@ -107,6 +123,13 @@ public struct GGUFSource: ModelSource {
             if scaling == "yarn" {
                 if let fast = try double("rope.scaling.yarn_beta_fast") { rope.append(("beta_fast", .double(fast))) }
                 if let slow = try double("rope.scaling.yarn_beta_slow") { rope.append(("beta_slow", .double(slow))) }
+                // DeepSeek's converter writes 0.1 x mscale_all_dim; llama.cpp takes mscale as equal
+                // (so YaRN's rotary attention factor is 1), as every released DeepSeek config has it.
+                if arch == "deepseek2", let logMultiplier = try double("rope.scaling.yarn_log_multiplier") {
+                    rope += [("mscale_all_dim", .double(logMultiplier / 0.1)), ("mscale", .double(logMultiplier / 0.1))]
+                }
+                // GPT-OSS's YaRN does not round its correction range (its config.json says so).
+                if arch == "gpt-oss" { rope.append(("truncate", .bool(false))) }
             }
         default:
             throw ModelError("\(path): metadata '\(arch).rope.scaling.type' = '\(scaling)' is not supported (none, linear, yarn)")
@@ -135,11 +158,41 @@ public struct GGUFSource: ModelSource {
             c += [("num_experts", .int(experts)), ("num_experts_per_tok", .int(used ?? 8)), ("norm_topk_prob", .bool(normalize ?? false))]
             if let expertLength = try int("expert_feed_forward_length") { c.append(("intermediate_size", .int(expertLength))) }
             if let clamp = try double("attention.clamp_kqv"), clamp > 0 { c.append(("clip_qkv", .double(clamp))) }
+        case "deepseek2":
+            c += [("n_routed_experts", .int(experts)), ("num_experts_per_tok", .int(used ?? 6)),
+                  ("n_shared_experts", .int(try int("expert_shared_count") ?? 0)),
+                  ("first_k_dense_replace", .int(try int("leading_dense_block_count") ?? 0)),
+                  ("routed_scaling_factor", .double(try double("expert_weights_scale") ?? 1)),
+                  ("norm_topk_prob", .bool(normalize ?? false))]
+            if let expertLength = try int("expert_feed_forward_length") { c.append(("moe_intermediate_size", .int(expertLength))) }
+            switch try int("expert_gating_func") {
+            // Files from before the key: V3 by its selection bias, else V2.
+            case nil: c.append(("scoring_func", .string(modelType == "deepseek_v3" ? "sigmoid" : "softmax")))
+            case 1: c.append(("scoring_func", .string("softmax")))
+            case 2: c.append(("scoring_func", .string("sigmoid")))
+            case let other?: throw ModelError("\(path): metadata '\(arch).expert_gating_func' = \(other) is not supported (1 softmax, 2 sigmoid)")
+            }
+            // No key says how groups are chosen: by their two best experts with a selection bias
+            // (V3's noaux_tc), by their best expert without one (V2's group_limited_greedy).
+            let groups = try int("expert_group_count") ?? 1
+            c += [("n_group", .int(groups)), ("topk_group", .int(try int("expert_group_used_count") ?? groups))]
+            c.append(("topk_method", .string(hasLayerTensor("exp_probs_b.bias") ? "noaux_tc" : groups > 1 ? "group_limited_greedy" : "greedy")))
+            if let rank = try int("attention.q_lora_rank") { c.append(("q_lora_rank", .int(rank))) } else { c.append(("q_lora_rank", .null)) }
+            if c.first(where: { $0.key == "intermediate_size" }) == nil { c.append(("intermediate_size", .int(1))) }
+        case "gpt-oss":
+            c += [("num_local_experts", .int(experts)), ("num_experts_per_tok", .int(used ?? 4))]
+            if let expertLength = try int("expert_feed_forward_length") { c.append(("intermediate_size", .int(expertLength))) }
+            if let window = try int("attention.sliding_window") { c.append(("sliding_window", .int(window))) }
         default: break
         }
         if let bos = metadata["tokenizer.ggml.bos_token_id"]?.intValue { c.append(("bos_token_id", .int(bos))) }
         if let eos = metadata["tokenizer.ggml.eos_token_id"]?.intValue { c.append(("eos_token_id", .int(eos))) }
         return .object(JSONObject(c))
+    }
+
+    /// Whether some layer has tensor `blk.N.<suffix>`.
+    func hasLayerTensor(_ suffix: String) -> Bool {
+        model.tensorNames.contains { $0.hasPrefix("blk.") && $0.hasSuffix("." + suffix) }
     }
 
     /// The element most of the matrices are stored as (what random weights are made as).
@@ -155,13 +208,15 @@ public struct GGUFSource: ModelSource {
 
     public func openTensors() throws(ModelError) -> TensorSource { GGUFTensors(model) }
 
-    public func naming(for config: DecoderConfig) -> TensorNaming { GGUFNaming() }
+    public func naming(for config: DecoderConfig) -> TensorNaming { GGUFNaming(architecture: try? architecture()) }
 }
 
 /// The tensors of a GGUF model, read in place. A name `base[e]` is expert `e` of the merged expert
 /// tensor `base` ([experts, rows, columns]): its rows, where they lie in the file.
 final class GGUFTensors: TensorSource {
     let model: GGUFModel
+    /// Tensors made at load (DeepSeek's joined kv_b), kept as long as the model is.
+    private let made = Mutex<[String: StoredTensor]>([:])
 
     init(_ model: GGUFModel) { self.model = model }
 
@@ -208,6 +263,13 @@ final class GGUFTensors: TensorSource {
             let each = t.byteCount / t.dimensions[2]
             return stored(t, name: name, shape: [t.dimensions[1], t.dimensions[0]], data: t.data + expert * each, byteCount: each)
         }
+        if name.hasSuffix("attn_kv_b.weight"), model.tensor(name) == nil {
+            if let joined = made.withLock({ $0[name] }) { return joined }
+            if let joined = try joinedLatentUp(name) {
+                made.withLock { $0[name] = joined }
+                return joined
+            }
+        }
         guard let t = model.tensor(name) else { throw ModelError("\(model.path): tensor '\(name)' not found in the GGUF file") }
         // GGUF drops or keeps unit dimensions where config.json's shapes do the other (a shared
         // expert's gate is [hidden] here, [1, hidden] there): same values, same rows.
@@ -216,7 +278,60 @@ final class GGUFTensors: TensorSource {
         return stored(t, name: name, shape: logical, data: t.data, byteCount: t.byteCount)
     }
 
-    func contains(_ name: String) -> Bool { model.tensor(name) != nil }
+    func contains(_ name: String) -> Bool {
+        model.tensor(name) != nil || name.hasSuffix("attn_kv_b.weight") && model.tensor(Self.latentHalf(name, "attn_k_b")) != nil
+    }
+
+    /// DeepSeek's kv_b_proj, [heads x (qk_nope + v_head), kv_lora_rank], from the two halves
+    /// llama.cpp's converter splits it into: attn_k_b [heads, kv_lora_rank, qk_nope] (each head's
+    /// key rows transposed) and attn_v_b [heads, v_head, kv_lora_rank]. Made once at load, in
+    /// their float element when both are the same float, else as float32 (the exact widened
+    /// values of quantised halves).
+    /// "blk.N.attn_kv_b.weight" with `half` for attn_kv_b.
+    static func latentHalf(_ name: String, _ half: String) -> String { String(name.dropLast("attn_kv_b.weight".count)) + half + ".weight" }
+
+    func joinedLatentUp(_ name: String) throws(ModelError) -> StoredTensor? {
+        let keyName = Self.latentHalf(name, "attn_k_b"), valueName = Self.latentHalf(name, "attn_v_b")
+        guard let k = model.tensor(keyName), let v = model.tensor(valueName) else { return nil }
+        guard k.dimensions.count == 3, v.dimensions.count == 3, k.dimensions[2] == v.dimensions[2], k.dimensions[1] == v.dimensions[0] else {
+            throw ModelError("\(model.path): tensors '\(keyName)' \(k.shape) and '\(valueName)' \(v.shape) are not [heads, kv_lora_rank, qk_nope] and [heads, v_head, kv_lora_rank]")
+        }
+        guard let ke = Self.element(k.type), let ve = Self.element(v.type) else {
+            throw ModelError("\(model.path): tensors '\(keyName)' (\(k.type.name)) and '\(valueName)' (\(v.type.name)): a type Switchyard does not compute with")
+        }
+        let heads = k.dimensions[2], rank = k.dimensions[1], nope = k.dimensions[0], valueDim = v.dimensions[1]
+        let keys = WeightMatrix(element: ke, rows: heads * rank, columns: nope, data: k.data)
+        let values = WeightMatrix(element: ve, rows: heads * valueDim, columns: rank, data: v.data)
+        let element: WeightElement = ke == ve && (ke == .bf16 || ke == .f16) ? ke : .f32
+        let size = element == .f32 ? 4 : 2, perHead = nope + valueDim
+        let buffer = HostBuffer(heads * perHead * rank * size)
+        let out = buffer.pointer
+        for h in 0..<heads {
+            for r in 0..<rank {
+                for i in 0..<nope {
+                    let target = ((h * perHead + i) * rank + r) * size
+                    if element == ke {
+                        (out + target).copyMemory(from: k.data + ((h * rank + r) * nope + i) * size, byteCount: size)
+                    } else {
+                        out.storeBytes(of: keys.value(h * rank + r, i), toByteOffset: target, as: Float.self)
+                    }
+                }
+            }
+            for j in 0..<valueDim {
+                for r in 0..<rank {
+                    let target = ((h * perHead + nope + j) * rank + r) * size
+                    if element == ve {
+                        (out + target).copyMemory(from: v.data + ((h * valueDim + j) * rank + r) * size, byteCount: size)
+                    } else {
+                        out.storeBytes(of: values.value(h * valueDim + j, r), toByteOffset: target, as: Float.self)
+                    }
+                }
+            }
+        }
+        return StoredTensor(name: name, element: element, typeName: element == .f32 ? "F32" : k.type.name, shape: [heads * perHead, rank],
+                            data: UnsafeRawPointer(out), byteCount: heads * perHead * rank * size, file: model.file(of: keyName)?.path ?? model.path,
+                            owner: buffer)
+    }
 
     var allTensors: [StoredTensor] {
         model.tensorNames.compactMap { name in model.tensor(name).map { stored($0, name: name, shape: $0.shape, data: $0.data, byteCount: $0.byteCount) } }
@@ -227,7 +342,12 @@ final class GGUFTensors: TensorSource {
 
 /// llama.cpp's tensor names (its converter's `MODEL_TENSOR` table for these families).
 public struct GGUFNaming: TensorNaming {
-    public init() {}
+    /// The norm after attention: `ffn_norm` in most families, `post_attention_norm` in GPT-OSS's.
+    public var postAttentionNorm = "ffn_norm"
+
+    public init(architecture: String? = nil) {
+        if architecture == "gpt-oss" { postAttentionNorm = "post_attention_norm" }
+    }
 
     public func stored(_ name: TensorName) -> String {
         func block(_ l: Int) -> String { "blk.\(l)." }
@@ -237,7 +357,7 @@ public struct GGUFNaming: TensorNaming {
         case .finalNorm: return "output_norm.weight"
         case .outputHead: return "output.weight"
         case .inputNorm(let l): return block(l) + "attn_norm.weight"
-        case .postAttentionNorm(let l): return block(l) + "ffn_norm.weight"
+        case .postAttentionNorm(let l): return block(l) + postAttentionNorm + ".weight"
         case .attention(let l, let part):
             let a = block(l)
             switch part {
@@ -272,6 +392,7 @@ public struct GGUFNaming: TensorNaming {
         case .stackedExpertsDown(let l): return block(l) + "ffn_down_exps.stacked"
         case .stackedExpertsGateUpBias(let l): return block(l) + "ffn_gate_up_exps.bias"
         case .stackedExpertsDownBias(let l): return block(l) + "ffn_down_exps.bias"
+        case .expertBiases(let l, let p): return block(l) + projection(p) + "_exps.bias"
         case .sharedExpert(let l, let p): return block(l) + projection(p) + "_shexp.weight"
         case .sharedExpertGate(let l): return block(l) + "ffn_gate_inp_shexp.weight"
         }

@@ -34,6 +34,8 @@ public enum TensorName: Hashable, Sendable {
     /// [experts, hidden] (GPT-OSS).
     case stackedExpertsGateUpBias(layer: Int)
     case stackedExpertsDownBias(layer: Int)
+    /// One projection's biases of every expert, stored apart: [experts, rows] (GPT-OSS in GGUF).
+    case expertBiases(layer: Int, Projection)
     /// The router's logit bias, [experts] (GPT-OSS).
     case routerLogitBias(layer: Int)
     case sharedExpert(layer: Int, Projection)
@@ -119,6 +121,7 @@ public struct HuggingFaceNaming: TensorNaming, Equatable {
         case .stackedExpertsDown(let l): return layer(l) + moeBlock + ".experts.down_proj"
         case .stackedExpertsGateUpBias(let l): return layer(l) + moeBlock + ".experts.gate_up_proj_bias"
         case .stackedExpertsDownBias(let l): return layer(l) + moeBlock + ".experts.down_proj_bias"
+        case .expertBiases(let l, let p): return layer(l) + moeBlock + ".experts." + projection(p) + "_proj_bias"
         case .sharedExpert(let l, let p): return layer(l) + moeBlock + "." + sharedExpert + "." + projection(p) + ".weight"
         case .sharedExpertGate(let l): return layer(l) + moeBlock + ".shared_expert_gate.weight"
         }

@@ -182,7 +182,16 @@ struct WeightBinder {
             }
             experts = list
         }
-        if moe.expertBiases {
+        if moe.expertBiases, source.contains(naming.stored(.expertBiases(layer: l, .gate))) {
+            // Apart: gate and up [experts, inner], down [experts, hidden].
+            let gate = try vector(.expertBiases(layer: l, .gate), moe.expertCount * inner, shape: [moe.expertCount, inner])
+            let up = try vector(.expertBiases(layer: l, .up), moe.expertCount * inner, shape: [moe.expertCount, inner])
+            let down = try vector(.expertBiases(layer: l, .down), moe.expertCount * hidden, shape: [moe.expertCount, hidden])
+            for e in experts.indices {
+                experts[e].biases = FeedForwardBiases(gate: Array(gate[(e * inner)..<((e + 1) * inner)]), up: Array(up[(e * inner)..<((e + 1) * inner)]),
+                                                      down: Array(down[(e * hidden)..<((e + 1) * hidden)]))
+            }
+        } else if moe.expertBiases {
             // Stacked: [experts, 2 x inner] with gate and up interleaved, and [experts, hidden].
             let gateUp = try vector(.stackedExpertsGateUpBias(layer: l), moe.expertCount * 2 * inner, shape: [moe.expertCount, 2 * inner])
             let down = try vector(.stackedExpertsDownBias(layer: l), moe.expertCount * hidden, shape: [moe.expertCount, hidden])
