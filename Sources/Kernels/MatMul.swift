@@ -492,10 +492,13 @@ public func matmulReference(
     _ weight: WeightMatrix, input: [Float], tokens: Int
 ) -> [Float] {
     var out = [Float](repeating: 0, count: tokens * weight.rows)
-    for t in 0..<tokens {
-        for r in 0..<weight.rows {
+    // Each row widened once (a K-quant value alone costs its whole block).
+    var row = [Float](repeating: 0, count: weight.columns)
+    for r in 0..<weight.rows {
+        row.withUnsafeMutableBufferPointer { weight.widenRow(r, into: $0.baseAddress!) }
+        for t in 0..<tokens {
             var s = 0.0
-            for c in 0..<weight.columns { s += Double(weight.value(r, c)) * Double(input[t * weight.columns + c]) }
+            for c in 0..<weight.columns { s += Double(row[c]) * Double(input[t * weight.columns + c]) }
             out[t * weight.rows + r] = Float(s)
         }
     }

@@ -54,10 +54,12 @@ struct GGMLBlocksTests {
                 input.withUnsafeBufferPointer { x in
                     matmul(m, input: x.baseAddress!, inputStride: columns, output: &out, outputStride: rows, tokens: tokens, pool: pool)
                 }
-                for t in 0..<tokens {
-                    for r in 0..<rows {
+                var row = [Float](repeating: 0, count: columns)
+                for r in 0..<rows {
+                    row.withUnsafeMutableBufferPointer { m.widenRow(r, into: $0.baseAddress!) }
+                    for t in 0..<tokens {
                         var magnitude: Float = 0
-                        for c in 0..<columns { magnitude += abs(m.value(r, c) * input[t * columns + c]) }
+                        for c in 0..<columns { magnitude += abs(row[c] * input[t * columns + c]) }
                         #expect(abs(out[t * rows + r] - expected[t * rows + r]) <= 1e-6 * magnitude, "\(element) token \(t) row \(r)")
                     }
                 }

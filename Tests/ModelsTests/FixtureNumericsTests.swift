@@ -144,7 +144,7 @@ func dequantize(_ model: Model, keep: inout [[Float]]) throws -> Model {
     let widened = model.weights.mapMatrices(all: true) { m in
         guard m.element.isBlockQuantized else { return m }
         var values = [Float](repeating: 0, count: m.rows * m.columns)
-        for r in 0..<m.rows { for c in 0..<m.columns { values[r * m.columns + c] = m.value(r, c) } }
+        values.withUnsafeMutableBufferPointer { v in for r in 0..<m.rows { m.widenRow(r, into: v.baseAddress! + r * m.columns) } }
         buffers.append(values)
         let pointer = buffers[buffers.count - 1].withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress!) }
         return WeightMatrix(element: .f32, rows: m.rows, columns: m.columns, data: pointer)
@@ -283,7 +283,7 @@ struct WideQuantizedModelTests {
         let model = try load(.f32)
         #expect(experts(model, format.element) == 8, "every expert in \(format)")
         var kept: [[Float]] = []
-        let oracleModel = try dequantize(try load(.f32), keep: &kept)
+        let oracleModel = try dequantize(model, keep: &kept)
         let oracle = try logitsAndGreedyTokens(oracleModel, prompt)
         let exact = try logitsAndGreedyTokens(model, prompt)
         let worst = worstPositionError(exact.logits, oracle.logits, vocab: 300)

@@ -306,25 +306,26 @@ final class GGUFTensors: TensorSource {
         let size = element == .f32 ? 4 : 2, perHead = nope + valueDim
         let buffer = HostBuffer(heads * perHead * rank * size)
         let out = buffer.pointer
+        // Widened a row at a time: a K-quant value alone costs its whole block.
+        var row = [Float](repeating: 0, count: max(nope, rank))
         for h in 0..<heads {
             for r in 0..<rank {
+                if element != ke { row.withUnsafeMutableBufferPointer { keys.widenRow(h * rank + r, into: $0.baseAddress!) } }
                 for i in 0..<nope {
                     let target = ((h * perHead + i) * rank + r) * size
                     if element == ke {
                         (out + target).copyMemory(from: k.data + ((h * rank + r) * nope + i) * size, byteCount: size)
                     } else {
-                        out.storeBytes(of: keys.value(h * rank + r, i), toByteOffset: target, as: Float.self)
+                        out.storeBytes(of: row[i], toByteOffset: target, as: Float.self)
                     }
                 }
             }
             for j in 0..<valueDim {
-                for r in 0..<rank {
-                    let target = ((h * perHead + nope + j) * rank + r) * size
-                    if element == ve {
-                        (out + target).copyMemory(from: v.data + ((h * valueDim + j) * rank + r) * size, byteCount: size)
-                    } else {
-                        out.storeBytes(of: values.value(h * valueDim + j, r), toByteOffset: target, as: Float.self)
-                    }
+                let target = out + (h * perHead + nope + j) * rank * size
+                if element == ve {
+                    target.copyMemory(from: v.data + (h * valueDim + j) * rank * size, byteCount: rank * size)
+                } else {
+                    values.widenRow(h * valueDim + j, into: target.assumingMemoryBound(to: Float.self))
                 }
             }
         }

@@ -96,15 +96,18 @@ public struct LatentAttention: AttentionBlock {
         let size = element == .f32 ? 4 : 2
         let buffer = HostBuffer(heads * R * nope * size)
         let out = buffer.pointer
+        // Widened a row at a time: a K-quant value alone costs its whole block.
+        var row = [Float](repeating: 0, count: R)
         for h in 0..<heads {
             for i in 0..<nope {
                 let source = h * perHead + i
+                if element != up.element { row.withUnsafeMutableBufferPointer { up.widenRow(source, into: $0.baseAddress!) } }
                 for r in 0..<R {
                     let target = ((h * R + r) * nope + i) * size
                     if element == up.element {
                         (out + target).copyMemory(from: up.data + (source * R + r) * size, byteCount: size)
                     } else {
-                        out.storeBytes(of: up.value(source, r), toByteOffset: target, as: Float.self)
+                        out.storeBytes(of: row[r], toByteOffset: target, as: Float.self)
                     }
                 }
             }
