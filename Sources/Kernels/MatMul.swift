@@ -349,30 +349,40 @@ func matmulProducts<Items: ProductItems>(
         }
     }
     switch element {
-    case .q8_0 where precision.quantizesActivations, .q4_0 where precision.quantizesActivations, .q4_k where precision.quantizesActivations,
-         .mxfp4 where precision.quantizesActivations, .q6_k where precision.quantizesActivations:
+    case .q4_k where precision.quantizesActivations, .q6_k where precision.quantizesActivations:
+        // One activation scale per super-block: the kernel's integer sums run over all 256 values.
+        let supers = n / 256
+        withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, tokens * n)) { values in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * supers)) { scales in
+                withUnsafeTemporaryAllocation(of: Int16.self, capacity: max(1, tokens * n / 16)) { sums in
+                    SuperBlockActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens,
+                                                   values: values.baseAddress!, scales: scales.baseAddress!, sums: sums.baseAddress!)
+                    let xq = UnsafePointer(values.baseAddress!), xd = UnsafePointer(scales.baseAddress!), xs = UnsafePointer(sums.baseAddress!)
+                    rowGroups { rowsAt, count, out, t0, t in
+                        if element == .q4_k {
+                            sy_rows_q4_k_q8k(rowsAt, rowBytes, Int32(count), Int32(supers), xq + t0 * n, xd + t0 * supers, xs + t0 * (n / 16),
+                                             Int32(n), t, out, outputStride)
+                        } else {
+                            sy_rows_q6_k_q8k(rowsAt, rowBytes, Int32(count), Int32(supers), xq + t0 * n, xd + t0 * supers, xs + t0 * (n / 16),
+                                             Int32(n), t, out, outputStride)
+                        }
+                    }
+                }
+            }
+        }
+    case .q8_0 where precision.quantizesActivations, .q4_0 where precision.quantizesActivations, .mxfp4 where precision.quantizesActivations:
         let blocks = n / 32
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, tokens * n)) { values in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, 2 * tokens * blocks)) { scales in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * blocks)) { scales in
                 QuantizedActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens,
                                               values: values.baseAddress!, scales: scales.baseAddress!)
                 let xq = UnsafePointer(values.baseAddress!), xd = UnsafePointer(scales.baseAddress!)
-                // Q4_K's mins need each block's sum of activations: [tokens][blocks] after the scales.
-                let xs = scales.baseAddress! + tokens * blocks
-                if element == .q4_k {
-                    QuantizedActivations.blockSums(values: xq, scales: xd, columns: n, tokens: tokens, into: xs)
-                }
                 rowGroups { rowsAt, count, out, t0, t in
                     switch element {
-                    case .q4_k:
-                        sy_rows_q4_k_q8(rowsAt, rowBytes, Int32(count), Int32(n / Q4_K.blockValues), xq + t0 * n, xd + t0 * blocks,
-                                        xs + t0 * blocks, Int32(n), t, out, outputStride)
                     case .q4_0:
                         sy_rows_q4_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     case .mxfp4:
                         sy_rows_mxfp4_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
-                    case .q6_k:
-                        sy_rows_q6_k_q8(rowsAt, rowBytes, Int32(count), Int32(n / 256), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     default:
                         sy_rows_q8_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
                     }

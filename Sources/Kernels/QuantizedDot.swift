@@ -109,21 +109,99 @@ public struct QuantizedActivations {
         let ints = unsafeBitCast(r + magic, to: SIMD16<Int32>.self) &- 0x4B40_0000
         return SIMD16<Int8>(truncatingIfNeeded: ints)
     }
+}
 
-    /// Each block's scale times the sum of its int8 values, [tokens][columns / 32]: what Q4_K's
-    /// mins multiply.
+/// Activations quantised per super-block of 256, for the K-quant kernels (llama.cpp's Q8_K): one
+/// scale (max |x| / 127) per 256 values, int8 values rounded as `QuantizedActivations` rounds, and
+/// the int16 sum of each 16 values, so a kernel's integer sums run over a whole super-block.
+/// Values [tokens][columns], scales [tokens][columns / 256], sums [tokens][columns / 16].
+public enum SuperBlockActivations {
     @inlinable
-    public static func blockSums(values: UnsafePointer<Int8>, scales: UnsafePointer<Float>, columns: Int, tokens: Int,
-                                 into sums: UnsafeMutablePointer<Float>) {
-        let blocks = columns / 32
+    public static func quantize(_ input: UnsafePointer<Float>, inputStride: Int, columns: Int, tokens: Int,
+                                values: UnsafeMutablePointer<Int8>, scales: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Int16>) {
+        let supers = columns / 256
+        let magnitude = SIMD16<UInt32>(repeating: 0x7FFF_FFFF)
         for t in 0..<tokens {
-            for b in 0..<blocks {
-                let v = values + t * columns + b * 32
-                var s: Int32 = 0
-                for j in 0..<32 { s &+= Int32(v[j]) }
-                sums[t * blocks + b] = scales[t * blocks + b] * Float(s)
+            let x = input + t * inputStride
+            for b in 0..<supers {
+                let v = UnsafeRawPointer(x + b * 256)
+                var a16 = SIMD16<Float>()
+                for k in 0..<16 {
+                    let a = unsafeBitCast(unsafeBitCast(v.loadUnaligned(fromByteOffset: 64 * k, as: SIMD16<Float>.self), to: SIMD16<UInt32>.self) & magnitude,
+                                          to: SIMD16<Float>.self)
+                    a16 = a16.replacing(with: a, where: a .> a16)
+                }
+                let a8 = a16.lowHalf.replacing(with: a16.highHalf, where: a16.highHalf .> a16.lowHalf)
+                let a4 = a8.lowHalf.replacing(with: a8.highHalf, where: a8.highHalf .> a8.lowHalf)
+                let m = max(max(a4[0], a4[1]), max(a4[2], a4[3]))
+                let d = m / 127
+                let id: Float = d != 0 ? 1 / d : 0
+                scales[t * supers + b] = d
+                for k in 0..<16 {
+                    let q = QuantizedActivations.roundedToInt8(v.loadUnaligned(fromByteOffset: 64 * k, as: SIMD16<Float>.self) * id)
+                    UnsafeMutableRawPointer(values + t * columns + b * 256 + 16 * k).storeBytes(of: q, as: SIMD16<Int8>.self)
+                    sums[t * (columns / 16) + b * 16 + k] = Int16(SIMD16<Int16>(truncatingIfNeeded: q).wrappedSum())
+                }
             }
         }
+    }
+}
+
+/// The Swift twin of KernelsC's Q4_K kernels (`sy_rows_q4_k_q8k`) against `SuperBlockActivations`:
+/// per super-block the exact integer totals Σ_j scale_j·Σ q·x and Σ_j min_j·Σ x (sub-blocks of 32),
+/// each converted to float once and fused-multiply-added with d·xd and dmin·xd; then their difference.
+public func q4kDotReference(_ row: UnsafeRawPointer, superblocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
+                            sums: UnsafePointer<Int16>, stride: Int, tokens: Int) -> [Float] {
+    (0..<tokens).map { t in
+        var acc: Float = 0, mins: Float = 0
+        for b in 0..<superblocks {
+            let block = row + b * Q4_K.blockBytes
+            let d = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
+            let dmin = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
+            var total = 0, minTotal = 0
+            for j in 0..<8 {
+                let (sc, m) = Q4_K.scaleMin(block + 4, j)
+                for l in 0..<32 {
+                    let byte = block.load(fromByteOffset: 16 + 32 * (j / 2) + l, as: UInt8.self)
+                    total += Int(sc) * Int(j % 2 == 0 ? byte & 0x0F : byte >> 4) * Int(values[t * stride + b * 256 + 32 * j + l])
+                }
+                minTotal += Int(m) * (Int(sums[t * (stride / 16) + b * 16 + 2 * j]) + Int(sums[t * (stride / 16) + b * 16 + 2 * j + 1]))
+            }
+            let dx = scales[t * (stride / 256) + b]
+            acc = acc.addingProduct(Float(Int32(total)), d * dx)
+            mins = mins.addingProduct(Float(Int32(minTotal)), dmin * dx)
+        }
+        return acc - mins
+    }
+}
+
+/// The Swift twin of KernelsC's Q6_K kernels (`sy_rows_q6_k_q8k`) against `SuperBlockActivations`:
+/// per super-block the exact integer total Σ_s scale_s·Σ q·x − 32·Σ_s scale_s·sums_s (q the
+/// unsigned levels 0-63), converted to float once and fused-multiply-added with d·xd.
+public func q6kDotReference(_ row: UnsafeRawPointer, superblocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
+                            sums: UnsafePointer<Int16>, stride: Int, tokens: Int) -> [Float] {
+    (0..<tokens).map { t in
+        var acc: Float = 0
+        for b in 0..<superblocks {
+            let block = row + b * Q6_K.blockBytes
+            let d = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 208, as: UInt16.self)))
+            var total = 0
+            for g in 0..<2 {
+                for s in 0..<4 {
+                    for l in 0..<32 {
+                        let low = (block.load(fromByteOffset: 64 * g + 32 * (s % 2) + l, as: UInt8.self) >> UInt8(4 * (s / 2))) & 0x0F
+                        let high = (block.load(fromByteOffset: 128 + 32 * g + l, as: UInt8.self) >> UInt8(2 * s)) & 3
+                        let scale = Int(block.load(fromByteOffset: 192 + 8 * g + 2 * s + l / 16, as: Int8.self))
+                        total += scale * Int(low | high << 4) * Int(values[t * stride + b * 256 + 128 * g + 32 * s + l])
+                    }
+                }
+            }
+            for j in 0..<16 {
+                total -= 32 * Int(block.load(fromByteOffset: 192 + j, as: Int8.self)) * Int(sums[t * (stride / 16) + b * 16 + j])
+            }
+            acc = acc.addingProduct(Float(Int32(total)), d * scales[t * (stride / 256) + b])
+        }
+        return acc
     }
 }
 
@@ -146,71 +224,11 @@ public func forceQuantizedDotLevel(_ level: Int?) {
 
 /// The Swift twin of the C kernels (KernelsC/int8_rows.c): the same integer lanes, the same fused
 /// multiply-adds and the same final sum, so the two agree bit for bit; tests hold them to it.
-/// `blocks` counts blocks of 32; `sums` (Q4_K only) is `QuantizedActivations.blockSums`.
+/// `blocks` counts blocks of 32 (the K-quants have their own twins above, for super-block activations).
 public func quantizedDotReference(
     _ element: WeightElement, _ row: UnsafeRawPointer, blocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
-    sums: UnsafePointer<Float>? = nil, stride: Int, tokens: Int
+    stride: Int, tokens: Int
 ) -> [Float] {
-    if element == .q6_k {
-        // Per 32 values: each lane's Σ(q − 32)·x over 4 values times its sub-block's scale, exact in
-        // int32, then one fused multiply-add with d·xd (KernelsC's q6k kernels).
-        return (0..<tokens).map { t in
-            var acc = SIMD8<Float>()
-            for b in 0..<(blocks / 8) {
-                let block = row + b * Q6_K.blockBytes
-                let d = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 208, as: UInt16.self)))
-                for g in 0..<2 {
-                    for s in 0..<4 {
-                        let dx = d * scales[t * (stride / 32) + b * 8 + 4 * g + s]
-                        var lanes = SIMD8<Float>()
-                        for lane in 0..<8 {
-                            var sum: Int32 = 0
-                            for k in 0..<4 {
-                                let l = 4 * lane + k
-                                let low = (block.load(fromByteOffset: 64 * g + 32 * (s % 2) + l, as: UInt8.self) >> UInt8(4 * (s / 2))) & 0x0F
-                                let high = (block.load(fromByteOffset: 128 + 32 * g + l, as: UInt8.self) >> UInt8(2 * s)) & 3
-                                sum += (Int32(low | high << 4) - 32) * Int32(values[t * stride + b * 256 + 128 * g + 32 * s + l])
-                            }
-                            sum *= Int32(block.load(fromByteOffset: 192 + 8 * g + 2 * s + lane / 4, as: Int8.self))
-                            lanes[lane] = Float(sum)
-                        }
-                        acc.addProduct(lanes, SIMD8(repeating: dx))
-                    }
-                }
-            }
-            return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-        }
-    }
-    if element == .q4_k {
-        return (0..<tokens).map { t in
-            var acc = SIMD8<Float>(), mins: Float = 0
-            for b in 0..<(blocks / 8) {
-                let block = row + b * Q4_K.blockBytes
-                let d = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
-                let dmin = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
-                for j in 0..<8 {
-                    let (sc, _) = Q4_K.scaleMin(block + 4, j)
-                    let s = (d * Float(sc)) * scales[t * (stride / 32) + b * 8 + j]
-                    var lanes = SIMD8<Float>()
-                    for lane in 0..<8 {
-                        var sum: Int32 = 0
-                        for k in 0..<4 {
-                            let byte = block.load(fromByteOffset: 16 + 32 * (j / 2) + 4 * lane + k, as: UInt8.self)
-                            let q = Int32(j % 2 == 0 ? byte & 0x0F : byte >> 4)
-                            sum += q * Int32(values[t * stride + b * 256 + 32 * j + 4 * lane + k])
-                        }
-                        lanes[lane] = Float(sum)
-                    }
-                    acc.addProduct(lanes, SIMD8(repeating: s))
-                }
-                for j in 0..<8 {
-                    let (_, m) = Q4_K.scaleMin(block + 4, j)
-                    mins = mins.addingProduct(dmin * Float(m), sums![t * (stride / 32) + b * 8 + j])
-                }
-            }
-            return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) - mins
-        }
-    }
     return (0..<tokens).map { t in
         var acc = SIMD8<Float>()
         for b in 0..<blocks {

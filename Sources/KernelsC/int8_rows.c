@@ -25,69 +25,80 @@ static inline void q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
     }
 }
 
-static void q4k_portable(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const float *xs, int stride,
+// Q4_K rows against activations quantised per super-block of 256 (`xd`, and `xs` the int16 sum of
+// each 16 values): per super-block the integer totals Σ_j scale_j·Σ q·x and Σ_j min_j·Σ x (over
+// sub-blocks j of 32) are exact in int32, each converted to float once and fused-multiply-added
+// with d·xd and dmin·xd; the result is the first sum less the second. Kernels' q4kDotReference is
+// the twin.
+static void q4k_portable(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
                          int tokens, float *out) {
-    const int scales = stride / 32;
+    const int groups = stride / 16, supers = stride / 256;
     for (int t = 0; t < tokens; t++) {
-        float acc[8] = {0}, mins = 0;
+        float acc = 0, mins = 0;
         for (int b = 0; b < superblocks; b++) {
             const uint8_t *block = row + b * 144;
             uint16_t h;
             memcpy(&h, block, 2);
-            float d = sy_half(h);
+            const float d = sy_half(h);
             memcpy(&h, block + 2, 2);
-            float dmin = sy_half(h);
+            const float dmin = sy_half(h);
             uint8_t sc[8], mn[8];
             q4k_scales(block + 4, sc, mn);
+            int32_t total = 0, minTotal = 0;
             for (int j = 0; j < 8; j++) {
                 const uint8_t *q = block + 16 + 32 * (j / 2);
                 const int shift = (j % 2) * 4;
                 const int8_t *x = xq + t * stride + b * 256 + 32 * j;
-                float s = (d * (float)sc[j]) * xd[t * scales + b * 8 + j];
-                for (int lane = 0; lane < 8; lane++) {
-                    int32_t sum = 0;
-                    for (int k = 0; k < 4; k++) sum += (int32_t)((q[4 * lane + k] >> shift) & 0x0F) * (int32_t)x[4 * lane + k];
-                    acc[lane] = fmaf((float)sum, s, acc[lane]);
-                }
+                int32_t sum = 0;
+                for (int l = 0; l < 32; l++) sum += (int32_t)((q[l] >> shift) & 0x0F) * (int32_t)x[l];
+                total += sum * sc[j];
+                minTotal += mn[j] * (xs[t * groups + b * 16 + 2 * j] + xs[t * groups + b * 16 + 2 * j + 1]);
             }
-            for (int j = 0; j < 8; j++) mins = fmaf(dmin * (float)mn[j], xs[t * scales + b * 8 + j], mins);
+            const float dx = xd[t * supers + b];
+            acc = fmaf((float)total, d * dx, acc);
+            mins = fmaf((float)minTotal, dmin * dx, mins);
         }
-        out[t] = reduce8(acc) - mins;
+        out[t] = acc - mins;
     }
 }
 
-// Q6_K rows against activations quantised per block of 32. For each 32 values (two sub-blocks of 16
-// with their own int8 scales), lane i of the int32 sum holds scale·Σ(q − 32)·x over elements
-// 4i..4i+3 (lanes 0-3 the first sub-block, 4-7 the second); it is converted to float and
-// fused-multiply-added with d·xd of the 32. Kernels' quantizedDotReference is the twin.
-static inline int q6k_level(const uint8_t *block, int g, int s, int l) {
+// Q6_K rows against activations quantised per super-block of 256 (one scale `xd` per 256, and
+// `xs`: the int16 sum of each 16 int8 values). Per super-block the integer total
+// Σ_s scale_s·Σ q·x − 32·Σ_s scale_s·xs_s (q the unsigned levels 0-63) is exact in int32 whatever
+// the order of its sums; it is converted to float once and fused-multiply-added with d·xd.
+// Kernels' q6kDotReference is the twin.
+static inline int q6k_unsigned(const uint8_t *block, int g, int s, int l) {
     const int low = (block[64 * g + 32 * (s % 2) + l] >> (4 * (s / 2))) & 0x0F;
     const int high = (block[128 + 32 * g + l] >> (2 * s)) & 3;
-    return (low | high << 4) - 32;
+    return low | high << 4;
 }
 
-static void q6k_portable(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, int stride, int tokens,
-                         float *out) {
-    const int scales = stride / 32;
+static void q6k_portable(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
+                         int tokens, float *out) {
+    const int groups = stride / 16, supers = stride / 256;
     for (int t = 0; t < tokens; t++) {
-        float acc[8] = {0};
+        float acc = 0;
         for (int b = 0; b < superblocks; b++) {
             const uint8_t *block = row + b * 210;
             const float d = sy_half((uint16_t)(block[208] | block[209] << 8));
+            const int8_t *sc = (const int8_t *)block + 192;
+            int32_t total = 0;
             for (int g = 0; g < 2; g++) {
                 for (int s = 0; s < 4; s++) {
                     const int8_t *x = xq + t * stride + b * 256 + 128 * g + 32 * s;
-                    const float dx = d * xd[t * scales + b * 8 + 4 * g + s];
-                    for (int lane = 0; lane < 8; lane++) {
+                    for (int half = 0; half < 2; half++) {
                         int32_t sum = 0;
-                        for (int k = 0; k < 4; k++) sum += q6k_level(block, g, s, 4 * lane + k) * (int32_t)x[4 * lane + k];
-                        sum *= (int8_t)block[192 + 8 * g + 2 * s + lane / 4];
-                        acc[lane] = fmaf((float)sum, dx, acc[lane]);
+                        for (int l = 16 * half; l < 16 * half + 16; l++) sum += q6k_unsigned(block, g, s, l) * (int32_t)x[l];
+                        total += sum * sc[8 * g + 2 * s + half];
                     }
                 }
             }
+            int32_t offset = 0;
+            for (int j = 0; j < 16; j++) offset += (int32_t)sc[j] * xs[t * groups + b * 16 + j];
+            total -= 32 * offset;
+            acc = fmaf((float)total, d * xd[t * supers + b], acc);
         }
-        out[t] = reduce8(acc);
+        out[t] = acc;
     }
 }
 
@@ -248,76 +259,83 @@ static inline void dot_vnni_n(const uint8_t *row, int blocks, const int q4, cons
 SY_INSTANTIATE(dot_avx2, dot_avx2_n, "avx2,fma,f16c")
 SY_INSTANTIATE(dot_vnni, dot_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
 
-// Q4_K rows against activations quantised per block of 32: for every sub-block j of 32 values,
-// lane i of the int32 sum holds q·x over elements 4i..4i+3 (q unsigned 0..15, so no sign trick),
-// converted to float and fused-multiply-added with (d·scale_j)·xd_j; the mins contribute
-// (dmin·min_j)·xs_j (xs = xd × the block's sum of int8 values), accumulated in a scalar with fmaf.
-#define SY_Q4K_BODY(QUADS)                                                                         \
-    const int scales = stride / 32;                                                                \
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                 \
-    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                                 \
-    float mins[4] = {0, 0, 0, 0};                                                                  \
-    const __m256i nibble = _mm256_set1_epi8(0x0F);                                                 \
-    for (int b = 0; b < superblocks; b++) {                                                        \
-        const uint8_t *block = row + b * 144;                                                      \
-        float d = half_exact(block), dmin = half_exact(block + 2);                                     \
-        __builtin_prefetch(block + SY_PREFETCH_DISTANCE);                                          \
-        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);                                     \
-        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);                                    \
-        uint8_t sc[8], mn[8];                                                                      \
-        q4k_scales(block + 4, sc, mn);                                                             \
-        for (int c = 0; c < 4; c++) {                                                              \
-            __m256i q = _mm256_loadu_si256((const __m256i *)(block + 16 + 32 * c));                \
-            __m256i lo = _mm256_and_si256(q, nibble);                                              \
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);                        \
-            float s0 = d * (float)sc[2 * c], s1 = d * (float)sc[2 * c + 1];                        \
-            for (int t = 0; t < tokens; t++) {                                                     \
-                const int8_t *x = xq + t * stride + b * 256 + 64 * c;                              \
-                const float *xdt = xd + t * scales + b * 8 + 2 * c;                                \
-                __m256i x0 = _mm256_loadu_si256((const __m256i *)x);                               \
-                __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));                        \
-                __m256 f0 = _mm256_cvtepi32_ps(QUADS(lo, x0));                                     \
-                __m256 f1 = _mm256_cvtepi32_ps(QUADS(hi, x1));                                     \
-                __m256 d0 = _mm256_set1_ps(s0 * xdt[0]), d1 = _mm256_set1_ps(s1 * xdt[1]);         \
-                if (t == 0) { acc0 = _mm256_fmadd_ps(f0, d0, acc0); acc0 = _mm256_fmadd_ps(f1, d1, acc0); } \
-                if (t == 1) { acc1 = _mm256_fmadd_ps(f0, d0, acc1); acc1 = _mm256_fmadd_ps(f1, d1, acc1); } \
-                if (t == 2) { acc2 = _mm256_fmadd_ps(f0, d0, acc2); acc2 = _mm256_fmadd_ps(f1, d1, acc2); } \
-                if (t == 3) { acc3 = _mm256_fmadd_ps(f0, d0, acc3); acc3 = _mm256_fmadd_ps(f1, d1, acc3); } \
-            }                                                                                      \
-        }                                                                                          \
-        for (int t = 0; t < tokens; t++) {                                                         \
-            const float *xst = xs + t * scales + b * 8;                                            \
-            for (int j = 0; j < 8; j++) mins[t] = fmaf(dmin * (float)mn[j], xst[j], mins[t]);       \
-        }                                                                                          \
-    }                                                                                              \
-    out[0] = reduce256(acc0) - mins[0];                                                            \
-    if (tokens > 1) out[1] = reduce256(acc1) - mins[1];                                            \
-    if (tokens > 2) out[2] = reduce256(acc2) - mins[2];                                            \
-    if (tokens > 3) out[3] = reduce256(acc3) - mins[3];
-
-#define SY_MADDUBS(U, S) _mm256_madd_epi16(_mm256_maddubs_epi16(U, S), _mm256_set1_epi16(1))
-#define SY_DPBUSD(U, S) _mm256_dpbusd_epi32(_mm256_setzero_si256(), U, S)
-
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const float *xs,
-                              int stride, const int tokens, float *out) {
-    SY_Q4K_BODY(SY_MADDUBS)
+__attribute__((target("avx2,fma,f16c")))
+static inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
 }
 
-__attribute__((target("avx512vnni,avx512vl,avx512bw,avx2,fma,f16c"), always_inline))
-static inline void q4k_vnni_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const float *xs,
+// The AVX2 form of q4k_portable: maddubs of the nibbles (0-15) with x, madd with the sub-block's
+// scale into int32 lanes summed over the super-block; the mins' total from the 16-value sums.
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
                               int stride, const int tokens, float *out) {
-    SY_Q4K_BODY(SY_DPBUSD)
+    const int groups = stride / 16, supers = stride / 256;
+    float acc[4] = {0, 0, 0, 0}, mins[4] = {0, 0, 0, 0};
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    for (int b = 0; b < superblocks; b++) {
+        const uint8_t *block = row + b * 144;
+        const float d = half_exact(block), dmin = half_exact(block + 2);
+        __builtin_prefetch(block + SY_PREFETCH_DISTANCE);
+        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
+        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);
+        uint8_t sc[8], mn[8];
+        q4k_scales(block + 4, sc, mn);
+        __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
+        __m256i sum2 = _mm256_setzero_si256(), sum3 = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(block + 16 + 32 * c));
+            const __m256i lo = _mm256_and_si256(q, nibble);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+            const __m256i s0 = _mm256_set1_epi16(sc[2 * c]), s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+            for (int t = 0; t < tokens; t++) {
+                const int8_t *x = xq + t * stride + b * 256 + 64 * c;
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));
+                const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s0),
+                                                   _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s1));
+                if (t == 0) sum0 = _mm256_add_epi32(sum0, p);
+                if (t == 1) sum1 = _mm256_add_epi32(sum1, p);
+                if (t == 2) sum2 = _mm256_add_epi32(sum2, p);
+                if (t == 3) sum3 = _mm256_add_epi32(sum3, p);
+            }
+        }
+        for (int t = 0; t < tokens; t++) {
+            const int16_t *bs = xs + t * groups + b * 16;
+            int32_t minTotal = 0;
+            for (int j = 0; j < 8; j++) minTotal += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+            const __m256i sum = t == 0 ? sum0 : t == 1 ? sum1 : t == 2 ? sum2 : sum3;
+            const float dx = xd[t * supers + b];
+            acc[t] = fmaf((float)hsum_epi32(sum), d * dx, acc[t]);
+            mins[t] = fmaf((float)minTotal, dmin * dx, mins[t]);
+        }
+    }
+    for (int t = 0; t < tokens; t++) out[t] = acc[t] - mins[t];
 }
 
-// The AVX2 form of q6k_portable: maddubs of the unsigned levels (0-63) with x, less maddubs of 32
-// with x, then madd with each half's sub-block scale: the same int32 lanes, exactly.
+__attribute__((target("avx2,fma,f16c")))
+static void q4k_avx2(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
+                     int tokens, float *out) {
+    switch (tokens) {
+    case 1: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 1, out); break;
+    case 2: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 2, out); break;
+    case 3: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 3, out); break;
+    default: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 4, out); break;
+    }
+}
+
+// The AVX2 form of q6k_portable: maddubs of the unsigned levels with x (pairs, in int16), madd
+// with each half's scale into int32 lanes summed over the super-block; the offset term from the
+// 16-value sums by one madd; then the same exact total, conversion and fused multiply-add.
+
 __attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, int stride,
-                              const int tokens, float *out) {
-    const int scales = stride / 32;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-    const __m256i nibble = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
+                              int stride, const int tokens, float *out) {
+    const int groups = stride / 16, supers = stride / 256;
+    float acc[4] = {0, 0, 0, 0};
+    const __m256i nibble = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
     for (int b = 0; b < superblocks; b++) {
         const uint8_t *block = row + b * 210;
         const float d = half_exact(block + 208);
@@ -325,6 +343,9 @@ static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 192);
+        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(block + 192)));
+        __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
+        __m256i sum2 = _mm256_setzero_si256(), sum3 = _mm256_setzero_si256();
         for (int g = 0; g < 2; g++) {
             const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(block + 64 * g));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(block + 64 * g + 32));
@@ -338,47 +359,36 @@ static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
                 const __m256i scale16 = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
                 for (int t = 0; t < tokens; t++) {
                     const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 256 + 128 * g + 32 * s));
-                    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(m32, x));
-                    const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, scale16));
-                    const __m256 dx = _mm256_set1_ps(d * xd[t * scales + b * 8 + 4 * g + s]);
-                    if (t == 0) acc0 = _mm256_fmadd_ps(f, dx, acc0);
-                    if (t == 1) acc1 = _mm256_fmadd_ps(f, dx, acc1);
-                    if (t == 2) acc2 = _mm256_fmadd_ps(f, dx, acc2);
-                    if (t == 3) acc3 = _mm256_fmadd_ps(f, dx, acc3);
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scale16);
+                    if (t == 0) sum0 = _mm256_add_epi32(sum0, p);
+                    if (t == 1) sum1 = _mm256_add_epi32(sum1, p);
+                    if (t == 2) sum2 = _mm256_add_epi32(sum2, p);
+                    if (t == 3) sum3 = _mm256_add_epi32(sum3, p);
                 }
             }
         }
+        for (int t = 0; t < tokens; t++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + t * groups + b * 16));
+            const int32_t offset = hsum_epi32(_mm256_madd_epi16(scales16, bs));
+            const __m256i sum = t == 0 ? sum0 : t == 1 ? sum1 : t == 2 ? sum2 : sum3;
+            const int32_t total = hsum_epi32(sum) - 32 * offset;
+            acc[t] = fmaf((float)total, d * xd[t * supers + b], acc[t]);
+        }
     }
-    out[0] = reduce256(acc0);
-    if (tokens > 1) out[1] = reduce256(acc1);
-    if (tokens > 2) out[2] = reduce256(acc2);
-    if (tokens > 3) out[3] = reduce256(acc3);
+    for (int t = 0; t < tokens; t++) out[t] = acc[t];
 }
 
 __attribute__((target("avx2,fma,f16c")))
-static void q6k_avx2(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, int stride, int tokens, float *out) {
+static void q6k_avx2(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
+                     int tokens, float *out) {
     switch (tokens) {
-    case 1: q6k_avx2_n(row, superblocks, xq, xd, stride, 1, out); break;
-    case 2: q6k_avx2_n(row, superblocks, xq, xd, stride, 2, out); break;
-    case 3: q6k_avx2_n(row, superblocks, xq, xd, stride, 3, out); break;
-    default: q6k_avx2_n(row, superblocks, xq, xd, stride, 4, out); break;
+    case 1: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 1, out); break;
+    case 2: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 2, out); break;
+    case 3: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 3, out); break;
+    default: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 4, out); break;
     }
 }
 
-#define SY_INSTANTIATE_Q4K(NAME, KERNEL, TARGET)                                                   \
-    __attribute__((target(TARGET)))                                                                \
-    static void NAME(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd,       \
-                     const float *xs, int stride, int tokens, float *out) {                        \
-        switch (tokens) {                                                                          \
-        case 1: KERNEL(row, superblocks, xq, xd, xs, stride, 1, out); break;                       \
-        case 2: KERNEL(row, superblocks, xq, xd, xs, stride, 2, out); break;                       \
-        case 3: KERNEL(row, superblocks, xq, xd, xs, stride, 3, out); break;                       \
-        default: KERNEL(row, superblocks, xq, xd, xs, stride, 4, out); break;                      \
-        }                                                                                          \
-    }
-
-SY_INSTANTIATE_Q4K(q4k_avx2, q4k_avx2_n, "avx2,fma,f16c")
-SY_INSTANTIATE_Q4K(q4k_vnni, q4k_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
 
 static int detected = -1, avx_vnni = 0;
 
@@ -466,18 +476,13 @@ void sy_rows_mxfp4_q8(const void *base, long row_bytes, int nrows, int blocks, c
     rows(base, row_bytes, nrows, blocks, 2, xq, xd, stride, tokens, out, out_stride);
 }
 
-typedef void (*q4k_kernel)(const uint8_t *, int, const int8_t *, const float *, const float *, int, int, float *);
+typedef void (*q4k_kernel)(const uint8_t *, int, const int8_t *, const float *, const int16_t *, int, int, float *);
 
-void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
-                     const float *xs, int stride, int tokens, float *out, long out_stride) {
+void sy_rows_q4_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                      const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
     q4k_kernel kernel = q4k_portable;
 #if defined(__x86_64__)
-    switch (sy_integer_level_in_force()) {
-    case SY_LEVEL_AVX512_VNNI: kernel = q4k_vnni; break;
-    case SY_LEVEL_AVX_VNNI:
-    case SY_LEVEL_AVX2: kernel = q4k_avx2; break;
-    default: break;
-    }
+    if (sy_integer_level_in_force() >= SY_LEVEL_AVX2) kernel = q4k_avx2;
 #endif
     float sums[4];
     for (int r = 0; r < nrows; r++) {
@@ -486,17 +491,17 @@ void sy_rows_q4_k_q8(const void *base, long row_bytes, int nrows, int superblock
     }
 }
 
-typedef void (*q6k_kernel)(const uint8_t *, int, const int8_t *, const float *, int, int, float *);
+typedef void (*q6k_kernel)(const uint8_t *, int, const int8_t *, const float *, const int16_t *, int, int, float *);
 
-void sy_rows_q6_k_q8(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd, int stride,
-                     int tokens, float *out, long out_stride) {
+void sy_rows_q6_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                      const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
     q6k_kernel kernel = q6k_portable;
 #if defined(__x86_64__)
     if (sy_integer_level_in_force() >= SY_LEVEL_AVX2) kernel = q6k_avx2;
 #endif
     float sums[4];
     for (int r = 0; r < nrows; r++) {
-        kernel((const uint8_t *)base + r * row_bytes, superblocks, xq, xd, stride, tokens, sums);
+        kernel((const uint8_t *)base + r * row_bytes, superblocks, xq, xd, xs, stride, tokens, sums);
         for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
     }
 }

@@ -118,6 +118,28 @@ struct QuantizedDotTests {
         }
     }
 
+    /// Super-block activations: one scale per 256 (max |x| / 127), each value x / scale rounded half
+    /// away from zero, and each 16 values' sum.
+    @Test func superBlockActivations() {
+        let columns = 512, tokens = 3
+        var input = randomFloats(tokens * columns, seed: 5)
+        input[300] = -9  // one large value sets its super-block's scale
+        var values = [Int8](repeating: 0, count: tokens * columns), scales = [Float](repeating: 0, count: tokens * 2)
+        var sums = [Int16](repeating: 0, count: tokens * columns / 16)
+        SuperBlockActivations.quantize(input, inputStride: columns, columns: columns, tokens: tokens, values: &values, scales: &scales, sums: &sums)
+        #expect(scales[1] == 9 / 127 && values[300] == -127)
+        for t in 0..<tokens {
+            for b in 0..<2 {
+                let block = input[(t * columns + 256 * b)..<(t * columns + 256 * (b + 1))]
+                #expect(scales[t * 2 + b] == block.map(abs).max()! / 127)
+                for i in block.indices { #expect(values[i] == Int8((input[i] * (1 / scales[t * 2 + b])).rounded(.toNearestOrAwayFromZero))) }
+            }
+            for g in 0..<(columns / 16) {
+                #expect(Int(sums[t * columns / 16 + g]) == (0..<16).reduce(0) { $0 + Int(values[t * columns + 16 * g + $1]) })
+            }
+        }
+    }
+
     /// Weights of 1e-4 give float16 scales below 2^-14 (subnormal), which the C kernels widen
     /// without the F16C instruction.
     @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k, .mxfp4, .q6_k])
@@ -134,11 +156,9 @@ struct QuantizedDotTests {
         let input = randomFloats(tokens * columns, seed: 17)
         var values = [Int8](repeating: 0, count: tokens * columns)
         var scales = [Float](repeating: 0, count: tokens * columns / 32)
-        var sums = scales
         input.withUnsafeBufferPointer { x in
             QuantizedActivations.quantize(x.baseAddress!, inputStride: columns, columns: columns, tokens: tokens, values: &values, scales: &scales)
         }
-        QuantizedActivations.blockSums(values: values, scales: scales, columns: columns, tokens: tokens, into: &sums)
         bytes.withUnsafeBytes { raw in
             let m = WeightMatrix(element: element, rows: rows, columns: columns, data: raw.baseAddress!)
             var exact = [Float](repeating: .nan, count: tokens * rows), integer = exact
@@ -152,10 +172,23 @@ struct QuantizedDotTests {
             }
             let reference = matmulReference(m, input: input, tokens: tokens)
             var row = [Float](repeating: 0, count: columns)
+            // The K-quants take activations quantised per super-block of 256.
+            var superValues = [Int8](repeating: 0, count: tokens * columns), superScales = [Float](repeating: 0, count: tokens * columns / 256)
+            var superSums = [Int16](repeating: 0, count: tokens * columns / 16)
+            if element == .q4_k || element == .q6_k {
+                SuperBlockActivations.quantize(input, inputStride: columns, columns: columns, tokens: tokens, values: &superValues, scales: &superScales,
+                                               sums: &superSums)
+            }
             for r in 0..<rows {
                 row.withUnsafeMutableBufferPointer { m.widenRow(r, into: $0.baseAddress!) }
-                let twin = quantizedDotReference(element, raw.baseAddress! + r * m.rowBytes, blocks: columns / 32, values: values, scales: scales,
-                                                 sums: sums, stride: columns, tokens: tokens)
+                let twin = element == .q4_k
+                    ? q4kDotReference(raw.baseAddress! + r * m.rowBytes, superblocks: columns / 256, values: superValues, scales: superScales,
+                                      sums: superSums, stride: columns, tokens: tokens)
+                    : element == .q6_k
+                    ? q6kDotReference(raw.baseAddress! + r * m.rowBytes, superblocks: columns / 256, values: superValues, scales: superScales,
+                                      sums: superSums, stride: columns, tokens: tokens)
+                    : quantizedDotReference(element, raw.baseAddress! + r * m.rowBytes, blocks: columns / 32, values: values, scales: scales,
+                                            stride: columns, tokens: tokens)
                 for t in 0..<tokens {
                     let i = t * rows + r
                     // The C kernel (\(quantizedDotInstructions)) is its Swift twin, bit for bit.

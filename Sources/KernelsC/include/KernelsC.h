@@ -23,15 +23,15 @@ void sy_rows_q4_0_q8(const void *rows, long row_bytes, int nrows, int blocks, co
 // as the two above; the codes' doubled values are exact int8 (MXFP4.swift is the twin).
 void sy_rows_mxfp4_q8(const void *rows, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
                       int tokens, float *out, long out_stride);
-// Q4_K rows (super-blocks of 256 in 144 bytes, GGUF's layout) against the same activations plus
-// `xs` [tokens][stride / 32]: each block's scale times the sum of its int8 values, for the mins.
-// `superblocks` = columns / 256.
-void sy_rows_q4_k_q8(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
-                     const float *xs, int stride, int tokens, float *out, long out_stride);
-// Q6_K rows (super-blocks of 256 in 210 bytes, GGUF's layout) against the activations as above;
-// `superblocks` = columns / 256.
-void sy_rows_q6_k_q8(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd, int stride,
-                     int tokens, float *out, long out_stride);
+// Q4_K rows (super-blocks of 256 in 144 bytes, GGUF's layout) against activations quantised per
+// super-block, as Q6_K's below; `superblocks` = columns / 256.
+void sy_rows_q4_k_q8k(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                      const int16_t *xs, int stride, int tokens, float *out, long out_stride);
+// Q6_K rows (super-blocks of 256 in 210 bytes, GGUF's layout) against activations quantised per
+// super-block (Kernels' SuperBlockActivations): `xq` [tokens][stride] int8, `xd` [tokens][stride /
+// 256] scales, `xs` [tokens][stride / 16] the int16 sum of each 16 values; `superblocks` = columns / 256.
+void sy_rows_q6_k_q8k(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                      const int16_t *xs, int stride, int tokens, float *out, long out_stride);
 
 // Grouped rows (Kernels' WeightElement.q8_0x4 / .q4_0x4, regrouped at load from GGUF's blocks):
 // groups of 4 blocks (128 values), each the 4 blocks' float16 scales (8 bytes) then, for Q4_0, the

@@ -35,6 +35,8 @@ final class RandomTensors: TensorSource, @unchecked Sendable {
         if name.hasSuffix("e_score_correction_bias") { return false }
         if name.hasSuffix("_blocks") { return c.feedForward.contains { $0.moe?.expertElement == .mxfp4 } }
         if name.hasSuffix("experts.gate_up_proj") { return c.naming.stackedExpertsTransposed }
+        // Expert biases are made stacked (gate and up interleaved), as the released checkpoints have them.
+        if name.hasSuffix(".experts.gate_proj_bias") || name.hasSuffix(".experts.up_proj_bias") { return false }
         if name.hasSuffix("o_proj.bias") { return c.outputBias }
         if name.hasSuffix("q_proj.bias") || name.hasSuffix("k_proj.bias") || name.hasSuffix("v_proj.bias") { return c.queryKeyValueBias }
         if name.hasSuffix("q_a_proj.bias") || name.hasSuffix("kv_a_proj_with_mqa.bias") { return c.queryKeyValueBias }

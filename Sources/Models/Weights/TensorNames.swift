@@ -121,7 +121,7 @@ public struct HuggingFaceNaming: TensorNaming, Equatable {
         case .stackedExpertsDown(let l): return layer(l) + moeBlock + ".experts.down_proj"
         case .stackedExpertsGateUpBias(let l): return layer(l) + moeBlock + ".experts.gate_up_proj_bias"
         case .stackedExpertsDownBias(let l): return layer(l) + moeBlock + ".experts.down_proj_bias"
-        case .expertBiases(let l, let p): return layer(l) + moeBlock + ".experts." + projection(p) + "_proj_bias"
+        case .expertBiases(let l, let p): return layer(l) + moeBlock + ".experts." + projection(p) + "_bias"
         case .sharedExpert(let l, let p): return layer(l) + moeBlock + "." + sharedExpert + "." + projection(p) + ".weight"
         case .sharedExpertGate(let l): return layer(l) + moeBlock + ".shared_expert_gate.weight"
         }
