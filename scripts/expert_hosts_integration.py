@@ -3,7 +3,7 @@
 
     python3 scripts/expert_hosts_integration.py [path/to/switchyard] [--no-netns]
 
-On loopback: the bundled model and every MoE fixture give the same tokens (greedy and seeded)
+On loopback: the bundled model, every MoE fixture and two GGUF fixtures give the same tokens (greedy and seeded)
 through one and two expert-worker processes (one holding its own experts, one taking what tier 1
 assigns) as on one machine, with the pipeline off and automatic; logits through two hosts equal
 one machine's exactly; garbage on the wire gets error replies and the host lives on; a host's exits
@@ -31,6 +31,7 @@ import two_tier_integration as tt  # noqa: E402  (check, proxies, frames, the bi
 ROOT = tt.ROOT
 BIN = tt.BIN
 MOE_FIXTURES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
+GGUF_FIXTURES = ["qwen2_moe-k.gguf", "deepseek_v3-q8.gguf"]
 BUNDLED = os.path.join(ROOT, "models/switchyard-kjv-moe")
 check = tt.check
 
@@ -61,6 +62,8 @@ def status(address, ns=None):
 
 def identical_tokens():
     models = [("bundled", BUNDLED, "And God said")] + [(f, os.path.join(ROOT, "fixtures/models", f), "hello world") for f in MOE_FIXTURES]
+    # GGUF files: experts read from merged tensors (K-quants, a shared expert; DeepSeek's joined kv_b).
+    models += [(f, os.path.join(ROOT, "fixtures/gguf", f), "hello world") for f in GGUF_FIXTURES]
     for name, path, prompt in models:
         hosts = [start_host(path, extra=["--experts", "*:0-0"]), start_host(path)]
         addresses = [a for _, a in hosts]

@@ -81,18 +81,24 @@ public struct QuantizedActivations {
                 // pointwiseMax, which is a call per use across modules.
                 let a0 = unsafeBitCast(unsafeBitCast(v0, to: SIMD16<UInt32>.self) & magnitude, to: SIMD16<Float>.self)
                 let a1 = unsafeBitCast(unsafeBitCast(v1, to: SIMD16<UInt32>.self) & magnitude, to: SIMD16<Float>.self)
-                let a16 = a0.replacing(with: a1, where: a1 .> a0)
-                let a8 = a16.lowHalf.replacing(with: a16.highHalf, where: a16.highHalf .> a16.lowHalf)
-                let a4 = a8.lowHalf.replacing(with: a8.highHalf, where: a8.highHalf .> a8.lowHalf)
-                let m = max(max(a4[0], a4[1]), max(a4[2], a4[3]))
-                let d = m / 127
-                let id: Float = d != 0 ? 1 / d : 0
+                let (d, id) = scale(largest: a0.replacing(with: a1, where: a1 .> a0))
                 scales[t * blocks + b] = d
                 let out = UnsafeMutableRawPointer(values + t * columns + b * 32)
                 out.storeBytes(of: roundedToInt8(v0 * id), as: SIMD16<Int8>.self)
                 out.storeBytes(of: roundedToInt8(v1 * id), toByteOffset: 16, as: SIMD16<Int8>.self)
             }
         }
+    }
+
+    /// The scale that maps the largest of 16 lanes of magnitudes to 127, and its inverse (0 when
+    /// every value is 0).
+    @inlinable @inline(__always)
+    static func scale(largest a16: SIMD16<Float>) -> (d: Float, inverse: Float) {
+        let a8 = a16.lowHalf.replacing(with: a16.highHalf, where: a16.highHalf .> a16.lowHalf)
+        let a4 = a8.lowHalf.replacing(with: a8.highHalf, where: a8.highHalf .> a8.lowHalf)
+        let m = max(max(a4[0], a4[1]), max(a4[2], a4[3]))
+        let d = m / 127
+        return (d, d != 0 ? 1 / d : 0)
     }
 
     /// Rounds half away from zero (C's roundf, as ggml's reference quantiser) lane by lane, for
@@ -131,11 +137,7 @@ public enum SuperBlockActivations {
                                           to: SIMD16<Float>.self)
                     a16 = a16.replacing(with: a, where: a .> a16)
                 }
-                let a8 = a16.lowHalf.replacing(with: a16.highHalf, where: a16.highHalf .> a16.lowHalf)
-                let a4 = a8.lowHalf.replacing(with: a8.highHalf, where: a8.highHalf .> a8.lowHalf)
-                let m = max(max(a4[0], a4[1]), max(a4[2], a4[3]))
-                let d = m / 127
-                let id: Float = d != 0 ? 1 / d : 0
+                let (d, id) = QuantizedActivations.scale(largest: a16)
                 scales[t * supers + b] = d
                 for k in 0..<16 {
                     let q = QuantizedActivations.roundedToInt8(v.loadUnaligned(fromByteOffset: 64 * k, as: SIMD16<Float>.self) * id)

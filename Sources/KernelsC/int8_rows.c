@@ -315,16 +315,20 @@ static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
     for (int t = 0; t < tokens; t++) out[t] = acc[t] - mins[t];
 }
 
-__attribute__((target("avx2,fma,f16c")))
-static void q4k_avx2(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
-                     int tokens, float *out) {
-    switch (tokens) {
-    case 1: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 1, out); break;
-    case 2: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 2, out); break;
-    case 3: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 3, out); break;
-    default: q4k_avx2_n(row, superblocks, xq, xd, xs, stride, 4, out); break;
+// The super-block kernels for each token count 1-4 (literal arguments: see SY_KERNEL_BODY's note).
+#define SY_INSTANTIATE_SUPER(NAME, KERNEL)                                                         \
+    __attribute__((target("avx2,fma,f16c")))                                                       \
+    static void NAME(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd,       \
+                     const int16_t *xs, int stride, int tokens, float *out) {                      \
+        switch (tokens) {                                                                          \
+        case 1: KERNEL(row, superblocks, xq, xd, xs, stride, 1, out); break;                       \
+        case 2: KERNEL(row, superblocks, xq, xd, xs, stride, 2, out); break;                       \
+        case 3: KERNEL(row, superblocks, xq, xd, xs, stride, 3, out); break;                       \
+        default: KERNEL(row, superblocks, xq, xd, xs, stride, 4, out); break;                      \
+        }                                                                                          \
     }
-}
+
+SY_INSTANTIATE_SUPER(q4k_avx2, q4k_avx2_n)
 
 // The AVX2 form of q6k_portable: maddubs of the unsigned levels with x (pairs, in int16), madd
 // with each half's scale into int32 lanes summed over the super-block; the offset term from the
@@ -378,16 +382,7 @@ static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
     for (int t = 0; t < tokens; t++) out[t] = acc[t];
 }
 
-__attribute__((target("avx2,fma,f16c")))
-static void q6k_avx2(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
-                     int tokens, float *out) {
-    switch (tokens) {
-    case 1: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 1, out); break;
-    case 2: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 2, out); break;
-    case 3: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 3, out); break;
-    default: q6k_avx2_n(row, superblocks, xq, xd, xs, stride, 4, out); break;
-    }
-}
+SY_INSTANTIATE_SUPER(q6k_avx2, q6k_avx2_n)
 
 
 static int detected = -1, avx_vnni = 0;
