@@ -302,10 +302,12 @@ static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
                 if (t == 3) sum3 = _mm256_add_epi32(sum3, p);
             }
         }
+        // Each min against both of its sub-block's 16-value sums: min j in int16 lanes 2j and 2j + 1.
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)mn),
+                                                                      _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)));
         for (int t = 0; t < tokens; t++) {
-            const int16_t *bs = xs + t * groups + b * 16;
-            int32_t minTotal = 0;
-            for (int j = 0; j < 8; j++) minTotal += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + t * groups + b * 16));
+            const int32_t minTotal = hsum_epi32(_mm256_madd_epi16(mins16, bs));
             const __m256i sum = t == 0 ? sum0 : t == 1 ? sum1 : t == 2 ? sum2 : sum3;
             const float dx = xd[t * supers + b];
             acc[t] = fmaf((float)hsum_epi32(sum), d * dx, acc[t]);
@@ -354,13 +356,19 @@ static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
             const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(block + 64 * g));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(block + 64 * g + 32));
             const __m256i qh = _mm256_loadu_si256((const __m256i *)(block + 128 + 32 * g));
+            // This group's eight scales as int16 in both halves; each step's pair picked by a shuffle.
+            const __m256i groupScales = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(block + 192 + 8 * g))));
             for (int s = 0; s < 4; s++) {
                 const __m256i lowBytes = (s % 2) ? ql1 : ql0;
                 const __m256i low = _mm256_and_si256(s / 2 ? _mm256_srli_epi16(lowBytes, 4) : lowBytes, nibble);
                 const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), three);
                 const __m256i q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
-                const int8_t *sc = (const int8_t *)block + 192 + 8 * g + 2 * s;
-                const __m256i scale16 = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+                // Low half: scale 2s (bytes 4s, 4s + 1) in every int16 lane; high half: scale 2s + 1.
+                const __m256i pick = _mm256_setr_epi8(4 * s, 4 * s + 1, 4 * s, 4 * s + 1, 4 * s, 4 * s + 1, 4 * s, 4 * s + 1,
+                                                      4 * s, 4 * s + 1, 4 * s, 4 * s + 1, 4 * s, 4 * s + 1, 4 * s, 4 * s + 1,
+                                                      4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3,
+                                                      4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3);
+                const __m256i scale16 = _mm256_shuffle_epi8(groupScales, pick);
                 for (int t = 0; t < tokens; t++) {
                     const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 256 + 128 * g + 32 * s));
                     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scale16);
