@@ -349,7 +349,7 @@ func matmulProducts<Items: ProductItems>(
         }
     }
     switch element {
-    case .q4_k where precision.quantizesActivations, .q6_k where precision.quantizesActivations:
+    case .q4_k where precision.quantizesActivations, .q5_k where precision.quantizesActivations, .q6_k where precision.quantizesActivations:
         // One activation scale per super-block: the kernel's integer sums run over all 256 values.
         let supers = n / 256
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, tokens * n)) { values in
@@ -359,13 +359,9 @@ func matmulProducts<Items: ProductItems>(
                                                    values: values.baseAddress!, scales: scales.baseAddress!, sums: sums.baseAddress!)
                     let xq = UnsafePointer(values.baseAddress!), xd = UnsafePointer(scales.baseAddress!), xs = UnsafePointer(sums.baseAddress!)
                     rowGroups { rowsAt, count, out, t0, t in
-                        if element == .q4_k {
-                            sy_rows_q4_k_q8k(rowsAt, rowBytes, Int32(count), Int32(supers), xq + t0 * n, xd + t0 * supers, xs + t0 * (n / 16),
-                                             Int32(n), t, out, outputStride)
-                        } else {
-                            sy_rows_q6_k_q8k(rowsAt, rowBytes, Int32(count), Int32(supers), xq + t0 * n, xd + t0 * supers, xs + t0 * (n / 16),
-                                             Int32(n), t, out, outputStride)
-                        }
+                        let kernel = element == .q4_k ? sy_rows_q4_k_q8k : element == .q5_k ? sy_rows_q5_k_q8k : sy_rows_q6_k_q8k
+                        kernel(rowsAt, rowBytes, Int32(count), Int32(supers), xq + t0 * n, xd + t0 * supers, xs + t0 * (n / 16), Int32(n), t, out,
+                               outputStride)
                     }
                 }
             }
@@ -431,7 +427,7 @@ func matmulProducts<Items: ProductItems>(
         }
     case .q4_1, .q5_0, .q5_1, .q2_k, .q3_k, .q5_k, .q6_k, .iq4_nl, .iq4_xs:
         // Float32 activations whatever the precision asks: these formats have no integer kernel
-        // (Q6_K has one, above, for int8 activations).
+        // (Q5_K and Q6_K have one, above, for int8 activations).
         rowBlocks { row, t0, count in
             var s = SIMD4<Float>()
             GGMLBlocks.dotRow(element, row, n, input + t0 * inputStride, inputStride, count, &s)

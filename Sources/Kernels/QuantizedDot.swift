@@ -149,61 +149,59 @@ public enum SuperBlockActivations {
     }
 }
 
-/// The Swift twin of KernelsC's Q4_K kernels (`sy_rows_q4_k_q8k`) against `SuperBlockActivations`:
-/// per super-block the exact integer totals Σ_j scale_j·Σ q·x and Σ_j min_j·Σ x (sub-blocks of 32),
-/// each converted to float once and fused-multiply-added with d·xd and dmin·xd; then their difference.
-public func q4kDotReference(_ row: UnsafeRawPointer, superblocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
-                            sums: UnsafePointer<Int16>, stride: Int, tokens: Int) -> [Float] {
-    (0..<tokens).map { t in
-        var acc: Float = 0, mins: Float = 0
-        for b in 0..<superblocks {
-            let block = row + b * Q4_K.blockBytes
-            let d = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
-            let dmin = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
-            var total = 0, minTotal = 0
-            for j in 0..<8 {
-                let (sc, m) = Q4_K.scaleMin(block + 4, j)
-                for l in 0..<32 {
-                    let byte = block.load(fromByteOffset: 16 + 32 * (j / 2) + l, as: UInt8.self)
-                    total += Int(sc) * Int(j % 2 == 0 ? byte & 0x0F : byte >> 4) * Int(values[t * stride + b * 256 + 32 * j + l])
-                }
-                minTotal += Int(m) * (Int(sums[t * (stride / 16) + b * 16 + 2 * j]) + Int(sums[t * (stride / 16) + b * 16 + 2 * j + 1]))
-            }
-            let dx = scales[t * (stride / 256) + b]
-            acc = acc.addingProduct(Float(Int32(total)), d * dx)
-            mins = mins.addingProduct(Float(Int32(minTotal)), dmin * dx)
-        }
-        return acc - mins
+/// The Swift twin of KernelsC's K-quant kernels (`sy_rows_q4_k_q8k`, `sy_rows_q5_k_q8k`,
+/// `sy_rows_q6_k_q8k`) against `SuperBlockActivations`. Value v of a super-block goes into integer
+/// lane (v % 32) / 4 of eight as scale·q·x (q the unsigned level; scale that of v's sub-block);
+/// Q6_K's lane L also takes −32·Σ scale·sum over the 16-value sums 2L and 2L + 1; Q4_K's and
+/// Q5_K's lane L counts min_L·(sum 2L + sum 2L + 1) apart. Per super-block each lane is converted
+/// to float and fused-multiply-added with d·xd into its accumulator (then the mins with −dmin·xd);
+/// the result is the lanes' sum in the kernels' fixed order.
+public func kQuantDotReference(_ element: WeightElement, _ row: UnsafeRawPointer, superblocks: Int, values: UnsafePointer<Int8>,
+                               scales: UnsafePointer<Float>, sums: UnsafePointer<Int16>, stride: Int, tokens: Int) -> [Float] {
+    func byte(_ p: UnsafeRawPointer, _ offset: Int) -> Int { Int(p.load(fromByteOffset: offset, as: UInt8.self)) }
+    func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))) }
+    let blockBytes: Int
+    switch element {
+    case .q4_k: blockBytes = Q4_K.blockBytes
+    case .q5_k: blockBytes = GGMLBlocks.blockBytes(.q5_k)
+    case .q6_k: blockBytes = Q6_K.blockBytes
+    default: preconditionFailure("kQuantDotReference takes Q4_K, Q5_K or Q6_K rows")
     }
-}
-
-/// The Swift twin of KernelsC's Q6_K kernels (`sy_rows_q6_k_q8k`) against `SuperBlockActivations`:
-/// per super-block the exact integer total Σ_s scale_s·Σ q·x − 32·Σ_s scale_s·sums_s (q the
-/// unsigned levels 0-63), converted to float once and fused-multiply-added with d·xd.
-public func q6kDotReference(_ row: UnsafeRawPointer, superblocks: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
-                            sums: UnsafePointer<Int16>, stride: Int, tokens: Int) -> [Float] {
-    (0..<tokens).map { t in
-        var acc: Float = 0
+    return (0..<tokens).map { t in
+        var acc = SIMD8<Float>()
         for b in 0..<superblocks {
-            let block = row + b * Q6_K.blockBytes
-            let d = Float(Float16(bitPattern: block.loadUnaligned(fromByteOffset: 208, as: UInt16.self)))
-            var total = 0
-            for g in 0..<2 {
-                for s in 0..<4 {
-                    for l in 0..<32 {
-                        let low = (block.load(fromByteOffset: 64 * g + 32 * (s % 2) + l, as: UInt8.self) >> UInt8(4 * (s / 2))) & 0x0F
-                        let high = (block.load(fromByteOffset: 128 + 32 * g + l, as: UInt8.self) >> UInt8(2 * s)) & 3
-                        let scale = Int(block.load(fromByteOffset: 192 + 8 * g + 2 * s + l / 16, as: Int8.self))
-                        total += scale * Int(low | high << 4) * Int(values[t * stride + b * 256 + 128 * g + 32 * s + l])
-                    }
+            let block = row + b * blockBytes
+            let x = values + t * stride + b * 256, s = sums + t * (stride / 16) + b * 16
+            let dx = scales[t * (stride / 256) + b]
+            var lanes = SIMD8<Int32>(), minLanes = SIMD8<Int32>()
+            if element == .q6_k {
+                for l in 0..<8 {
+                    let s0 = Int32(block.load(fromByteOffset: 192 + 2 * l, as: Int8.self)), s1 = Int32(block.load(fromByteOffset: 193 + 2 * l, as: Int8.self))
+                    lanes[l] = -32 * (s0 * Int32(s[2 * l]) + s1 * Int32(s[2 * l + 1]))
                 }
+                for v in 0..<256 {
+                    let g = v / 128, step = v % 128 / 32, l = v % 32
+                    let low = (byte(block, 64 * g + 32 * (step % 2) + l) >> (4 * (step / 2))) & 0x0F
+                    let high = (byte(block, 128 + 32 * g + l) >> (2 * step)) & 3
+                    let scale = Int(block.load(fromByteOffset: 192 + v / 16, as: Int8.self))
+                    lanes[v % 32 / 4] += Int32(scale * (low | high << 4) * Int(x[v]))
+                }
+                acc.addProduct(SIMD8<Float>(lanes), SIMD8(repeating: half(block, 208) * dx))
+                continue
             }
-            for j in 0..<16 {
-                total -= 32 * Int(block.load(fromByteOffset: 192 + j, as: Int8.self)) * Int(sums[t * (stride / 16) + b * 16 + j])
+            let five = element == .q5_k, nibbles = five ? 48 : 16
+            for v in 0..<256 {
+                let j = v / 32, l = v % 32
+                var q = (byte(block, nibbles + 32 * (v / 64) + l) >> (4 * (j % 2))) & 0x0F
+                if five { q |= ((byte(block, 16 + l) >> j) & 1) << 4 }
+                lanes[l / 4] += Int32(Int(Q4_K.scaleMin(block + 4, j).scale) * q * Int(x[v]))
             }
-            acc = acc.addingProduct(Float(Int32(total)), d * scales[t * (stride / 256) + b])
+            for l in 0..<8 { minLanes[l] = Int32(Q4_K.scaleMin(block + 4, l).min) * (Int32(s[2 * l]) + Int32(s[2 * l + 1])) }
+            let d = half(block, 0), dmin = half(block, 2)
+            acc.addProduct(SIMD8<Float>(lanes), SIMD8(repeating: d * dx))
+            acc.addProduct(SIMD8<Float>(minLanes), SIMD8(repeating: -dmin * dx))
         }
-        return acc
+        return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
     }
 }
 

@@ -13,61 +13,66 @@ static inline float reduce8(const float a[8]) {
     return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 }
 
-// The 6-bit scales and mins of a Q4_K super-block's eight sub-blocks, from its 12 packed bytes.
-static inline void q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-    }
-    for (int j = 4; j < 8; j++) {
-        sc[j] = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-        mn[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
+// The 6-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K or Q5_K super-block's eight
+// sub-blocks, from its 12 packed bytes, four at a time in 32-bit words: scale j < 4 is the low 6 bits
+// of byte j, scale j >= 4 the low nibble of byte j + 4 under the top 2 bits of byte j - 4; the mins
+// likewise from bytes 4-7 and the high nibbles.
+static inline void qk_scales(const uint8_t *q, uint64_t *scales, uint64_t *mins) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    *scales = (uint64_t)(u0 & 0x3F3F3F3Fu) | (uint64_t)((u2 & 0x0F0F0F0Fu) | ((u0 >> 2) & 0x30303030u)) << 32;
+    *mins = (uint64_t)(u1 & 0x3F3F3F3Fu) | (uint64_t)(((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 2) & 0x30303030u)) << 32;
 }
 
-// Q4_K rows against activations quantised per super-block of 256 (`xd`, and `xs` the int16 sum of
-// each 16 values): per super-block the integer totals Σ_j scale_j·Σ q·x and Σ_j min_j·Σ x (over
-// sub-blocks j of 32) are exact in int32, each converted to float once and fused-multiply-added
-// with d·xd and dmin·xd; the result is the first sum less the second. Kernels' q4kDotReference is
-// the twin.
-static void q4k_portable(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
-                         int tokens, float *out) {
-    const int groups = stride / 16, supers = stride / 256;
+// Q4_K (144-byte super-blocks) and Q5_K (176: d, dmin, 12 scale bytes, 32 bytes of fifth bits, 128
+// of nibbles) rows against activations quantised per super-block of 256 (`xd`, and `xs` the int16
+// sum of each 16 values). Value v of a super-block (sub-block j = v / 32) goes into integer lane
+// (v % 32) / 4 of eight as scale_j·q_v·x_v; lane L also gets min_L·(xs[2L] + xs[2L + 1]) apart. Per
+// super-block each lane's two exact sums are converted to float and fused-multiply-added into the
+// lane's accumulator, with d·xd and then −dmin·xd; the row's result is the fixed sum of the eight
+// lanes (reduce8). Kernels' kQuantDotReference is the twin.
+static inline int qk_level(const uint8_t *block, int five, int v) {
+    const int c = v / 64, high = (v / 32) % 2, l = v % 32;
+    int q = (block[(five ? 48 : 16) + 32 * c + l] >> (4 * high)) & 0x0F;
+    if (five) q |= ((block[16 + l] >> (v / 32)) & 1) << 4;
+    return q;
+}
+
+static void qk45_portable(const uint8_t *row, int superblocks, int five, const int8_t *xq, const float *xd, const int16_t *xs,
+                          int stride, int tokens, float *out) {
+    const int groups = stride / 16, supers = stride / 256, block_bytes = five ? 176 : 144;
     for (int t = 0; t < tokens; t++) {
-        float acc = 0, mins = 0;
+        float acc[8] = {0};
         for (int b = 0; b < superblocks; b++) {
-            const uint8_t *block = row + b * 144;
-            uint16_t h;
-            memcpy(&h, block, 2);
-            const float d = sy_half(h);
-            memcpy(&h, block + 2, 2);
-            const float dmin = sy_half(h);
-            uint8_t sc[8], mn[8];
-            q4k_scales(block + 4, sc, mn);
-            int32_t total = 0, minTotal = 0;
-            for (int j = 0; j < 8; j++) {
-                const uint8_t *q = block + 16 + 32 * (j / 2);
-                const int shift = (j % 2) * 4;
-                const int8_t *x = xq + t * stride + b * 256 + 32 * j;
-                int32_t sum = 0;
-                for (int l = 0; l < 32; l++) sum += (int32_t)((q[l] >> shift) & 0x0F) * (int32_t)x[l];
-                total += sum * sc[j];
-                minTotal += mn[j] * (xs[t * groups + b * 16 + 2 * j] + xs[t * groups + b * 16 + 2 * j + 1]);
+            const uint8_t *block = row + (long)b * block_bytes;
+            const float d = sy_half((uint16_t)(block[0] | block[1] << 8)), dmin = sy_half((uint16_t)(block[2] | block[3] << 8));
+            uint64_t scales, mins;
+            qk_scales(block + 4, &scales, &mins);
+            int32_t lanes[8] = {0};
+            const int8_t *x = xq + (long)t * stride + b * 256;
+            for (int v = 0; v < 256; v++) lanes[(v % 32) / 4] += (int32_t)((scales >> (8 * (v / 32))) & 0xFF) * qk_level(block, five, v) * x[v];
+            const int16_t *s = xs + (long)t * groups + b * 16;
+            const float dx = xd[(long)t * supers + b];
+            for (int l = 0; l < 8; l++) {
+                const int32_t m = (int32_t)((mins >> (8 * l)) & 0xFF) * (s[2 * l] + s[2 * l + 1]);
+                acc[l] = fmaf((float)lanes[l], d * dx, acc[l]);
+                acc[l] = fmaf((float)m, -dmin * dx, acc[l]);
             }
-            const float dx = xd[t * supers + b];
-            acc = fmaf((float)total, d * dx, acc);
-            mins = fmaf((float)minTotal, dmin * dx, mins);
         }
-        out[t] = acc - mins;
+        out[t] = reduce8(acc);
     }
 }
 
 // Q6_K rows against activations quantised per super-block of 256 (one scale `xd` per 256, and
-// `xs`: the int16 sum of each 16 int8 values). Per super-block the integer total
-// Σ_s scale_s·Σ q·x − 32·Σ_s scale_s·xs_s (q the unsigned levels 0-63) is exact in int32 whatever
-// the order of its sums; it is converted to float once and fused-multiply-added with d·xd.
-// Kernels' q6kDotReference is the twin.
-static inline int q6k_unsigned(const uint8_t *block, int g, int s, int l) {
+// `xs`: the int16 sum of each 16 int8 values). Value v (q the unsigned level 0-63, scale v / 16)
+// goes into integer lane (v % 32) / 4 of eight as scale·q_v·x_v, less 32·(scale_2L·xs[2L] +
+// scale_2L+1·xs[2L + 1]) for lane L: exact in int32. Per super-block each lane is converted to
+// float and fused-multiply-added with d·xd into the lane's accumulator; the result is reduce8 of
+// the lanes. Kernels' kQuantDotReference is the twin.
+static inline int q6k_unsigned(const uint8_t *block, int v) {
+    const int g = v / 128, s = (v % 128) / 32, l = v % 32;
     const int low = (block[64 * g + 32 * (s % 2) + l] >> (4 * (s / 2))) & 0x0F;
     const int high = (block[128 + 32 * g + l] >> (2 * s)) & 3;
     return low | high << 4;
@@ -77,28 +82,20 @@ static void q6k_portable(const uint8_t *row, int superblocks, const int8_t *xq, 
                          int tokens, float *out) {
     const int groups = stride / 16, supers = stride / 256;
     for (int t = 0; t < tokens; t++) {
-        float acc = 0;
+        float acc[8] = {0};
         for (int b = 0; b < superblocks; b++) {
-            const uint8_t *block = row + b * 210;
+            const uint8_t *block = row + (long)b * 210;
             const float d = sy_half((uint16_t)(block[208] | block[209] << 8));
             const int8_t *sc = (const int8_t *)block + 192;
-            int32_t total = 0;
-            for (int g = 0; g < 2; g++) {
-                for (int s = 0; s < 4; s++) {
-                    const int8_t *x = xq + t * stride + b * 256 + 128 * g + 32 * s;
-                    for (int half = 0; half < 2; half++) {
-                        int32_t sum = 0;
-                        for (int l = 16 * half; l < 16 * half + 16; l++) sum += q6k_unsigned(block, g, s, l) * (int32_t)x[l];
-                        total += sum * sc[8 * g + 2 * s + half];
-                    }
-                }
-            }
-            int32_t offset = 0;
-            for (int j = 0; j < 16; j++) offset += (int32_t)sc[j] * xs[t * groups + b * 16 + j];
-            total -= 32 * offset;
-            acc = fmaf((float)total, d * xd[t * supers + b], acc);
+            const int8_t *x = xq + (long)t * stride + b * 256;
+            const int16_t *s = xs + (long)t * groups + b * 16;
+            int32_t lanes[8];
+            for (int l = 0; l < 8; l++) lanes[l] = -32 * (sc[2 * l] * s[2 * l] + sc[2 * l + 1] * s[2 * l + 1]);
+            for (int v = 0; v < 256; v++) lanes[(v % 32) / 4] += sc[v / 16] * q6k_unsigned(block, v) * x[v];
+            const float dx = xd[(long)t * supers + b];
+            for (int l = 0; l < 8; l++) acc[l] = fmaf((float)lanes[l], d * dx, acc[l]);
         }
-        out[t] = acc;
+        out[t] = reduce8(acc);
     }
 }
 
@@ -259,62 +256,93 @@ static inline void dot_vnni_n(const uint8_t *row, int blocks, const int q4, cons
 SY_INSTANTIATE(dot_avx2, dot_avx2_n, "avx2,fma,f16c")
 SY_INSTANTIATE(dot_vnni, dot_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
 
-__attribute__((target("avx2,fma,f16c")))
-static inline int32_t hsum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
-}
+// Adds p to the accumulator of token t (a literal in every instantiation, so the branches fold).
+#define SY_ADD_TOKEN(t, p)                                         \
+    do {                                                           \
+        if ((t) == 0) sum0 = _mm256_add_epi32(sum0, (p));          \
+        if ((t) == 1) sum1 = _mm256_add_epi32(sum1, (p));          \
+        if ((t) == 2) sum2 = _mm256_add_epi32(sum2, (p));          \
+        if ((t) == 3) sum3 = _mm256_add_epi32(sum3, (p));          \
+    } while (0)
 
-// The AVX2 form of q4k_portable: maddubs of the nibbles (0-15) with x, madd with the sub-block's
-// scale into int32 lanes summed over the super-block; the mins' total from the 16-value sums.
+// The AVX2 form of qk45_portable: maddubs of the levels (0-15, or 0-31 with Q5_K's fifth bit) with
+// x, madd with the sub-block's scale into the eight int32 lanes; the mins by one madd with the
+// 16-value sums; per super-block one conversion and two multiply-adds per token into float lanes,
+// summed across lanes once per row.
 __attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
-                              int stride, const int tokens, float *out) {
-    const int groups = stride / 16, supers = stride / 256;
-    float acc[4] = {0, 0, 0, 0}, mins[4] = {0, 0, 0, 0};
-    const __m256i nibble = _mm256_set1_epi8(0x0F);
+static inline void qk45_avx2_n(const uint8_t *row, int superblocks, const int five, const int8_t *xq, const float *xd,
+                               const int16_t *xs, int stride, const int tokens, float *out) {
+    const int groups = stride / 16, supers = stride / 256, block_bytes = five ? 176 : 144, nibbles = five ? 48 : 16;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    const __m256i nibble = _mm256_set1_epi8(0x0F), fifth = _mm256_set1_epi8(0x10);
+    // Int16 lanes of one scale: bytes 2j, 2j + 1 of the eight scales widened to int16.
+    const __m256i pick_even[4] = {_mm256_set1_epi16(0x0100), _mm256_set1_epi16(0x0504), _mm256_set1_epi16(0x0908), _mm256_set1_epi16(0x0D0C)};
+    const __m256i pick_odd[4] = {_mm256_set1_epi16(0x0302), _mm256_set1_epi16(0x0706), _mm256_set1_epi16(0x0B0A), _mm256_set1_epi16(0x0F0E)};
     for (int b = 0; b < superblocks; b++) {
-        const uint8_t *block = row + b * 144;
-        const float d = half_exact(block), dmin = half_exact(block + 2);
+        const uint8_t *block = row + (long)b * block_bytes;
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);
-        uint8_t sc[8], mn[8];
-        q4k_scales(block + 4, sc, mn);
+        const float d = half_exact(block), dmin = half_exact(block + 2);
+        uint64_t packed_scales, packed_mins;
+        qk_scales(block + 4, &packed_scales, &packed_mins);
+        const __m256i scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)packed_scales)));
+        // Min j in int16 lanes 2j and 2j + 1, against the two 16-value sums of sub-block j.
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_cvtsi64_si128((long long)packed_mins),
+                                                                      _mm_cvtsi64_si128((long long)packed_mins)));
+        const __m256i high_bits = five ? _mm256_loadu_si256((const __m256i *)(block + 16)) : _mm256_setzero_si256();
         __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
         __m256i sum2 = _mm256_setzero_si256(), sum3 = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(block + 16 + 32 * c));
-            const __m256i lo = _mm256_and_si256(q, nibble);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
-            const __m256i s0 = _mm256_set1_epi16(sc[2 * c]), s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(block + nibbles + 32 * c));
+            __m256i lo = _mm256_and_si256(q, nibble);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+            if (five) {
+                // Bit 2c (then 2c + 1) of each byte moved to bit 4; what crosses bytes is masked off.
+                const int k = 2 * c;
+                const __m256i b0 = k <= 4 ? _mm256_slli_epi16(high_bits, 4 - k) : _mm256_srli_epi16(high_bits, k - 4);
+                const __m256i b1 = k + 1 <= 4 ? _mm256_slli_epi16(high_bits, 3 - k) : _mm256_srli_epi16(high_bits, k - 3);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(b0, fifth));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(b1, fifth));
+            }
+            const __m256i s0 = _mm256_shuffle_epi8(scales16, pick_even[c]), s1 = _mm256_shuffle_epi8(scales16, pick_odd[c]);
             for (int t = 0; t < tokens; t++) {
-                const int8_t *x = xq + t * stride + b * 256 + 64 * c;
+                const int8_t *x = xq + (long)t * stride + b * 256 + 64 * c;
                 const __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
                 const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));
                 const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s0),
                                                    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s1));
-                if (t == 0) sum0 = _mm256_add_epi32(sum0, p);
-                if (t == 1) sum1 = _mm256_add_epi32(sum1, p);
-                if (t == 2) sum2 = _mm256_add_epi32(sum2, p);
-                if (t == 3) sum3 = _mm256_add_epi32(sum3, p);
+                SY_ADD_TOKEN(t, p);
             }
         }
-        // Each min against both of its sub-block's 16-value sums: min j in int16 lanes 2j and 2j + 1.
-        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)mn),
-                                                                      _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)));
         for (int t = 0; t < tokens; t++) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + t * groups + b * 16));
-            const int32_t minTotal = hsum_epi32(_mm256_madd_epi16(mins16, bs));
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + (long)t * groups + b * 16));
+            const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, bs));
             const __m256i sum = t == 0 ? sum0 : t == 1 ? sum1 : t == 2 ? sum2 : sum3;
-            const float dx = xd[t * supers + b];
-            acc[t] = fmaf((float)hsum_epi32(sum), d * dx, acc[t]);
-            mins[t] = fmaf((float)minTotal, dmin * dx, mins[t]);
+            const float dx = xd[(long)t * supers + b];
+            const __m256 scale = _mm256_set1_ps(d * dx), offset = _mm256_set1_ps(-dmin * dx);
+            if (t == 0) acc0 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc0));
+            if (t == 1) acc1 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc1));
+            if (t == 2) acc2 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc2));
+            if (t == 3) acc3 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc3));
         }
     }
-    for (int t = 0; t < tokens; t++) out[t] = acc[t] - mins[t];
+    out[0] = reduce256(acc0);
+    if (tokens > 1) out[1] = reduce256(acc1);
+    if (tokens > 2) out[2] = reduce256(acc2);
+    if (tokens > 3) out[3] = reduce256(acc3);
+}
+
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
+                              int stride, const int tokens, float *out) {
+    qk45_avx2_n(row, superblocks, 0, xq, xd, xs, stride, tokens, out);
+}
+
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void q5k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
+                              int stride, const int tokens, float *out) {
+    qk45_avx2_n(row, superblocks, 1, xq, xd, xs, stride, tokens, out);
 }
 
 // The super-block kernels for each token count 1-4 (literal arguments: see SY_KERNEL_BODY's note).
@@ -331,19 +359,19 @@ static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
     }
 
 SY_INSTANTIATE_SUPER(q4k_avx2, q4k_avx2_n)
+SY_INSTANTIATE_SUPER(q5k_avx2, q5k_avx2_n)
 
 // The AVX2 form of q6k_portable: maddubs of the unsigned levels with x (pairs, in int16), madd
-// with each half's scale into int32 lanes summed over the super-block; the offset term from the
-// 16-value sums by one madd; then the same exact total, conversion and fused multiply-add.
-
+// with each half's scale into the eight int32 lanes; the offset from the 16-value sums by one madd;
+// per super-block one conversion and one multiply-add per token into float lanes.
 __attribute__((target("avx2,fma,f16c"), always_inline))
 static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
                               int stride, const int tokens, float *out) {
     const int groups = stride / 16, supers = stride / 256;
-    float acc[4] = {0, 0, 0, 0};
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
     const __m256i nibble = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
     for (int b = 0; b < superblocks; b++) {
-        const uint8_t *block = row + b * 210;
+        const uint8_t *block = row + (long)b * 210;
         const float d = half_exact(block + 208);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
@@ -370,24 +398,28 @@ static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
                                                       4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3, 4 * s + 2, 4 * s + 3);
                 const __m256i scale16 = _mm256_shuffle_epi8(groupScales, pick);
                 for (int t = 0; t < tokens; t++) {
-                    const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * stride + b * 256 + 128 * g + 32 * s));
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + (long)t * stride + b * 256 + 128 * g + 32 * s));
                     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scale16);
-                    if (t == 0) sum0 = _mm256_add_epi32(sum0, p);
-                    if (t == 1) sum1 = _mm256_add_epi32(sum1, p);
-                    if (t == 2) sum2 = _mm256_add_epi32(sum2, p);
-                    if (t == 3) sum3 = _mm256_add_epi32(sum3, p);
+                    SY_ADD_TOKEN(t, p);
                 }
             }
         }
         for (int t = 0; t < tokens; t++) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + t * groups + b * 16));
-            const int32_t offset = hsum_epi32(_mm256_madd_epi16(scales16, bs));
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + (long)t * groups + b * 16));
+            const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, bs), 5);
             const __m256i sum = t == 0 ? sum0 : t == 1 ? sum1 : t == 2 ? sum2 : sum3;
-            const int32_t total = hsum_epi32(sum) - 32 * offset;
-            acc[t] = fmaf((float)total, d * xd[t * supers + b], acc[t]);
+            const __m256 lanes = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, offset));
+            const __m256 scale = _mm256_set1_ps(d * xd[(long)t * supers + b]);
+            if (t == 0) acc0 = _mm256_fmadd_ps(lanes, scale, acc0);
+            if (t == 1) acc1 = _mm256_fmadd_ps(lanes, scale, acc1);
+            if (t == 2) acc2 = _mm256_fmadd_ps(lanes, scale, acc2);
+            if (t == 3) acc3 = _mm256_fmadd_ps(lanes, scale, acc3);
         }
     }
-    for (int t = 0; t < tokens; t++) out[t] = acc[t];
+    out[0] = reduce256(acc0);
+    if (tokens > 1) out[1] = reduce256(acc1);
+    if (tokens > 2) out[2] = reduce256(acc2);
+    if (tokens > 3) out[3] = reduce256(acc3);
 }
 
 SY_INSTANTIATE_SUPER(q6k_avx2, q6k_avx2_n)
@@ -479,14 +511,20 @@ void sy_rows_mxfp4_q8(const void *base, long row_bytes, int nrows, int blocks, c
     rows(base, row_bytes, nrows, blocks, 2, xq, xd, stride, tokens, out, out_stride);
 }
 
-typedef void (*q4k_kernel)(const uint8_t *, int, const int8_t *, const float *, const int16_t *, int, int, float *);
+typedef void (*super_kernel)(const uint8_t *, int, const int8_t *, const float *, const int16_t *, int, int, float *);
 
-void sy_rows_q4_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
-                      const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
-    q4k_kernel kernel = q4k_portable;
-#if defined(__x86_64__)
-    if (sy_integer_level_in_force() >= SY_LEVEL_AVX2) kernel = q4k_avx2;
-#endif
+static void q4k_portable_rows(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
+                              int tokens, float *out) {
+    qk45_portable(row, superblocks, 0, xq, xd, xs, stride, tokens, out);
+}
+
+static void q5k_portable_rows(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, int stride,
+                              int tokens, float *out) {
+    qk45_portable(row, superblocks, 1, xq, xd, xs, stride, tokens, out);
+}
+
+static void super_rows(super_kernel kernel, const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq,
+                       const float *xd, const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
     float sums[4];
     for (int r = 0; r < nrows; r++) {
         kernel((const uint8_t *)base + r * row_bytes, superblocks, xq, xd, xs, stride, tokens, sums);
@@ -494,17 +532,26 @@ void sy_rows_q4_k_q8k(const void *base, long row_bytes, int nrows, int superbloc
     }
 }
 
-typedef void (*q6k_kernel)(const uint8_t *, int, const int8_t *, const float *, const int16_t *, int, int, float *);
+#if defined(__x86_64__)
+#define SY_SUPER_KERNEL(AVX2, PORTABLE) (sy_integer_level_in_force() >= SY_LEVEL_AVX2 ? AVX2 : PORTABLE)
+#else
+#define SY_SUPER_KERNEL(AVX2, PORTABLE) PORTABLE
+#endif
+
+void sy_rows_q4_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                      const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
+    super_rows(SY_SUPER_KERNEL(q4k_avx2, q4k_portable_rows), base, row_bytes, nrows, superblocks, xq, xd, xs, stride, tokens, out,
+               out_stride);
+}
+
+void sy_rows_q5_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                      const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
+    super_rows(SY_SUPER_KERNEL(q5k_avx2, q5k_portable_rows), base, row_bytes, nrows, superblocks, xq, xd, xs, stride, tokens, out,
+               out_stride);
+}
 
 void sy_rows_q6_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
                       const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
-    q6k_kernel kernel = q6k_portable;
-#if defined(__x86_64__)
-    if (sy_integer_level_in_force() >= SY_LEVEL_AVX2) kernel = q6k_avx2;
-#endif
-    float sums[4];
-    for (int r = 0; r < nrows; r++) {
-        kernel((const uint8_t *)base + r * row_bytes, superblocks, xq, xd, xs, stride, tokens, sums);
-        for (int t = 0; t < tokens; t++) out[t * out_stride + r] = sums[t];
-    }
+    super_rows(SY_SUPER_KERNEL(q6k_avx2, q6k_portable), base, row_bytes, nrows, superblocks, xq, xd, xs, stride, tokens, out,
+               out_stride);
 }

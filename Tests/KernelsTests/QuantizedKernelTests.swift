@@ -27,11 +27,26 @@ func quantized(_ element: WeightElement, _ weights: [Float]) -> [UInt8] {
             case .q4_0: Q4_0.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
             case .mxfp4: MXFP4.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
             case .q6_k: Q6_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
+            case .q5_k: randomQ5_K(w, into: $0)
             default: Q4_K.quantize(w.baseAddress!, count: w.count, into: $0.baseAddress!)
             }
         }
     }
     return out
+}
+
+/// Q5_K blocks (there is no Q5_K quantiser here): random levels, scales and mins (every bit
+/// pattern), and float16 d and dmin such that the largest level under the largest scale, or the
+/// largest min, is about the block's largest weight.
+func randomQ5_K(_ weights: UnsafeBufferPointer<Float>, into out: UnsafeMutableRawBufferPointer) {
+    let blockBytes = GGMLBlocks.blockBytes(.q5_k)
+    let noise = randomFloats(out.count, seed: UInt64(weights.count))
+    for i in 0..<out.count { out[i] = UInt8(truncatingIfNeeded: Int((noise[i] * 1000).rounded())) }
+    for b in 0..<(weights.count / 256) {
+        let largest = weights[(256 * b)..<(256 * b + 256)].map(abs).max()!
+        out.storeBytes(of: Float16(largest / (31 * 63)).bitPattern, toByteOffset: b * blockBytes, as: UInt16.self)
+        out.storeBytes(of: Float16(largest / 63).bitPattern, toByteOffset: b * blockBytes + 2, as: UInt16.self)
+    }
 }
 
 /// Quantises random weights, checks the float-activation product against the plain reference
@@ -108,7 +123,7 @@ struct QuantizedDotTests {
     // 4-token register block.
     @Test(arguments: [(WeightElement.q8_0, 7, 32, 1), (.q8_0, 19, 96, 3), (.q8_0, 5, 224, 6), (.q4_0, 7, 32, 1), (.q4_0, 33, 96, 4), (.q4_0, 5, 160, 9),
                        (.q4_k, 7, 256, 1), (.q4_k, 13, 512, 4), (.q4_k, 5, 768, 6), (.mxfp4, 7, 32, 1), (.mxfp4, 33, 96, 4), (.mxfp4, 5, 160, 9),
-                       (.q6_k, 7, 256, 1), (.q6_k, 13, 512, 4), (.q6_k, 5, 768, 6)])
+                       (.q6_k, 7, 256, 1), (.q6_k, 13, 512, 4), (.q6_k, 5, 768, 6), (.q5_k, 7, 256, 1), (.q5_k, 13, 512, 4), (.q5_k, 5, 768, 6)])
     func integerPathMatchesItsTwinAndStaysClose(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
         // Every instruction-set path this CPU has, then the best again (tests in this suite run
         // one at a time, so the setting is theirs).
@@ -142,7 +157,7 @@ struct QuantizedDotTests {
 
     /// Weights of 1e-4 give float16 scales below 2^-14 (subnormal), which the C kernels widen
     /// without the F16C instruction.
-    @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k, .mxfp4, .q6_k])
+    @Test(arguments: [WeightElement.q8_0, .q4_0, .q4_k, .mxfp4, .q6_k, .q5_k])
     func subnormalScales(element: WeightElement) {
         for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)
@@ -175,18 +190,16 @@ struct QuantizedDotTests {
             // The K-quants take activations quantised per super-block of 256.
             var superValues = [Int8](repeating: 0, count: tokens * columns), superScales = [Float](repeating: 0, count: tokens * columns / 256)
             var superSums = [Int16](repeating: 0, count: tokens * columns / 16)
-            if element == .q4_k || element == .q6_k {
+            let superBlocks = element == .q4_k || element == .q5_k || element == .q6_k
+            if superBlocks {
                 SuperBlockActivations.quantize(input, inputStride: columns, columns: columns, tokens: tokens, values: &superValues, scales: &superScales,
                                                sums: &superSums)
             }
             for r in 0..<rows {
                 row.withUnsafeMutableBufferPointer { m.widenRow(r, into: $0.baseAddress!) }
-                let twin = element == .q4_k
-                    ? q4kDotReference(raw.baseAddress! + r * m.rowBytes, superblocks: columns / 256, values: superValues, scales: superScales,
-                                      sums: superSums, stride: columns, tokens: tokens)
-                    : element == .q6_k
-                    ? q6kDotReference(raw.baseAddress! + r * m.rowBytes, superblocks: columns / 256, values: superValues, scales: superScales,
-                                      sums: superSums, stride: columns, tokens: tokens)
+                let twin = superBlocks
+                    ? kQuantDotReference(element, raw.baseAddress! + r * m.rowBytes, superblocks: columns / 256, values: superValues,
+                                         scales: superScales, sums: superSums, stride: columns, tokens: tokens)
                     : quantizedDotReference(element, raw.baseAddress! + r * m.rowBytes, blocks: columns / 32, values: values, scales: scales,
                                             stride: columns, tokens: tokens)
                 for t in 0..<tokens {

@@ -23,9 +23,11 @@ void sy_rows_q4_0_q8(const void *rows, long row_bytes, int nrows, int blocks, co
 // as the two above; the codes' doubled values are exact int8 (MXFP4.swift is the twin).
 void sy_rows_mxfp4_q8(const void *rows, long row_bytes, int nrows, int blocks, const int8_t *xq, const float *xd, int stride,
                       int tokens, float *out, long out_stride);
-// Q4_K rows (super-blocks of 256 in 144 bytes, GGUF's layout) against activations quantised per
-// super-block, as Q6_K's below; `superblocks` = columns / 256.
+// Q4_K rows (super-blocks of 256 in 144 bytes, GGUF's layout) and Q5_K rows (176 bytes) against
+// activations quantised per super-block, as Q6_K's below; `superblocks` = columns / 256.
 void sy_rows_q4_k_q8k(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
+                      const int16_t *xs, int stride, int tokens, float *out, long out_stride);
+void sy_rows_q5_k_q8k(const void *rows, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
                       const int16_t *xs, int stride, int tokens, float *out, long out_stride);
 // Q6_K rows (super-blocks of 256 in 210 bytes, GGUF's layout) against activations quantised per
 // super-block (Kernels' SuperBlockActivations): `xq` [tokens][stride] int8, `xd` [tokens][stride /
