@@ -159,6 +159,22 @@ static inline float half_exact(const uint8_t *p) {
     return sy_half(h);
 }
 
+// Two float16 values (d and dmin) widened at once by F16C, from a 32-bit load moved into a fresh
+// register (vmovd), so there is no merge into a live one (levels.h); vcvtph2ps is exact.
+__attribute__((target("avx2,fma,f16c")))
+static inline __m128 halves_f16c(const uint8_t *p) {
+    int32_t pair;
+    memcpy(&pair, p, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(pair));
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static inline float half_f16c(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
 __attribute__((target("avx2,fma,f16c")))
 static inline __m256i load_weights(const uint8_t *block, int q4) {
     if (q4 == 2) {
@@ -283,7 +299,8 @@ static inline void qk45_avx2_n(const uint8_t *row, int superblocks, const int fi
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);
-        const float d = half_exact(block), dmin = half_exact(block + 2);
+        const __m128 dd = halves_f16c(block);
+        const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
         uint64_t packed_scales, packed_mins;
         qk_scales(block + 4, &packed_scales, &packed_mins);
         const __m256i scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)packed_scales)));
@@ -372,7 +389,7 @@ static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
     const __m256i nibble = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
     for (int b = 0; b < superblocks; b++) {
         const uint8_t *block = row + (long)b * 210;
-        const float d = half_exact(block + 208);
+        const float d = half_f16c(block + 208);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);
