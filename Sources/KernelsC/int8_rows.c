@@ -152,12 +152,6 @@ static void dot_portable(const uint8_t *row, int blocks, int q4, const int8_t *x
 
 #if defined(__x86_64__)
 
-// A block's float16 scale, exact (levels.h says why not F16C).
-static inline float half_exact(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return sy_half(h);
-}
 
 // Two float16 values (d and dmin) widened at once by F16C, from a 32-bit load moved into a fresh
 // register (vmovd), so there is no merge into a live one (levels.h); vcvtph2ps is exact.
@@ -214,7 +208,7 @@ static inline float reduce256(__m256 v) {
     __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                                 \
     for (int b = 0; b < blocks; b++) {                                                             \
         const uint8_t *block = row + b * block_bytes;                                              \
-        float dw = q4 == 2 ? e8m0_half(block[0]) : half_exact(block);                              \
+        float dw = q4 == 2 ? e8m0_half(block[0]) : half_f16c(block);                              \
         __builtin_prefetch(block + SY_PREFETCH_DISTANCE);                                          \
         __m256i w = load_weights(block, q4);                                                       \
         __m256i aw = _mm256_sign_epi8(w, w); /* |w| as unsigned bytes */                           \

@@ -15,12 +15,13 @@ int sy_forced_level(void);
 #include <stdint.h>
 #include <string.h>
 
-// IEEE binary16 to binary32, exact (subnormals included), without the F16C instruction: clang
-// compiles _cvtsh_ss (and every spelling of vcvtph2ps on one value) to a vpinsrw into whatever
-// register is at hand, often an accumulator, which chained every block to the previous block's
-// multiply-add and halved the kernels' speed. Shifting the exponent and mantissa into a float and
-// multiplying by 2^112 rebiases normal and subnormal halves exactly; infinities and NaNs keep their
-// bits.
+// IEEE binary16 to binary32, exact (subnormals included), without the F16C instruction, for the
+// portable kernels. (The vector kernels use vcvtph2ps on a value moved into a fresh register by
+// vmovd: clang compiles _cvtsh_ss to a vpinsrw into whatever register is at hand, which chained
+// blocks to an accumulator; and this function's round trip through a general register stalled the
+// K-quant kernels at every super-block, a third of Q4_K_M's decode time on Zen 4.) Shifting the
+// exponent and mantissa into a float and multiplying by 2^112 rebiases normal and subnormal halves
+// exactly; infinities and NaNs keep their bits.
 static inline float sy_half(uint16_t h) {
     uint32_t magnitude = (uint32_t)(h & 0x7FFF) << 13, sign = (uint32_t)(h & 0x8000) << 16, bits;
     if ((h & 0x7C00) == 0x7C00) {
