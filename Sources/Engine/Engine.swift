@@ -23,6 +23,9 @@ public final class Engine: @unchecked Sendable {
     public let kernelChoice: KernelChoice?
     /// The grouped-or-dense expert kernel choice measured at load (nil when not measured).
     public let expertKernelChoice: ExpertKernelChoice?
+    /// The integer tiles-or-rows choice measured at load (nil when not measured: experts not in
+    /// grouped Q8_0/Q4_0, small ones, or no AVX512-VNNI).
+    public let integerTileChoice: IntegerTileChoice?
     /// Things a user should know (a fallback taken).
     public let notes: [String]
     /// The activation precision the products run at (`auto` resolved for this CPU).
@@ -30,12 +33,13 @@ public final class Engine: @unchecked Sendable {
     public let loadSeconds: Double
 
     private init(options: EngineOptions, model: Model, tiers: TieredExecutor?, kernelChoice: KernelChoice?, expertKernelChoice: ExpertKernelChoice?,
-                 notes: [String], loadSeconds: Double) {
+                 integerTileChoice: IntegerTileChoice?, notes: [String], loadSeconds: Double) {
         self.options = options
         self.model = model
         self.tiers = tiers
         self.kernelChoice = kernelChoice
         self.expertKernelChoice = expertKernelChoice
+        self.integerTileChoice = integerTileChoice
         self.notes = notes
         self.loadSeconds = loadSeconds
     }
@@ -77,6 +81,15 @@ public final class Engine: @unchecked Sendable {
             choice = KernelChoice.measure(rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
         }
         var tuning = choice?.tuning ?? .default
+        // Grouped Q8_0/Q4_0 experts: AVX512-VNNI's tiles or a row at a time, by token count, measured
+        // on a matrix of the expert's shape.
+        var tileChoice: IntegerTileChoice?
+        if options.tuneKernels, precision.quantizesActivations, let expert = loaded.weights.sampleExpert,
+           expert.gate.element == .q8_0x4 || expert.gate.element == .q4_0x4, expert.gate.byteCount >= 1 << 20, IntegerTileChoice.matters {
+            let measured = IntegerTileChoice.measure(element: expert.gate.element, rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
+            tuning.integerTilesFrom = measured.tilesFrom
+            tileChoice = measured
+        }
         // Grouped or dense experts: measured on the first MoE layer's experts as loaded (models
         // whose experts fit the caches keep dense; under a RAM budget, whose experts stay in the
         // files, reading them through the mapping would make them resident behind the budget's
@@ -137,7 +150,8 @@ public final class Engine: @unchecked Sendable {
         let model = Model(loaded, device: device, pool: pool, weights: tiers?.weights, attention: attention, expertExecutor: tiers)
         model.promptChunk = options.effectivePromptChunk
         model.latentAttentionForm = options.latentAttention
-        return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, expertKernelChoice: expertChoice, notes: notes,
+        return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, expertKernelChoice: expertChoice,
+                      integerTileChoice: tileChoice, notes: notes,
                       loadSeconds: (ContinuousClock.now - started).seconds)
     }
 

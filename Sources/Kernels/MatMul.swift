@@ -399,9 +399,12 @@ func matmulProducts<Items: ProductItems>(
                                                    corrections: corrections.baseAddress!)
                     }
                     let corr = UnsafePointer(corrections.baseAddress!)
+                    // Products of more than one pass read their rows from the caches after the first,
+                    // where the tiles' shared loads pay; the measured choice is for rows from memory.
+                    let tilesFrom = Int32(clamping: tokens > 4 ? 1 : tuning.integerTilesFrom)
                     rowGroups { rowsAt, count, out, t0, t in
                         sy_rows_grouped_q8(rowsAt, rowBytes, Int32(count), Int32(n / 128), q4 ? 1 : 0, x + t0 * n, dx + t0 * lanes,
-                                           corr + t0 * lanes, Int32(n), t, out, outputStride)
+                                           corr + t0 * lanes, Int32(n), t, tilesFrom, out, outputStride)
                     }
                 }
             }

@@ -159,10 +159,15 @@ public struct KernelTuning: Sendable, Equatable {
     /// while they average fewer tokens than this, as one dense product each from it on (EPS-MoE's
     /// GroupGemm against DenseGemm). 0: always dense; Int.max: always grouped. Same bits either way.
     public var groupedExpertsBelow: Int
+    /// Grouped Q8_0/Q4_0 products of one pass (at most 4 tokens) run AVX512-VNNI's tiles of 4 rows
+    /// on 512 bits from this many tokens on, a row at a time on 256 bits below (see
+    /// `IntegerTileChoice`); longer products always take the tiles. 1: always tiles.
+    public var integerTilesFrom: Int
 
-    public init(bf16FiveTokenPassesFrom: Int = 5, groupedExpertsBelow: Int = 0) {
+    public init(bf16FiveTokenPassesFrom: Int = 5, groupedExpertsBelow: Int = 0, integerTilesFrom: Int = 1) {
         self.bf16FiveTokenPassesFrom = bf16FiveTokenPassesFrom
         self.groupedExpertsBelow = groupedExpertsBelow
+        self.integerTilesFrom = integerTilesFrom
     }
 
     /// Whether `experts` experts with `tokens` tokens in all run as one grouped pass.

@@ -95,6 +95,23 @@ static inline __m256i lanes_avxvnni(const uint8_t *group, int q4, int half, cons
     return _mm256_dpbusd_avx_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 72 + 32 * half)), x1);
 }
 
+// The same with AVX512-VNNI's vpdpbusd on 256 bits (EVEX, AVX512VL): one row at a time, for CPUs
+// where the 512-bit tiles read memory more slowly at one or two tokens (KernelTuning.integerTilesFrom).
+__attribute__((target("avx512vnni,avx512vl,avx2,fma,f16c"), always_inline))
+static inline __m256i lanes_vnni256(const uint8_t *group, int q4, int half, const int8_t *xg, const int32_t *corr) {
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + 32 * half));
+    __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * half));
+    __m256i s = _mm256_loadu_si256((const __m256i *)(corr + 8 * half));
+    if (q4) {
+        const __m256i nibble = _mm256_set1_epi8(0x0F);
+        __m256i raw = _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half));
+        s = _mm256_dpbusd_epi32(s, _mm256_and_si256(raw, nibble), x0);
+        return _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble), x1);
+    }
+    s = _mm256_dpbusd_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half)), x0);
+    return _mm256_dpbusd_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 72 + 32 * half)), x1);
+}
+
 __attribute__((target("avx2,fma,f16c")))
 static inline float reduce_ymm(__m256 lo, __m256 hi) {
     float a[16];
@@ -136,6 +153,7 @@ static inline float reduce_ymm(__m256 lo, __m256 hi) {
 
 SY_GROUPED_YMM(grouped_avx2_n, lanes_avx2, "avx2,fma,f16c")
 SY_GROUPED_YMM(grouped_avxvnni_n, lanes_avxvnni, "avxvnni,avx2,fma,f16c")
+SY_GROUPED_YMM(grouped_vnni256_n, lanes_vnni256, "avx512vnni,avx512vl,avx2,fma,f16c")
 #undef SY_GROUPED_YMM
 
 // AVX512-VNNI: dpbusd takes unsigned weights, so Q8_0's are stored xor 0x80 (value + 128) and
@@ -238,6 +256,7 @@ static void grouped_vnni_tile(const uint8_t *row, long row_bytes, int groups, in
 
 SY_GROUPED_YMM_CASES(grouped_avx2, grouped_avx2_n, "avx2,fma,f16c")
 SY_GROUPED_YMM_CASES(grouped_avxvnni, grouped_avxvnni_n, "avxvnni,avx2,fma,f16c")
+SY_GROUPED_YMM_CASES(grouped_vnni256, grouped_vnni256_n, "avx512vnni,avx512vl,avx2,fma,f16c")
 #undef SY_GROUPED_YMM_CASES
 
 // Round half away from zero: nearest-even, then exact ties (x - even = ±0.5) step away from zero,
@@ -299,12 +318,12 @@ int sy_quantize_grouped(const float *input, long input_stride, int columns, int 
 }
 
 void sy_rows_grouped_q8(const void *base, long row_bytes, int nrows, int groups, int q4, const int8_t *x, const float *dx,
-                        const int32_t *corr, int stride, int tokens, float *out, long out_stride) {
+                        const int32_t *corr, int stride, int tokens, int tiles_from, float *out, long out_stride) {
     float sums[4];
     const int level = sy_integer_level_in_force();
     int r = 0;
 #if defined(__x86_64__)
-    if (level == SY_LEVEL_AVX512_VNNI) {
+    if (level == SY_LEVEL_AVX512_VNNI && tokens >= tiles_from) {
         while (r < nrows) {
             const int tile = nrows - r >= 4 ? 4 : 1;
             grouped_vnni_tile((const uint8_t *)base + r * row_bytes, row_bytes, groups, q4, x, dx, corr, stride, tile, tokens, out + r,
@@ -317,7 +336,9 @@ void sy_rows_grouped_q8(const void *base, long row_bytes, int nrows, int groups,
     for (; r < nrows; r++) {
         const uint8_t *row = (const uint8_t *)base + r * row_bytes;
 #if defined(__x86_64__)
-        if (level == SY_LEVEL_AVX_VNNI) {
+        if (level == SY_LEVEL_AVX512_VNNI) {
+            grouped_vnni256(row, groups, q4, x, dx, corr, stride, tokens, sums);
+        } else if (level == SY_LEVEL_AVX_VNNI) {
             grouped_avxvnni(row, groups, q4, x, dx, corr, stride, tokens, sums);
         } else if (level == SY_LEVEL_AVX2) {
             grouped_avx2(row, groups, q4, x, dx, corr, stride, tokens, sums);

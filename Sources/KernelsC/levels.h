@@ -6,9 +6,8 @@
 #define SY_LEVEL_AVX512_VNNI 3
 #define SY_LEVEL_AVX_VNNI 2
 #define SY_LEVEL_AVX2 1
-// The integer kernels' level after sy_force_quantized_dot_level's cap (a cap of SY_LEVEL_AVX_VNNI on
-// a CPU without AVX-VNNI runs AVX2): shared by the kernel files, not part of the module's interface.
-int sy_integer_level_in_force(void);
+// sy_integer_level_in_force (KernelsC.h) is the level after sy_force_quantized_dot_level's cap (a
+// cap of SY_LEVEL_AVX_VNNI on a CPU without AVX-VNNI runs AVX2).
 // The cap sy_force_quantized_dot_level set (-1: none), which the bf16 kernels honour too.
 int sy_forced_level(void);
 

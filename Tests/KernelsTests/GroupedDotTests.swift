@@ -13,7 +13,10 @@ struct GroupedDotTests {
     func groupedKernelIsItsTwin(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
         for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)
-            check(element, rows: rows, columns: columns, tokens: tokens)
+            // AVX512-VNNI's 4-row tiles and its one row at a time on 256 bits (IntegerTileChoice).
+            for tilesFrom in [1, 5] {
+                check(element, rows: rows, columns: columns, tokens: tokens, tuning: KernelTuning(integerTilesFrom: tilesFrom))
+            }
         }
     }
 
@@ -49,7 +52,7 @@ struct GroupedDotTests {
         #expect(twin.0[0...15].contains(-15) && twin.0[64...79].contains(16), "ties (-14.5, 15.5) rounded away from zero")
     }
 
-    func check(_ element: WeightElement, rows: Int, columns: Int, tokens: Int, scale: Float = 1) {
+    func check(_ element: WeightElement, rows: Int, columns: Int, tokens: Int, scale: Float = 1, tuning: KernelTuning = .default) {
         let pool = ThreadPool(threads: 3)
         let bytes = quantized(element, randomFloats(rows * columns, seed: UInt64(rows * 5 + columns)).map { $0 * scale })
         let input = randomFloats(tokens * columns, seed: 23)
@@ -79,7 +82,7 @@ struct GroupedDotTests {
                     }
                     integer.withUnsafeMutableBufferPointer { o in
                         matmul(gm, input: x.baseAddress!, inputStride: columns, output: o.baseAddress!, outputStride: rows, tokens: tokens, pool: pool,
-                               precision: .int8)
+                               precision: .int8, tuning: tuning)
                     }
                 }
                 // The twin's activations: quantised per block, then arranged in groups.
@@ -235,6 +238,21 @@ struct KernelChoiceTests {
         }
         // The verdict becomes a tuning value: the threshold when five won, passes of 4 otherwise.
         #expect(choice.tuning.bf16FiveTokenPassesFrom == (choice.fiveTokenPassesFrom ?? Int.max))
+    }
+
+    /// The integer choice's table covers 1...4 tokens with real times, and its verdict follows from
+    /// them (nothing is measured without AVX512-VNNI in force).
+    @Test(arguments: [WeightElement.q8_0x4, .q4_0x4])
+    func integerTableDecides(element: WeightElement) {
+        let choice = IntegerTileChoice.measure(element: element, rows: 64, columns: 256, repetitions: 1, pool: ThreadPool(threads: 2))
+        if choice.tokenCounts.isEmpty {
+            #expect(choice.tilesFrom == 1 && !IntegerTileChoice.matters)
+            return
+        }
+        #expect(choice.tokenCounts == [1, 2, 3, 4] && (1...5).contains(choice.tilesFrom))
+        #expect(choice.rowSeconds.allSatisfy { $0 > 0 } && choice.tileSeconds.allSatisfy { $0 > 0 })
+        for (i, n) in choice.tokenCounts.enumerated() where n >= choice.tilesFrom { #expect(choice.tileSeconds[i] <= choice.rowSeconds[i]) }
+        if choice.tilesFrom > 1 { #expect(choice.tileSeconds[choice.tilesFrom - 2] > choice.rowSeconds[choice.tilesFrom - 2]) }
     }
 
     /// Passes of 4 and of 5 tokens give the same bits, so the tuning is only about speed.

@@ -42,8 +42,10 @@ void sy_rows_q6_k_q8k(const void *rows, long row_bytes, int nrows, int superbloc
 // int8 (`x`, stride = columns), with per lane (16 per group: lane 4k + j covers block k's elements
 // 4j..4j+3 and 16+4j..16+4j+3) the block's scale (`dx`) and -K x the lane's sum of values (`corr`,
 // K = 8 for Q4_0, 128 for Q8_0), both [tokens][stride / 8]. Up to four tokens; `q4` picks the format.
+// With AVX512-VNNI, tiles of 4 rows on 512 bits from `tiles_from` tokens on, a row at a time on 256
+// bits below (the same bits either way).
 void sy_rows_grouped_q8(const void *rows, long row_bytes, int nrows, int groups, int q4, const int8_t *x, const float *dx,
-                        const int32_t *corr, int stride, int tokens, float *out, long out_stride);
+                        const int32_t *corr, int stride, int tokens, int tiles_from, float *out, long out_stride);
 
 // Quantises `tokens` rows of float activations (`input_stride` apart, `columns` a multiple of
 // 128) per block of 32 and writes them in sy_rows_grouped_q8's layout: what Kernels'
@@ -59,6 +61,8 @@ int sy_quantized_dot_level(void);
 // cap; a cap below 3 keeps the bf16 kernels off AVX-512, and a cap of 2 on a CPU without AVX-VNNI
 // runs AVX2): for tests of every path.
 void sy_force_quantized_dot_level(int level);
+// The integer kernels' level after that cap.
+int sy_integer_level_in_force(void);
 
 // bf16 rows against float32 activations permuted per block of 32 (even-indexed values, then odd),
 // [tokens][stride], `blocks` = columns / 32, any number of tokens (in tiles of 4 rows x up to 5
