@@ -151,7 +151,7 @@ struct Bench: ParsableCommand {
             writeOut(summary + "\n")
             if let choice = engine.kernelChoice { writeOut(choice.summary + "\n") }
             if let choice = engine.expertKernelChoice { writeOut(choice.summary + "\n") }
-            if let choice = engine.integerTileChoice { writeOut(choice.summary + "\n") }
+            if let choice = engine.tileChoice { writeOut(choice.summary + "\n") }
             if !model.hugePageResidency.isEmpty {
                 let huge = model.hugePageResidency.reduce(0) { $0 + $1.hugeBytes }, total = model.hugePageResidency.reduce(0) { $0 + $1.bytes }
                 writeOut("weight files mapped in 2 MiB pages: \(formatBytes(huge, digits: 2)) of \(formatBytes(total, digits: 2))\n")

@@ -211,7 +211,7 @@ public struct ModelOptions: ParsableArguments {
         if let tiers = engine.tiers { logger.debug("placement: \(tiers.summary.json.serialized()); costs: \(tiers.costs.json.serialized())") }
         if let choice = engine.kernelChoice { logger.debug("\(choice.summary)") }
         if let choice = engine.expertKernelChoice { logger.debug("\(choice.summary)") }
-        if let choice = engine.integerTileChoice { logger.debug("\(choice.summary)") }
+        if let choice = engine.tileChoice { logger.debug("\(choice.summary)") }
         logger.debug("loaded \(model.config.modelType) from \(model.directory) in \(fixed(engine.loadSeconds, 2)) s")
         return engine
     }

@@ -23,9 +23,9 @@ public final class Engine: @unchecked Sendable {
     public let kernelChoice: KernelChoice?
     /// The grouped-or-dense expert kernel choice measured at load (nil when not measured).
     public let expertKernelChoice: ExpertKernelChoice?
-    /// The integer tiles-or-rows choice measured at load (nil when not measured: experts not in
-    /// grouped Q8_0/Q4_0, small ones, or no AVX512-VNNI).
-    public let integerTileChoice: IntegerTileChoice?
+    /// The tiles-or-rows choice measured at load (nil when not measured: experts neither grouped
+    /// Q8_0/Q4_0 nor bf16, small ones, or no such tiles on this CPU).
+    public let tileChoice: TileChoice?
     /// Things a user should know (a fallback taken).
     public let notes: [String]
     /// The activation precision the products run at (`auto` resolved for this CPU).
@@ -33,13 +33,13 @@ public final class Engine: @unchecked Sendable {
     public let loadSeconds: Double
 
     private init(options: EngineOptions, model: Model, tiers: TieredExecutor?, kernelChoice: KernelChoice?, expertKernelChoice: ExpertKernelChoice?,
-                 integerTileChoice: IntegerTileChoice?, notes: [String], loadSeconds: Double) {
+                 tileChoice: TileChoice?, notes: [String], loadSeconds: Double) {
         self.options = options
         self.model = model
         self.tiers = tiers
         self.kernelChoice = kernelChoice
         self.expertKernelChoice = expertKernelChoice
-        self.integerTileChoice = integerTileChoice
+        self.tileChoice = tileChoice
         self.notes = notes
         self.loadSeconds = loadSeconds
     }
@@ -81,13 +81,14 @@ public final class Engine: @unchecked Sendable {
             choice = KernelChoice.measure(rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
         }
         var tuning = choice?.tuning ?? .default
-        // Grouped Q8_0/Q4_0 experts: AVX512-VNNI's tiles or a row at a time, by token count, measured
-        // on a matrix of the expert's shape.
-        var tileChoice: IntegerTileChoice?
-        if options.tuneKernels, precision.quantizesActivations, let expert = loaded.weights.sampleExpert,
-           expert.gate.element == .q8_0x4 || expert.gate.element == .q4_0x4, expert.gate.byteCount >= 1 << 20, IntegerTileChoice.matters {
-            let measured = IntegerTileChoice.measure(element: expert.gate.element, rows: expert.gate.rows, columns: expert.gate.columns, pool: pool)
-            tuning.integerTilesFrom = measured.tilesFrom
+        // Experts in grouped Q8_0/Q4_0 (int8 activations) or bf16 (vdpbf16ps): 4-row tiles or a row
+        // at a time, by token count, measured on a matrix of the expert's shape.
+        var tileChoice: TileChoice?
+        if options.tuneKernels, let expert = loaded.weights.sampleExpert, expert.gate.byteCount >= 1 << 20,
+           TileChoice.precision(for: expert.gate.element, at: precision) != nil {
+            let measured = TileChoice.measure(element: expert.gate.element, rows: expert.gate.rows, columns: expert.gate.columns,
+                                              precision: precision, pool: pool)
+            tuning = measured.applied(to: tuning)
             tileChoice = measured
         }
         // Grouped or dense experts: measured on the first MoE layer's experts as loaded (models
@@ -151,7 +152,7 @@ public final class Engine: @unchecked Sendable {
         model.promptChunk = options.effectivePromptChunk
         model.latentAttentionForm = options.latentAttention
         return Engine(options: options, model: model, tiers: tiers, kernelChoice: choice, expertKernelChoice: expertChoice,
-                      integerTileChoice: tileChoice, notes: notes,
+                      tileChoice: tileChoice, notes: notes,
                       loadSeconds: (ContinuousClock.now - started).seconds)
     }
 

@@ -457,8 +457,10 @@ func matmulProducts<Items: ProductItems>(
             if sy_bf16dp_level() > 0 {
                 pool.parallelFor(products.count) { i in
                     let (matrix, start, rows, output, t0, count) = products.item(i)
+                    // One pass (6 tokens) as measured (TileChoice); tiles for more, whose rows come from the caches.
+                    let tilesFrom = Int32(clamping: count > 6 ? 1 : tuning.bf16TilesFrom)
                     sy_rows_bf16_bf16(matrix.data + start * rowBytes, rowBytes, Int32(rows), Int32(n / 32), x + t0 * n, Int32(n), Int32(count),
-                                      output + t0 * outputStride + start, outputStride)
+                                      tilesFrom, output + t0 * outputStride + start, outputStride)
                 }
                 return
             }

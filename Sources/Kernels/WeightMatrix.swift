@@ -160,14 +160,17 @@ public struct KernelTuning: Sendable, Equatable {
     /// GroupGemm against DenseGemm). 0: always dense; Int.max: always grouped. Same bits either way.
     public var groupedExpertsBelow: Int
     /// Grouped Q8_0/Q4_0 products of one pass (at most 4 tokens) run AVX512-VNNI's tiles of 4 rows
-    /// on 512 bits from this many tokens on, a row at a time on 256 bits below (see
-    /// `IntegerTileChoice`); longer products always take the tiles. 1: always tiles.
+    /// on 512 bits from this many tokens on, a row at a time on 256 bits below (see `TileChoice`);
+    /// longer products always take the tiles. 1: always tiles.
     public var integerTilesFrom: Int
+    /// The same for bf16 products on vdpbf16ps (one pass: at most 6 tokens; one row at a time on 512 bits).
+    public var bf16TilesFrom: Int
 
-    public init(bf16FiveTokenPassesFrom: Int = 5, groupedExpertsBelow: Int = 0, integerTilesFrom: Int = 1) {
+    public init(bf16FiveTokenPassesFrom: Int = 5, groupedExpertsBelow: Int = 0, integerTilesFrom: Int = 1, bf16TilesFrom: Int = 1) {
         self.bf16FiveTokenPassesFrom = bf16FiveTokenPassesFrom
         self.groupedExpertsBelow = groupedExpertsBelow
         self.integerTilesFrom = integerTilesFrom
+        self.bf16TilesFrom = bf16TilesFrom
     }
 
     /// Whether `experts` experts with `tokens` tokens in all run as one grouped pass.

@@ -85,12 +85,12 @@ static void dp_rows(const uint8_t *rows, long row_bytes, int blocks, const uint1
 #undef SY_DP_CASE
 }
 
-void sy_rows_bf16_bf16(const void *base, long row_bytes, int nrows, int blocks, const uint16_t *x, int stride, int tokens, float *out,
-                       long out_stride) {
+void sy_rows_bf16_bf16(const void *base, long row_bytes, int nrows, int blocks, const uint16_t *x, int stride, int tokens, int tiles_from,
+                       float *out, long out_stride) {
     for (int t0 = 0; t0 < tokens; t0 += SY_DP_TOKENS) {
         const int count = tokens - t0 < SY_DP_TOKENS ? tokens - t0 : SY_DP_TOKENS;
         int r = 0;
-        for (; r + 4 <= nrows; r += 4)
+        for (; count >= tiles_from && r + 4 <= nrows; r += 4)
             dp_rows((const uint8_t *)base + r * row_bytes, row_bytes, blocks, x + (long)t0 * stride, stride, out + t0 * out_stride + r,
                     out_stride, 4, count);
         for (; r < nrows; r++)
@@ -103,9 +103,9 @@ void sy_rows_bf16_bf16(const void *base, long row_bytes, int nrows, int blocks, 
 
 int sy_bf16dp_level(void) { return 0; }
 
-void sy_rows_bf16_bf16(const void *base, long row_bytes, int nrows, int blocks, const uint16_t *x, int stride, int tokens, float *out,
-                       long out_stride) {
-    (void)base; (void)row_bytes; (void)nrows; (void)blocks; (void)x; (void)stride; (void)tokens; (void)out; (void)out_stride;
+void sy_rows_bf16_bf16(const void *base, long row_bytes, int nrows, int blocks, const uint16_t *x, int stride, int tokens, int tiles_from,
+                       float *out, long out_stride) {
+    (void)base; (void)row_bytes; (void)nrows; (void)blocks; (void)x; (void)stride; (void)tokens; (void)tiles_from; (void)out; (void)out_stride;
 }
 
 #endif

@@ -13,7 +13,7 @@ struct GroupedDotTests {
     func groupedKernelIsItsTwin(element: WeightElement, rows: Int, columns: Int, tokens: Int) {
         for level in [0, 1, 2, 3, nil] {
             forceQuantizedDotLevel(level)
-            // AVX512-VNNI's 4-row tiles and its one row at a time on 256 bits (IntegerTileChoice).
+            // AVX512-VNNI's 4-row tiles and its one row at a time on 256 bits (TileChoice).
             for tilesFrom in [1, 5] {
                 check(element, rows: rows, columns: columns, tokens: tokens, tuning: KernelTuning(integerTilesFrom: tilesFrom))
             }
@@ -240,19 +240,23 @@ struct KernelChoiceTests {
         #expect(choice.tuning.bf16FiveTokenPassesFrom == (choice.fiveTokenPassesFrom ?? Int.max))
     }
 
-    /// The integer choice's table covers 1...4 tokens with real times, and its verdict follows from
-    /// them (nothing is measured without AVX512-VNNI in force).
-    @Test(arguments: [WeightElement.q8_0x4, .q4_0x4])
-    func integerTableDecides(element: WeightElement) {
-        let choice = IntegerTileChoice.measure(element: element, rows: 64, columns: 256, repetitions: 1, pool: ThreadPool(threads: 2))
+    /// The tile choice's table covers one pass (1...4 tokens for the integer kernels, 1...6 for
+    /// vdpbf16ps) with real times, its verdict follows from them, and it becomes the tuning
+    /// (nothing is measured without such tiles in force).
+    @Test(arguments: [WeightElement.q8_0x4, .q4_0x4, .bf16])
+    func tileTableDecides(element: WeightElement) {
+        let choice = TileChoice.measure(element: element, rows: 64, columns: 256, precision: .int8bf16, repetitions: 1, pool: ThreadPool(threads: 2))
+        let tuning = choice.applied(to: .default)
         if choice.tokenCounts.isEmpty {
-            #expect(choice.tilesFrom == 1 && !IntegerTileChoice.matters)
+            #expect(choice.tilesFrom == 1 && tuning == .default)
             return
         }
-        #expect(choice.tokenCounts == [1, 2, 3, 4] && (1...5).contains(choice.tilesFrom))
+        let pass = element == .bf16 ? 6 : 4
+        #expect(choice.tokenCounts == Array(1...pass) && (1...(pass + 1)).contains(choice.tilesFrom))
         #expect(choice.rowSeconds.allSatisfy { $0 > 0 } && choice.tileSeconds.allSatisfy { $0 > 0 })
         for (i, n) in choice.tokenCounts.enumerated() where n >= choice.tilesFrom { #expect(choice.tileSeconds[i] <= choice.rowSeconds[i]) }
         if choice.tilesFrom > 1 { #expect(choice.tileSeconds[choice.tilesFrom - 2] > choice.rowSeconds[choice.tilesFrom - 2]) }
+        #expect((element == .bf16 ? tuning.bf16TilesFrom : tuning.integerTilesFrom) == choice.tilesFrom)
     }
 
     /// Passes of 4 and of 5 tokens give the same bits, so the tuning is only about speed.

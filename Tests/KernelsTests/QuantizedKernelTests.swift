@@ -220,7 +220,7 @@ struct QuantizedDotTests {
 /// bf16 weights [rows, columns] times tokens of `input` (from token `offset`), with the kernels
 /// capped at `level` (0: Swift's; nil: the CPU's best).
 func bf16Product(_ weights: [UInt16], _ input: [Float], rows: Int, columns: Int, tokens: Int, offset: Int = 0, level: Int?,
-                 precision: ActivationPrecision, pool: ThreadPool) -> [Float] {
+                 precision: ActivationPrecision, pool: ThreadPool, tuning: KernelTuning = .default) -> [Float] {
     forceQuantizedDotLevel(level)
     defer { forceQuantizedDotLevel(nil) }
     var out = [Float](repeating: .nan, count: tokens * rows)
@@ -229,7 +229,7 @@ func bf16Product(_ weights: [UInt16], _ input: [Float], rows: Int, columns: Int,
         input.withUnsafeBufferPointer { x in
             out.withUnsafeMutableBufferPointer { o in
                 matmul(m, input: x.baseAddress! + offset * columns, inputStride: columns, output: o.baseAddress!, outputStride: rows,
-                       tokens: tokens, pool: pool, precision: precision)
+                       tokens: tokens, pool: pool, precision: precision, tuning: tuning)
             }
         }
     }
@@ -285,6 +285,11 @@ struct BF16DotKernelTests {
         if sy_bf16dp_level() == 0 { print("NOTICE: no AVX512-BF16 here; the C kernel was not compared with its twin") }
         let first = firstBitDifference(best, swift)
         #expect(first == nil, "C against Swift: first difference at \(first ?? -1)")
+        // One row at a time instead of the 4-row tiles (TileChoice), at every pass: the same bits.
+        let rows1 = bf16Product(weights, input, rows: rows, columns: columns, tokens: tokens, level: nil, precision: .bf16, pool: pool,
+                                tuning: KernelTuning(bf16TilesFrom: 7))
+        let rowsDiffer = firstBitDifference(rows1, swift)
+        #expect(rowsDiffer == nil, "one row at a time against Swift: first difference at \(rowsDiffer ?? -1)")
         var alone: [Float] = []
         for t in 0..<tokens { alone += run(nil, tokens: 1, offset: t) }
         let differs = firstBitDifference(best, alone)

@@ -77,11 +77,12 @@ void sy_rows_bf16_f32(const void *rows, long row_bytes, int nrows, int blocks, c
                       long out_stride, int tile_from);
 
 // bf16 rows against bf16 activations ([tokens][stride], natural order, `blocks` = columns / 32) with
-// AVX512-BF16's vdpbf16ps, in tiles of 4 rows x up to 6 tokens; each result is Kernels'
-// dotRowBF16Rounded's for its row and token, bit for bit. Level 1 where AVX512-BF16 is present, 0
-// where not (or where sy_force_quantized_dot_level capped the kernels below AVX-512): use Swift's.
+// AVX512-BF16's vdpbf16ps, in tiles of 4 rows x up to 6 tokens (one row at a time for passes of
+// fewer than `tiles_from` tokens); each result is Kernels' dotRowBF16Rounded's for its row and
+// token, bit for bit. Level 1 where AVX512-BF16 is present, 0 where not (or where
+// sy_force_quantized_dot_level capped the kernels below AVX-512): use Swift's.
 int sy_bf16dp_level(void);
-void sy_rows_bf16_bf16(const void *rows, long row_bytes, int nrows, int blocks, const uint16_t *x, int stride, int tokens, float *out,
-                       long out_stride);
+void sy_rows_bf16_bf16(const void *rows, long row_bytes, int nrows, int blocks, const uint16_t *x, int stride, int tokens, int tiles_from,
+                       float *out, long out_stride);
 
 #endif
