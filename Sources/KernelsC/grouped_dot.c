@@ -78,39 +78,29 @@ static inline __m256i lanes_avx2(const uint8_t *group, int q4, int half, const i
     return _mm256_add_epi32(p0, p1);
 }
 
-// The same lanes with AVX-VNNI's vpdpbusd on 256 bits, as the AVX512-VNNI tiles take them: unsigned
-// weights (Q8_0's stored xor 0x80, Q4_0's nibbles) from `corr`, exact, so no saturation to avoid.
-__attribute__((target("avxvnni,avx2,fma,f16c"), always_inline))
-static inline __m256i lanes_avxvnni(const uint8_t *group, int q4, int half, const int8_t *xg, const int32_t *corr) {
-    __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + 32 * half));
-    __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * half));
-    __m256i s = _mm256_loadu_si256((const __m256i *)(corr + 8 * half));
-    if (q4) {
-        const __m256i nibble = _mm256_set1_epi8(0x0F);
-        __m256i raw = _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half));
-        s = _mm256_dpbusd_avx_epi32(s, _mm256_and_si256(raw, nibble), x0);
-        return _mm256_dpbusd_avx_epi32(s, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble), x1);
+// The same lanes with vpdpbusd on 256 bits, as the AVX512-VNNI tiles take them: unsigned weights
+// (Q8_0's stored xor 0x80, Q4_0's nibbles) from `corr`, exact, so no saturation to avoid. AVX-VNNI's
+// VEX form, and AVX512-VNNI's EVEX form (AVX512VL) for one row at a time on CPUs where the 512-bit
+// tiles read memory more slowly at one or two tokens (KernelTuning.integerTilesFrom).
+#define SY_LANES_DPBUSD(NAME, DPBUSD, TARGET)                                                      \
+    __attribute__((target(TARGET), always_inline))                                                 \
+    static inline __m256i NAME(const uint8_t *group, int q4, int half, const int8_t *xg, const int32_t *corr) { \
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + 32 * half));                        \
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * half));                   \
+        __m256i s = _mm256_loadu_si256((const __m256i *)(corr + 8 * half));                        \
+        if (q4) {                                                                                  \
+            const __m256i nibble = _mm256_set1_epi8(0x0F);                                         \
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half));            \
+            s = DPBUSD(s, _mm256_and_si256(raw, nibble), x0);                                      \
+            return DPBUSD(s, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble), x1);             \
+        }                                                                                          \
+        s = DPBUSD(s, _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half)), x0);           \
+        return DPBUSD(s, _mm256_loadu_si256((const __m256i *)(group + 72 + 32 * half)), x1);       \
     }
-    s = _mm256_dpbusd_avx_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half)), x0);
-    return _mm256_dpbusd_avx_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 72 + 32 * half)), x1);
-}
 
-// The same with AVX512-VNNI's vpdpbusd on 256 bits (EVEX, AVX512VL): one row at a time, for CPUs
-// where the 512-bit tiles read memory more slowly at one or two tokens (KernelTuning.integerTilesFrom).
-__attribute__((target("avx512vnni,avx512vl,avx2,fma,f16c"), always_inline))
-static inline __m256i lanes_vnni256(const uint8_t *group, int q4, int half, const int8_t *xg, const int32_t *corr) {
-    __m256i x0 = _mm256_loadu_si256((const __m256i *)(xg + 32 * half));
-    __m256i x1 = _mm256_loadu_si256((const __m256i *)(xg + 64 + 32 * half));
-    __m256i s = _mm256_loadu_si256((const __m256i *)(corr + 8 * half));
-    if (q4) {
-        const __m256i nibble = _mm256_set1_epi8(0x0F);
-        __m256i raw = _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half));
-        s = _mm256_dpbusd_epi32(s, _mm256_and_si256(raw, nibble), x0);
-        return _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble), x1);
-    }
-    s = _mm256_dpbusd_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 8 + 32 * half)), x0);
-    return _mm256_dpbusd_epi32(s, _mm256_loadu_si256((const __m256i *)(group + 72 + 32 * half)), x1);
-}
+SY_LANES_DPBUSD(lanes_avxvnni, _mm256_dpbusd_avx_epi32, "avxvnni,avx2,fma,f16c")
+SY_LANES_DPBUSD(lanes_vnni256, _mm256_dpbusd_epi32, "avx512vnni,avx512vl,avx2,fma,f16c")
+#undef SY_LANES_DPBUSD
 
 __attribute__((target("avx2,fma,f16c")))
 static inline float reduce_ymm(__m256 lo, __m256 hi) {
