@@ -335,15 +335,16 @@ func matmulProducts<Items: ProductItems>(
         }
     }
     // The C kernels take a block of rows (its first row's address, the row count, the output at its
-    // first row) and up to four tokens per call (the row loop is in C).
+    // first row) and up to four tokens per call (the row loop is in C); `passes` says whether the
+    // item takes more than one call's tokens.
     @inline(__always) func rowGroups(
-        _ call: (_ rows: UnsafeRawPointer, _ count: Int, _ output: UnsafeMutablePointer<Float>, _ t0: Int, _ tokens: Int32) -> Void
+        _ call: (_ rows: UnsafeRawPointer, _ count: Int, _ output: UnsafeMutablePointer<Float>, _ t0: Int, _ tokens: Int32, _ passes: Bool) -> Void
     ) {
         pool.parallelFor(products.count) { i in
             let (matrix, start, rows, output, first, count) = products.item(i)
             var t0 = first
             while t0 < first + count {
-                call(matrix.data + start * rowBytes, rows, output + t0 * outputStride + start, t0, Int32(min(4, first + count - t0)))
+                call(matrix.data + start * rowBytes, rows, output + t0 * outputStride + start, t0, Int32(min(4, first + count - t0)), count > 4)
                 t0 += 4
             }
         }
@@ -358,7 +359,7 @@ func matmulProducts<Items: ProductItems>(
                     SuperBlockActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens,
                                                    values: values.baseAddress!, scales: scales.baseAddress!, sums: sums.baseAddress!)
                     let xq = UnsafePointer(values.baseAddress!), xd = UnsafePointer(scales.baseAddress!), xs = UnsafePointer(sums.baseAddress!)
-                    rowGroups { rowsAt, count, out, t0, t in
+                    rowGroups { rowsAt, count, out, t0, t, _ in
                         let kernel = element == .q4_k ? sy_rows_q4_k_q8k : element == .q5_k ? sy_rows_q5_k_q8k : sy_rows_q6_k_q8k
                         kernel(rowsAt, rowBytes, Int32(count), Int32(supers), xq + t0 * n, xd + t0 * supers, xs + t0 * (n / 16), Int32(n), t, out,
                                outputStride)
@@ -373,7 +374,7 @@ func matmulProducts<Items: ProductItems>(
                 QuantizedActivations.quantize(input, inputStride: inputStride, columns: n, tokens: tokens,
                                               values: values.baseAddress!, scales: scales.baseAddress!)
                 let xq = UnsafePointer(values.baseAddress!), xd = UnsafePointer(scales.baseAddress!)
-                rowGroups { rowsAt, count, out, t0, t in
+                rowGroups { rowsAt, count, out, t0, t, _ in
                     switch element {
                     case .q4_0:
                         sy_rows_q4_0_q8(rowsAt, rowBytes, Int32(count), Int32(blocks), xq + t0 * n, xd + t0 * blocks, Int32(n), t, out, outputStride)
@@ -398,13 +399,12 @@ func matmulProducts<Items: ProductItems>(
                         GroupedActivations.arrange(values: xq, scales: xd, columns: n, tokens: tokens, q4: q4, into: x, scales: dx,
                                                    corrections: corrections.baseAddress!)
                     }
-                    let corr = UnsafePointer(corrections.baseAddress!)
-                    // Products of more than one pass read their rows from the caches after the first,
-                    // where the tiles' shared loads pay; the measured choice is for rows from memory.
-                    let tilesFrom = Int32(clamping: tokens > 4 ? 1 : tuning.integerTilesFrom)
-                    rowGroups { rowsAt, count, out, t0, t in
+                    let corr = UnsafePointer(corrections.baseAddress!), measured = Int32(clamping: tuning.integerTilesFrom)
+                    rowGroups { rowsAt, count, out, t0, t, passes in
+                        // An item of more than one pass reads its rows from the caches after the first,
+                        // where the tiles' shared loads pay; the measured choice is for rows from memory.
                         sy_rows_grouped_q8(rowsAt, rowBytes, Int32(count), Int32(n / 128), q4 ? 1 : 0, x + t0 * n, dx + t0 * lanes,
-                                           corr + t0 * lanes, Int32(n), t, tilesFrom, out, outputStride)
+                                           corr + t0 * lanes, Int32(n), t, passes ? 1 : measured, out, outputStride)
                     }
                 }
             }
