@@ -152,8 +152,6 @@ public struct GGUFSource: ModelSource {
             }
             // llama.cpp normalises Qwen3-MoE's top-k weights and not Qwen2-MoE's unless the file says.
             c.append(("norm_topk_prob", .bool(normalize ?? (arch == "qwen3moe"))))
-            // The family reads a dense layers' size, which a GGUF of all-MoE layers need not carry.
-            if c.first(where: { $0.key == "intermediate_size" }) == nil { c.append(("intermediate_size", .int(1))) }
         case "olmoe":
             c += [("num_experts", .int(experts)), ("num_experts_per_tok", .int(used ?? 8)), ("norm_topk_prob", .bool(normalize ?? false))]
             if let expertLength = try int("expert_feed_forward_length") { c.append(("intermediate_size", .int(expertLength))) }
@@ -178,12 +176,15 @@ public struct GGUFSource: ModelSource {
             c += [("n_group", .int(groups)), ("topk_group", .int(try int("expert_group_used_count") ?? groups))]
             c.append(("topk_method", .string(hasLayerTensor("exp_probs_b.bias") ? "noaux_tc" : groups > 1 ? "group_limited_greedy" : "greedy")))
             if let rank = try int("attention.q_lora_rank") { c.append(("q_lora_rank", .int(rank))) } else { c.append(("q_lora_rank", .null)) }
-            if c.first(where: { $0.key == "intermediate_size" }) == nil { c.append(("intermediate_size", .int(1))) }
         case "gpt-oss":
             c += [("num_local_experts", .int(experts)), ("num_experts_per_tok", .int(used ?? 4))]
             if let expertLength = try int("expert_feed_forward_length") { c.append(("intermediate_size", .int(expertLength))) }
             if let window = try int("attention.sliding_window") { c.append(("sliding_window", .int(window))) }
         default: break
+        }
+        // These families read a dense layer's size, which a GGUF of all-MoE layers need not carry.
+        if ["qwen2moe", "qwen3moe", "deepseek2"].contains(arch), !c.contains(where: { $0.key == "intermediate_size" }) {
+            c.append(("intermediate_size", .int(1)))
         }
         if let bos = metadata["tokenizer.ggml.bos_token_id"]?.intValue { c.append(("bos_token_id", .int(bos))) }
         if let eos = metadata["tokenizer.ggml.eos_token_id"]?.intValue { c.append(("eos_token_id", .int(eos))) }
@@ -282,14 +283,14 @@ final class GGUFTensors: TensorSource {
         model.tensor(name) != nil || name.hasSuffix("attn_kv_b.weight") && model.tensor(Self.latentHalf(name, "attn_k_b")) != nil
     }
 
+    /// "blk.N.attn_kv_b.weight" with `half` for attn_kv_b.
+    static func latentHalf(_ name: String, _ half: String) -> String { String(name.dropLast("attn_kv_b.weight".count)) + half + ".weight" }
+
     /// DeepSeek's kv_b_proj, [heads x (qk_nope + v_head), kv_lora_rank], from the two halves
     /// llama.cpp's converter splits it into: attn_k_b [heads, kv_lora_rank, qk_nope] (each head's
     /// key rows transposed) and attn_v_b [heads, v_head, kv_lora_rank]. Made once at load, in
     /// their float element when both are the same float, else as float32 (the exact widened
     /// values of quantised halves).
-    /// "blk.N.attn_kv_b.weight" with `half` for attn_kv_b.
-    static func latentHalf(_ name: String, _ half: String) -> String { String(name.dropLast("attn_kv_b.weight".count)) + half + ".weight" }
-
     func joinedLatentUp(_ name: String) throws(ModelError) -> StoredTensor? {
         let keyName = Self.latentHalf(name, "attn_k_b"), valueName = Self.latentHalf(name, "attn_v_b")
         guard let k = model.tensor(keyName), let v = model.tensor(valueName) else { return nil }
