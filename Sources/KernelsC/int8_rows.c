@@ -276,89 +276,108 @@ SY_INSTANTIATE(dot_vnni, dot_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c
     } while (0)
 
 // The AVX2 form of qk45_portable: maddubs of the levels (0-15, or 0-31 with Q5_K's fifth bit) with
-// x, madd with the sub-block's scale into the eight int32 lanes; the mins by one madd with the
-// 16-value sums; per super-block one conversion and two multiply-adds per token into float lanes,
-// summed across lanes once per row.
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void qk45_avx2_n(const uint8_t *row, int superblocks, const int five, const int8_t *xq, const float *xd,
-                               const int16_t *xs, int stride, const int tokens, float *out) {
-    const int groups = stride / 16, supers = stride / 256, block_bytes = five ? 176 : 144, nibbles = five ? 48 : 16;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-    const __m256i nibble = _mm256_set1_epi8(0x0F), fifth = _mm256_set1_epi8(0x10);
-    // Int16 lanes of one scale: bytes 2j, 2j + 1 of the eight scales widened to int16.
-    const __m256i pick_even[4] = {_mm256_set1_epi16(0x0100), _mm256_set1_epi16(0x0504), _mm256_set1_epi16(0x0908), _mm256_set1_epi16(0x0D0C)};
-    const __m256i pick_odd[4] = {_mm256_set1_epi16(0x0302), _mm256_set1_epi16(0x0706), _mm256_set1_epi16(0x0B0A), _mm256_set1_epi16(0x0F0E)};
-    for (int b = 0; b < superblocks; b++) {
-        const uint8_t *block = row + (long)b * block_bytes;
-        __builtin_prefetch(block + SY_PREFETCH_DISTANCE);
-        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);
-        __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);
-        const __m128 dd = halves_f16c(block);
-        const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
-        uint64_t packed_scales, packed_mins;
-        qk_scales(block + 4, &packed_scales, &packed_mins);
-        const __m256i scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)packed_scales)));
-        // Min j in int16 lanes 2j and 2j + 1, against the two 16-value sums of sub-block j.
-        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_cvtsi64_si128((long long)packed_mins),
-                                                                      _mm_cvtsi64_si128((long long)packed_mins)));
-        const __m256i high_bits = five ? _mm256_loadu_si256((const __m256i *)(block + 16)) : _mm256_setzero_si256();
-        __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
-        __m256i sum2 = _mm256_setzero_si256(), sum3 = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(block + nibbles + 32 * c));
-            __m256i lo = _mm256_and_si256(q, nibble);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
-            if (five) {
-                // Bit 2c (then 2c + 1) of each byte moved to bit 4; what crosses bytes is masked off.
-                const int k = 2 * c;
-                const __m256i b0 = k <= 4 ? _mm256_slli_epi16(high_bits, 4 - k) : _mm256_srli_epi16(high_bits, k - 4);
-                const __m256i b1 = k + 1 <= 4 ? _mm256_slli_epi16(high_bits, 3 - k) : _mm256_srli_epi16(high_bits, k - 3);
-                lo = _mm256_or_si256(lo, _mm256_and_si256(b0, fifth));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(b1, fifth));
-            }
-            const __m256i s0 = _mm256_shuffle_epi8(scales16, pick_even[c]), s1 = _mm256_shuffle_epi8(scales16, pick_odd[c]);
-            for (int t = 0; t < tokens; t++) {
-                const int8_t *x = xq + (long)t * stride + b * 256 + 64 * c;
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
-                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));
-                const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s0),
-                                                   _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s1));
-                SY_ADD_TOKEN(t, p);
-            }
-        }
-        for (int t = 0; t < tokens; t++) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + (long)t * groups + b * 16));
-            const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, bs));
-            const __m256i sum = t == 0 ? sum0 : t == 1 ? sum1 : t == 2 ? sum2 : sum3;
-            const float dx = xd[(long)t * supers + b];
-            const __m256 scale = _mm256_set1_ps(d * dx), offset = _mm256_set1_ps(-dmin * dx);
-            if (t == 0) acc0 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc0));
-            if (t == 1) acc1 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc1));
-            if (t == 2) acc2 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc2));
-            if (t == 3) acc3 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc3));
-        }
+// x, then the int16 pairs times the sub-block's scale added into the eight int32 lanes (ACC: madd
+// and add on AVX2; one vpdpwssd where there is VNNI, the same exact sums); the mins by one madd with
+// the 16-value sums; per super-block one conversion and two multiply-adds per token into float
+// lanes, summed across lanes once per row.
+#define SY_ACC_TOKEN(t, ACC, pa, sa, pb, sb)                                                       \
+    do {                                                                                           \
+        if ((t) == 0) sum0 = ACC(ACC(sum0, pa, sa), pb, sb);                                       \
+        if ((t) == 1) sum1 = ACC(ACC(sum1, pa, sa), pb, sb);                                       \
+        if ((t) == 2) sum2 = ACC(ACC(sum2, pa, sa), pb, sb);                                       \
+        if ((t) == 3) sum3 = ACC(ACC(sum3, pa, sa), pb, sb);                                       \
+    } while (0)
+
+#define SY_QK45(NAME, ACC, TARGET)                                                                 \
+    __attribute__((target(TARGET), always_inline))                                                 \
+    static inline void NAME(const uint8_t *row, int superblocks, const int five, const int8_t *xq, const float *xd, \
+                            const int16_t *xs, int stride, const int tokens, float *out) {         \
+        const int groups = stride / 16, supers = stride / 256, block_bytes = five ? 176 : 144, nibbles = five ? 48 : 16; \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps(); \
+        const __m256i nibble = _mm256_set1_epi8(0x0F), fifth = _mm256_set1_epi8(0x10);           \
+        /* Int16 lanes of one scale: bytes 2j, 2j + 1 of the eight scales widened to int16. */     \
+        const __m256i pick_even[4] = {_mm256_set1_epi16(0x0100), _mm256_set1_epi16(0x0504), _mm256_set1_epi16(0x0908), _mm256_set1_epi16(0x0D0C)}; \
+        const __m256i pick_odd[4] = {_mm256_set1_epi16(0x0302), _mm256_set1_epi16(0x0706), _mm256_set1_epi16(0x0B0A), _mm256_set1_epi16(0x0F0E)}; \
+        for (int b = 0; b < superblocks; b++) {                                                    \
+            const uint8_t *block = row + (long)b * block_bytes;                                    \
+            __builtin_prefetch(block + SY_PREFETCH_DISTANCE);                                      \
+            __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 64);                                 \
+            __builtin_prefetch(block + SY_PREFETCH_DISTANCE + 128);                                \
+            const __m128 dd = halves_f16c(block);                                                  \
+            const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));          \
+            uint64_t packed_scales, packed_mins;                                                   \
+            qk_scales(block + 4, &packed_scales, &packed_mins);                                    \
+            const __m256i scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)packed_scales))); \
+            /* Min j in int16 lanes 2j and 2j + 1, against the two 16-value sums of sub-block j. */ \
+            const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_cvtsi64_si128((long long)packed_mins), \
+                                                                          _mm_cvtsi64_si128((long long)packed_mins))); \
+            const __m256i high_bits = five ? _mm256_loadu_si256((const __m256i *)(block + 16)) : _mm256_setzero_si256(); \
+            __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();                 \
+            __m256i sum2 = _mm256_setzero_si256(), sum3 = _mm256_setzero_si256();                 \
+            for (int c = 0; c < 4; c++) {                                                          \
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(block + nibbles + 32 * c)); \
+                __m256i lo = _mm256_and_si256(q, nibble);                                          \
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);                    \
+                if (five) {                                                                        \
+                    /* Bit 2c (then 2c + 1) of each byte moved to bit 4; what crosses bytes is masked off. */ \
+                    const int k = 2 * c;                                                           \
+                    const __m256i b0 = k <= 4 ? _mm256_slli_epi16(high_bits, 4 - k) : _mm256_srli_epi16(high_bits, k - 4); \
+                    const __m256i b1 = k + 1 <= 4 ? _mm256_slli_epi16(high_bits, 3 - k) : _mm256_srli_epi16(high_bits, k - 3); \
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(b0, fifth));                         \
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(b1, fifth));                         \
+                }                                                                                  \
+                const __m256i s0 = _mm256_shuffle_epi8(scales16, pick_even[c]), s1 = _mm256_shuffle_epi8(scales16, pick_odd[c]); \
+                for (int t = 0; t < tokens; t++) {                                                 \
+                    const int8_t *x = xq + (long)t * stride + b * 256 + 64 * c;                    \
+                    const __m256i x0 = _mm256_loadu_si256((const __m256i *)x);                     \
+                    const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));              \
+                    SY_ACC_TOKEN(t, ACC, _mm256_maddubs_epi16(lo, x0), s0, _mm256_maddubs_epi16(hi, x1), s1); \
+                }                                                                                  \
+            }                                                                                      \
+            for (int t = 0; t < tokens; t++) {                                                     \
+                const __m256i bs = _mm256_loadu_si256((const __m256i *)(xs + (long)t * groups + b * 16)); \
+                const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, bs));                \
+                const __m256i sum = t == 0 ? sum0 : t == 1 ? sum1 : t == 2 ? sum2 : sum3;          \
+                const float dx = xd[(long)t * supers + b];                                         \
+                const __m256 scale = _mm256_set1_ps(d * dx), offset = _mm256_set1_ps(-dmin * dx);  \
+                if (t == 0) acc0 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc0)); \
+                if (t == 1) acc1 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc1)); \
+                if (t == 2) acc2 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc2)); \
+                if (t == 3) acc3 = _mm256_fmadd_ps(m, offset, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc3)); \
+            }                                                                                      \
+        }                                                                                          \
+        out[0] = reduce256(acc0);                                                                  \
+        if (tokens > 1) out[1] = reduce256(acc1);                                                  \
+        if (tokens > 2) out[2] = reduce256(acc2);                                                  \
+        if (tokens > 3) out[3] = reduce256(acc3);                                                  \
     }
-    out[0] = reduce256(acc0);
-    if (tokens > 1) out[1] = reduce256(acc1);
-    if (tokens > 2) out[2] = reduce256(acc2);
-    if (tokens > 3) out[3] = reduce256(acc3);
-}
 
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void q4k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
-                              int stride, const int tokens, float *out) {
-    qk45_avx2_n(row, superblocks, 0, xq, xd, xs, stride, tokens, out);
-}
+#define SY_MADD_ADD(sum, pairs, scales) _mm256_add_epi32((sum), _mm256_madd_epi16((pairs), (scales)))
+SY_QK45(qk45_avx2_n, SY_MADD_ADD, "avx2,fma,f16c")
+SY_QK45(qk45_avxvnni_n, _mm256_dpwssd_avx_epi32, "avxvnni,avx2,fma,f16c")
+SY_QK45(qk45_vnni_n, _mm256_dpwssd_epi32, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
+#undef SY_MADD_ADD
+#undef SY_QK45
+#undef SY_ACC_TOKEN
 
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void q5k_avx2_n(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs,
-                              int stride, const int tokens, float *out) {
-    qk45_avx2_n(row, superblocks, 1, xq, xd, xs, stride, tokens, out);
-}
+// Q4_K (five = 0) and Q5_K (five = 1) at each level, as the token-count instantiations take them.
+#define SY_QK45_FORMAT(NAME, KERNEL, FIVE, TARGET)                                                 \
+    __attribute__((target(TARGET), always_inline))                                                 \
+    static inline void NAME(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd, const int16_t *xs, \
+                            int stride, const int tokens, float *out) {                            \
+        KERNEL(row, superblocks, FIVE, xq, xd, xs, stride, tokens, out);                           \
+    }
+SY_QK45_FORMAT(q4k_avx2_n, qk45_avx2_n, 0, "avx2,fma,f16c")
+SY_QK45_FORMAT(q5k_avx2_n, qk45_avx2_n, 1, "avx2,fma,f16c")
+SY_QK45_FORMAT(q4k_avxvnni_n, qk45_avxvnni_n, 0, "avxvnni,avx2,fma,f16c")
+SY_QK45_FORMAT(q5k_avxvnni_n, qk45_avxvnni_n, 1, "avxvnni,avx2,fma,f16c")
+SY_QK45_FORMAT(q4k_vnni_n, qk45_vnni_n, 0, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
+SY_QK45_FORMAT(q5k_vnni_n, qk45_vnni_n, 1, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
+#undef SY_QK45_FORMAT
 
 // The super-block kernels for each token count 1-4 (literal arguments: see SY_KERNEL_BODY's note).
-#define SY_INSTANTIATE_SUPER(NAME, KERNEL)                                                         \
-    __attribute__((target("avx2,fma,f16c")))                                                       \
+#define SY_INSTANTIATE_SUPER(NAME, KERNEL, TARGET)                                                 \
+    __attribute__((target(TARGET)))                                                                \
     static void NAME(const uint8_t *row, int superblocks, const int8_t *xq, const float *xd,       \
                      const int16_t *xs, int stride, int tokens, float *out) {                      \
         switch (tokens) {                                                                          \
@@ -369,8 +388,12 @@ static inline void q5k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
         }                                                                                          \
     }
 
-SY_INSTANTIATE_SUPER(q4k_avx2, q4k_avx2_n)
-SY_INSTANTIATE_SUPER(q5k_avx2, q5k_avx2_n)
+SY_INSTANTIATE_SUPER(q4k_avx2, q4k_avx2_n, "avx2,fma,f16c")
+SY_INSTANTIATE_SUPER(q5k_avx2, q5k_avx2_n, "avx2,fma,f16c")
+SY_INSTANTIATE_SUPER(q4k_avxvnni, q4k_avxvnni_n, "avxvnni,avx2,fma,f16c")
+SY_INSTANTIATE_SUPER(q5k_avxvnni, q5k_avxvnni_n, "avxvnni,avx2,fma,f16c")
+SY_INSTANTIATE_SUPER(q4k_vnni, q4k_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
+SY_INSTANTIATE_SUPER(q5k_vnni, q5k_vnni_n, "avx512vnni,avx512vl,avx512bw,avx2,fma,f16c")
 
 // The AVX2 form of q6k_portable: maddubs of the unsigned levels with x (pairs, in int16), madd
 // with each half's scale into the eight int32 lanes; the offset from the 16-value sums by one madd;
@@ -433,7 +456,7 @@ static inline void q6k_avx2_n(const uint8_t *row, int superblocks, const int8_t 
     if (tokens > 3) out[3] = reduce256(acc3);
 }
 
-SY_INSTANTIATE_SUPER(q6k_avx2, q6k_avx2_n)
+SY_INSTANTIATE_SUPER(q6k_avx2, q6k_avx2_n, "avx2,fma,f16c")
 
 
 static int detected = -1, avx_vnni = 0;
@@ -545,19 +568,29 @@ static void super_rows(super_kernel kernel, const void *base, long row_bytes, in
 
 #if defined(__x86_64__)
 #define SY_SUPER_KERNEL(AVX2, PORTABLE) (sy_integer_level_in_force() >= SY_LEVEL_AVX2 ? AVX2 : PORTABLE)
+// Q4_K and Q5_K: vpdpwssd where there is VNNI (AVX512-VNNI's EVEX form on 256 bits, or AVX-VNNI).
+static super_kernel qk45_kernel(int five) {
+    switch (sy_integer_level_in_force()) {
+    case SY_LEVEL_AVX512_VNNI: return five ? q5k_vnni : q4k_vnni;
+    case SY_LEVEL_AVX_VNNI: return five ? q5k_avxvnni : q4k_avxvnni;
+    case SY_LEVEL_AVX2: return five ? q5k_avx2 : q4k_avx2;
+    default: return five ? q5k_portable_rows : q4k_portable_rows;
+    }
+}
 #else
 #define SY_SUPER_KERNEL(AVX2, PORTABLE) PORTABLE
+static super_kernel qk45_kernel(int five) { return five ? q5k_portable_rows : q4k_portable_rows; }
 #endif
 
 void sy_rows_q4_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
                       const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
-    super_rows(SY_SUPER_KERNEL(q4k_avx2, q4k_portable_rows), base, row_bytes, nrows, superblocks, xq, xd, xs, stride, tokens, out,
+    super_rows(qk45_kernel(0), base, row_bytes, nrows, superblocks, xq, xd, xs, stride, tokens, out,
                out_stride);
 }
 
 void sy_rows_q5_k_q8k(const void *base, long row_bytes, int nrows, int superblocks, const int8_t *xq, const float *xd,
                       const int16_t *xs, int stride, int tokens, float *out, long out_stride) {
-    super_rows(SY_SUPER_KERNEL(q5k_avx2, q5k_portable_rows), base, row_bytes, nrows, superblocks, xq, xd, xs, stride, tokens, out,
+    super_rows(qk45_kernel(1), base, row_bytes, nrows, superblocks, xq, xd, xs, stride, tokens, out,
                out_stride);
 }
 

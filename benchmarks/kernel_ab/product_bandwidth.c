@@ -4,9 +4,10 @@
 // so both see the same noise, and each one's best is printed. Each thread takes its half of the
 // rows in items sized as Kernels' RowItems sizes them, as the thread pool's shares do.
 //
-// Usage: product_bandwidth bf16|q8_0|q4_0 THREADS [ROWS COLUMNS]   (1 or 2 threads; 3584 x 1024 by
-// default). bf16 runs sy_rows_bf16_f32; q8_0 and q4_0 run sy_rows_grouped_q8 on grouped rows with
-// int8 activations, four tokens a call as the engine calls it.
+// Usage: product_bandwidth bf16|q8_0|q4_0|q4_k|q6_k THREADS [ROWS COLUMNS]   (1 or 2 threads; 3584 x
+// 1024 by default). bf16 runs sy_rows_bf16_f32; q8_0 and q4_0 run sy_rows_grouped_q8 on grouped rows
+// with int8 activations; q4_k and q6_k run sy_rows_q4_k_q8k / sy_rows_q6_k_q8k on GGUF's
+// super-blocks with activations quantised per 256; four tokens a call as the engine calls them.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -16,17 +17,24 @@
 #include <sys/mman.h>
 #include <time.h>
 
-typedef void (*grouped_fn)(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *,
-                           long);
+typedef void (*grouped_fn)(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, int,
+                           float *, long);
 void A_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long, int);
 void B_sy_rows_bf16_f32(const void *, long, int, int, const float *, int, int, float *, long, int);
-void A_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *, long);
+void A_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, int, float *,
+                          long);
 void A_sy_force_quantized_dot_level(int);
 void B_sy_force_quantized_dot_level(int);
-void B_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, float *, long);
+void B_sy_rows_grouped_q8(const void *, long, int, int, int, const int8_t *, const float *, const int32_t *, int, int, int, float *,
+                          long);
+typedef void (*super_fn)(const void *, long, int, int, const int8_t *, const float *, const int16_t *, int, int, float *, long);
+void A_sy_rows_q4_k_q8k(const void *, long, int, int, const int8_t *, const float *, const int16_t *, int, int, float *, long);
+void B_sy_rows_q4_k_q8k(const void *, long, int, int, const int8_t *, const float *, const int16_t *, int, int, float *, long);
+void A_sy_rows_q6_k_q8k(const void *, long, int, int, const int8_t *, const float *, const int16_t *, int, int, float *, long);
+void B_sy_rows_q6_k_q8k(const void *, long, int, int, const int8_t *, const float *, const int16_t *, int, int, float *, long);
 
 enum { copies = 24, max_side = 8192, max_tokens = 6, repetitions = 20 };
-enum kind { bf16, q8_0, q4_0 };
+enum kind { bf16, q8_0, q4_0, q4_k, q6_k };
 
 static enum kind kind;
 static int rows = 3584, columns = 1024, threads, item_rows;
@@ -36,9 +44,12 @@ static float input[max_tokens * max_side];                // bf16: [tokens][colu
 static int8_t values[max_tokens * max_side];              // grouped: [tokens][columns]
 static float lane_scales[max_tokens * max_side / 8];      // grouped: [tokens][columns / 8]
 static int32_t corrections[max_tokens * max_side / 8];    // grouped: [tokens][columns / 8]
+static float super_scales[max_tokens * max_side / 256];   // K-quants: [tokens][columns / 256]
+static int16_t sums16[max_tokens * max_side / 16];        // K-quants: [tokens][columns / 16]
 static float output[2][max_tokens * max_side];            // per thread: [tokens][rows]
 static pthread_barrier_t barrier;
 static int version, tokens;
+static int tiles_from[2] = {1, 1};                        // per version: A_TILES_FROM, B_TILES_FROM
 
 static double now(void) {
     struct timespec t;
@@ -48,14 +59,24 @@ static double now(void) {
 
 static void product(const uint8_t *at, int n, float *out) {
     if (kind == bf16) {
-        (version ? B_sy_rows_bf16_f32 : A_sy_rows_bf16_f32)(at, row_bytes, n, columns / 32, input, columns, tokens, out, rows, 5);
+        (version ? B_sy_rows_bf16_f32 : A_sy_rows_bf16_f32)(at, row_bytes, n, columns / 32, input, columns, tokens, out, rows,
+                                                        tiles_from[version]);
+        return;
+    }
+    if (kind == q4_k || kind == q6_k) {
+        super_fn f = kind == q4_k ? (version ? B_sy_rows_q4_k_q8k : A_sy_rows_q4_k_q8k) : (version ? B_sy_rows_q6_k_q8k : A_sy_rows_q6_k_q8k);
+        for (int t0 = 0; t0 < tokens; t0 += 4) {
+            const int t = tokens - t0 < 4 ? tokens - t0 : 4;
+            f(at, row_bytes, n, columns / 256, values + t0 * columns, super_scales + t0 * columns / 256, sums16 + t0 * columns / 16,
+              columns, t, out + t0 * rows, rows);
+        }
         return;
     }
     grouped_fn f = version ? B_sy_rows_grouped_q8 : A_sy_rows_grouped_q8;
     for (int t0 = 0; t0 < tokens; t0 += 4) {
         const int t = tokens - t0 < 4 ? tokens - t0 : 4;
         f(at, row_bytes, n, columns / 128, kind == q4_0, values + t0 * columns, lane_scales + t0 * columns / 8,
-          corrections + t0 * columns / 8, columns, t, out + t0 * rows, rows);
+          corrections + t0 * columns / 8, columns, t, tiles_from[version], out + t0 * rows, rows);
     }
 }
 
@@ -86,21 +107,29 @@ int main(int argc, char **argv) {
     // paths of one tree side by side (`A_LEVEL=1 B_LEVEL=2 run.sh q8_0 . .`).
     if (getenv("A_LEVEL")) A_sy_force_quantized_dot_level(atoi(getenv("A_LEVEL")));
     if (getenv("B_LEVEL")) B_sy_force_quantized_dot_level(atoi(getenv("B_LEVEL")));
+    // A_TILES_FROM / B_TILES_FROM: the token count from which a version's AVX-512 kernels take rows
+    // in tiles (the engine's KernelTuning, measured at load by TileChoice); 1, tiles at every count,
+    // unless set. A large value keeps one row at a time.
+    if (getenv("A_TILES_FROM")) tiles_from[0] = atoi(getenv("A_TILES_FROM"));
+    if (getenv("B_TILES_FROM")) tiles_from[1] = atoi(getenv("B_TILES_FROM"));
     const char *k = argc > 1 ? argv[1] : "";
-    kind = !strcmp(k, "bf16") ? bf16 : !strcmp(k, "q8_0") ? q8_0 : !strcmp(k, "q4_0") ? q4_0 : -1;
+    kind = !strcmp(k, "bf16") ? bf16 : !strcmp(k, "q8_0") ? q8_0 : !strcmp(k, "q4_0") ? q4_0 : !strcmp(k, "q4_k") ? q4_k : !strcmp(k, "q6_k") ? q6_k : -1;
     threads = argc > 2 ? atoi(argv[2]) : 0;
     if (argc > 4) {
         rows = atoi(argv[3]);
         columns = atoi(argv[4]);
     }
-    const int multiple = kind == bf16 ? 32 : 128;
+    const int multiple = kind == bf16 ? 32 : kind == q4_k || kind == q6_k ? 256 : 128;
     if ((int)kind < 0 || threads < 1 || threads > 2 || rows < 2 || rows > max_side || rows % 2 || columns < multiple ||
         columns > max_side || columns % multiple) {
-        fprintf(stderr, "usage: product_bandwidth bf16|q8_0|q4_0 1|2 [ROWS COLUMNS]: an even number of rows and a multiple of %d columns, up to %d\n",
+        fprintf(stderr, "usage: product_bandwidth bf16|q8_0|q4_0|q4_k|q6_k 1|2 [ROWS COLUMNS]: an even number of rows and a multiple of %d columns, up to %d\n",
                 multiple, max_side);
         return 1;
     }
-    row_bytes = kind == bf16 ? columns * 2L : (long)(columns / 128) * (kind == q8_0 ? 136 : 72);
+    row_bytes = kind == bf16 ? columns * 2L
+                : kind == q4_k ? (long)(columns / 256) * 144
+                : kind == q6_k ? (long)(columns / 256) * 210
+                               : (long)(columns / 128) * (kind == q8_0 ? 136 : 72);
     // As RowItems: at most 256 rows or 512 KiB an item, at least 8 rows, about 8 items a thread.
     item_rows = (rows / (threads * 8) + 1);
     if (item_rows > (512 << 10) / row_bytes) item_rows = (512 << 10) / row_bytes;
@@ -115,6 +144,14 @@ int main(int argc, char **argv) {
     if (kind == bf16) {
         uint16_t *w = (uint16_t *)weights;
         for (size_t i = 0; i < bytes / 2; i++) w[i] = 0x3C00 | ((i * 2654435761u >> 25) & 127);  // small positive values
+    } else if (kind == q4_k || kind == q6_k) {
+        // Float16 d (and Q4_K's dmin) of 1/1024 keep the sums finite.
+        const long block = kind == q4_k ? 144 : 210;
+        for (size_t b = 0; b < bytes / block; b++) {
+            uint16_t *s = (uint16_t *)(weights + b * block + (kind == q4_k ? 0 : 208));
+            s[0] = 0x1400;
+            if (kind == q4_k) s[1] = 0x1400;
+        }
     } else {
         // Float16 scales of 1.0 at each group's head keep the sums finite.
         for (size_t g = 0; g < bytes / (row_bytes / (columns / 128)); g++) {
@@ -130,6 +167,8 @@ int main(int argc, char **argv) {
         lane_scales[i] = 0.01f;
         corrections[i] = -(i % 5);
     }
+    for (int i = 0; i < max_tokens * max_side / 256; i++) super_scales[i] = 0.01f;
+    for (int i = 0; i < max_tokens * max_side / 16; i++) sums16[i] = (int16_t)(i % 31 - 15);
 
     pthread_barrier_init(&barrier, NULL, threads);
     pthread_t helper;

@@ -1,18 +1,21 @@
 #!/bin/bash
 # A/B of two versions of a C kernel on expert-shaped products read from memory:
-#   bash benchmarks/kernel_ab/run.sh bf16|q8_0|q4_0 REV_A [REV_B] [THREADS]
+#   bash benchmarks/kernel_ab/run.sh bf16|q8_0|q4_0|q4_k|q6_k REV_A [REV_B] [THREADS]
 # bf16 runs sy_rows_bf16_f32 (Sources/KernelsC/bf16_rows.c); q8_0 and q4_0 run sy_rows_grouped_q8
-# (grouped_dot.c), the int8 path for stored Q8_0 and Q4_0 weights. REV_B defaults to the working tree, which "." names too. Both versions are linked into one
+# (grouped_dot.c), the int8 path for stored Q8_0 and Q4_0 weights; q4_k and q6_k run
+# sy_rows_q4_k_q8k / sy_rows_q6_k_q8k (int8_rows.c). REV_B defaults to the working tree, which "." names too. Both versions are linked into one
 # program, which alternates them 20 times per token count (1-6) and keeps each one's best, so both
 # see the same noise. A_CFLAGS and B_CFLAGS add compiler flags to one version (-DNAME=VALUE to try
 # a tuning constant). A_LEVEL and B_LEVEL cap a version's integer kernels (1 AVX2, 2 AVX-VNNI, 3
-# AVX512-VNNI), to set two paths of one tree side by side. Shapes: gate/up (3584 x 1024) and down
+# AVX512-VNNI), to set two paths of one tree side by side. A_TILES_FROM and B_TILES_FROM set the
+# token count from which a version's AVX-512 kernels take rows in tiles (1 unless set; the engine
+# measures it at load, TileChoice), e.g. A_TILES_FROM=5 for one row at a time up to 4 tokens. Shapes: gate/up (3584 x 1024) and down
 # (1024 x 3584).
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 kind=${1:-}; a=${2:-}; b=${3:-}; threads=${4:-2}
-case "$kind" in bf16|q8_0|q4_0) ;; *) a="" ;; esac
-[ -n "$a" ] || { echo "usage: run.sh bf16|q8_0|q4_0 REV_A [REV_B] [THREADS]" >&2; exit 1; }
+case "$kind" in bf16|q8_0|q4_0|q4_k|q6_k) ;; *) a="" ;; esac
+[ -n "$a" ] || { echo "usage: run.sh bf16|q8_0|q4_0|q4_k|q6_k REV_A [REV_B] [THREADS]" >&2; exit 1; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 flags="-O3 -I$root/Sources/KernelsC -I$root/Sources/KernelsC/include"
 for v in a b; do
