@@ -60,26 +60,21 @@ public enum GGMLBlocks {
         }
     }
 
-    @inlinable @inline(__always)
-    static func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
-        Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))))
-    }
-
     /// Widens the block at `block` into `element.blockValues` floats at `out`.
     @inlinable
     public static func dequantize(_ element: WeightElement, _ block: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>) {
         let b = block.assumingMemoryBound(to: UInt8.self)
         switch element {
         case .q4_1:
-            let d = half(block, 0), m = half(block, 2)
+            let d = widenedHalf(block, 0), m = widenedHalf(block, 2)
             for j in 0..<16 {
                 out[j] = d * Float(b[4 + j] & 0x0F) + m
                 out[j + 16] = d * Float(b[4 + j] >> 4) + m
             }
         case .q5_0, .q5_1:
-            let d = half(block, 0)
+            let d = widenedHalf(block, 0)
             let one = element == .q5_1
-            let m: Float = one ? half(block, 2) : 0
+            let m: Float = one ? widenedHalf(block, 2) : 0
             let start = one ? 4 : 2
             let high = UInt32(littleEndian: block.loadUnaligned(fromByteOffset: start, as: UInt32.self))
             let q = b + start + 4
@@ -95,7 +90,7 @@ public enum GGMLBlocks {
                 }
             }
         case .q2_k:
-            let d = half(block, 80), dmin = half(block, 82)
+            let d = widenedHalf(block, 80), dmin = widenedHalf(block, 82)
             for sub in 0..<16 {
                 let dl = d * Float(b[sub] & 0x0F), ml = dmin * Float(b[sub] >> 4)
                 for i in 0..<16 {
@@ -106,7 +101,7 @@ public enum GGMLBlocks {
                 }
             }
         case .q3_k:
-            let d = half(block, 108)
+            let d = widenedHalf(block, 108)
             let sc = b + 96
             for k in 0..<16 {
                 let low = k < 8 ? sc[k] & 0x0F : sc[k - 8] >> 4
@@ -125,13 +120,13 @@ public enum GGMLBlocks {
         case .q6_k:
             for chunk in 0..<16 { (UnsafeMutableRawPointer(out) + 64 * chunk).storeBytes(of: q6kChunk(block, chunk), as: Vector16.self) }
         case .iq4_nl:
-            let d = half(block, 0)
+            let d = widenedHalf(block, 0)
             for j in 0..<16 {
                 out[j] = d * Float(nonLinearLevels[Int(b[2 + j] & 0x0F)])
                 out[j + 16] = d * Float(nonLinearLevels[Int(b[2 + j] >> 4)])
             }
         case .iq4_xs:
-            let d = half(block, 0)
+            let d = widenedHalf(block, 0)
             let highs = UInt16(littleEndian: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
             for k in 0..<8 {
                 let low = (b[4 + k / 2] >> UInt8(4 * (k % 2))) & 0x0F
@@ -154,7 +149,7 @@ public enum GGMLBlocks {
     public static func q5kChunk(_ block: UnsafeRawPointer, _ c: Int) -> Vector16 {
         let j = c / 2, t = c % 2
         let (sc, m) = Q4_K.scaleMin(block + 4, j)
-        let scale = half(block, 0) * Float(sc), offset = half(block, 2) * Float(m)
+        let scale = widenedHalf(block, 0) * Float(sc), offset = widenedHalf(block, 2) * Float(m)
         let low = (block + 48 + 32 * (j / 2) + 16 * t).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(4 * (j % 2)) & 0x0F
         let high = ((block + 16 + 16 * t).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(j)) & 1
         let q = Vector16(SIMD16<Int32>(truncatingIfNeeded: low | high &<< 4))
@@ -166,7 +161,7 @@ public enum GGMLBlocks {
     @inlinable @inline(__always)
     public static func q6kChunk(_ block: UnsafeRawPointer, _ c: Int) -> Vector16 {
         let g = c / 8, k = c % 8
-        let dl = half(block, 208) * Float(block.load(fromByteOffset: 192 + c, as: Int8.self))
+        let dl = widenedHalf(block, 208) * Float(block.load(fromByteOffset: 192 + c, as: Int8.self))
         let low = (block + 64 * g + 16 * (k % 4)).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(4 * (k / 4)) & 0x0F
         let high = ((block + 128 + 32 * g + 16 * (k % 2)).loadUnaligned(as: SIMD16<UInt8>.self) &>> UInt8(2 * (k / 2))) & 3
         let q = SIMD16<Int32>(truncatingIfNeeded: low | high &<< 4) &- 32

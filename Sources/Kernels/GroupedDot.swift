@@ -33,7 +33,7 @@ public enum GroupedBlocks {
     @inlinable public static func element(_ row: UnsafeRawPointer, _ index: Int, q4: Bool) -> (value: Int32, scale: Float) {
         let group = row + (index / groupValues) * groupBytes(q4: q4)
         let k = index % groupValues / 32, e = index % 32
-        let d = Float(Float16(bitPattern: UInt16(littleEndian: group.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self))))
+        let d = widenedHalf(group, 2 * k)
         let (offset, high) = place(q4: q4, block: k, element: e)
         let byte = group.load(fromByteOffset: offset, as: UInt8.self)
         if q4 { return (Int32(high ? byte >> 4 : byte & 0x0F) - 8, d) }

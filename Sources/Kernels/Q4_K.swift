@@ -22,11 +22,6 @@ public enum Q4_K {
         return ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 
-    @inlinable @inline(__always)
-    static func half(_ p: UnsafeRawPointer) -> Float {
-        Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(as: UInt16.self))))
-    }
-
     /// The least-squares fit of a 32-value sub-block to `nmax + 1` levels with an offset
     /// (ggml's make_qkx2_quants with rmin −1, rdelta 0.1, 20 steps, squared error): returns the
     /// scale and writes the levels to `levels` and the (positive) min to `minOut`.
@@ -135,7 +130,7 @@ public enum Q4_K {
             }
             block.storeBytes(of: Float16(maxScale / 63).bitPattern.littleEndian, as: UInt16.self)
             block.storeBytes(of: Float16(maxMin / 63).bitPattern.littleEndian, toByteOffset: 2, as: UInt16.self)
-            let d = half(block), dmin = half(block + 2)
+            let d = widenedHalf(block), dmin = widenedHalf(block + 2)
             for j in 0..<8 {
                 let (sc, m) = scaleMin(block + 4, j)
                 let scale = d * Float(sc)
@@ -159,7 +154,7 @@ public enum Q4_K {
         let (sc, m) = scaleMin(block + 4, i / 32)
         let byte = block.load(fromByteOffset: 16 + (i / 64) * 32 + i % 32, as: UInt8.self)
         let q = (i % 64) < 32 ? byte & 0x0F : byte >> 4
-        return half(block) * Float(sc) * Float(q) - half(block + 2) * Float(m)
+        return widenedHalf(block) * Float(sc) * Float(q) - widenedHalf(block + 2) * Float(m)
     }
 
     /// Dot products of one Q4_K row with up to four activation rows (in element order, `xStride`
@@ -173,7 +168,7 @@ public enum Q4_K {
         let low = SIMD16<UInt8>(repeating: 0x0F)
         for b in 0..<(n / blockValues) {
             let block = row + b * blockBytes
-            let d = half(block), dmin = half(block + 2)
+            let d = widenedHalf(block), dmin = widenedHalf(block + 2)
             for c in 0..<4 {
                 let (sc0, m0) = scaleMin(block + 4, 2 * c), (sc1, m1) = scaleMin(block + 4, 2 * c + 1)
                 let scale0 = Vector16(repeating: d * Float(sc0)), offset0 = Vector16(repeating: dmin * Float(m0))

@@ -77,7 +77,7 @@ public enum Q6_K {
                     for sub in 0..<16 {
                         bytes[192 + sub] = UInt8(bitPattern: Int8(truncatingIfNeeded: min(127, Q4_K.nearestInt(iscale * scales[sub]))))
                     }
-                    let d = GGMLBlocks.half(block, 208)
+                    let d = widenedHalf(block, 208)
                     for sub in 0..<16 {
                         let scaled = d * Float(Int8(bitPattern: bytes[192 + sub]))
                         if scaled == 0 { continue }

@@ -24,7 +24,7 @@ public enum Q8_0 {
     /// Element `index` of a Q8_0 row, widened.
     @inlinable public static func value(_ row: UnsafeRawPointer, _ index: Int) -> Float {
         let block = row + (index / blockValues) * blockBytes
-        let d = Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self))))
+        let d = widenedHalf(block)
         return Float(block.load(fromByteOffset: 2 + index % blockValues, as: Int8.self)) * d
     }
 
@@ -57,7 +57,7 @@ public enum Q8_0 {
     @inlinable @inline(__always)
     public static func dotRow(_ row: UnsafeRawPointer, _ n: Int, _ permuted: UnsafePointer<Float>, _ tokens: Int, _ out: inout SIMD4<Float>) {
         blockDotRow(row, n, permuted, tokens, &out, blockBytes: blockBytes) { block in
-            (Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self)))),
+            (widenedHalf(block),
              (block + 2).loadUnaligned(as: SIMD8<Int32>.self))
         }
     }

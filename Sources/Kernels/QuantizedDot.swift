@@ -42,7 +42,7 @@ public enum Q4_0 {
             let bias = SIMD4<UInt32>(repeating: 0x7878_7878), flip = SIMD4<UInt32>(repeating: 0x8080_8080)
             let low = ((packed & nibbles) &+ bias) ^ flip
             let high = (((packed &>> 4) & nibbles) &+ bias) ^ flip
-            return (Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self)))),
+            return (widenedHalf(block),
                     unsafeBitCast(SIMD8<UInt32>(lowHalf: low, highHalf: high), to: SIMD8<Int32>.self))
         }
     }
@@ -50,7 +50,7 @@ public enum Q4_0 {
     /// Element `index` of a Q4_0 row, widened.
     @inlinable public static func value(_ row: UnsafeRawPointer, _ index: Int) -> Float {
         let block = row + (index / blockValues) * blockBytes
-        let d = Float(Float16(bitPattern: UInt16(littleEndian: block.loadUnaligned(as: UInt16.self))))
+        let d = widenedHalf(block)
         let j = index % blockValues
         let byte = block.load(fromByteOffset: 2 + j % 16, as: UInt8.self)
         let nibble = j < 16 ? byte & 0x0F : byte >> 4
@@ -159,7 +159,6 @@ public enum SuperBlockActivations {
 public func kQuantDotReference(_ element: WeightElement, _ row: UnsafeRawPointer, superblocks: Int, values: UnsafePointer<Int8>,
                                scales: UnsafePointer<Float>, sums: UnsafePointer<Int16>, stride: Int, tokens: Int) -> [Float] {
     func byte(_ p: UnsafeRawPointer, _ offset: Int) -> Int { Int(p.load(fromByteOffset: offset, as: UInt8.self)) }
-    func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))) }
     let blockBytes: Int
     switch element {
     case .q4_k: blockBytes = Q4_K.blockBytes
@@ -186,7 +185,7 @@ public func kQuantDotReference(_ element: WeightElement, _ row: UnsafeRawPointer
                     let scale = Int(block.load(fromByteOffset: 192 + v / 16, as: Int8.self))
                     lanes[v % 32 / 4] += Int32(scale * (low | high << 4) * Int(x[v]))
                 }
-                acc.addProduct(SIMD8<Float>(lanes), SIMD8(repeating: half(block, 208) * dx))
+                acc.addProduct(SIMD8<Float>(lanes), SIMD8(repeating: widenedHalf(block, 208) * dx))
                 continue
             }
             let five = element == .q5_k, nibbles = five ? 48 : 16
@@ -197,7 +196,7 @@ public func kQuantDotReference(_ element: WeightElement, _ row: UnsafeRawPointer
                 lanes[l / 4] += Int32(Int(Q4_K.scaleMin(block + 4, j).scale) * q * Int(x[v]))
             }
             for l in 0..<8 { minLanes[l] = Int32(Q4_K.scaleMin(block + 4, l).min) * (Int32(s[2 * l]) + Int32(s[2 * l + 1])) }
-            let d = half(block, 0), dmin = half(block, 2)
+            let d = widenedHalf(block, 0), dmin = widenedHalf(block, 2)
             acc.addProduct(SIMD8<Float>(lanes), SIMD8(repeating: d * dx))
             acc.addProduct(SIMD8<Float>(minLanes), SIMD8(repeating: -dmin * dx))
         }
@@ -237,11 +236,11 @@ public func quantizedDotReference(
             switch element {
             case .q8_0:
                 let block = row + b * Q8_0.blockBytes
-                dw = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
+                dw = widenedHalf(block)
                 for j in 0..<32 { w[j] = Int32(block.load(fromByteOffset: 2 + j, as: Int8.self)) }
             case .q4_0:
                 let block = row + b * Q4_0.blockBytes
-                dw = Float(Float16(bitPattern: block.loadUnaligned(as: UInt16.self)))
+                dw = widenedHalf(block)
                 for j in 0..<16 {
                     let byte = block.load(fromByteOffset: 2 + j, as: UInt8.self)
                     w[j] = Int32(byte & 0x0F) - 8

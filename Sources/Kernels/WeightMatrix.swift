@@ -183,3 +183,9 @@ public struct KernelTuning: Sendable, Equatable {
     /// What products use until something is measured.
     public static let `default` = KernelTuning()
 }
+
+/// The little-endian IEEE binary16 at `p + offset`, widened (exact): every GGUF block's scales.
+@inlinable @inline(__always)
+public func widenedHalf(_ p: UnsafeRawPointer, _ offset: Int = 0) -> Float {
+    Float(Float16(bitPattern: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))))
+}
