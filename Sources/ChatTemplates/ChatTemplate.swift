@@ -153,7 +153,7 @@ extension ChatTemplateConfiguration {
     /// tokens as the template's `bos_token` and `eos_token`.
     init(gguf path: String) throws(TemplateError) {
         let file: GGUFFile
-        do { file = try GGUFFile(path: path) } catch { throw TemplateError(error.description, line: 0) }
+        do { file = try GGUFFile.shared(path: path) } catch { throw TemplateError(error.description, line: 0) }
         guard let source = file.metadata["tokenizer.chat_template"]?.stringValue else {
             throw TemplateError("\(path) has no chat template (no 'tokenizer.chat_template' in its metadata)", line: 0)
         }

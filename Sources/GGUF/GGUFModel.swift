@@ -17,7 +17,7 @@ public final class GGUFModel: @unchecked Sendable {
     /// Opens `path`; a file named as the first of a split (`-00001-of-0000N.gguf`), or whose
     /// `split.count` says it is one, brings the others from beside it.
     public init(path: String) throws(GGUFError) {
-        let first = try GGUFFile(path: path)
+        let first = try GGUFFile.shared(path: path)
         var files = [first]
         var splitCount = 1
         if let value = first.metadata["split.count"] {
@@ -36,7 +36,7 @@ public final class GGUFModel: @unchecked Sendable {
             for i in 2...splitCount {
                 let other = "\(prefix)-\(Self.fiveDigits(i))-of-\(Self.fiveDigits(splitCount)).gguf"
                 guard fileExists(other) else { throw GGUFError("\(path): split \(i) of \(splitCount) is missing (\(other))") }
-                let file = try GGUFFile(path: other)
+                let file = try GGUFFile.shared(path: other)
                 if let no = file.metadata["split.no"], no.intValue != i - 1 {
                     throw GGUFError("\(other): metadata 'split.no' = \(no.summary), expected \(i - 1)")
                 }

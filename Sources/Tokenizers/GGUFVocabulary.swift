@@ -249,7 +249,7 @@ extension Tokenizer {
     public static func ggufMetadata(model path: String, bosTokenID: Int?, eosTokenID: Int?) throws(TokenizerError) -> [(key: String, value: GGUFValue)] {
         if isGGUFFile(path) {
             let file: GGUFFile
-            do { file = try GGUFFile(path: path) } catch { throw TokenizerError(error.description) }
+            do { file = try GGUFFile.shared(path: path) } catch { throw TokenizerError(error.description) }
             return file.keys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, file.metadata[$0]!) }
         }
         let jsonPath = path + "/tokenizer.json"

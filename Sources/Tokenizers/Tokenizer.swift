@@ -61,7 +61,7 @@ public final class Tokenizer: @unchecked Sendable {
     public convenience init(directory: String) throws(TokenizerError) {
         if isGGUFFile(directory) {
             let file: GGUFFile
-            do { file = try GGUFFile(path: directory) } catch { throw TokenizerError(error.description) }
+            do { file = try GGUFFile.shared(path: directory) } catch { throw TokenizerError(error.description) }
             try self.init(gguf: file.metadata, path: directory)
             return
         }

@@ -46,6 +46,19 @@ struct GGUFFileTests {
         #expect((file.dataOffset + b.offset) % 64 == 0)
     }
 
+    @Test("a file is parsed once for the model, its tokenizer and its template; a changed file again")
+    func sharedParses() throws {
+        let path = testFolder + "/shared.gguf"
+        try writeSample(path)
+        let first = try GGUFFile.shared(path: path), again = try GGUFFile.shared(path: path)
+        #expect(first === again)
+        #expect(try GGUFFile(path: path) !== first)
+        try writeSample(path, extra: [("added", .uint32(7))])
+        let changed = try GGUFFile.shared(path: path)
+        #expect(changed !== first && changed.metadata["added"] == .uint32(7) && first.metadata["added"] == nil)
+        #expect(throws: GGUFError.self) { try GGUFFile.shared(path: testFolder + "/missing.gguf") }
+    }
+
     @Test func theSharedVocabulariesParse() throws {
         let file = try GGUFFile(path: repositoryRoot + "/../shared/data/vocab/ggml-vocab-qwen2.gguf")
         #expect(file.metadata["tokenizer.ggml.model"]?.stringValue == "gpt2")
