@@ -140,9 +140,9 @@ public final class GGUFFile: @unchecked Sendable {
         try self.init(mapping: mapping)
     }
 
-    /// The file at `path` parsed once for the whole process: the model, its tokenizer and its chat
-    /// template each read a GGUF file's metadata, and a vocabulary of 151,000 strings took 65 ms to
-    /// parse (AMD EPYC Zen 4), three times at start-up. A file changed since (another inode, size or
+    /// The file at `path` parsed once for the whole process: the model, its tokenizer and (for chat
+    /// and the server) its chat template each read a GGUF file's metadata, and a vocabulary of
+    /// 151,000 strings took 65 ms to parse (AMD EPYC Zen 4); `generate` parsed its file twice. A file changed since (another inode, size or
     /// modification time) is parsed again. The last one parsed stays held (the tokenizer and the
     /// template parse and drop theirs before or after the model takes its own); others, once no one
     /// holds them, are let go.
