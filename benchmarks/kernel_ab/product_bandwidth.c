@@ -49,7 +49,7 @@ static int16_t sums16[max_tokens * max_side / 16];        // K-quants: [tokens][
 static float output[2][max_tokens * max_side];            // per thread: [tokens][rows]
 static pthread_barrier_t barrier;
 static int version, tokens;
-static int tiles_from[2] = {1, 1};                        // per version: A_TILES_FROM, B_TILES_FROM
+static int tiles_from[2];                                 // per version: A_TILES_FROM, B_TILES_FROM
 
 static double now(void) {
     struct timespec t;
@@ -107,13 +107,16 @@ int main(int argc, char **argv) {
     // paths of one tree side by side (`A_LEVEL=1 B_LEVEL=2 run.sh q8_0 . .`).
     if (getenv("A_LEVEL")) A_sy_force_quantized_dot_level(atoi(getenv("A_LEVEL")));
     if (getenv("B_LEVEL")) B_sy_force_quantized_dot_level(atoi(getenv("B_LEVEL")));
-    // A_TILES_FROM / B_TILES_FROM: the token count from which a version's AVX-512 kernels take rows
-    // in tiles (the engine's KernelTuning, measured at load by TileChoice); 1, tiles at every count,
-    // unless set. A large value keeps one row at a time.
-    if (getenv("A_TILES_FROM")) tiles_from[0] = atoi(getenv("A_TILES_FROM"));
-    if (getenv("B_TILES_FROM")) tiles_from[1] = atoi(getenv("B_TILES_FROM"));
     const char *k = argc > 1 ? argv[1] : "";
     kind = !strcmp(k, "bf16") ? bf16 : !strcmp(k, "q8_0") ? q8_0 : !strcmp(k, "q4_0") ? q4_0 : !strcmp(k, "q4_k") ? q4_k : !strcmp(k, "q6_k") ? q6_k : -1;
+    // A_TILES_FROM / B_TILES_FROM: the grouped kernels' token count from which AVX512-VNNI takes
+    // rows in 4-row tiles (the engine's KernelTuning.integerTilesFrom, measured at load by
+    // TileChoice; 1, tiles at every count, unless set; a large value keeps one row at a time); for
+    // bf16, sy_rows_bf16_f32's count from which passes take 5 tokens (5 unless set, the engine's
+    // default).
+    tiles_from[0] = tiles_from[1] = kind == bf16 ? 5 : 1;
+    if (getenv("A_TILES_FROM")) tiles_from[0] = atoi(getenv("A_TILES_FROM"));
+    if (getenv("B_TILES_FROM")) tiles_from[1] = atoi(getenv("B_TILES_FROM"));
     threads = argc > 2 ? atoi(argv[2]) : 0;
     if (argc > 4) {
         rows = atoi(argv[3]);

@@ -8,8 +8,9 @@
 # see the same noise. A_CFLAGS and B_CFLAGS add compiler flags to one version (-DNAME=VALUE to try
 # a tuning constant). A_LEVEL and B_LEVEL cap a version's integer kernels (1 AVX2, 2 AVX-VNNI, 3
 # AVX512-VNNI), to set two paths of one tree side by side. A_TILES_FROM and B_TILES_FROM set the
-# token count from which a version's AVX-512 kernels take rows in tiles (1 unless set; the engine
-# measures it at load, TileChoice), e.g. A_TILES_FROM=5 for one row at a time up to 4 tokens. Shapes: gate/up (3584 x 1024) and down
+# token count from which a version's grouped kernels take rows in AVX512-VNNI tiles (1 unless set;
+# the engine measures it at load, TileChoice), e.g. A_TILES_FROM=5 for one row at a time up to 4
+# tokens; for bf16, the count from which passes take 5 tokens (5 unless set). Shapes: gate/up (3584 x 1024) and down
 # (1024 x 3584).
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
