@@ -142,45 +142,42 @@ public final class GGUFFile: @unchecked Sendable {
 
     /// The file at `path` parsed once for the whole process: the model, its tokenizer and (for chat
     /// and the server) its chat template each read a GGUF file's metadata, and a vocabulary of
-    /// 151,000 strings took 65 ms to parse (AMD EPYC Zen 4); `generate` parsed its file twice. A file changed since (another inode, size or
-    /// modification time, or bytes before the tensor data unlike those parsed: a file rewritten in
-    /// place within one tick of the file system's clock, as the fuzz target writes its inputs) is parsed
-    /// again. The last one parsed stays held (the tokenizer and the template parse and drop theirs
-    /// before or after the model takes its own); others, once no one holds them, are let go.
+    /// 151,000 strings took 65 ms to parse (AMD EPYC Zen 4); `generate` parsed its file twice. A file
+    /// replaced (another inode), resized, or whose bytes before the tensor data differ from those
+    /// parsed (rewritten in place) is parsed again. The last one parsed stays held (the tokenizer and
+    /// the template drop theirs before or after the model takes its own); others go with their holders.
     public static func shared(path: String) throws(GGUFError) -> GGUFFile {
         var info = stat()
         guard stat(path, &info) == 0 else { return try GGUFFile(path: path) }  // GGUFFile names the error
-        let identity = FileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
-                                    seconds: Int64(info.st_mtim.tv_sec), nanoseconds: Int64(info.st_mtim.tv_nsec))
-        return try opened.withLock { (files: inout [String: OpenedFile]) throws(GGUFError) -> GGUFFile in
-            if let entry = files[path], entry.identity == identity, let file = entry.file, file.mapping.size >= entry.header.count,
+        let identity = [UInt64(info.st_dev), UInt64(info.st_ino), UInt64(info.st_size)]
+        return try opened.withLock { (state: inout OpenedFiles) throws(GGUFError) -> GGUFFile in
+            // The mapping shows the file's bytes as they are now; the entry keeps those the parse read.
+            if let entry = state.files[path], entry.identity == identity, let file = entry.file,
                entry.header.withUnsafeBytes({ memcmp($0.baseAddress!, file.mapping.base, $0.count) == 0 }) {
                 return file
             }
             let file = try GGUFFile(path: path)
-            files = files.filter { $0.value.file != nil }
-            // What the parse read: the header, metadata and tensor infos (the mapping shows the file's
-            // bytes as they are now, so a rewrite in place shows there).
+            state.files = state.files.filter { $0.value.file != nil }
             let header = [UInt8](UnsafeRawBufferPointer(start: file.mapping.base, count: min(file.dataOffset, file.mapping.size)))
-            files[path] = OpenedFile(file: file, identity: identity, header: header)
-            lastParsed.withLock { $0 = file }
+            state.files[path] = OpenedFile(file: file, identity: identity, header: header)
+            state.last = file
             return file
         }
     }
 
-    private struct FileIdentity: Equatable {
-        let device: UInt64, inode: UInt64
-        let size: Int64, seconds: Int64, nanoseconds: Int64
-    }
-
     private struct OpenedFile {
         weak var file: GGUFFile?
-        let identity: FileIdentity
+        /// Device, inode and size when parsed.
+        let identity: [UInt64]
         let header: [UInt8]
     }
 
-    private static let opened = Mutex<[String: OpenedFile]>([:])
-    private static let lastParsed = Mutex<GGUFFile?>(nil)
+    private struct OpenedFiles {
+        var files: [String: OpenedFile] = [:]
+        var last: GGUFFile?
+    }
+
+    private static let opened = Mutex(OpenedFiles())
 
     public init(mapping: MappedFile) throws(GGUFError) {
         self.mapping = mapping
